@@ -1,0 +1,114 @@
+//! The floating-point element types the solver runs in (`f32` and `f64`).
+
+use nalgebra::{DMatrix, RealField};
+
+/// A floating-point element type the CPU backend computes in.
+///
+/// Implemented for `f32` and `f64`. Besides nalgebra's [`RealField`], it carries a general
+/// matrix product with explicit strides so the Gram products `AᵀB` and the `p×k · k×k`
+/// products go through a blocked gemm instead of nalgebra's dot-product loops (measured
+/// 3–10× faster for tall `p×k` operands, see `benches/flow.rs`).
+pub trait Element: RealField + Copy + Send + Sync + 'static {
+    /// Machine epsilon of the type.
+    const EPS: f64;
+    /// Human name, `"f32"` or `"f64"`.
+    const NAME: &'static str;
+    /// Converts from `f64`, rounding to nearest.
+    fn of(v: f64) -> Self;
+    /// Converts to `f64` (exact for both types).
+    fn as_f64(self) -> f64;
+    /// `C ← α·op(A)·op(B) + β·C` on raw column-major storage described by row/column strides.
+    ///
+    /// # Safety
+    /// The pointers and strides must describe valid, non-overlapping (for `c`) matrices of
+    /// the given sizes.
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn gemm_raw(
+        m: usize,
+        k: usize,
+        n: usize,
+        alpha: Self,
+        a: *const Self,
+        rsa: isize,
+        csa: isize,
+        b: *const Self,
+        rsb: isize,
+        csb: isize,
+        beta: Self,
+        c: *mut Self,
+        rsc: isize,
+        csc: isize,
+    );
+}
+
+impl Element for f64 {
+    const EPS: f64 = f64::EPSILON;
+    const NAME: &'static str = "f64";
+    #[inline]
+    fn of(v: f64) -> Self {
+        v
+    }
+    #[inline]
+    fn as_f64(self) -> f64 {
+        self
+    }
+    unsafe fn gemm_raw(
+        m: usize,
+        k: usize,
+        n: usize,
+        alpha: Self,
+        a: *const Self,
+        rsa: isize,
+        csa: isize,
+        b: *const Self,
+        rsb: isize,
+        csb: isize,
+        beta: Self,
+        c: *mut Self,
+        rsc: isize,
+        csc: isize,
+    ) {
+        matrixmultiply::dgemm(m, k, n, alpha, a, rsa, csa, b, rsb, csb, beta, c, rsc, csc)
+    }
+}
+
+impl Element for f32 {
+    const EPS: f64 = f32::EPSILON as f64;
+    const NAME: &'static str = "f32";
+    #[inline]
+    fn of(v: f64) -> Self {
+        v as f32
+    }
+    #[inline]
+    fn as_f64(self) -> f64 {
+        self as f64
+    }
+    unsafe fn gemm_raw(
+        m: usize,
+        k: usize,
+        n: usize,
+        alpha: Self,
+        a: *const Self,
+        rsa: isize,
+        csa: isize,
+        b: *const Self,
+        rsb: isize,
+        csb: isize,
+        beta: Self,
+        c: *mut Self,
+        rsc: isize,
+        csc: isize,
+    ) {
+        matrixmultiply::sgemm(m, k, n, alpha, a, rsa, csa, b, rsb, csb, beta, c, rsc, csc)
+    }
+}
+
+/// Converts an `f64` matrix to element type `T`.
+pub fn cast_from_f64<T: Element>(m: &DMatrix<f64>) -> DMatrix<T> {
+    m.map(T::of)
+}
+
+/// Converts a matrix of element type `T` to `f64` (exact).
+pub fn cast_to_f64<T: Element>(m: &DMatrix<T>) -> DMatrix<f64> {
+    m.map(|v| v.as_f64())
+}

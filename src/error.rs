@@ -1,0 +1,113 @@
+//! The typed error of every fallible operation in the crate.
+
+use std::path::PathBuf;
+
+/// Everything that can go wrong, as a value: bad input is reported before any work is done
+/// and nothing is written on failure.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum NsaError {
+    /// An input holds NaN or ±Inf.
+    #[error("{what} contains a non-finite value ({value}) at row {row}, column {col}")]
+    NonFinite {
+        /// Which input.
+        what: &'static str,
+        /// Row of the first offending entry.
+        row: usize,
+        /// Column of the first offending entry.
+        col: usize,
+        /// The offending value.
+        value: f64,
+    },
+    /// Two inputs that must have the same shape do not.
+    #[error("shape mismatch: {what} is {got_rows}×{got_cols}, expected {expected_rows}×{expected_cols}")]
+    ShapeMismatch {
+        /// Which input.
+        what: &'static str,
+        /// Expected rows.
+        expected_rows: usize,
+        /// Expected columns.
+        expected_cols: usize,
+        /// Actual rows.
+        got_rows: usize,
+        /// Actual columns.
+        got_cols: usize,
+    },
+    /// An input has no rows or no columns.
+    #[error("{what} is empty ({rows}×{cols})")]
+    Empty {
+        /// Which input.
+        what: &'static str,
+        /// Rows.
+        rows: usize,
+        /// Columns.
+        cols: usize,
+    },
+    /// An input is identically zero where the method needs a non-zero matrix.
+    #[error("{what} is all zeros: {why}")]
+    ZeroMatrix {
+        /// Which input.
+        what: &'static str,
+        /// Why a zero matrix cannot be used here.
+        why: &'static str,
+    },
+    /// `w` outside [0, 1] (or not finite).
+    #[error("w = {0} is outside [0, 1]")]
+    InvalidWeight(f64),
+    /// More columns than rows where the method needs `k ≤ p`.
+    #[error("k = {k} columns > p = {p} rows: {why}")]
+    KGreaterThanP {
+        /// Rows.
+        p: usize,
+        /// Columns.
+        k: usize,
+        /// Why `k ≤ p` is needed here.
+        why: &'static str,
+    },
+    /// A name (retraction, optimizer, mode, …) that is not known.
+    #[error("unknown {kind} '{name}'; expected one of: {expected}")]
+    UnknownName {
+        /// What kind of name.
+        kind: &'static str,
+        /// The name given.
+        name: String,
+        /// The accepted names, comma separated.
+        expected: String,
+    },
+    /// A parameter value outside its domain.
+    #[error("invalid value for {name}: {reason}")]
+    InvalidParameter {
+        /// Parameter name.
+        name: &'static str,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A file could not be read or written.
+    #[error("cannot access {path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A file was read but its content is not a usable matrix.
+    #[error("malformed file {path}: {reason}")]
+    MalformedFile {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The requested backend cannot be used here.
+    #[error("backend '{name}' is unavailable: {reason}")]
+    BackendUnavailable {
+        /// The backend asked for.
+        name: String,
+        /// Why, and what to do instead.
+        reason: String,
+    },
+}
+
+/// Result alias for this crate.
+pub type Result<T, E = NsaError> = std::result::Result<T, E>;

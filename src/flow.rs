@@ -1,0 +1,782 @@
+//! The solver loop, written once over [`Backend`]: reference mode (nsa_flow 0.7.7, defects
+//! included) and corrected mode (see docs/ALGORITHM.md).
+
+use crate::backend::cpu::CpuBackend;
+use crate::backend::{Backend, GradientRule, Projection, Reduction, UpdateRule};
+use crate::energy::EnergyTerms;
+use crate::error::{NsaError, Result};
+use crate::params::{BackendChoice, LearningRate, Mode, NonNeg, OptimizerKind, Params, Precision, Retraction};
+use crate::result::{Certificate, Control, IterInfo, NsaResult, Scaling, StopReason, TraceRow};
+use crate::retract::RetractOptions;
+use crate::rng::Rng;
+use crate::validate;
+use nalgebra::DMatrix;
+use std::collections::VecDeque;
+use std::time::Instant;
+
+/// Runs NSA-Flow from `y0` towards `x0` (or, when `x0` is `None`, towards the non-negative
+/// part of `y0` from a 5 % perturbation of it), with the parameters of the reference's
+/// `nsa_flow`. See [`Params`] for every option and [`NsaResult`] for what comes back.
+///
+/// ```
+/// use nalgebra::DMatrix;
+/// use nsa_flow::{nsa_flow, Params};
+/// let x0 = DMatrix::from_fn(20, 3, |i, j| ((i * 7 + j * 3) % 5) as f64);
+/// let res = nsa_flow(&x0, Some(&x0), &Params { w: 0.8, max_iter: 200, ..Params::default() }).unwrap();
+/// assert!(res.y.iter().all(|&v| v >= 0.0));
+/// assert!(res.defect() < nsa_flow::invariant_orthogonality_defect(&x0));
+/// ```
+pub fn nsa_flow(y0: &DMatrix<f64>, x0: Option<&DMatrix<f64>>, params: &Params) -> Result<NsaResult> {
+    nsa_flow_with_callback(y0, x0, params, |_| Control::Continue)
+}
+
+/// [`nsa_flow`] with a per-iteration callback: it receives what the reference printed with
+/// `verbose=True` and may stop the run early by returning [`Control::Stop`].
+///
+/// ```
+/// use nalgebra::DMatrix;
+/// use nsa_flow::{nsa_flow_with_callback, Control, Params, StopReason};
+/// let y0 = DMatrix::from_fn(10, 2, |i, j| (i + 2 * j) as f64 + 1.0);
+/// let res = nsa_flow_with_callback(&y0, Some(&y0), &Params::default(), |info| {
+///     if info.iter == 3 { Control::Stop } else { Control::Continue }
+/// })
+/// .unwrap();
+/// assert_eq!(res.iterations, 3);
+/// assert_eq!(res.stop_reason, StopReason::Callback);
+/// ```
+pub fn nsa_flow_with_callback<F>(
+    y0: &DMatrix<f64>,
+    x0: Option<&DMatrix<f64>>,
+    params: &Params,
+    mut callback: F,
+) -> Result<NsaResult>
+where
+    F: FnMut(&IterInfo) -> Control,
+{
+    match params.backend {
+        BackendChoice::Auto | BackendChoice::Cpu => {}
+        BackendChoice::Gpu => {
+            return Err(NsaError::BackendUnavailable {
+                name: "gpu".into(),
+                reason: "this build of nsa-flow has no GPU backend yet; use backend = cpu (or auto)".into(),
+            })
+        }
+    }
+    match params.precision {
+        Precision::F64 => solve(&mut CpuBackend::<f64>::new(), y0, x0, params, &mut callback),
+        Precision::F32 => solve(&mut CpuBackend::<f32>::new(), y0, x0, params, &mut callback),
+    }
+}
+
+struct Prepared {
+    y_init: DMatrix<f64>,
+    target: DMatrix<f64>,
+}
+
+/// Checks the inputs and builds the start and target on the host (in f64): the reference's
+/// preprocessing (§1.2 of the spec).
+fn prepare(y0: &DMatrix<f64>, x0: Option<&DMatrix<f64>>, params: &Params) -> Result<Prepared> {
+    params.validate()?;
+    validate::finite_nonempty("Y0", y0)?;
+    validate::nonzero("Y0", y0, "the flow needs a non-zero start (its orthogonality defect and retraction are undefined at 0)")?;
+    let (p, k) = y0.shape();
+    let clamp = params.nonneg != NonNeg::None;
+    if params.mode == Mode::Corrected {
+        if params.nonneg == NonNeg::Softplus {
+            return Err(NsaError::InvalidParameter {
+                name: "nonneg",
+                reason: "softplus is a parametrisation, not a projection: the corrected solver enforces Y ≥ 0 with \
+                         'hard' (or none); mode = reference treats softplus as hard, like the reference"
+                    .into(),
+            });
+        }
+        if k > p {
+            return Err(NsaError::KGreaterThanP {
+                p,
+                k,
+                why: "a p×k matrix with k > p cannot have k orthogonal non-zero columns, so the corrected \
+                      energy has no attainable optimum (mode = reference runs it, as the reference does)",
+            });
+        }
+    }
+    let clamp_m = |m: &DMatrix<f64>| if clamp { m.map(|v| v.max(0.0)) } else { m.clone() };
+    match x0 {
+        Some(x) => {
+            validate::finite_nonempty("X0", x)?;
+            validate::same_shape("X0", x, (p, k))?;
+            if params.perturbed_start.is_some() {
+                return Err(NsaError::InvalidParameter {
+                    name: "perturbed_start",
+                    reason: "only used when X0 is None (the self-target case)".into(),
+                });
+            }
+            Ok(Prepared {
+                y_init: y0.clone(),
+                target: clamp_m(x),
+            })
+        }
+        None => {
+            let target = clamp_m(y0);
+            let y_init = match &params.perturbed_start {
+                Some(s) => {
+                    validate::finite_nonempty("perturbed_start", s)?;
+                    validate::same_shape("perturbed_start", s, (p, k))?;
+                    s.clone()
+                }
+                None => {
+                    let sigma = y0.norm() / ((p * k) as f64).sqrt() * 0.05;
+                    let mut rng = Rng::new(params.seed);
+                    let noise = DMatrix::from_fn(p, k, |_, _| rng.normal());
+                    y0 + noise * sigma
+                }
+            };
+            Ok(Prepared { y_init, target })
+        }
+    }
+}
+
+/// `E = fid_weight·‖Y−X0‖² + orth_weight·D` (or the simplified off-diagonal form).
+#[derive(Clone, Copy, Debug)]
+struct EnergyModel {
+    fid_weight: f64,
+    orth_weight: f64,
+    /// Corrected + simplified: `orth_weight·‖offdiag(S)‖²/offdiag_scale` replaces `orth_weight·D`.
+    offdiag_scale: Option<f64>,
+}
+
+impl EnergyModel {
+    /// (fidelity term, raw defect, total).
+    fn eval(&self, t: &EnergyTerms) -> (f64, f64, f64) {
+        let fidelity = self.fid_weight * t.dist_sq;
+        let defect = t.defect();
+        let orth = match self.offdiag_scale {
+            Some(s) => self.orth_weight * t.offdiag_sq() / s,
+            None => self.orth_weight * defect,
+        };
+        (fidelity, defect, fidelity + orth)
+    }
+
+    fn from_slice(v: &[f64]) -> EnergyTerms {
+        EnergyTerms {
+            dist_sq: v[0],
+            gram_fro_sq: v[1],
+            gram_diag_sq: v[2],
+            norm_sq: v[3],
+        }
+    }
+
+    /// The true gradient of this energy as a backend rule.
+    fn true_gradient(&self, projection: Projection) -> GradientRule {
+        GradientRule {
+            fid: 2.0 * self.fid_weight,
+            orth: 4.0 * self.orth_weight,
+            simplified: self.offdiag_scale.map(|s| 4.0 * self.orth_weight / s),
+            projection,
+        }
+    }
+}
+
+fn update_rule(kind: OptimizerKind) -> UpdateRule {
+    match kind {
+        OptimizerKind::Fast => UpdateRule::Sgd,
+        OptimizerKind::Sgdp => UpdateRule::Sgdp {
+            momentum: 0.0,
+            dampening: 0.0,
+            eps: 1e-8,
+            weight_decay: 0.0,
+            delta: 0.1,
+            wd_ratio: 0.1,
+            nesterov: false,
+        },
+    }
+}
+
+fn state_len(rule: &UpdateRule) -> usize {
+    match rule {
+        UpdateRule::Sgd => 0,
+        UpdateRule::Sgdp { .. } => 1,
+    }
+}
+
+struct Recorder<'a, F> {
+    params: &'a Params,
+    t0: Instant,
+    traces: Vec<TraceRow>,
+    recent: VecDeque<f64>,
+    callback: &'a mut F,
+}
+
+impl<F: FnMut(&IterInfo) -> Control> Recorder<'_, F> {
+    fn record(&mut self, it: usize, fid: f64, defect: f64, total: f64) {
+        self.recent.push_back(total);
+        while self.recent.len() > self.params.window_size {
+            self.recent.pop_front();
+        }
+        if it % self.params.record_every == 0 {
+            self.traces.push(TraceRow {
+                iter: it,
+                time: self.t0.elapsed().as_secs_f64(),
+                fidelity: fid,
+                orthogonality: defect,
+                total_energy: total,
+            });
+        }
+    }
+
+    /// The reference's energy-window test: `(max − min)/(|mean| + 1e-12) < thresh` over a
+    /// full window.
+    fn window_stable(&self, thresh: f64) -> bool {
+        if self.recent.len() < self.params.window_size {
+            return false;
+        }
+        let max = self.recent.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+        let min = self.recent.iter().cloned().fold(f64::INFINITY, f64::min);
+        let mean = self.recent.iter().sum::<f64>() / self.recent.len() as f64;
+        (max - min) / (mean.abs() + 1e-12) < thresh
+    }
+}
+
+/// The loop on any backend. Public so device backends can be cross-validated against the
+/// CPU oracle with exactly the same control flow.
+pub fn solve<B: Backend, F: FnMut(&IterInfo) -> Control>(
+    be: &mut B,
+    y0: &DMatrix<f64>,
+    x0: Option<&DMatrix<f64>>,
+    params: &Params,
+    callback: &mut F,
+) -> Result<NsaResult> {
+    let prep = prepare(y0, x0, params)?;
+    match params.mode {
+        Mode::Reference => solve_reference(be, prep, params, callback),
+        Mode::Corrected => solve_corrected(be, prep, params, callback),
+    }
+}
+
+fn certificate_of<B: Backend>(
+    be: &mut B,
+    y: &B::Mat,
+    x0: &B::Mat,
+    model: &EnergyModel,
+    clamp: bool,
+    grad: &mut B::Mat,
+    tol: f64,
+) -> Result<Certificate> {
+    be.gradient(y, x0, &model.true_gradient(Projection::None), grad);
+    let n = be.reduce(&[Reduction::NormSq(y)])?[0];
+    let v = be.reduce(&[Reduction::GradMapSq { y, g: grad, t: n, clamp }])?[0];
+    let value = if n > 0.0 { (v / n).sqrt() } else { f64::NAN };
+    Ok(Certificate {
+        value,
+        tol,
+        satisfied: value <= tol,
+    })
+}
+
+#[allow(clippy::too_many_lines)]
+fn solve_reference<B: Backend, F: FnMut(&IterInfo) -> Control>(
+    be: &mut B,
+    prep: Prepared,
+    params: &Params,
+    callback: &mut F,
+) -> Result<NsaResult> {
+    let (p, k) = prep.y_init.shape();
+    let pk = (p * k) as f64;
+    let clamp = params.nonneg != NonNeg::None; // any truthy apply_nonneg clamps (Q16)
+    let w = params.w;
+    let ropt = RetractOptions::reference(params.retraction, w);
+
+    let mut y = be.upload(&prep.y_init)?;
+    let x0 = be.upload(&prep.target)?;
+    let t = be.reduce(&[Reduction::EnergyTerms { y: &y, target: &x0 }])?;
+    let t = EnergyModel::from_slice(&t);
+    let g0 = (0.5 * t.dist_sq / pk).max(1e-8);
+    let d0 = t.defect().max(1e-8);
+    let fid_eta = (1.0 - w) / (g0 * pk);
+    let c_orth = 4.0 * w / d0;
+    let model = EnergyModel {
+        fid_weight: 0.5 * fid_eta,
+        orth_weight: 0.25 * c_orth,
+        offdiag_scale: None,
+    };
+    let rule = GradientRule {
+        fid: -fid_eta, // Q1: the reference's fidelity "gradient" has the wrong sign
+        orth: c_orth,
+        simplified: params.simplified.then_some(-2.0 * c_orth),
+        projection: if params.project_full_gradient {
+            Projection::ReferenceFull
+        } else {
+            Projection::ReferenceOrthOnly
+        },
+    };
+    let mut lr = match params.learning_rate {
+        LearningRate::Default => {
+            if clamp {
+                1e-3
+            } else {
+                1.0
+            }
+        }
+        LearningRate::Value(v) => v,
+    };
+    let lr0 = lr;
+    let opt_rule = update_rule(params.optimizer);
+
+    let batch = be.line_search_batch().max(1);
+    let mut grad = be.zeros(p, k)?;
+    let mut prop = be.zeros(p, k)?;
+    let mut ynew = be.zeros(p, k)?;
+    let mut acc = be.zeros(p, k)?;
+    let mut best = be.zeros(p, k)?;
+    be.copy(&y, &mut best);
+    let mut cand: Vec<B::Mat> = (0..batch).map(|_| be.zeros(p, k)).collect::<Result<_>>()?;
+    let mut evals: Vec<B::Mat> = (0..batch + 1).map(|_| be.zeros(p, k)).collect::<Result<_>>()?;
+    let mut state: Vec<B::Mat> = (0..state_len(&opt_rule)).map(|_| be.zeros(p, k)).collect::<Result<_>>()?;
+
+    be.gradient(&y, &x0, &rule, &mut grad);
+    let init_grad_norm = be.reduce(&[Reduction::NormSq(&grad)])?[0].sqrt() + 1e-8;
+
+    let mut best_e = f64::INFINITY;
+    let mut best_terms: Option<EnergyTerms> = None;
+    let mut best_iter = 0usize;
+    let mut rec = Recorder {
+        params,
+        t0: Instant::now(),
+        traces: Vec::new(),
+        recent: VecDeque::new(),
+        callback,
+    };
+    let mut stop = StopReason::MaxIter;
+    let mut iterations = 0;
+    let mut energy_evals = 0usize;
+    let mut bt_iters = 0usize;
+    const MAX_BT: usize = 20;
+
+    for it in 1..=params.max_iter {
+        be.gradient(&y, &x0, &rule, &mut grad);
+        match params.optimizer {
+            OptimizerKind::Fast => be.lincomb(1.0, &y, -lr, &grad, &mut prop),
+            // Q3: the reference's optimizer holds the original tensor, so it steps once.
+            _ if it == 1 => be.optimizer_step(&opt_rule, &y, &grad, &mut state, lr, &mut prop),
+            _ => be.copy(&y, &mut prop),
+        }
+        be.retract(&prop, &mut ynew, &ropt);
+        // Q4: the line-search energy retracts the candidate once more.
+        be.retract(&ynew, &mut evals[0], &ropt);
+        if clamp {
+            be.nonneg(&mut evals[0], NonNeg::Hard);
+        }
+        be.copy(&ynew, &mut acc);
+        if clamp {
+            be.nonneg(&mut acc, NonNeg::Hard);
+        }
+        let v = be.reduce(&[
+            Reduction::NormSq(&grad),
+            Reduction::AllFinite(&grad),
+            Reduction::EnergyTerms { y: &evals[0], target: &x0 },
+            Reduction::EnergyTerms { y: &acc, target: &x0 },
+        ])?;
+        energy_evals += 1;
+        if v[1] == 0.0 {
+            stop = StopReason::NonFiniteGradient;
+            break;
+        }
+        iterations = it;
+        let grad_norm = v[0].sqrt();
+        let mut current = model.eval(&EnergyModel::from_slice(&v[2..6])).2;
+        let acc_terms = EnergyModel::from_slice(&v[6..10]);
+
+        // The best-anchored backtracking of §1.9, evaluated `batch` halvings per readback.
+        let mut alpha = 1.0f64;
+        let mut count = 0usize;
+        let mut success: Option<(usize, EnergyTerms)> = None;
+        if current > best_e {
+            bt_iters += 1;
+        }
+        'search: while current > best_e && count < MAX_BT {
+            let n = batch.min(MAX_BT - count);
+            let mut a = alpha;
+            for j in 0..n {
+                a *= 0.5;
+                be.lerp(&best, &ynew, a, &mut cand[j]);
+                be.retract(&cand[j], &mut evals[j + 1], &ropt);
+                if clamp {
+                    be.nonneg(&mut evals[j + 1], NonNeg::Hard);
+                }
+            }
+            let reqs: Vec<_> = (0..n)
+                .map(|j| Reduction::EnergyTerms {
+                    y: &evals[j + 1],
+                    target: &x0,
+                })
+                .collect();
+            let v = be.reduce(&reqs)?;
+            energy_evals += n;
+            for j in 0..n {
+                alpha *= 0.5;
+                let terms = EnergyModel::from_slice(&v[4 * j..4 * j + 4]);
+                current = model.eval(&terms).2;
+                count += 1;
+                if current < best_e {
+                    success = Some((j + 1, terms));
+                    break 'search;
+                }
+                if !(current > best_e && count < MAX_BT) {
+                    break 'search;
+                }
+            }
+        }
+        let _ = alpha;
+        // Y_new: a success (R(Y_try), clamped: exactly the evaluated point), a revert
+        // (a success at the 20th halving is reverted too), or the un-backtracked candidate.
+        let new_terms = if count == MAX_BT {
+            be.copy(&best, &mut y);
+            best_terms.expect("a revert needs an accepted iterate; iteration 1 is always accepted")
+        } else if let Some((j, terms)) = success {
+            std::mem::swap(&mut y, &mut evals[j]);
+            terms
+        } else {
+            std::mem::swap(&mut y, &mut acc);
+            acc_terms
+        };
+        if count > 2 {
+            lr *= 0.95;
+        } else if count == 0 && it % 5 == 0 {
+            lr *= 1.01;
+        }
+        let (fid, defect, total) = model.eval(&new_terms);
+        if total < best_e {
+            best_e = total;
+            be.copy(&y, &mut best);
+            best_terms = Some(new_terms);
+            best_iter = it;
+        }
+        rec.record(it, fid, defect, total);
+        let rel = grad_norm / init_grad_norm;
+        let info = IterInfo {
+            iter: it,
+            fidelity: fid,
+            orthogonality: defect,
+            total_energy: total,
+            best_total_energy: best_e,
+            learning_rate: lr,
+            backtracks: count,
+            stationarity: rel,
+            elapsed: rec.t0.elapsed().as_secs_f64(),
+        };
+        if rel < params.tol {
+            stop = StopReason::GradientTolerance;
+            break;
+        }
+        if rec.window_stable(params.tol) {
+            stop = StopReason::EnergyWindow;
+            break;
+        }
+        if (rec.callback)(&info) == Control::Stop {
+            stop = StopReason::Callback;
+            break;
+        }
+    }
+    let seconds = rec.t0.elapsed().as_secs_f64();
+    let true_model = model;
+    let certificate = certificate_of(be, &best, &x0, &true_model, clamp, &mut grad, params.tol)?;
+    let final_iter = rec.traces.len();
+    Ok(NsaResult {
+        y: be.download(&best)?,
+        traces: rec.traces,
+        final_iter,
+        iterations,
+        best_total_energy: best_terms.map(|_| best_e),
+        best_iteration: best_iter,
+        target: prep.target,
+        start: prep.y_init,
+        stop_reason: stop,
+        certificate,
+        scaling: Scaling {
+            g0,
+            d0,
+            fid_eta,
+            c_orth,
+            fid_weight: model.fid_weight,
+            orth_weight: model.orth_weight,
+        },
+        learning_rate_initial: lr0,
+        learning_rate_final: lr,
+        init_grad_norm,
+        energy_evaluations: energy_evals,
+        backtracking_iterations: bt_iters,
+        mode: Mode::Reference,
+        precision: be.precision(),
+        backend: be.name(),
+        seconds,
+    })
+}
+
+/// Halvings tried with the retraction in the step before falling back to a plain projected
+/// gradient step.
+const RETRACTED_TRIES: usize = 3;
+/// Halvings of the plain projected-gradient step before the search is declared stalled.
+const PLAIN_TRIES: usize = 50;
+/// Sufficient-decrease constant: accept when `E(c) ≤ E(Y) − C1·‖c − Y‖²/step`.
+const C1: f64 = 1e-4;
+
+#[allow(clippy::too_many_lines)]
+fn solve_corrected<B: Backend, F: FnMut(&IterInfo) -> Control>(
+    be: &mut B,
+    prep: Prepared,
+    params: &Params,
+    callback: &mut F,
+) -> Result<NsaResult> {
+    let (p, k) = prep.y_init.shape();
+    let pk = (p * k) as f64;
+    let clamp = params.nonneg == NonNeg::Hard;
+    let w = params.w;
+    let x0_norm_sq = prep.target.norm_squared();
+    if x0_norm_sq == 0.0 {
+        return Err(NsaError::ZeroMatrix {
+            what: "X0 (after the non-negativity projection)",
+            why: "the corrected energy measures fidelity relative to ‖X0‖²",
+        });
+    }
+    let mut start = prep.y_init.clone();
+    if clamp {
+        start.iter_mut().for_each(|v| *v = v.max(0.0));
+    }
+    if start.iter().all(|v| *v == 0.0) {
+        return Err(NsaError::ZeroMatrix {
+            what: "Y0 (after the non-negativity projection)",
+            why: "the flow needs a non-zero feasible start",
+        });
+    }
+    let orth_weight = if k > 1 { w / (1.0 - 1.0 / k as f64) } else { 0.0 };
+    let model = EnergyModel {
+        fid_weight: (1.0 - w) / x0_norm_sq,
+        orth_weight,
+        offdiag_scale: params.simplified.then_some(x0_norm_sq * x0_norm_sq),
+    };
+    let projection = if params.project_full_gradient {
+        Projection::PolarFull
+    } else {
+        Projection::None
+    };
+    let true_rule = model.true_gradient(Projection::None);
+    let dir_rule = model.true_gradient(projection);
+    let use_retraction = params.retraction != Retraction::None && w > 0.0;
+    let ropt = RetractOptions::corrected(params.retraction, w);
+    let opt_rule = update_rule(params.optimizer);
+
+    let batch = be.line_search_batch().max(1);
+    let mut y = be.upload(&start)?;
+    let x0 = be.upload(&prep.target)?;
+    let mut grad = be.zeros(p, k)?;
+    let mut dir = be.zeros(p, k)?;
+    let mut prop = be.zeros(p, k)?;
+    let mut cand: Vec<B::Mat> = (0..batch).map(|_| be.zeros(p, k)).collect::<Result<_>>()?;
+    let mut evals: Vec<B::Mat> = (0..batch).map(|_| be.zeros(p, k)).collect::<Result<_>>()?;
+    let mut state: Vec<B::Mat> = (0..state_len(&opt_rule)).map(|_| be.zeros(p, k)).collect::<Result<_>>()?;
+
+    let v = be.reduce(&[Reduction::EnergyTerms { y: &y, target: &x0 }])?;
+    let t_init = EnergyModel::from_slice(&v);
+    let g0 = (0.5 * t_init.dist_sq / pk).max(1e-8);
+    let d0 = t_init.defect().max(1e-8);
+    let mut cur_e = model.eval(&t_init).2;
+    let mut cur_norm_sq = t_init.norm_sq;
+
+    be.gradient(&y, &x0, &true_rule, &mut grad);
+    let init_grad_norm = be.reduce(&[Reduction::NormSq(&grad)])?[0].sqrt();
+    let mut lr = match params.learning_rate {
+        LearningRate::Default => {
+            if init_grad_norm > 0.0 {
+                0.1 * t_init.norm_sq.sqrt() / init_grad_norm
+            } else {
+                1.0
+            }
+        }
+        LearningRate::Value(v) => v,
+    };
+    let lr0 = lr;
+    let window_thresh = (params.tol * 1e-3).max(10.0 * be_eps(be));
+
+    let mut rec = Recorder {
+        params,
+        t0: Instant::now(),
+        traces: Vec::new(),
+        recent: VecDeque::new(),
+        callback,
+    };
+    let mut stop = StopReason::MaxIter;
+    let mut iterations = 0;
+    let mut energy_evals = 0usize;
+    let mut bt_iters = 0usize;
+    let mut best_iter = 0usize;
+    let mut any_accepted = false;
+
+    for it in 1..=params.max_iter {
+        be.gradient(&y, &x0, &true_rule, &mut grad);
+        if projection != Projection::None {
+            be.gradient(&y, &x0, &dir_rule, &mut dir);
+        } else {
+            be.copy(&grad, &mut dir);
+        }
+        be.optimizer_step(&opt_rule, &y, &dir, &mut state, lr, &mut prop);
+
+        // First readback: certificate of Y and the first `batch` candidates.
+        let mut alphas: Vec<(f64, bool)> = Vec::with_capacity(RETRACTED_TRIES + PLAIN_TRIES);
+        if use_retraction {
+            alphas.extend((0..RETRACTED_TRIES).map(|j| (0.5f64.powi(j as i32), true)));
+        }
+        alphas.extend((0..PLAIN_TRIES).map(|j| (0.5f64.powi(j as i32), false)));
+
+        let mut accepted: Option<(usize, EnergyTerms)> = None;
+        let mut cert = f64::NAN;
+        let mut finite = true;
+        let mut tried = 0usize;
+        let mut first = true;
+        while tried < alphas.len() {
+            let n = batch.min(alphas.len() - tried);
+            for j in 0..n {
+                let (a, retracted) = alphas[tried + j];
+                if retracted {
+                    be.lerp(&y, &prop, a, &mut cand[j]);
+                    be.retract(&cand[j], &mut evals[j], &ropt);
+                } else {
+                    // the plain projected-gradient step along the true gradient
+                    be.lincomb(1.0, &y, -a * lr, &grad, &mut evals[j]);
+                }
+                if clamp {
+                    be.nonneg(&mut evals[j], NonNeg::Hard);
+                }
+            }
+            let mut reqs = Vec::with_capacity(2 * n + 2);
+            if first {
+                reqs.push(Reduction::AllFinite(&grad));
+                reqs.push(Reduction::GradMapSq {
+                    y: &y,
+                    g: &grad,
+                    t: cur_norm_sq,
+                    clamp,
+                });
+            }
+            for e in evals.iter().take(n) {
+                reqs.push(Reduction::EnergyTerms { y: e, target: &x0 });
+                reqs.push(Reduction::DistSq(e, &y));
+            }
+            let v = be.reduce(&reqs)?;
+            let mut off = 0;
+            if first {
+                finite = v[0] == 1.0;
+                cert = (v[1] / cur_norm_sq).sqrt();
+                off = 2;
+                first = false;
+                if !finite || cert <= params.tol {
+                    break;
+                }
+            }
+            energy_evals += n;
+            for j in 0..n {
+                let base = off + 5 * j;
+                let terms = EnergyModel::from_slice(&v[base..base + 4]);
+                let step_sq = v[base + 4];
+                let e = model.eval(&terms).2;
+                let (a, _) = alphas[tried + j];
+                let step = a * lr;
+                if e.is_finite() && e < cur_e && e <= cur_e - C1 * step_sq / step {
+                    accepted = Some((j, terms));
+                    break;
+                }
+            }
+            if let Some((j, _)) = accepted {
+                tried += j;
+                break;
+            }
+            tried += n;
+        }
+        if !finite {
+            stop = StopReason::NonFiniteGradient;
+            break;
+        }
+        if cert <= params.tol {
+            stop = StopReason::Certificate;
+            break;
+        }
+        iterations = it;
+        let Some((j, terms)) = accepted else {
+            stop = StopReason::LineSearchStalled;
+            break;
+        };
+        let (alpha, _) = alphas[tried];
+        let halvings = if use_retraction && tried >= RETRACTED_TRIES {
+            tried - RETRACTED_TRIES
+        } else {
+            tried
+        };
+        if tried > 0 {
+            bt_iters += 1;
+        }
+        std::mem::swap(&mut y, &mut evals[j]);
+        lr = if halvings == 0 { lr * alpha * 1.5 } else { lr * alpha };
+        let (fid, defect, total) = model.eval(&terms);
+        cur_e = total;
+        cur_norm_sq = terms.norm_sq;
+        best_iter = it;
+        any_accepted = true;
+        rec.record(it, fid, defect, total);
+        let info = IterInfo {
+            iter: it,
+            fidelity: fid,
+            orthogonality: defect,
+            total_energy: total,
+            best_total_energy: total,
+            learning_rate: lr,
+            backtracks: halvings,
+            stationarity: cert,
+            elapsed: rec.t0.elapsed().as_secs_f64(),
+        };
+        if rec.window_stable(window_thresh) {
+            stop = StopReason::EnergyWindow;
+            break;
+        }
+        if (rec.callback)(&info) == Control::Stop {
+            stop = StopReason::Callback;
+            break;
+        }
+    }
+    let seconds = rec.t0.elapsed().as_secs_f64();
+    let certificate = certificate_of(be, &y, &x0, &model, clamp, &mut grad, params.tol)?;
+    let final_iter = rec.traces.len();
+    Ok(NsaResult {
+        y: be.download(&y)?,
+        traces: rec.traces,
+        final_iter,
+        iterations,
+        best_total_energy: Some(cur_e),
+        best_iteration: if any_accepted { best_iter } else { 0 },
+        target: prep.target,
+        start,
+        stop_reason: stop,
+        certificate,
+        scaling: Scaling {
+            g0,
+            d0,
+            fid_eta: 2.0 * model.fid_weight,
+            c_orth: 4.0 * model.orth_weight,
+            fid_weight: model.fid_weight,
+            orth_weight: model.orth_weight,
+        },
+        learning_rate_initial: lr0,
+        learning_rate_final: lr,
+        init_grad_norm,
+        energy_evaluations: energy_evals,
+        backtracking_iterations: bt_iters,
+        mode: Mode::Corrected,
+        precision: be.precision(),
+        backend: be.name(),
+        seconds,
+    })
+}
+
+fn be_eps<B: Backend>(be: &B) -> f64 {
+    match be.precision() {
+        Precision::F64 => f64::EPSILON,
+        Precision::F32 => f32::EPSILON as f64,
+    }
+}

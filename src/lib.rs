@@ -1,0 +1,52 @@
+//! # nsa-flow
+//!
+//! NSA-Flow (Non-negative Stiefel Approximating Flow) finds a non-negative `p×k` matrix `Y`
+//! close to a target `X0` whose columns are nearly orthogonal; one weight `w ∈ [0, 1]` trades
+//! fidelity against decorrelation, and as `w` grows `Y` becomes sparse with nearly disjoint
+//! columns: an interpretable basis.
+//!
+//! Two modes of one solver loop ([`flow`]):
+//! - [`Mode::Reference`] reproduces the Python package nsa_flow 0.7.7 exactly, defects
+//!   included, so published results can be reproduced and the implementation tested against
+//!   the real thing;
+//! - [`Mode::Corrected`] (the default) fixes every defect: the true gradient of the energy, a
+//!   monotone line search, an accurate scale-invariant retraction, and a stationarity
+//!   certificate (docs/ALGORITHM.md).
+//!
+//! The loop runs over the [`backend::Backend`] trait; [`backend::cpu::CpuBackend`] (nalgebra,
+//! `f64` or `f32`) is the correctness oracle.
+//!
+//! ```
+//! use nalgebra::DMatrix;
+//! use nsa_flow::{nsa_flow, Params};
+//! let x0 = DMatrix::from_fn(30, 3, |i, j| (((i + 1) * (j + 2)) % 7) as f64);
+//! let res = nsa_flow(&x0, Some(&x0), &Params { w: 0.5, ..Params::default() }).unwrap();
+//! println!("{} iterations, defect {:.3e}, stop: {}", res.iterations, res.defect(), res.stop_reason);
+//! ```
+#![warn(missing_docs)]
+
+pub mod backend;
+mod element;
+mod energy;
+mod error;
+pub mod flow;
+pub mod io;
+pub mod linalg;
+mod params;
+mod result;
+mod retract;
+pub mod rng;
+mod validate;
+
+pub use element::Element;
+pub use energy::{
+    apply_nonnegativity, compute_energy, defect_fast, invariant_orthogonality_defect, Energy, EnergyTerms,
+    FidelityType, OrthType,
+};
+pub use error::{NsaError, Result};
+pub use flow::{nsa_flow, nsa_flow_with_callback};
+pub use params::{
+    BackendChoice, InvSqrtMethod, LearningRate, Mode, NonNeg, OptimizerKind, Params, Precision, Retraction,
+};
+pub use result::{sparsity, Certificate, Control, IterInfo, NsaResult, Scaling, StopReason, TraceRow};
+pub use retract::{inv_sqrt_sym, retract, retract_in, RetractOptions};
