@@ -504,6 +504,7 @@ fn solve_reference<B: Backend, F: FnMut(&IterInfo) -> Control>(
         init_grad_norm,
         energy_evaluations: energy_evals,
         backtracking_iterations: bt_iters,
+        retracted_steps: if params.retraction == Retraction::None { 0 } else { iterations },
         mode: Mode::Reference,
         precision: be.precision(),
         backend: be.name(),
@@ -609,6 +610,7 @@ fn solve_corrected<B: Backend, F: FnMut(&IterInfo) -> Control>(
     let mut bt_iters = 0usize;
     let mut best_iter = 0usize;
     let mut any_accepted = false;
+    let mut retracted_steps = 0usize;
 
     for it in 1..=params.max_iter {
         be.gradient(&y, &x0, &true_rule, &mut grad);
@@ -703,7 +705,10 @@ fn solve_corrected<B: Backend, F: FnMut(&IterInfo) -> Control>(
             stop = StopReason::LineSearchStalled;
             break;
         };
-        let (alpha, _) = alphas[tried];
+        let (alpha, was_retracted) = alphas[tried];
+        if was_retracted {
+            retracted_steps += 1;
+        }
         let halvings = if use_retraction && tried >= RETRACTED_TRIES {
             tried - RETRACTED_TRIES
         } else {
@@ -767,6 +772,7 @@ fn solve_corrected<B: Backend, F: FnMut(&IterInfo) -> Control>(
         init_grad_norm,
         energy_evaluations: energy_evals,
         backtracking_iterations: bt_iters,
+        retracted_steps,
         mode: Mode::Corrected,
         precision: be.precision(),
         backend: be.name(),

@@ -50,3 +50,13 @@ pub use params::{
 };
 pub use result::{sparsity, Certificate, Control, IterInfo, NsaResult, Scaling, StopReason, TraceRow};
 pub use retract::{inv_sqrt_sym, retract, retract_in, RetractOptions};
+
+/// Checks that a matrix is non-empty and finite (the check every entry point applies).
+///
+/// ```
+/// let bad = nalgebra::DMatrix::from_element(2, 2, f64::NAN);
+/// assert!(nsa_flow::validate_matrix("Y", &bad).is_err());
+/// ```
+pub fn validate_matrix(what: &'static str, m: &nalgebra::DMatrix<f64>) -> Result<()> {
+    validate::finite_nonempty(what, m)
+}

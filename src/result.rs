@@ -133,6 +133,10 @@ pub struct NsaResult {
     pub energy_evaluations: usize,
     /// Iterations whose first candidate was rejected.
     pub backtracking_iterations: usize,
+    /// Corrected mode: accepted steps that went through the retraction (the others were
+    /// plain projected-gradient steps, taken when no retracted candidate decreased the
+    /// energy enough). Reference mode: every accepted step is retracted.
+    pub retracted_steps: usize,
     /// The algorithm that ran.
     pub mode: Mode,
     /// The arithmetic precision.
