@@ -49,7 +49,8 @@ impl EnergyTerms {
             dist_sq: linalg::dist_sq(y.as_slice(), target.as_slice()).as_f64(),
             gram_fro_sq: gram_fro_sq.as_f64(),
             gram_diag_sq: d.as_f64(),
-            norm_sq: linalg::sum_sq(y.as_slice()).as_f64(),
+            // ‖Y‖² = tr(YᵀY): saves a pass over Y
+            norm_sq: (0..k).map(|j| gram_ws[(j, j)].as_f64()).sum(),
         }
     }
 }
@@ -218,12 +219,12 @@ pub(crate) fn softplus<T: Element>(x: T) -> T {
 pub(crate) fn nonneg_in_place<T: Element>(m: &mut DMatrix<T>, mode: NonNeg) {
     match mode {
         NonNeg::None => {}
-        NonNeg::Hard => m.iter_mut().for_each(|v| {
-            if *v < T::zero() {
-                *v = T::zero()
-            }
+        // an unconditional select vectorises; a conditional store mispredicts on signed data
+        NonNeg::Hard => m.as_mut_slice().iter_mut().for_each(|v| {
+            let x = *v;
+            *v = if x < T::zero() { T::zero() } else { x };
         }),
-        NonNeg::Softplus => m.iter_mut().for_each(|v| *v = softplus(*v)),
+        NonNeg::Softplus => m.as_mut_slice().iter_mut().for_each(|v| *v = softplus(*v)),
     }
 }
 

@@ -7,7 +7,7 @@
 use crate::element::Element;
 use nalgebra::DMatrix;
 
-/// `out ← Aᵀ·B` for tall `p×k` operands (`out` is `k×k`), through a blocked gemm.
+/// `out ← Aᵀ·B` for tall `p×k` operands (`out` is `k×k`), through a blocked sequential gemm.
 pub fn gram_into<T: Element>(a: &DMatrix<T>, b: &DMatrix<T>, out: &mut DMatrix<T>) {
     let (p, ka) = a.shape();
     let (pb, kb) = b.shape();
@@ -17,25 +17,7 @@ pub fn gram_into<T: Element>(a: &DMatrix<T>, b: &DMatrix<T>, out: &mut DMatrix<T
         out.fill(T::zero());
         return;
     }
-    // SAFETY: strides describe the column-major storage of `a` (read as Aᵀ), `b` and `out`.
-    unsafe {
-        T::gemm_raw(
-            ka,
-            p,
-            kb,
-            T::one(),
-            a.as_ptr(),
-            p as isize,
-            1,
-            b.as_ptr(),
-            1,
-            p as isize,
-            T::zero(),
-            out.as_mut_ptr(),
-            1,
-            ka as isize,
-        );
-    }
+    T::gram_raw(a.as_slice(), b.as_slice(), p, ka, kb, out.as_mut_slice());
 }
 
 /// `Aᵀ·B` as a new matrix.

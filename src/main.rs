@@ -34,6 +34,10 @@ enum Command {
         /// The matrix (.npy or .csv).
         input: PathBuf,
     },
+    /// Time the flow on random data: seconds per iteration on the CPU backend.
+    ///
+    /// Example: nsa-flow bench --p 10000 --k 32 --mode reference
+    Bench(BenchArgs),
     /// Apply the retraction (nsa_flow_retract_auto) once.
     ///
     /// Example: nsa-flow retract Y.npy --w 0.5 --inv-sqrt ns --ns-iter 10 --out R.npy
@@ -113,6 +117,34 @@ struct RunArgs {
     /// Print nothing on success.
     #[arg(long, short, conflicts_with = "verbose")]
     quiet: bool,
+}
+
+#[derive(Args)]
+struct BenchArgs {
+    /// Rows.
+    #[arg(long, default_value_t = 1000)]
+    p: usize,
+    /// Columns.
+    #[arg(long, default_value_t = 20)]
+    k: usize,
+    /// Iterations per run (tol = 0, so every run does them all unless it stalls).
+    #[arg(long, default_value_t = 50)]
+    iters: usize,
+    /// Timed runs (the best is reported).
+    #[arg(long, default_value_t = 3)]
+    repeats: usize,
+    /// corrected | reference | both.
+    #[arg(long, default_value = "both")]
+    mode: String,
+    /// f64 | f32.
+    #[arg(long, default_value = "f64")]
+    precision: String,
+    /// auto | cpu | gpu.
+    #[arg(long, default_value = "cpu")]
+    backend: String,
+    /// Random seed of the data (N(0,1) entries for Y0 and X0, as in the reference's quick start).
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
 }
 
 #[derive(Args)]
@@ -343,6 +375,38 @@ fn cmd_retract(a: RetractArgs) -> Result<(), NsaError> {
     write_all(vec![Output::Matrix(a.out, r, dtype_of(precision))])
 }
 
+fn cmd_bench(a: BenchArgs) -> Result<(), NsaError> {
+    let modes: Vec<Mode> = if a.mode == "both" { vec![Mode::Reference, Mode::Corrected] } else { vec![a.mode.parse()?] };
+    let precision: Precision = a.precision.parse()?;
+    let backend: BackendChoice = a.backend.parse()?;
+    if a.p == 0 || a.k == 0 || a.iters == 0 || a.repeats == 0 {
+        return Err(NsaError::InvalidParameter { name: "bench sizes", reason: "p, k, iters and repeats must be positive".into() });
+    }
+    let mut rng = nsa_flow::rng::Rng::new(a.seed);
+    let y0 = DMatrix::from_fn(a.p, a.k, |_, _| rng.normal());
+    let x0 = DMatrix::from_fn(a.p, a.k, |_, _| rng.normal());
+    for mode in modes {
+        let params = Params { w: 0.5, max_iter: a.iters, tol: 0.0, mode, precision, backend, ..Params::default() };
+        let mut best = f64::INFINITY;
+        let mut iters = 0;
+        let mut evals = 0;
+        for _ in 0..a.repeats {
+            let res = nsa_flow::nsa_flow(&y0, Some(&x0), &params)?;
+            let per = res.seconds / res.iterations.max(1) as f64;
+            if per < best {
+                best = per;
+                iters = res.iterations;
+                evals = res.energy_evaluations;
+            }
+        }
+        println!(
+            "{}x{} {} {} {}: {:.3} ms/iteration ({} iterations, {:.2} energy evaluations/iteration)",
+            a.p, a.k, mode, precision, backend, best * 1e3, iters, evals as f64 / iters.max(1) as f64
+        );
+    }
+    Ok(())
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let res = match cli.command {
@@ -353,6 +417,7 @@ fn main() -> ExitCode {
             Ok(())
         }),
         Command::Retract(a) => cmd_retract(a),
+        Command::Bench(a) => cmd_bench(a),
     };
     match res {
         Ok(()) => ExitCode::SUCCESS,

@@ -167,15 +167,15 @@ pub(crate) fn retract_into<T: Element>(
         dst.copy_from(src);
         return;
     }
-    let norm_y = linalg::fro(src);
     match o.style {
         Mode::Reference => {
-            if norm_y.as_f64() < 1e-12 {
-                dst.copy_from(src);
-                return;
-            }
             let additive = o.retraction == Retraction::Polar || (k > o.diag_thresh && p < k);
             if additive {
+                let norm_y = linalg::fro(src);
+                if norm_y.as_f64() < 1e-12 {
+                    dst.copy_from(src);
+                    return;
+                }
                 let q = linalg::polar_factor_svd(src);
                 if o.retraction == Retraction::Polar {
                     dst.copy_from(&q);
@@ -190,6 +190,12 @@ pub(crate) fn retract_into<T: Element>(
                 return;
             }
             linalg::gram_into(src, src, &mut ws.gram);
+            // ‖Y‖² = tr(YᵀY): no extra pass over Y
+            let norm_y = trace(&ws.gram).max(0.0).sqrt();
+            if norm_y < 1e-12 {
+                dst.copy_from(src);
+                return;
+            }
             let eps = T::of(o.eps);
             for j in 0..k {
                 ws.gram[(j, j)] += eps;
@@ -201,24 +207,27 @@ pub(crate) fn retract_into<T: Element>(
             for j in 0..k {
                 ws.tw[(j, j)] += T::one() - w;
             }
+            // Renormalise from the product itself: folding it into T_w through k×k traces
+            // loses accuracy when Y is rank deficient (T then has entries ~1/√eps).
             linalg::mul_small_into(src, &ws.tw, T::one(), T::zero(), dst);
             let n = linalg::fro(dst);
             if n.as_f64() > 1e-12 {
-                dst.iter_mut().for_each(|v| *v = *v / n * norm_y);
+                let s = T::of(norm_y) / n;
+                dst.as_mut_slice().iter_mut().for_each(|v| *v *= s);
             }
         }
         Mode::Corrected => {
-            if norm_y == T::zero() {
+            linalg::gram_into(src, src, &mut ws.gram);
+            if trace(&ws.gram) == 0.0 {
                 dst.copy_from(src);
                 return;
             }
-            linalg::gram_into(src, src, &mut ws.gram);
             let t = inv_sqrt_corrected(&ws.gram, o);
             // c = ⟨Q, Y⟩ / ‖Q‖² with Q = Y·T: both from k×k products, no pass over Y.
             let ts = &t * &ws.gram;
             let tst = &ts * &t;
-            let num: f64 = (0..k).map(|j| ts[(j, j)].as_f64()).sum();
-            let den: f64 = (0..k).map(|j| tst[(j, j)].as_f64()).sum();
+            let num = trace(&ts);
+            let den = trace(&tst);
             let c = if den > 0.0 { num / den } else { 0.0 };
             let w = if o.retraction == Retraction::Polar { 1.0 } else { o.w };
             ws.tw.copy_from(&t);
@@ -229,6 +238,10 @@ pub(crate) fn retract_into<T: Element>(
             linalg::mul_small_into(src, &ws.tw, T::one(), T::zero(), dst);
         }
     }
+}
+
+fn trace<T: Element>(m: &DMatrix<T>) -> f64 {
+    (0..m.nrows().min(m.ncols())).map(|j| m[(j, j)].as_f64()).sum()
 }
 
 /// The retraction of the reference, `nsa_flow_retract_auto(Y, w, retraction_type, eps_rf,

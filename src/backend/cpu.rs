@@ -130,12 +130,16 @@ impl<T: Element> Backend for CpuBackend<T> {
 
     fn lincomb(&mut self, a: f64, x: &DMatrix<T>, b: f64, y: &DMatrix<T>, dst: &mut DMatrix<T>) {
         let (a, b) = (T::of(a), T::of(b));
-        dst.zip_zip_apply(x, y, |d, xv, yv| *d = a * xv + b * yv);
+        for ((d, xv), yv) in dst.as_mut_slice().iter_mut().zip(x.as_slice()).zip(y.as_slice()) {
+            *d = a * *xv + b * *yv;
+        }
     }
 
     fn lerp(&mut self, base: &DMatrix<T>, toward: &DMatrix<T>, alpha: f64, dst: &mut DMatrix<T>) {
         let a = T::of(alpha);
-        dst.zip_zip_apply(base, toward, |d, b, t| *d = b + a * (t - b));
+        for ((d, b), t) in dst.as_mut_slice().iter_mut().zip(base.as_slice()).zip(toward.as_slice()) {
+            *d = *b + a * (*t - *b);
+        }
     }
 
     fn nonneg(&mut self, m: &mut DMatrix<T>, mode: NonNeg) {
