@@ -11,6 +11,7 @@ use crate::retract::RetractOptions;
 use crate::rng::Rng;
 use crate::validate;
 use nalgebra::DMatrix;
+use smallvec::SmallVec;
 use std::collections::VecDeque;
 use std::time::Instant;
 
@@ -321,7 +322,7 @@ fn solve_reference<B: Backend, F: FnMut(&IterInfo) -> Control>(
     let lr0 = lr;
     let opt_rule = update_rule(params.optimizer);
 
-    let batch = be.line_search_batch().max(1);
+    let batch = be.line_search_batch().clamp(1, MAX_BATCH);
     let mut grad = be.zeros(p, k)?;
     let mut prop = be.zeros(p, k)?;
     let mut ynew = be.zeros(p, k)?;
@@ -334,6 +335,7 @@ fn solve_reference<B: Backend, F: FnMut(&IterInfo) -> Control>(
 
     be.gradient(&y, &x0, &rule, &mut grad);
     let init_grad_norm = be.reduce(&[Reduction::NormSq(&grad)])?[0].sqrt() + 1e-8;
+    let mut vals: Vec<f64> = Vec::with_capacity(4 * (batch + 2) + 2);
 
     let mut best_e = f64::INFINITY;
     let mut best_terms: Option<EnergyTerms> = None;
@@ -341,7 +343,7 @@ fn solve_reference<B: Backend, F: FnMut(&IterInfo) -> Control>(
     let mut rec = Recorder {
         params,
         t0: Instant::now(),
-        traces: Vec::new(),
+        traces: Vec::with_capacity((params.max_iter / params.record_every + 1).min(1 << 16)),
         recent: VecDeque::new(),
         callback,
     };
@@ -369,12 +371,16 @@ fn solve_reference<B: Backend, F: FnMut(&IterInfo) -> Control>(
         if clamp {
             be.nonneg(&mut acc, NonNeg::Hard);
         }
-        let v = be.reduce(&[
-            Reduction::NormSq(&grad),
-            Reduction::AllFinite(&grad),
-            Reduction::EnergyTerms { y: &evals[0], target: &x0 },
-            Reduction::EnergyTerms { y: &acc, target: &x0 },
-        ])?;
+        be.reduce_into(
+            &[
+                Reduction::NormSq(&grad),
+                Reduction::AllFinite(&grad),
+                Reduction::EnergyTerms { y: &evals[0], target: &x0 },
+                Reduction::EnergyTerms { y: &acc, target: &x0 },
+            ],
+            &mut vals,
+        )?;
+        let v = &vals;
         energy_evals += 1;
         if v[1] == 0.0 {
             stop = StopReason::NonFiniteGradient;
@@ -403,13 +409,14 @@ fn solve_reference<B: Backend, F: FnMut(&IterInfo) -> Control>(
                     be.nonneg(&mut evals[j + 1], NonNeg::Hard);
                 }
             }
-            let reqs: Vec<_> = (0..n)
+            let reqs: Requests<'_, B::Mat> = (0..n)
                 .map(|j| Reduction::EnergyTerms {
                     y: &evals[j + 1],
                     target: &x0,
                 })
                 .collect();
-            let v = be.reduce(&reqs)?;
+            be.reduce_into(&reqs, &mut vals)?;
+            let v = &vals;
             energy_evals += n;
             for j in 0..n {
                 alpha *= 0.5;
@@ -512,6 +519,13 @@ fn solve_reference<B: Backend, F: FnMut(&IterInfo) -> Control>(
     })
 }
 
+/// Reduction requests built per readback without touching the heap (a device batch is at
+/// most [`MAX_BATCH`] candidates, two requests each, plus two).
+type Requests<'a, M> = SmallVec<[Reduction<'a, M>; 2 * MAX_BATCH + 2]>;
+
+/// The largest line-search batch the solver honours.
+pub const MAX_BATCH: usize = 16;
+
 /// Halvings tried with the retraction in the step before falling back to a plain projected
 /// gradient step.
 const RETRACTED_TRIES: usize = 3;
@@ -565,7 +579,7 @@ fn solve_corrected<B: Backend, F: FnMut(&IterInfo) -> Control>(
     let ropt = RetractOptions::corrected(params.retraction, w);
     let opt_rule = update_rule(params.optimizer);
 
-    let batch = be.line_search_batch().max(1);
+    let batch = be.line_search_batch().clamp(1, MAX_BATCH);
     let mut y = be.upload(&start)?;
     let x0 = be.upload(&prep.target)?;
     let mut grad = be.zeros(p, k)?;
@@ -581,6 +595,7 @@ fn solve_corrected<B: Backend, F: FnMut(&IterInfo) -> Control>(
     let d0 = t_init.defect().max(1e-8);
     let mut cur_e = model.eval(&t_init).2;
     let mut cur_norm_sq = t_init.norm_sq;
+    let mut vals: Vec<f64> = Vec::with_capacity(5 * batch + 2);
 
     be.gradient(&y, &x0, &true_rule, &mut grad);
     let init_grad_norm = be.reduce(&[Reduction::NormSq(&grad)])?[0].sqrt();
@@ -600,7 +615,7 @@ fn solve_corrected<B: Backend, F: FnMut(&IterInfo) -> Control>(
     let mut rec = Recorder {
         params,
         t0: Instant::now(),
-        traces: Vec::new(),
+        traces: Vec::with_capacity((params.max_iter / params.record_every + 1).min(1 << 16)),
         recent: VecDeque::new(),
         callback,
     };
@@ -621,22 +636,26 @@ fn solve_corrected<B: Backend, F: FnMut(&IterInfo) -> Control>(
         }
         be.optimizer_step(&opt_rule, &y, &dir, &mut state, lr, &mut prop);
 
-        // First readback: certificate of Y and the first `batch` candidates.
-        let mut alphas: Vec<(f64, bool)> = Vec::with_capacity(RETRACTED_TRIES + PLAIN_TRIES);
-        if use_retraction {
-            alphas.extend((0..RETRACTED_TRIES).map(|j| (0.5f64.powi(j as i32), true)));
-        }
-        alphas.extend((0..PLAIN_TRIES).map(|j| (0.5f64.powi(j as i32), false)));
+        // The candidate sequence: (step fraction, through the retraction?).
+        let n_retracted = if use_retraction { RETRACTED_TRIES } else { 0 };
+        let n_trials = n_retracted + PLAIN_TRIES;
+        let trial = |i: usize| -> (f64, bool) {
+            if i < n_retracted {
+                (0.5f64.powi(i as i32), true)
+            } else {
+                (0.5f64.powi((i - n_retracted) as i32), false)
+            }
+        };
 
         let mut accepted: Option<(usize, EnergyTerms)> = None;
         let mut cert = f64::NAN;
         let mut finite = true;
         let mut tried = 0usize;
         let mut first = true;
-        while tried < alphas.len() {
-            let n = batch.min(alphas.len() - tried);
+        while tried < n_trials {
+            let n = batch.min(n_trials - tried);
             for j in 0..n {
-                let (a, retracted) = alphas[tried + j];
+                let (a, retracted) = trial(tried + j);
                 if retracted {
                     be.lerp(&y, &prop, a, &mut cand[j]);
                     be.retract(&cand[j], &mut evals[j], &ropt);
@@ -648,7 +667,7 @@ fn solve_corrected<B: Backend, F: FnMut(&IterInfo) -> Control>(
                     be.nonneg(&mut evals[j], NonNeg::Hard);
                 }
             }
-            let mut reqs = Vec::with_capacity(2 * n + 2);
+            let mut reqs: Requests<'_, B::Mat> = SmallVec::new();
             if first {
                 reqs.push(Reduction::AllFinite(&grad));
                 reqs.push(Reduction::GradMapSq {
@@ -662,7 +681,8 @@ fn solve_corrected<B: Backend, F: FnMut(&IterInfo) -> Control>(
                 reqs.push(Reduction::EnergyTerms { y: e, target: &x0 });
                 reqs.push(Reduction::DistSq(e, &y));
             }
-            let v = be.reduce(&reqs)?;
+            be.reduce_into(&reqs, &mut vals)?;
+            let v = &vals;
             let mut off = 0;
             if first {
                 finite = v[0] == 1.0;
@@ -679,7 +699,7 @@ fn solve_corrected<B: Backend, F: FnMut(&IterInfo) -> Control>(
                 let terms = EnergyModel::from_slice(&v[base..base + 4]);
                 let step_sq = v[base + 4];
                 let e = model.eval(&terms).2;
-                let (a, _) = alphas[tried + j];
+                let (a, _) = trial(tried + j);
                 let step = a * lr;
                 if e.is_finite() && e < cur_e && e <= cur_e - C1 * step_sq / step {
                     accepted = Some((j, terms));
@@ -705,15 +725,11 @@ fn solve_corrected<B: Backend, F: FnMut(&IterInfo) -> Control>(
             stop = StopReason::LineSearchStalled;
             break;
         };
-        let (alpha, was_retracted) = alphas[tried];
+        let (alpha, was_retracted) = trial(tried);
         if was_retracted {
             retracted_steps += 1;
         }
-        let halvings = if use_retraction && tried >= RETRACTED_TRIES {
-            tried - RETRACTED_TRIES
-        } else {
-            tried
-        };
+        let halvings = if tried >= n_retracted { tried - n_retracted } else { tried };
         if tried > 0 {
             bt_iters += 1;
         }

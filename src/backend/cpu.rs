@@ -288,8 +288,8 @@ impl<T: Element> Backend for CpuBackend<T> {
         }
     }
 
-    fn reduce(&mut self, requests: &[Reduction<'_, DMatrix<T>>]) -> Result<Vec<f64>> {
-        let mut out = Vec::with_capacity(requests.iter().map(|r| r.width()).sum());
+    fn reduce_into(&mut self, requests: &[Reduction<'_, DMatrix<T>>], out: &mut Vec<f64>) -> Result<()> {
+        out.clear();
         for r in requests {
             match *r {
                 Reduction::EnergyTerms { y, target } => {
@@ -316,6 +316,6 @@ impl<T: Element> Backend for CpuBackend<T> {
                 }
             }
         }
-        Ok(out)
+        Ok(())
     }
 }

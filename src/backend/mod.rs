@@ -164,6 +164,15 @@ pub trait Backend {
         lr: f64,
         out: &mut Self::Mat,
     );
-    /// Answers a batch of reductions, concatenating each one's numbers in order.
-    fn reduce(&mut self, requests: &[Reduction<'_, Self::Mat>]) -> Result<Vec<f64>>;
+    /// Answers a batch of reductions into `out` (cleared first), concatenating each one's
+    /// numbers in order. One call is one readback on a device; `out` is reused by the solver
+    /// so the loop does not allocate.
+    fn reduce_into(&mut self, requests: &[Reduction<'_, Self::Mat>], out: &mut Vec<f64>) -> Result<()>;
+
+    /// [`Backend::reduce_into`] returning a new vector.
+    fn reduce(&mut self, requests: &[Reduction<'_, Self::Mat>]) -> Result<Vec<f64>> {
+        let mut out = Vec::with_capacity(requests.iter().map(|r| r.width()).sum());
+        self.reduce_into(requests, &mut out)?;
+        Ok(out)
+    }
 }
