@@ -19,9 +19,10 @@ pub trait Element: RealField + Copy + Send + Sync + 'static {
     fn of(v: f64) -> Self;
     /// Converts to `f64` (exact for both types).
     fn as_f64(self) -> f64;
-    /// `out ← AᵀB` for column-major `A` (p×ka) and `B` (p×kb) into column-major `out` (ka×kb),
-    /// sequential and in a fixed order.
-    fn gram_raw(a: &[Self], b: &[Self], p: usize, ka: usize, kb: usize, out: &mut [Self]);
+    /// `out ← A[rows]ᵀ·B[rows]` for column-major `A` (p×ka) and `B` (p×kb) restricted to a
+    /// range of rows, into column-major `out` (ka×kb); sequential and in a fixed order.
+    #[allow(clippy::too_many_arguments)]
+    fn gram_rows(a: &[Self], b: &[Self], p: usize, ka: usize, kb: usize, rows: std::ops::Range<usize>, out: &mut [Self]);
     /// `C ← α·op(A)·op(B) + β·C` on raw column-major storage described by row/column strides.
     ///
     /// # Safety
@@ -47,10 +48,11 @@ pub trait Element: RealField + Copy + Send + Sync + 'static {
 }
 
 impl Element for f64 {
-    fn gram_raw(a: &[Self], b: &[Self], p: usize, ka: usize, kb: usize, out: &mut [Self]) {
+    fn gram_rows(a: &[Self], b: &[Self], p: usize, ka: usize, kb: usize, rows: std::ops::Range<usize>, out: &mut [Self]) {
         use faer::{Accum, MatMut, MatRef, Par};
-        let a = MatRef::from_column_major_slice(a, p, ka);
-        let b = MatRef::from_column_major_slice(b, p, kb);
+        let n = rows.end - rows.start;
+        let a = MatRef::from_column_major_slice_with_stride(&a[rows.start..], n, ka, p);
+        let b = MatRef::from_column_major_slice_with_stride(&b[rows.start..], n, kb, p);
         let o = MatMut::from_column_major_slice_mut(out, ka, kb);
         faer::linalg::matmul::matmul(o, Accum::Replace, a.transpose(), b, 1.0, Par::Seq);
     }
@@ -85,10 +87,11 @@ impl Element for f64 {
 }
 
 impl Element for f32 {
-    fn gram_raw(a: &[Self], b: &[Self], p: usize, ka: usize, kb: usize, out: &mut [Self]) {
+    fn gram_rows(a: &[Self], b: &[Self], p: usize, ka: usize, kb: usize, rows: std::ops::Range<usize>, out: &mut [Self]) {
         use faer::{Accum, MatMut, MatRef, Par};
-        let a = MatRef::from_column_major_slice(a, p, ka);
-        let b = MatRef::from_column_major_slice(b, p, kb);
+        let n = rows.end - rows.start;
+        let a = MatRef::from_column_major_slice_with_stride(&a[rows.start..], n, ka, p);
+        let b = MatRef::from_column_major_slice_with_stride(&b[rows.start..], n, kb, p);
         let o = MatMut::from_column_major_slice_mut(out, ka, kb);
         faer::linalg::matmul::matmul(o, Accum::Replace, a.transpose(), b, 1.0, Par::Seq);
     }

@@ -6,6 +6,7 @@
 
 use crate::element::Element;
 use nalgebra::DMatrix;
+use rayon::prelude::*;
 
 /// `out ← Aᵀ·B` for tall `p×k` operands (`out` is `k×k`), through a blocked sequential gemm.
 pub fn gram_into<T: Element>(a: &DMatrix<T>, b: &DMatrix<T>, out: &mut DMatrix<T>) {
@@ -17,8 +18,38 @@ pub fn gram_into<T: Element>(a: &DMatrix<T>, b: &DMatrix<T>, out: &mut DMatrix<T
         out.fill(T::zero());
         return;
     }
-    T::gram_raw(a.as_slice(), b.as_slice(), p, ka, kb, out.as_mut_slice());
+    let (sa, sb) = (a.as_slice(), b.as_slice());
+    if p * ka.max(kb) < PAR_MIN_ELEMS || p < PARTS {
+        T::gram_rows(sa, sb, p, ka, kb, 0..p, out.as_mut_slice());
+        return;
+    }
+    // PARTS fixed row blocks (a function of p only, not of the thread count), summed in a
+    // fixed order: the same bits with any number of threads.
+    let kk = ka * kb;
+    let mut partials = vec![T::zero(); PARTS * kk];
+    partials.par_chunks_mut(kk).enumerate().for_each(|(i, chunk)| {
+        T::gram_rows(sa, sb, p, ka, kb, part(p, i), chunk);
+    });
+    let (lo, hi) = partials.split_at(2 * kk);
+    for (idx, o) in out.as_mut_slice().iter_mut().enumerate() {
+        *o = (lo[idx] + lo[kk + idx]) + (hi[idx] + hi[kk + idx]);
+    }
 }
+
+/// Matrices with at least this many entries go through the parallel blocked kernels.
+pub const PAR_MIN_ELEMS: usize = 1 << 17;
+/// The number of fixed row blocks of the parallel kernels.
+const PARTS: usize = 4;
+
+fn part(p: usize, i: usize) -> std::ops::Range<usize> {
+    (i * p / PARTS)..((i + 1) * p / PARTS)
+}
+
+#[derive(Clone, Copy)]
+struct SendPtr<T>(*mut T);
+// SAFETY: used only to hand disjoint row blocks of one output to the threads of a scope.
+unsafe impl<T> Send for SendPtr<T> {}
+unsafe impl<T> Sync for SendPtr<T> {}
 
 /// `Aᵀ·B` as a new matrix.
 pub fn gram<T: Element>(a: &DMatrix<T>, b: &DMatrix<T>) -> DMatrix<T> {
@@ -39,24 +70,37 @@ pub fn mul_small_into<T: Element>(a: &DMatrix<T>, s: &DMatrix<T>, alpha: T, beta
         out.scale_mut(beta);
         return;
     }
-    // SAFETY: strides describe the column-major storage of `a`, `s` and `out`.
-    unsafe {
-        T::gemm_raw(
-            p,
-            k,
-            s.ncols(),
-            alpha,
-            a.as_ptr(),
-            1,
-            p as isize,
-            s.as_ptr(),
-            1,
-            k as isize,
-            beta,
-            out.as_mut_ptr(),
-            1,
-            p as isize,
-        );
+    let m = s.ncols();
+    let (ap, sp) = (SendPtr(a.as_ptr() as *mut T), SendPtr(s.as_ptr() as *mut T));
+    let op = SendPtr(out.as_mut_ptr());
+    let block = move |rows: std::ops::Range<usize>| {
+        let (ap, sp, op) = (ap, sp, op);
+        // SAFETY: strides describe the column-major storage of `a`, `s` and `out`; the row
+        // blocks handed to different threads are disjoint.
+        unsafe {
+            T::gemm_raw(
+                rows.end - rows.start,
+                k,
+                m,
+                alpha,
+                ap.0.add(rows.start),
+                1,
+                p as isize,
+                sp.0,
+                1,
+                k as isize,
+                beta,
+                op.0.add(rows.start),
+                1,
+                p as isize,
+            );
+        }
+    };
+    if p * k.max(m) < PAR_MIN_ELEMS || p < PARTS {
+        block(0..p);
+    } else {
+        // each output entry is computed by one thread with the same kernel, whatever the split
+        (0..PARTS).into_par_iter().for_each(|i| block(part(p, i)));
     }
 }
 
@@ -69,9 +113,35 @@ pub fn mul_small<T: Element>(a: &DMatrix<T>, s: &DMatrix<T>) -> DMatrix<T> {
 
 const LANES: usize = 8;
 
-/// Σ xᵢ² in a fixed order (8 interleaved partial sums, then combined pairwise), so the same
-/// input always gives the same bits.
+/// Runs a fixed-order reduction over [`PARTS`] fixed blocks in parallel for long inputs.
+fn blocked<T: Element>(n: usize, f: impl Fn(std::ops::Range<usize>) -> T + Sync) -> T {
+    if n < PAR_MIN_ELEMS {
+        return f(0..n);
+    }
+    let mut parts = [T::zero(); PARTS];
+    parts.par_iter_mut().enumerate().for_each(|(i, v)| *v = f(part(n, i)));
+    (parts[0] + parts[1]) + (parts[2] + parts[3])
+}
+
+/// Σ xᵢ² in a fixed order (8 interleaved partial sums, then combined pairwise; long inputs in
+/// four fixed blocks), so the same input always gives the same bits.
 pub fn sum_sq<T: Element>(x: &[T]) -> T {
+    blocked(x.len(), |r| sum_sq_seq(&x[r]))
+}
+
+/// Σ xᵢ·yᵢ in the same fixed order as [`sum_sq`].
+pub fn dot<T: Element>(x: &[T], y: &[T]) -> T {
+    assert_eq!(x.len(), y.len());
+    blocked(x.len(), |r| dot_seq(&x[r.clone()], &y[r]))
+}
+
+/// Σ (xᵢ − yᵢ)² in the same fixed order as [`sum_sq`].
+pub fn dist_sq<T: Element>(x: &[T], y: &[T]) -> T {
+    assert_eq!(x.len(), y.len());
+    blocked(x.len(), |r| dist_sq_seq(&x[r.clone()], &y[r]))
+}
+
+fn sum_sq_seq<T: Element>(x: &[T]) -> T {
     let mut acc = [T::zero(); LANES];
     let chunks = x.chunks_exact(LANES);
     let rem = chunks.remainder();
@@ -86,9 +156,7 @@ pub fn sum_sq<T: Element>(x: &[T]) -> T {
     combine(acc)
 }
 
-/// Σ xᵢ·yᵢ in the same fixed order as [`sum_sq`].
-pub fn dot<T: Element>(x: &[T], y: &[T]) -> T {
-    assert_eq!(x.len(), y.len());
+fn dot_seq<T: Element>(x: &[T], y: &[T]) -> T {
     let mut acc = [T::zero(); LANES];
     let cx = x.chunks_exact(LANES);
     let cy = y.chunks_exact(LANES);
@@ -104,9 +172,7 @@ pub fn dot<T: Element>(x: &[T], y: &[T]) -> T {
     combine(acc)
 }
 
-/// Σ (xᵢ − yᵢ)² in the same fixed order as [`sum_sq`].
-pub fn dist_sq<T: Element>(x: &[T], y: &[T]) -> T {
-    assert_eq!(x.len(), y.len());
+fn dist_sq_seq<T: Element>(x: &[T], y: &[T]) -> T {
     let mut acc = [T::zero(); LANES];
     let cx = x.chunks_exact(LANES);
     let cy = y.chunks_exact(LANES);
