@@ -46,7 +46,8 @@ static GLOBAL: Counting = Counting;
 
 #[test]
 fn no_p_sized_allocation_inside_the_loop() {
-    let (p, k) = (4000, 4);
+    // p·k above linalg::PAR_MIN_ELEMS, so the parallel blocked kernels are measured too
+    let (p, k) = (33000, 4);
     let y0 = randn(p, k, 1);
     let x0 = randn(p, k, 2);
     let mut checked = 0;
