@@ -18,7 +18,13 @@ fn randn(p: usize, k: usize, seed: u64) -> DMatrix<f64> {
 /// Time per iteration: each sample runs a solve of `iters` iterations (tol = 0) and charges
 /// its loop time divided by the iterations it ran.
 fn flow(c: &mut Criterion) {
-    let shapes: &[(usize, usize, usize)] = &[(50, 10, 100), (66, 5, 100), (1000, 20, 30), (10000, 32, 10), (100000, 64, 3)];
+    let shapes: &[(usize, usize, usize)] = &[
+        (50, 10, 100),
+        (66, 5, 100),
+        (1000, 20, 30),
+        (10000, 32, 10),
+        (100000, 64, 3),
+    ];
     for mode in [Mode::Reference, Mode::Corrected] {
         let mut g = c.benchmark_group(format!("flow/{mode}"));
         for &(p, k, iters) in shapes {
@@ -29,17 +35,28 @@ fn flow(c: &mut Criterion) {
             }
             let y0 = randn(p, k, 1);
             let x0 = randn(p, k, 2);
-            let params = Params { w: 0.5, max_iter: iters, tol: 0.0, mode, ..Params::default() };
-            g.bench_with_input(BenchmarkId::new("per_iteration", format!("{p}x{k}")), &(), |b, _| {
-                b.iter_custom(|n| {
-                    let mut total = Duration::ZERO;
-                    for _ in 0..n {
-                        let res = nsa_flow(black_box(&y0), Some(&x0), &params).unwrap();
-                        total += Duration::from_secs_f64(res.seconds / res.iterations.max(1) as f64);
-                    }
-                    total
-                })
-            });
+            let params = Params {
+                w: 0.5,
+                max_iter: iters,
+                tol: 0.0,
+                mode,
+                ..Params::default()
+            };
+            g.bench_with_input(
+                BenchmarkId::new("per_iteration", format!("{p}x{k}")),
+                &(),
+                |b, _| {
+                    b.iter_custom(|n| {
+                        let mut total = Duration::ZERO;
+                        for _ in 0..n {
+                            let res = nsa_flow(black_box(&y0), Some(&x0), &params).unwrap();
+                            total +=
+                                Duration::from_secs_f64(res.seconds / res.iterations.max(1) as f64);
+                        }
+                        total
+                    })
+                },
+            );
         }
         g.finish();
     }
@@ -59,15 +76,18 @@ fn kernels(c: &mut Criterion) {
         g.bench_function(BenchmarkId::new("gram_faer", format!("{p}x{k}")), |b| {
             b.iter(|| nsa_flow::linalg::gram_into(black_box(&y), &y, &mut gram))
         });
-        g.bench_function(BenchmarkId::new("gram_nalgebra_tr_mul", format!("{p}x{k}")), |b| {
-            b.iter(|| black_box(y.tr_mul(&y)))
-        });
-        g.bench_function(BenchmarkId::new("mul_small_matrixmultiply", format!("{p}x{k}")), |b| {
-            b.iter(|| nsa_flow::linalg::mul_small_into(black_box(&y), &s, 1.0, 0.0, &mut out))
-        });
-        g.bench_function(BenchmarkId::new("mul_small_nalgebra", format!("{p}x{k}")), |b| {
-            b.iter(|| black_box(&y * &s))
-        });
+        g.bench_function(
+            BenchmarkId::new("gram_nalgebra_tr_mul", format!("{p}x{k}")),
+            |b| b.iter(|| black_box(y.tr_mul(&y))),
+        );
+        g.bench_function(
+            BenchmarkId::new("mul_small_matrixmultiply", format!("{p}x{k}")),
+            |b| b.iter(|| nsa_flow::linalg::mul_small_into(black_box(&y), &s, 1.0, 0.0, &mut out)),
+        );
+        g.bench_function(
+            BenchmarkId::new("mul_small_nalgebra", format!("{p}x{k}")),
+            |b| b.iter(|| black_box(&y * &s)),
+        );
     }
     g.finish();
 }

@@ -6,14 +6,19 @@
 
 use nalgebra::DMatrix;
 use nsa_flow::rng::Rng;
-use nsa_flow::{invariant_orthogonality_defect, nsa_flow, LearningRate, Mode, OptimizerKind, Params, Retraction};
+use nsa_flow::{
+    invariant_orthogonality_defect, nsa_flow, LearningRate, Mode, OptimizerKind, Params, Retraction,
+};
 
 fn main() -> Result<(), nsa_flow::NsaError> {
     let mut rng = Rng::new(42);
     let y = DMatrix::from_fn(50, 10, |_, _| rng.normal());
     let x0 = DMatrix::from_fn(50, 10, |_, _| rng.normal());
     println!("NSA-Flow quick start: Y, X0 ~ N(0,1) 50x10, w = 0.8, soft_polar, sgdp, 50 iterations, lr = 1e-2\n");
-    println!("initial orthogonality defect: {:.6e}", invariant_orthogonality_defect(&y));
+    println!(
+        "initial orthogonality defect: {:.6e}",
+        invariant_orthogonality_defect(&y)
+    );
     for mode in [Mode::Reference, Mode::Corrected] {
         let params = Params {
             w: 0.8,

@@ -22,7 +22,15 @@ pub trait Element: RealField + Copy + Send + Sync + 'static {
     /// `out ← A[rows]ᵀ·B[rows]` for column-major `A` (p×ka) and `B` (p×kb) restricted to a
     /// range of rows, into column-major `out` (ka×kb); sequential and in a fixed order.
     #[allow(clippy::too_many_arguments)]
-    fn gram_rows(a: &[Self], b: &[Self], p: usize, ka: usize, kb: usize, rows: std::ops::Range<usize>, out: &mut [Self]);
+    fn gram_rows(
+        a: &[Self],
+        b: &[Self],
+        p: usize,
+        ka: usize,
+        kb: usize,
+        rows: std::ops::Range<usize>,
+        out: &mut [Self],
+    );
     /// `C ← α·op(A)·op(B) + β·C` on raw column-major storage described by row/column strides.
     ///
     /// # Safety
@@ -48,7 +56,15 @@ pub trait Element: RealField + Copy + Send + Sync + 'static {
 }
 
 impl Element for f64 {
-    fn gram_rows(a: &[Self], b: &[Self], p: usize, ka: usize, kb: usize, rows: std::ops::Range<usize>, out: &mut [Self]) {
+    fn gram_rows(
+        a: &[Self],
+        b: &[Self],
+        p: usize,
+        ka: usize,
+        kb: usize,
+        rows: std::ops::Range<usize>,
+        out: &mut [Self],
+    ) {
         use faer::{Accum, MatMut, MatRef, Par};
         let n = rows.end - rows.start;
         let a = MatRef::from_column_major_slice_with_stride(&a[rows.start..], n, ka, p);
@@ -87,7 +103,15 @@ impl Element for f64 {
 }
 
 impl Element for f32 {
-    fn gram_rows(a: &[Self], b: &[Self], p: usize, ka: usize, kb: usize, rows: std::ops::Range<usize>, out: &mut [Self]) {
+    fn gram_rows(
+        a: &[Self],
+        b: &[Self],
+        p: usize,
+        ka: usize,
+        kb: usize,
+        rows: std::ops::Range<usize>,
+        out: &mut [Self],
+    ) {
         use faer::{Accum, MatMut, MatRef, Par};
         let n = rows.end - rows.start;
         let a = MatRef::from_column_major_slice_with_stride(&a[rows.start..], n, ka, p);

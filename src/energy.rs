@@ -36,7 +36,11 @@ impl EnergyTerms {
     }
 
     /// Computes the terms of `y` against `target` in element type `T`.
-    pub fn compute<T: Element>(y: &DMatrix<T>, target: &DMatrix<T>, gram_ws: &mut DMatrix<T>) -> Self {
+    pub fn compute<T: Element>(
+        y: &DMatrix<T>,
+        target: &DMatrix<T>,
+        gram_ws: &mut DMatrix<T>,
+    ) -> Self {
         linalg::gram_into(y, y, gram_ws);
         let gram_fro_sq = linalg::sum_sq(gram_ws.as_slice());
         let k = gram_ws.nrows();
@@ -184,7 +188,8 @@ pub fn compute_energy(
         FidelityType::Basic => fid_eta * half,
         FidelityType::ScaleInvariant => fid_eta * half / linalg::sum_sq(x0.as_slice()).max(1e-12),
         FidelityType::Symmetric => {
-            let den = 0.5 * (linalg::sum_sq(x0.as_slice()) + linalg::sum_sq(y.as_slice())).max(1e-12);
+            let den =
+                0.5 * (linalg::sum_sq(x0.as_slice()) + linalg::sum_sq(y.as_slice())).max(1e-12);
             fid_eta * half / den
         }
     };
@@ -268,8 +273,11 @@ mod tests {
         let mut perm = y.clone();
         perm.swap_columns(0, 3);
         assert!((invariant_orthogonality_defect(&perm) - d).abs() < 1e-14);
-        assert!(d >= 0.0 && d <= 1.0 - 1.0 / 4.0 + 1e-15);
-        assert_eq!(invariant_orthogonality_defect(&DMatrix::<f64>::zeros(3, 2)), 0.0);
+        assert!((0.0..=1.0 - 1.0 / 4.0 + 1e-15).contains(&d));
+        assert_eq!(
+            invariant_orthogonality_defect(&DMatrix::<f64>::zeros(3, 2)),
+            0.0
+        );
     }
 
     #[test]

@@ -20,7 +20,9 @@ pub enum NsaError {
         value: f64,
     },
     /// Two inputs that must have the same shape do not.
-    #[error("shape mismatch: {what} is {got_rows}×{got_cols}, expected {expected_rows}×{expected_cols}")]
+    #[error(
+        "shape mismatch: {what} is {got_rows}×{got_cols}, expected {expected_rows}×{expected_cols}"
+    )]
     ShapeMismatch {
         /// Which input.
         what: &'static str,

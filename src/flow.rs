@@ -5,7 +5,9 @@ use crate::backend::cpu::CpuBackend;
 use crate::backend::{Backend, GradientRule, Projection, Reduction, UpdateRule};
 use crate::energy::EnergyTerms;
 use crate::error::{NsaError, Result};
-use crate::params::{BackendChoice, LearningRate, Mode, NonNeg, OptimizerKind, Params, Precision, Retraction};
+use crate::params::{
+    BackendChoice, LearningRate, Mode, NonNeg, OptimizerKind, Params, Precision, Retraction,
+};
 use crate::result::{Certificate, Control, IterInfo, NsaResult, Scaling, StopReason, TraceRow};
 use crate::retract::RetractOptions;
 use crate::rng::Rng;
@@ -27,7 +29,11 @@ use std::time::Instant;
 /// assert!(res.y.iter().all(|&v| v >= 0.0));
 /// assert!(res.defect() < nsa_flow::invariant_orthogonality_defect(&x0));
 /// ```
-pub fn nsa_flow(y0: &DMatrix<f64>, x0: Option<&DMatrix<f64>>, params: &Params) -> Result<NsaResult> {
+pub fn nsa_flow(
+    y0: &DMatrix<f64>,
+    x0: Option<&DMatrix<f64>>,
+    params: &Params,
+) -> Result<NsaResult> {
     nsa_flow_with_callback(y0, x0, params, |_| Control::Continue)
 }
 
@@ -59,7 +65,9 @@ where
         BackendChoice::Gpu => {
             return Err(NsaError::BackendUnavailable {
                 name: "gpu".into(),
-                reason: "this build of nsa-flow has no GPU backend yet; use backend = cpu (or auto)".into(),
+                reason:
+                    "this build of nsa-flow has no GPU backend yet; use backend = cpu (or auto)"
+                        .into(),
             })
         }
     }
@@ -100,7 +108,13 @@ fn prepare(y0: &DMatrix<f64>, x0: Option<&DMatrix<f64>>, params: &Params) -> Res
             });
         }
     }
-    let clamp_m = |m: &DMatrix<f64>| if clamp { m.map(|v| v.max(0.0)) } else { m.clone() };
+    let clamp_m = |m: &DMatrix<f64>| {
+        if clamp {
+            m.map(|v| v.max(0.0))
+        } else {
+            m.clone()
+        }
+    };
     match x0 {
         Some(x) => {
             validate::finite_nonempty("X0", x)?;
@@ -230,7 +244,11 @@ impl<F: FnMut(&IterInfo) -> Control> Recorder<'_, F> {
         if self.recent.len() < self.params.window_size {
             return false;
         }
-        let max = self.recent.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+        let max = self
+            .recent
+            .iter()
+            .cloned()
+            .fold(f64::NEG_INFINITY, f64::max);
         let min = self.recent.iter().cloned().fold(f64::INFINITY, f64::min);
         let mean = self.recent.iter().sum::<f64>() / self.recent.len() as f64;
         (max - min) / (mean.abs() + 1e-12) < thresh
@@ -264,7 +282,12 @@ fn certificate_of<B: Backend>(
 ) -> Result<Certificate> {
     be.gradient(y, x0, &model.true_gradient(Projection::None), grad);
     let n = be.reduce(&[Reduction::NormSq(y)])?[0];
-    let v = be.reduce(&[Reduction::GradMapSq { y, g: grad, t: n, clamp }])?[0];
+    let v = be.reduce(&[Reduction::GradMapSq {
+        y,
+        g: grad,
+        t: n,
+        clamp,
+    }])?[0];
     let value = if n > 0.0 { (v / n).sqrt() } else { f64::NAN };
     Ok(Certificate {
         value,
@@ -330,8 +353,12 @@ fn solve_reference<B: Backend, F: FnMut(&IterInfo) -> Control>(
     let mut best = be.zeros(p, k)?;
     be.copy(&y, &mut best);
     let mut cand: Vec<B::Mat> = (0..batch).map(|_| be.zeros(p, k)).collect::<Result<_>>()?;
-    let mut evals: Vec<B::Mat> = (0..batch + 1).map(|_| be.zeros(p, k)).collect::<Result<_>>()?;
-    let mut state: Vec<B::Mat> = (0..state_len(&opt_rule)).map(|_| be.zeros(p, k)).collect::<Result<_>>()?;
+    let mut evals: Vec<B::Mat> = (0..batch + 1)
+        .map(|_| be.zeros(p, k))
+        .collect::<Result<_>>()?;
+    let mut state: Vec<B::Mat> = (0..state_len(&opt_rule))
+        .map(|_| be.zeros(p, k))
+        .collect::<Result<_>>()?;
 
     be.gradient(&y, &x0, &rule, &mut grad);
     let init_grad_norm = be.reduce(&[Reduction::NormSq(&grad)])?[0].sqrt() + 1e-8;
@@ -375,8 +402,14 @@ fn solve_reference<B: Backend, F: FnMut(&IterInfo) -> Control>(
             &[
                 Reduction::NormSq(&grad),
                 Reduction::AllFinite(&grad),
-                Reduction::EnergyTerms { y: &evals[0], target: &x0 },
-                Reduction::EnergyTerms { y: &acc, target: &x0 },
+                Reduction::EnergyTerms {
+                    y: &evals[0],
+                    target: &x0,
+                },
+                Reduction::EnergyTerms {
+                    y: &acc,
+                    target: &x0,
+                },
             ],
             &mut vals,
         )?;
@@ -511,7 +544,11 @@ fn solve_reference<B: Backend, F: FnMut(&IterInfo) -> Control>(
         init_grad_norm,
         energy_evaluations: energy_evals,
         backtracking_iterations: bt_iters,
-        retracted_steps: if params.retraction == Retraction::None { 0 } else { iterations },
+        retracted_steps: if params.retraction == Retraction::None {
+            0
+        } else {
+            iterations
+        },
         mode: Mode::Reference,
         precision: be.precision(),
         backend: be.name(),
@@ -562,7 +599,11 @@ fn solve_corrected<B: Backend, F: FnMut(&IterInfo) -> Control>(
             why: "the flow needs a non-zero feasible start",
         });
     }
-    let orth_weight = if k > 1 { w / (1.0 - 1.0 / k as f64) } else { 0.0 };
+    let orth_weight = if k > 1 {
+        w / (1.0 - 1.0 / k as f64)
+    } else {
+        0.0
+    };
     let model = EnergyModel {
         fid_weight: (1.0 - w) / x0_norm_sq,
         orth_weight,
@@ -587,7 +628,9 @@ fn solve_corrected<B: Backend, F: FnMut(&IterInfo) -> Control>(
     let mut prop = be.zeros(p, k)?;
     let mut cand: Vec<B::Mat> = (0..batch).map(|_| be.zeros(p, k)).collect::<Result<_>>()?;
     let mut evals: Vec<B::Mat> = (0..batch).map(|_| be.zeros(p, k)).collect::<Result<_>>()?;
-    let mut state: Vec<B::Mat> = (0..state_len(&opt_rule)).map(|_| be.zeros(p, k)).collect::<Result<_>>()?;
+    let mut state: Vec<B::Mat> = (0..state_len(&opt_rule))
+        .map(|_| be.zeros(p, k))
+        .collect::<Result<_>>()?;
 
     let v = be.reduce(&[Reduction::EnergyTerms { y: &y, target: &x0 }])?;
     let t_init = EnergyModel::from_slice(&v);
@@ -729,12 +772,20 @@ fn solve_corrected<B: Backend, F: FnMut(&IterInfo) -> Control>(
         if was_retracted {
             retracted_steps += 1;
         }
-        let halvings = if tried >= n_retracted { tried - n_retracted } else { tried };
+        let halvings = if tried >= n_retracted {
+            tried - n_retracted
+        } else {
+            tried
+        };
         if tried > 0 {
             bt_iters += 1;
         }
         std::mem::swap(&mut y, &mut evals[j]);
-        lr = if halvings == 0 { lr * alpha * 1.5 } else { lr * alpha };
+        lr = if halvings == 0 {
+            lr * alpha * 1.5
+        } else {
+            lr * alpha
+        };
         let (fid, defect, total) = model.eval(&terms);
         cur_e = total;
         cur_norm_sq = terms.norm_sq;
@@ -817,14 +868,24 @@ mod tests {
     #[test]
     fn corrected_gradient_matches_finite_differences() {
         let mut rng = Rng::new(11);
-        for &(p, k, simplified) in &[(30, 4, false), (30, 4, true), (12, 1, false), (7, 3, false), (50, 17, true)] {
+        for &(p, k, simplified) in &[
+            (30, 4, false),
+            (30, 4, true),
+            (12, 1, false),
+            (7, 3, false),
+            (50, 17, true),
+        ] {
             let y = DMatrix::from_fn(p, k, |_, _| rng.normal());
             let x0 = DMatrix::from_fn(p, k, |_, _| rng.normal().abs());
             let xn = x0.norm_squared();
             let w = 0.6;
             let model = EnergyModel {
                 fid_weight: (1.0 - w) / xn,
-                orth_weight: if k > 1 { w / (1.0 - 1.0 / k as f64) } else { 0.0 },
+                orth_weight: if k > 1 {
+                    w / (1.0 - 1.0 / k as f64)
+                } else {
+                    0.0
+                },
                 offdiag_scale: simplified.then_some(xn * xn),
             };
             let mut be = CpuBackend::<f64>::new();
@@ -833,9 +894,14 @@ mod tests {
             for _ in 0..3 {
                 let d = DMatrix::from_fn(p, k, |_, _| rng.normal());
                 let h = 1e-5;
-                let fd = (energy(&model, &(&y + &d * h), &x0) - energy(&model, &(&y - &d * h), &x0)) / (2.0 * h);
+                let fd = (energy(&model, &(&y + &d * h), &x0)
+                    - energy(&model, &(&y - &d * h), &x0))
+                    / (2.0 * h);
                 let an = g.dot(&d);
-                assert!((fd - an).abs() <= 1e-6 * an.abs().max(1e-3), "p={p} k={k} simplified={simplified}: fd {fd} vs {an}");
+                assert!(
+                    (fd - an).abs() <= 1e-6 * an.abs().max(1e-3),
+                    "p={p} k={k} simplified={simplified}: fd {fd} vs {an}"
+                );
             }
         }
     }
@@ -848,8 +914,17 @@ mod tests {
         let y = DMatrix::from_fn(40, 5, |_, _| 3.0 * rng.normal());
         let x0 = DMatrix::from_fn(40, 5, |_, _| rng.normal().abs());
         let mut be = CpuBackend::<f64>::new();
-        let rule = |projection| GradientRule { fid: 0.7, orth: 2.0, simplified: None, projection };
-        let (mut g, mut pg, mut ref_g) = (DMatrix::zeros(40, 5), DMatrix::zeros(40, 5), DMatrix::zeros(40, 5));
+        let rule = |projection| GradientRule {
+            fid: 0.7,
+            orth: 2.0,
+            simplified: None,
+            projection,
+        };
+        let (mut g, mut pg, mut ref_g) = (
+            DMatrix::zeros(40, 5),
+            DMatrix::zeros(40, 5),
+            DMatrix::zeros(40, 5),
+        );
         be.gradient(&y, &x0, &rule(Projection::None), &mut g);
         be.gradient(&y, &x0, &rule(Projection::PolarFull), &mut pg);
         be.gradient(&y, &x0, &rule(Projection::ReferenceFull), &mut ref_g);
@@ -860,6 +935,9 @@ mod tests {
         let sym = |m: DMatrix<f64>| (&m + m.transpose()) * 0.5;
         pp.copy_from(&(&pg - &q * sym(q.transpose() * &pg)));
         assert!((&pp - &pg).norm() < 1e-10 * pg.norm());
-        assert!(g.dot(&ref_g) < 0.0, "the reference projection at ‖Y‖₂ ≫ 1 points uphill here");
+        assert!(
+            g.dot(&ref_g) < 0.0,
+            "the reference projection at ‖Y‖₂ ≫ 1 points uphill here"
+        );
     }
 }

@@ -36,7 +36,11 @@ enum Kind {
 }
 
 fn kind_of(path: &Path) -> Result<Kind> {
-    match path.extension().and_then(|e| e.to_str()).map(|e| e.to_ascii_lowercase()) {
+    match path
+        .extension()
+        .and_then(|e| e.to_str())
+        .map(|e| e.to_ascii_lowercase())
+    {
         Some(e) if e == "npy" => Ok(Kind::Npy),
         Some(e) if e == "csv" => Ok(Kind::Csv),
         _ => Err(NsaError::InvalidParameter {
@@ -67,7 +71,10 @@ pub fn read_matrix(path: impl AsRef<Path>) -> Result<DMatrix<f64>> {
 pub fn read_batch(path: impl AsRef<Path>) -> Result<Vec<DMatrix<f64>>> {
     let path = path.as_ref();
     if !matches!(kind_of(path)?, Kind::Npy) {
-        return Err(malformed(path, "a batch of matrices must be a 3-D .npy file"));
+        return Err(malformed(
+            path,
+            "a batch of matrices must be a 3-D .npy file",
+        ));
     }
     let (shape, data) = read_npy(path)?;
     match shape.len() {
@@ -79,22 +86,32 @@ pub fn read_batch(path: impl AsRef<Path>) -> Result<Vec<DMatrix<f64>>> {
                 .map(|i| DMatrix::from_row_slice(p, k, &data[i * per..(i + 1) * per]))
                 .collect())
         }
-        n => Err(malformed(path, format!("expected a 2-D or 3-D array, found {n}-D"))),
+        n => Err(malformed(
+            path,
+            format!("expected a 2-D or 3-D array, found {n}-D"),
+        )),
     }
 }
 
 /// Returns the shape and the data in C (row-major) order.
 fn read_npy(path: &Path) -> Result<(Vec<usize>, Vec<f64>)> {
     let bytes = std::fs::read(path).map_err(|e| io_err(path, e))?;
-    let npy = npyz::NpyFile::new(&bytes[..]).map_err(|e| malformed(path, format!("not a valid .npy file: {e}")))?;
+    let npy = npyz::NpyFile::new(&bytes[..])
+        .map_err(|e| malformed(path, format!("not a valid .npy file: {e}")))?;
     let shape: Vec<usize> = npy.shape().iter().map(|&d| d as usize).collect();
     let order = npy.order();
     let dtype = match npy.dtype() {
         npyz::DType::Plain(ts) => ts.to_string(),
-        other => return Err(malformed(path, format!("unsupported dtype {other:?}; expected f4 or f8"))),
+        other => {
+            return Err(malformed(
+                path,
+                format!("unsupported dtype {other:?}; expected f4 or f8"),
+            ))
+        }
     };
     let data: Vec<f64> = if dtype.ends_with("f8") {
-        npy.into_vec::<f64>().map_err(|e| malformed(path, e.to_string()))?
+        npy.into_vec::<f64>()
+            .map_err(|e| malformed(path, e.to_string()))?
     } else if dtype.ends_with("f4") {
         npy.into_vec::<f32>()
             .map_err(|e| malformed(path, e.to_string()))?
@@ -102,11 +119,17 @@ fn read_npy(path: &Path) -> Result<(Vec<usize>, Vec<f64>)> {
             .map(f64::from)
             .collect()
     } else {
-        return Err(malformed(path, format!("unsupported dtype '{dtype}'; expected f4 or f8")));
+        return Err(malformed(
+            path,
+            format!("unsupported dtype '{dtype}'; expected f4 or f8"),
+        ));
     };
     let expected: usize = shape.iter().product();
     if data.len() != expected {
-        return Err(malformed(path, format!("{} values for shape {shape:?}", data.len())));
+        return Err(malformed(
+            path,
+            format!("{} values for shape {shape:?}", data.len()),
+        ));
     }
     let data = if order == npyz::Order::Fortran && shape.len() > 1 {
         fortran_to_c(&shape, &data)
@@ -141,7 +164,10 @@ fn to_matrix_2d(path: &Path, shape: &[usize], data: Vec<f64>) -> Result<DMatrix<
     match shape.len() {
         1 => Ok(DMatrix::from_vec(shape[0], 1, data)),
         2 => Ok(DMatrix::from_row_slice(shape[0], shape[1], &data)),
-        n => Err(malformed(path, format!("expected a 2-D array, found {n}-D"))),
+        n => Err(malformed(
+            path,
+            format!("expected a 2-D array, found {n}-D"),
+        )),
     }
 }
 
@@ -154,14 +180,20 @@ fn read_csv(path: &Path) -> Result<DMatrix<f64>> {
             continue;
         }
         let fields: Vec<&str> = line.split(',').map(|f| f.trim()).collect();
-        let parsed: std::result::Result<Vec<f64>, _> = fields.iter().map(|f| f.parse::<f64>()).collect();
+        let parsed: std::result::Result<Vec<f64>, _> =
+            fields.iter().map(|f| f.parse::<f64>()).collect();
         match parsed {
             Ok(v) => {
                 if let Some(first) = rows.first() {
                     if first.len() != v.len() {
                         return Err(malformed(
                             path,
-                            format!("line {} has {} fields, expected {}", lineno + 1, v.len(), first.len()),
+                            format!(
+                                "line {} has {} fields, expected {}",
+                                lineno + 1,
+                                v.len(),
+                                first.len()
+                            ),
                         ));
                     }
                 }
@@ -181,7 +213,10 @@ fn read_csv(path: &Path) -> Result<DMatrix<f64>> {
 
 /// A file in the same directory as `path` to write into before renaming it over `path`.
 fn temp_path(path: &Path) -> PathBuf {
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     path.with_file_name(format!(".{name}.{}.tmp", std::process::id()))
 }
 
@@ -207,9 +242,17 @@ fn npy_bytes(shape: &[usize], c_order_data: impl Iterator<Item = f64>, dtype: Np
     };
     let shape_txt = match shape.len() {
         1 => format!("({},)", shape[0]),
-        _ => format!("({})", shape.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(", ")),
+        _ => format!(
+            "({})",
+            shape
+                .iter()
+                .map(|d| d.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
     };
-    let mut header = format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape_txt}, }}");
+    let mut header =
+        format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape_txt}, }}");
     // magic (6) + version (2) + header length (2) + header, padded with spaces to 64 bytes, ending in \n
     let total = 10 + header.len() + 1;
     header.push_str(&" ".repeat((64 - total % 64) % 64));
@@ -244,7 +287,11 @@ pub fn write_matrix(path: impl AsRef<Path>, m: &DMatrix<f64>, dtype: NpyDtype) -
     let bytes = match kind_of(path)? {
         Kind::Npy => {
             let (p, k) = m.shape();
-            npy_bytes(&[p, k], (0..p).flat_map(|i| (0..k).map(move |j| m[(i, j)])), dtype)
+            npy_bytes(
+                &[p, k],
+                (0..p).flat_map(|i| (0..k).map(move |j| m[(i, j)])),
+                dtype,
+            )
         }
         Kind::Csv => csv_bytes(m),
     };
@@ -289,7 +336,11 @@ mod tests {
     fn npy_and_csv_round_trip_both_dtypes() {
         let dir = tempfile::tempdir().unwrap();
         let m = DMatrix::from_fn(5, 3, |i, j| (i as f64 - 2.0) * 0.1 + j as f64 / 3.0);
-        for (name, dtype, tol) in [("a.npy", NpyDtype::F64, 0.0), ("b.npy", NpyDtype::F32, 1e-7), ("c.csv", NpyDtype::F64, 0.0)] {
+        for (name, dtype, tol) in [
+            ("a.npy", NpyDtype::F64, 0.0),
+            ("b.npy", NpyDtype::F32, 1e-7),
+            ("c.csv", NpyDtype::F64, 0.0),
+        ] {
             let p = dir.path().join(name);
             write_matrix(&p, &m, dtype).unwrap();
             let r = read_matrix(&p).unwrap();
@@ -319,7 +370,10 @@ mod tests {
         let p = dir.path().join("f.npy");
         std::fs::write(&p, bytes).unwrap();
         let m = read_matrix(&p).unwrap();
-        assert_eq!(m, DMatrix::from_vec(2, 3, vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.0]));
+        assert_eq!(
+            m,
+            DMatrix::from_vec(2, 3, vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.0])
+        );
     }
 
     #[test]
@@ -327,14 +381,29 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("bad.npy");
         std::fs::write(&p, b"not numpy").unwrap();
-        assert!(matches!(read_matrix(&p), Err(NsaError::MalformedFile { .. })));
+        assert!(matches!(
+            read_matrix(&p),
+            Err(NsaError::MalformedFile { .. })
+        ));
         let p = dir.path().join("ragged.csv");
         std::fs::write(&p, "1,2\n3\n").unwrap();
-        assert!(matches!(read_matrix(&p), Err(NsaError::MalformedFile { .. })));
+        assert!(matches!(
+            read_matrix(&p),
+            Err(NsaError::MalformedFile { .. })
+        ));
         let p = dir.path().join("text.csv");
         std::fs::write(&p, "a,b\nc,d\n").unwrap();
-        assert!(matches!(read_matrix(&p), Err(NsaError::MalformedFile { .. })));
-        assert!(matches!(read_matrix(dir.path().join("missing.npy")), Err(NsaError::Io { .. })));
-        assert!(matches!(read_matrix(dir.path().join("x.txt")), Err(NsaError::InvalidParameter { .. })));
+        assert!(matches!(
+            read_matrix(&p),
+            Err(NsaError::MalformedFile { .. })
+        ));
+        assert!(matches!(
+            read_matrix(dir.path().join("missing.npy")),
+            Err(NsaError::Io { .. })
+        ));
+        assert!(matches!(
+            read_matrix(dir.path().join("x.txt")),
+            Err(NsaError::InvalidParameter { .. })
+        ));
     }
 }

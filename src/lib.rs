@@ -40,15 +40,18 @@ mod validate;
 
 pub use element::Element;
 pub use energy::{
-    apply_nonnegativity, compute_energy, defect_fast, invariant_orthogonality_defect, Energy, EnergyTerms,
-    FidelityType, OrthType,
+    apply_nonnegativity, compute_energy, defect_fast, invariant_orthogonality_defect, Energy,
+    EnergyTerms, FidelityType, OrthType,
 };
 pub use error::{NsaError, Result};
 pub use flow::{nsa_flow, nsa_flow_with_callback};
 pub use params::{
-    BackendChoice, InvSqrtMethod, LearningRate, Mode, NonNeg, OptimizerKind, Params, Precision, Retraction,
+    BackendChoice, InvSqrtMethod, LearningRate, Mode, NonNeg, OptimizerKind, Params, Precision,
+    Retraction,
 };
-pub use result::{sparsity, Certificate, Control, IterInfo, NsaResult, Scaling, StopReason, TraceRow};
+pub use result::{
+    sparsity, Certificate, Control, IterInfo, NsaResult, Scaling, StopReason, TraceRow,
+};
 pub use retract::{inv_sqrt_sym, retract, retract_in, RetractOptions};
 
 /// Checks that a matrix is non-empty and finite (the check every entry point applies).

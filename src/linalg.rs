@@ -27,9 +27,12 @@ pub fn gram_into<T: Element>(a: &DMatrix<T>, b: &DMatrix<T>, out: &mut DMatrix<T
     // fixed order: the same bits with any number of threads.
     let kk = ka * kb;
     let mut partials = vec![T::zero(); PARTS * kk];
-    partials.par_chunks_mut(kk).enumerate().for_each(|(i, chunk)| {
-        T::gram_rows(sa, sb, p, ka, kb, part(p, i), chunk);
-    });
+    partials
+        .par_chunks_mut(kk)
+        .enumerate()
+        .for_each(|(i, chunk)| {
+            T::gram_rows(sa, sb, p, ka, kb, part(p, i), chunk);
+        });
     let (lo, hi) = partials.split_at(2 * kk);
     for (idx, o) in out.as_mut_slice().iter_mut().enumerate() {
         *o = (lo[idx] + lo[kk + idx]) + (hi[idx] + hi[kk + idx]);
@@ -59,7 +62,13 @@ pub fn gram<T: Element>(a: &DMatrix<T>, b: &DMatrix<T>) -> DMatrix<T> {
 }
 
 /// `out ← α·A·S + β·out` for a tall `p×k` matrix `A` and a small `k×m` matrix `S`.
-pub fn mul_small_into<T: Element>(a: &DMatrix<T>, s: &DMatrix<T>, alpha: T, beta: T, out: &mut DMatrix<T>) {
+pub fn mul_small_into<T: Element>(
+    a: &DMatrix<T>,
+    s: &DMatrix<T>,
+    alpha: T,
+    beta: T,
+    out: &mut DMatrix<T>,
+) {
     let (p, k) = a.shape();
     assert_eq!(s.nrows(), k, "mul_small: inner dimension");
     assert_eq!(out.shape(), (p, s.ncols()), "mul_small: output shape");
@@ -119,7 +128,10 @@ fn blocked<T: Element>(n: usize, f: impl Fn(std::ops::Range<usize>) -> T + Sync)
         return f(0..n);
     }
     let mut parts = [T::zero(); PARTS];
-    parts.par_iter_mut().enumerate().for_each(|(i, v)| *v = f(part(n, i)));
+    parts
+        .par_iter_mut()
+        .enumerate()
+        .for_each(|(i, v)| *v = f(part(n, i)));
     (parts[0] + parts[1]) + (parts[2] + parts[3])
 }
 
@@ -223,7 +235,11 @@ pub fn inv_sqrt_eig<T: Element>(a: &DMatrix<T>, eps: T) -> DMatrix<T> {
 /// number of iterations, exactly as the reference's `_inv_sqrt_newton_schulz` (which adds
 /// `eps·I` once more to its input). Returns `None` when the result is not finite, which the
 /// reference answers by falling back to the eigendecomposition.
-pub fn inv_sqrt_ns_reference<T: Element>(a: &DMatrix<T>, eps: T, iters: usize) -> Option<DMatrix<T>> {
+pub fn inv_sqrt_ns_reference<T: Element>(
+    a: &DMatrix<T>,
+    eps: T,
+    iters: usize,
+) -> Option<DMatrix<T>> {
     let k = a.nrows();
     let eye = DMatrix::<T>::identity(k, k);
     let ap = a + &eye * eps;
@@ -267,11 +283,15 @@ pub struct NewtonSchulzInfo {
 /// `Z = (3I − R)/2, Q ← Q·Z, R ← Z·R·Z` converges quadratically once the small eigenvalues
 /// have grown (×2.25 per step). It stops when `‖I − R‖_F/√k ≤ tol` or when the residual stops
 /// shrinking (the working-precision floor), after at most `max_iter` steps.
-pub fn inv_sqrt_ns_accurate<T: Element>(a: &DMatrix<T>, tol: f64, max_iter: usize) -> (DMatrix<T>, NewtonSchulzInfo) {
+pub fn inv_sqrt_ns_accurate<T: Element>(
+    a: &DMatrix<T>,
+    tol: f64,
+    max_iter: usize,
+) -> (DMatrix<T>, NewtonSchulzInfo) {
     let k = a.nrows();
     let eye = DMatrix::<T>::identity(k, k);
     let s = spectral_upper_bound(a);
-    if !(s > 0.0) || !s.is_finite() {
+    if s.is_nan() || s <= 0.0 || s.is_infinite() {
         return (
             eye,
             NewtonSchulzInfo {
@@ -308,7 +328,8 @@ pub fn inv_sqrt_ns_accurate<T: Element>(a: &DMatrix<T>, tol: f64, max_iter: usiz
         best = best.min(residual);
     }
     let out = q / st.sqrt();
-    let converged = residual <= tol || (residual.is_finite() && residual < 1e3 * T::EPS * sqrt_k * 10.0);
+    let converged =
+        residual <= tol || (residual.is_finite() && residual < 1e3 * T::EPS * sqrt_k * 10.0);
     (
         out,
         NewtonSchulzInfo {
@@ -409,7 +430,10 @@ mod tests {
         let x: Vec<f64> = (0..37).map(|i| i as f64).collect();
         let y: Vec<f64> = (0..37).map(|i| (2 * i) as f64).collect();
         assert_eq!(sum_sq(&x), (0..37).map(|i| (i * i) as f64).sum::<f64>());
-        assert_eq!(dot(&x, &y), (0..37).map(|i| (2 * i * i) as f64).sum::<f64>());
+        assert_eq!(
+            dot(&x, &y),
+            (0..37).map(|i| (2 * i * i) as f64).sum::<f64>()
+        );
         assert_eq!(dist_sq(&x, &y), sum_sq(&x));
     }
 

@@ -7,15 +7,19 @@ use clap::{Args, Parser, Subcommand};
 use nalgebra::DMatrix;
 use nsa_flow::io::{read_matrix, write_matrix, write_text, NpyDtype};
 use nsa_flow::{
-    BackendChoice, Control, InvSqrtMethod, LearningRate, Mode, NonNeg, NsaError, NsaResult, OptimizerKind, Params,
-    Precision, RetractOptions,
+    BackendChoice, Control, InvSqrtMethod, LearningRate, Mode, NonNeg, NsaError, NsaResult,
+    OptimizerKind, Params, Precision, RetractOptions,
 };
 use serde_json::json;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 #[derive(Parser)]
-#[command(name = "nsa-flow", version, about = "NSA-Flow: non-negative, nearly orthogonal approximation of a p×k matrix")]
+#[command(
+    name = "nsa-flow",
+    version,
+    about = "NSA-Flow: non-negative, nearly orthogonal approximation of a p×k matrix"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -215,7 +219,9 @@ fn write_all(outputs: Vec<Output>) -> Result<(), NsaError> {
 }
 
 fn ext_is(p: &Path, e: &str) -> bool {
-    p.extension().and_then(|x| x.to_str()).is_some_and(|x| x.eq_ignore_ascii_case(e))
+    p.extension()
+        .and_then(|x| x.to_str())
+        .is_some_and(|x| x.eq_ignore_ascii_case(e))
 }
 
 fn trace_text(path: &Path, res: &NsaResult) -> Result<String, NsaError> {
@@ -229,7 +235,10 @@ fn trace_text(path: &Path, res: &NsaResult) -> Result<String, NsaError> {
     } else if ext_is(path, "csv") {
         let mut s = String::from("iter,time,fidelity,orthogonality,total_energy\n");
         for t in &res.traces {
-            s.push_str(&format!("{},{:?},{:?},{:?},{:?}\n", t.iter, t.time, t.fidelity, t.orthogonality, t.total_energy));
+            s.push_str(&format!(
+                "{},{:?},{:?},{:?},{:?}\n",
+                t.iter, t.time, t.fidelity, t.orthogonality, t.total_energy
+            ));
         }
         Ok(s)
     } else {
@@ -299,12 +308,20 @@ fn cmd_run(a: RunArgs) -> Result<(), NsaError> {
     };
     params.validate()?;
     // check output names before the work, so a typo does not cost a long run
-    for (flag, path, exts) in [("--out", Some(&a.out), &["npy", "csv"][..]), ("--trace", a.trace.as_ref(), &["csv", "json"][..]), ("--summary", a.summary.as_ref(), &["json"][..])] {
+    for (flag, path, exts) in [
+        ("--out", Some(&a.out), &["npy", "csv"][..]),
+        ("--trace", a.trace.as_ref(), &["csv", "json"][..]),
+        ("--summary", a.summary.as_ref(), &["json"][..]),
+    ] {
         if let Some(p) = path {
             if !exts.iter().any(|e| ext_is(p, e)) {
                 return Err(NsaError::InvalidParameter {
                     name: flag,
-                    reason: format!("{}: the extension must be one of {}", p.display(), exts.join(", ")),
+                    reason: format!(
+                        "{}: the extension must be one of {}",
+                        p.display(),
+                        exts.join(", ")
+                    ),
                 });
             }
         }
@@ -325,7 +342,11 @@ fn cmd_run(a: RunArgs) -> Result<(), NsaError> {
         }
         Control::Continue
     })?;
-    let mut outputs = vec![Output::Matrix(a.out.clone(), res.y.clone(), dtype_of(params.precision))];
+    let mut outputs = vec![Output::Matrix(
+        a.out.clone(),
+        res.y.clone(),
+        dtype_of(params.precision),
+    )];
     if let Some(t) = &a.trace {
         outputs.push(Output::Text(t.clone(), trace_text(t, &res)?));
     }
@@ -376,17 +397,32 @@ fn cmd_retract(a: RetractArgs) -> Result<(), NsaError> {
 }
 
 fn cmd_bench(a: BenchArgs) -> Result<(), NsaError> {
-    let modes: Vec<Mode> = if a.mode == "both" { vec![Mode::Reference, Mode::Corrected] } else { vec![a.mode.parse()?] };
+    let modes: Vec<Mode> = if a.mode == "both" {
+        vec![Mode::Reference, Mode::Corrected]
+    } else {
+        vec![a.mode.parse()?]
+    };
     let precision: Precision = a.precision.parse()?;
     let backend: BackendChoice = a.backend.parse()?;
     if a.p == 0 || a.k == 0 || a.iters == 0 || a.repeats == 0 {
-        return Err(NsaError::InvalidParameter { name: "bench sizes", reason: "p, k, iters and repeats must be positive".into() });
+        return Err(NsaError::InvalidParameter {
+            name: "bench sizes",
+            reason: "p, k, iters and repeats must be positive".into(),
+        });
     }
     let mut rng = nsa_flow::rng::Rng::new(a.seed);
     let y0 = DMatrix::from_fn(a.p, a.k, |_, _| rng.normal());
     let x0 = DMatrix::from_fn(a.p, a.k, |_, _| rng.normal());
     for mode in modes {
-        let params = Params { w: 0.5, max_iter: a.iters, tol: 0.0, mode, precision, backend, ..Params::default() };
+        let params = Params {
+            w: 0.5,
+            max_iter: a.iters,
+            tol: 0.0,
+            mode,
+            precision,
+            backend,
+            ..Params::default()
+        };
         let mut best = f64::INFINITY;
         let mut iters = 0;
         let mut evals = 0;

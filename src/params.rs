@@ -8,7 +8,7 @@ use std::str::FromStr;
 macro_rules! named_enum {
     ($(#[$m:meta])* $name:ident, $kind:literal, { $($(#[$vm:meta])* $var:ident => [$($s:literal),+]),+ $(,)? }) => {
         $(#[$m])*
-        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
         pub enum $name { $($(#[$vm])* $var),+ }
 
         impl $name {
@@ -45,6 +45,7 @@ named_enum!(
     /// The retraction applied after each step.
     Retraction, "retraction", {
         /// `Y·((1−w)I + w(YᵀY)^{-1/2})`: a blend of `Y` and its polar factor.
+        #[default]
         SoftPolar => ["soft_polar"],
         /// The polar factor `U·Vᵀ` (scaled to `‖Y‖_F`); `w` only switches it off at 0.
         Polar => ["polar"],
@@ -59,6 +60,7 @@ named_enum!(
         /// Leave signs alone.
         None => ["none"],
         /// Clamp negatives to zero (the reference's `apply_nonneg=True`).
+        #[default]
         Hard => ["hard"],
         /// Map through `log(1+eˣ)` (strictly positive; in reference mode treated as `hard`,
         /// because the reference's `nsa_flow` clamps for any truthy value).
@@ -70,6 +72,7 @@ named_enum!(
     /// Which algorithm the loop runs.
     Mode, "mode", {
         /// Fixes every defect of the reference (see docs/ALGORITHM.md). The default.
+        #[default]
         Corrected => ["corrected"],
         /// Reproduces nsa_flow 0.7.7 exactly, defects included.
         Reference => ["reference"],
@@ -80,6 +83,7 @@ named_enum!(
     /// Arithmetic precision of the solve.
     Precision, "precision", {
         /// Double precision.
+        #[default]
         F64 => ["f64", "float64"],
         /// Single precision.
         F32 => ["f32", "float32"],
@@ -90,6 +94,7 @@ named_enum!(
     /// The method for the k×k inverse square root in the soft-polar retraction.
     InvSqrtMethod, "inverse-square-root method", {
         /// Eigendecomposition for `k ≤ eig_thresh`, Newton–Schulz above.
+        #[default]
         Auto => ["auto"],
         /// Symmetric eigendecomposition.
         Eig => ["eig"],
@@ -106,6 +111,7 @@ named_enum!(
     BackendChoice, "backend", {
         /// The best backend present: a hardware GPU when the GPU backend is built and finds
         /// one, otherwise the CPU.
+        #[default]
         Auto => ["auto"],
         /// The nalgebra CPU backend (the oracle).
         Cpu => ["cpu"],
@@ -114,44 +120,14 @@ named_enum!(
     }
 );
 
-impl Default for Retraction {
-    fn default() -> Self {
-        Retraction::SoftPolar
-    }
-}
-impl Default for NonNeg {
-    fn default() -> Self {
-        NonNeg::Hard
-    }
-}
-impl Default for Mode {
-    fn default() -> Self {
-        Mode::Corrected
-    }
-}
-impl Default for Precision {
-    fn default() -> Self {
-        Precision::F64
-    }
-}
-impl Default for InvSqrtMethod {
-    fn default() -> Self {
-        InvSqrtMethod::Auto
-    }
-}
-impl Default for BackendChoice {
-    fn default() -> Self {
-        BackendChoice::Auto
-    }
-}
-
 /// The optimizers `nsa_flow` accepts.
 ///
 /// The registry is open for growth (the reference lists 22 names); every variant here is
 /// implemented with its exact semantics, and an unknown name is an error listing these.
-#[derive(Clone, Copy, Debug, PartialEq)]
+#[derive(Clone, Copy, Debug, PartialEq, Default)]
 pub enum OptimizerKind {
     /// Plain gradient step `Y − lr·g` (the reference's "fast").
+    #[default]
     Fast,
     /// SGDP of torch_optimizer 0.3.0 with its defaults (momentum 0, δ = 0.1, ε = 1e-8,
     /// no weight decay, no Nesterov).
@@ -188,12 +164,6 @@ impl FromStr for OptimizerKind {
 impl fmt::Display for OptimizerKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
-    }
-}
-
-impl Default for OptimizerKind {
-    fn default() -> Self {
-        OptimizerKind::Fast
     }
 }
 

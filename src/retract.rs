@@ -119,8 +119,10 @@ fn inv_sqrt_reference<T: Element>(a: &DMatrix<T>, o: &RetractOptions) -> DMatrix
     };
     match method {
         InvSqrtMethod::Eig | InvSqrtMethod::Auto => linalg::inv_sqrt_eig(a, eps),
-        InvSqrtMethod::NewtonSchulz => linalg::inv_sqrt_ns_reference(a, eps, o.ns_iter.unwrap_or(4))
-            .unwrap_or_else(|| linalg::inv_sqrt_eig(a, eps)),
+        InvSqrtMethod::NewtonSchulz => {
+            linalg::inv_sqrt_ns_reference(a, eps, o.ns_iter.unwrap_or(4))
+                .unwrap_or_else(|| linalg::inv_sqrt_eig(a, eps))
+        }
         InvSqrtMethod::Diag => linalg::inv_sqrt_diag(a, eps),
     }
 }
@@ -229,7 +231,11 @@ pub(crate) fn retract_into<T: Element>(
             let num = trace(&ts);
             let den = trace(&tst);
             let c = if den > 0.0 { num / den } else { 0.0 };
-            let w = if o.retraction == Retraction::Polar { 1.0 } else { o.w };
+            let w = if o.retraction == Retraction::Polar {
+                1.0
+            } else {
+                o.w
+            };
             ws.tw.copy_from(&t);
             ws.tw.scale_mut(T::of(w * c));
             for j in 0..k {
@@ -241,7 +247,9 @@ pub(crate) fn retract_into<T: Element>(
 }
 
 fn trace<T: Element>(m: &DMatrix<T>) -> f64 {
-    (0..m.nrows().min(m.ncols())).map(|j| m[(j, j)].as_f64()).sum()
+    (0..m.nrows().min(m.ncols()))
+        .map(|j| m[(j, j)].as_f64())
+        .sum()
 }
 
 /// The retraction of the reference, `nsa_flow_retract_auto(Y, w, retraction_type, eps_rf,

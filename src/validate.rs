@@ -8,7 +8,11 @@ use nalgebra::DMatrix;
 pub fn finite_nonempty<T: Element>(what: &'static str, m: &DMatrix<T>) -> Result<()> {
     let (r, c) = m.shape();
     if r == 0 || c == 0 {
-        return Err(NsaError::Empty { what, rows: r, cols: c });
+        return Err(NsaError::Empty {
+            what,
+            rows: r,
+            cols: c,
+        });
     }
     if let Some(idx) = m.iter().position(|v| !v.is_finite()) {
         return Err(NsaError::NonFinite {
@@ -22,7 +26,11 @@ pub fn finite_nonempty<T: Element>(what: &'static str, m: &DMatrix<T>) -> Result
 }
 
 /// Rejects a matrix whose shape is not `shape`.
-pub fn same_shape<T: Element>(what: &'static str, m: &DMatrix<T>, shape: (usize, usize)) -> Result<()> {
+pub fn same_shape<T: Element>(
+    what: &'static str,
+    m: &DMatrix<T>,
+    shape: (usize, usize),
+) -> Result<()> {
     if m.shape() != shape {
         return Err(NsaError::ShapeMismatch {
             what,

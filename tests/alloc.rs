@@ -2,11 +2,14 @@
 //! (The k×k work of the eigendecomposition may allocate O(k²) bytes; the reference's polar
 //! retraction goes through nalgebra's SVD, which allocates its own p×k workspace, and is
 //! excluded.)
+#![allow(clippy::neg_cmp_op_on_partial_ord)]
 
 mod common;
 
 use common::randn;
-use nsa_flow::{nsa_flow_with_callback, Control, Mode, NonNeg, OptimizerKind, Params, Precision, Retraction};
+use nsa_flow::{
+    nsa_flow_with_callback, Control, Mode, NonNeg, OptimizerKind, Params, Precision, Retraction,
+};
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
@@ -56,7 +59,16 @@ fn no_p_sized_allocation_inside_the_loop() {
             for retraction in [Retraction::SoftPolar, Retraction::None] {
                 for optimizer in [OptimizerKind::Fast, OptimizerKind::Sgdp] {
                     for nonneg in [NonNeg::Hard, NonNeg::None] {
-                        let params = Params { mode, precision, retraction, optimizer, nonneg, max_iter: 25, tol: 0.0, ..Params::default() };
+                        let params = Params {
+                            mode,
+                            precision,
+                            retraction,
+                            optimizer,
+                            nonneg,
+                            max_iter: 25,
+                            tol: 0.0,
+                            ..Params::default()
+                        };
                         let elem = if precision == Precision::F64 { 8 } else { 4 };
                         // a single column of Y is p·elem bytes; k×k scratch is 16·elem
                         THRESHOLD.store(p * elem / 2, Ordering::SeqCst);

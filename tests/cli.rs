@@ -1,5 +1,6 @@
 //! The command-line contract: flags, outputs, summary keys, exit codes, nothing written on
 //! failure.
+#![allow(clippy::neg_cmp_op_on_partial_ord)]
 
 mod common;
 
@@ -25,21 +26,78 @@ fn run_writes_y_trace_and_summary() {
     let trace = dir.path().join("trace.csv");
     let summary = dir.path().join("summary.json");
     let st = bin()
-        .args(["run", "--y0"]).arg(&y0p).arg("--x0").arg(&x0p)
-        .args(["--w", "0.8", "--retraction", "soft_polar", "--max-iter", "50", "--tol", "1e-8", "--nonneg", "hard"])
-        .args(["--optimizer", "sgdp", "--lr", "1e-2", "--record-every", "1", "--window-size", "5", "--precision", "f64"])
-        .args(["--mode", "reference", "--backend", "cpu", "--seed", "42", "--out"]).arg(&out)
-        .arg("--trace").arg(&trace).arg("--summary").arg(&summary)
-        .output().unwrap();
-    assert!(st.status.success(), "{}", String::from_utf8_lossy(&st.stderr));
+        .args(["run", "--y0"])
+        .arg(&y0p)
+        .arg("--x0")
+        .arg(&x0p)
+        .args([
+            "--w",
+            "0.8",
+            "--retraction",
+            "soft_polar",
+            "--max-iter",
+            "50",
+            "--tol",
+            "1e-8",
+            "--nonneg",
+            "hard",
+        ])
+        .args([
+            "--optimizer",
+            "sgdp",
+            "--lr",
+            "1e-2",
+            "--record-every",
+            "1",
+            "--window-size",
+            "5",
+            "--precision",
+            "f64",
+        ])
+        .args([
+            "--mode",
+            "reference",
+            "--backend",
+            "cpu",
+            "--seed",
+            "42",
+            "--out",
+        ])
+        .arg(&out)
+        .arg("--trace")
+        .arg(&trace)
+        .arg("--summary")
+        .arg(&summary)
+        .output()
+        .unwrap();
+    assert!(
+        st.status.success(),
+        "{}",
+        String::from_utf8_lossy(&st.stderr)
+    );
     let y = read(&out);
     assert_eq!(y.shape(), (50, 10));
     assert!(y.iter().all(|v| *v >= 0.0));
     let (header, rows) = csv_rows(&trace);
-    assert_eq!(header, ["iter", "time", "fidelity", "orthogonality", "total_energy"]);
+    assert_eq!(
+        header,
+        ["iter", "time", "fidelity", "orthogonality", "total_energy"]
+    );
     assert_eq!(rows.len(), 50);
     let s = json(&summary);
-    for key in ["iterations", "final_iter", "best_iteration", "best_total_energy", "stop_reason", "defect", "sparsity", "seconds", "backend", "mode", "precision"] {
+    for key in [
+        "iterations",
+        "final_iter",
+        "best_iteration",
+        "best_total_energy",
+        "stop_reason",
+        "defect",
+        "sparsity",
+        "seconds",
+        "backend",
+        "mode",
+        "precision",
+    ] {
         assert!(s.get(key).is_some(), "summary lacks {key}");
     }
     assert_eq!(s["iterations"], 50);
@@ -66,13 +124,26 @@ fn f32_run_writes_f32_and_json_trace() {
     write(&y0p, &randn(30, 4, 3).abs());
     let out = dir.path().join("Y.npy");
     let trace = dir.path().join("t.json");
-    let st = bin().args(["run", "--y0"]).arg(&y0p).args(["--precision", "f32", "--quiet", "--out"]).arg(&out).arg("--trace").arg(&trace).output().unwrap();
-    assert!(st.status.success(), "{}", String::from_utf8_lossy(&st.stderr));
+    let st = bin()
+        .args(["run", "--y0"])
+        .arg(&y0p)
+        .args(["--precision", "f32", "--quiet", "--out"])
+        .arg(&out)
+        .arg("--trace")
+        .arg(&trace)
+        .output()
+        .unwrap();
+    assert!(
+        st.status.success(),
+        "{}",
+        String::from_utf8_lossy(&st.stderr)
+    );
     assert!(st.stdout.is_empty());
     let bytes = std::fs::read(&out).unwrap();
     assert!(String::from_utf8_lossy(&bytes[..80]).contains("'<f4'"));
-    let t: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&trace).unwrap()).unwrap();
-    assert!(t.as_array().unwrap().len() >= 1);
+    let t: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&trace).unwrap()).unwrap();
+    assert!(!t.as_array().unwrap().is_empty());
 }
 
 #[test]
@@ -86,9 +157,34 @@ fn defect_and_retract_subcommands() {
     let d: f64 = String::from_utf8_lossy(&o.stdout).trim().parse().unwrap();
     assert!((d - nsa_flow::invariant_orthogonality_defect(&y)).abs() < 1e-15);
     let rp = dir.path().join("R.csv");
-    let o = bin().arg("retract").arg(&yp).args(["--w", "0.5", "--retraction", "soft_polar", "--inv-sqrt", "ns", "--ns-iter", "10", "--out"]).arg(&rp).output().unwrap();
+    let o = bin()
+        .arg("retract")
+        .arg(&yp)
+        .args([
+            "--w",
+            "0.5",
+            "--retraction",
+            "soft_polar",
+            "--inv-sqrt",
+            "ns",
+            "--ns-iter",
+            "10",
+            "--out",
+        ])
+        .arg(&rp)
+        .output()
+        .unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let want = nsa_flow::retract(&y, &nsa_flow::RetractOptions { w: 0.5, inv_method: nsa_flow::InvSqrtMethod::NewtonSchulz, ns_iter: Some(10), ..Default::default() }).unwrap();
+    let want = nsa_flow::retract(
+        &y,
+        &nsa_flow::RetractOptions {
+            w: 0.5,
+            inv_method: nsa_flow::InvSqrtMethod::NewtonSchulz,
+            ns_iter: Some(10),
+            ..Default::default()
+        },
+    )
+    .unwrap();
     assert!(rel_fro(&read(&rp), &want) < 1e-15);
 }
 
@@ -114,32 +210,96 @@ fn errors_exit_nonzero_and_leave_no_output() {
     let cases: Vec<(Vec<String>, &str)> = vec![
         (vec!["--y0".into(), s(&nan)], "non-finite"),
         (vec!["--y0".into(), s(&zero)], "all zeros"),
-        (vec!["--y0".into(), s(&good), "--x0".into(), s(&wrong_shape)], "shape mismatch"),
-        (vec!["--y0".into(), s(&good), "--w".into(), "1.5".into()], "outside [0, 1]"),
+        (
+            vec!["--y0".into(), s(&good), "--x0".into(), s(&wrong_shape)],
+            "shape mismatch",
+        ),
+        (
+            vec!["--y0".into(), s(&good), "--w".into(), "1.5".into()],
+            "outside [0, 1]",
+        ),
         (vec!["--y0".into(), s(&wide)], "k = 5 columns > p = 3"),
-        (vec!["--y0".into(), s(&good), "--retraction".into(), "cayley".into()], "unknown retraction"),
-        (vec!["--y0".into(), s(&good), "--optimizer".into(), "adamw".into()], "unknown optimizer"),
-        (vec!["--y0".into(), s(&good), "--mode".into(), "fixed".into()], "unknown mode"),
-        (vec!["--y0".into(), s(&good), "--max-iter".into(), "0".into()], "max_iter"),
-        (vec!["--y0".into(), s(&dir.path().join("missing.npy"))], "cannot access"),
+        (
+            vec![
+                "--y0".into(),
+                s(&good),
+                "--retraction".into(),
+                "cayley".into(),
+            ],
+            "unknown retraction",
+        ),
+        (
+            vec![
+                "--y0".into(),
+                s(&good),
+                "--optimizer".into(),
+                "adamw".into(),
+            ],
+            "unknown optimizer",
+        ),
+        (
+            vec!["--y0".into(), s(&good), "--mode".into(), "fixed".into()],
+            "unknown mode",
+        ),
+        (
+            vec!["--y0".into(), s(&good), "--max-iter".into(), "0".into()],
+            "max_iter",
+        ),
+        (
+            vec!["--y0".into(), s(&dir.path().join("missing.npy"))],
+            "cannot access",
+        ),
         (vec!["--y0".into(), s(&garbage)], "malformed"),
-        (vec!["--y0".into(), s(&good), "--backend".into(), "gpu".into()], "backend 'gpu' is unavailable"),
-        (vec!["--y0".into(), s(&good), "--nonneg".into(), "softplus".into()], "softplus"),
+        (
+            vec!["--y0".into(), s(&good), "--backend".into(), "gpu".into()],
+            "backend 'gpu' is unavailable",
+        ),
+        (
+            vec![
+                "--y0".into(),
+                s(&good),
+                "--nonneg".into(),
+                "softplus".into(),
+            ],
+            "softplus",
+        ),
     ];
     for (args, needle) in cases {
-        let o = bin().arg("run").args(&args).arg("--out").arg(&out).output().unwrap();
+        let o = bin()
+            .arg("run")
+            .args(&args)
+            .arg("--out")
+            .arg(&out)
+            .output()
+            .unwrap();
         let err = String::from_utf8_lossy(&o.stderr);
         assert_eq!(o.status.code(), Some(1), "{args:?}: {err}");
-        assert!(err.contains(needle), "{args:?}: stderr lacks '{needle}': {err}");
+        assert!(
+            err.contains(needle),
+            "{args:?}: stderr lacks '{needle}': {err}"
+        );
         assert!(!out.exists(), "{args:?} left an output file");
     }
     // a failing second output removes the first
-    let o = bin().arg("run").arg("--y0").arg(&good).arg("--out").arg(&out).arg("--summary").arg(dir.path().join("no/such/dir/s.json")).output().unwrap();
+    let o = bin()
+        .arg("run")
+        .arg("--y0")
+        .arg(&good)
+        .arg("--out")
+        .arg(&out)
+        .arg("--summary")
+        .arg(dir.path().join("no/such/dir/s.json"))
+        .output()
+        .unwrap();
     assert_eq!(o.status.code(), Some(1));
     assert!(!out.exists());
     // usage errors are exit code 2
     let o = bin().args(["run", "--w", "0.5"]).output().unwrap();
     assert_eq!(o.status.code(), Some(2));
-    let leftovers: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).filter(|n| n.to_string_lossy().ends_with(".tmp")).collect();
+    let leftovers: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .filter(|n| n.to_string_lossy().ends_with(".tmp"))
+        .collect();
     assert!(leftovers.is_empty(), "{leftovers:?}");
 }

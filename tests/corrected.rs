@@ -1,13 +1,14 @@
 //! Corrected mode: monotone energies, feasibility, a reported certificate, and the w-sweep
 //! behaviour on real data.
+#![allow(clippy::neg_cmp_op_on_partial_ord)]
 
 mod common;
 
 use common::*;
 use nalgebra::DMatrix;
 use nsa_flow::{
-    invariant_orthogonality_defect, nsa_flow, nsa_flow_with_callback, Control, NonNeg, OptimizerKind, Params,
-    Precision, Retraction, StopReason,
+    invariant_orthogonality_defect, nsa_flow, nsa_flow_with_callback, Control, NonNeg,
+    OptimizerKind, Params, Precision, Retraction, StopReason,
 };
 use std::path::PathBuf;
 
@@ -16,7 +17,11 @@ fn manifest() -> PathBuf {
 }
 
 /// Runs corrected mode, checking from the callback that accepted energies never increase.
-fn run_monotone(y0: &DMatrix<f64>, x0: Option<&DMatrix<f64>>, params: &Params) -> nsa_flow::NsaResult {
+fn run_monotone(
+    y0: &DMatrix<f64>,
+    x0: Option<&DMatrix<f64>>,
+    params: &Params,
+) -> nsa_flow::NsaResult {
     let mut energies = Vec::new();
     let res = nsa_flow_with_callback(y0, x0, params, |info| {
         energies.push(info.total_energy);
@@ -24,13 +29,25 @@ fn run_monotone(y0: &DMatrix<f64>, x0: Option<&DMatrix<f64>>, params: &Params) -
     })
     .unwrap();
     for (i, w) in energies.windows(2).enumerate() {
-        assert!(w[1] <= w[0], "energy increased at iteration {}: {} -> {}", i + 2, w[0], w[1]);
+        assert!(
+            w[1] <= w[0],
+            "energy increased at iteration {}: {} -> {}",
+            i + 2,
+            w[0],
+            w[1]
+        );
     }
     if params.nonneg == NonNeg::Hard {
         assert!(res.y.iter().all(|v| *v >= 0.0), "negative entries in Y");
     }
-    assert!(res.certificate.value.is_finite(), "certificate not reported");
-    assert_eq!(res.certificate.satisfied, res.certificate.value <= params.tol);
+    assert!(
+        res.certificate.value.is_finite(),
+        "certificate not reported"
+    );
+    assert_eq!(
+        res.certificate.satisfied,
+        res.certificate.value <= params.tol
+    );
     if res.stop_reason == StopReason::Certificate {
         assert!(res.certificate.satisfied);
     }
@@ -48,7 +65,10 @@ fn accepted_energies_never_increase_on_every_golden_input() {
             let case = case.unwrap().path();
             let pj = json(case.join("params.json"));
             let y0 = read(case.join("Y0.npy"));
-            let x0 = case.join("X0.npy").exists().then(|| read(case.join("X0.npy")));
+            let x0 = case
+                .join("X0.npy")
+                .exists()
+                .then(|| read(case.join("X0.npy")));
             for retraction in [Retraction::SoftPolar, Retraction::Polar, Retraction::None] {
                 for nonneg in [NonNeg::Hard, NonNeg::None] {
                     let params = Params {
@@ -74,13 +94,25 @@ fn real(name: &str) -> DMatrix<f64> {
 
 #[test]
 fn accepted_energies_never_increase_on_real_data() {
-    for name in ["golub_multtest_pca_loadings_k3.npy", "digits_pca_loadings_k10.npy", "sonar_pca_loadings_k5.npy", "golub_nmf_pca_loadings_k3.npy"] {
+    for name in [
+        "golub_multtest_pca_loadings_k3.npy",
+        "digits_pca_loadings_k10.npy",
+        "sonar_pca_loadings_k5.npy",
+        "golub_nmf_pca_loadings_k3.npy",
+    ] {
         let x = real(name);
         for &w in &[0.1, 0.5, 0.9] {
             for optimizer in [OptimizerKind::Fast, OptimizerKind::Sgdp] {
-                let params = Params { w, optimizer, ..Params::default() };
+                let params = Params {
+                    w,
+                    optimizer,
+                    ..Params::default()
+                };
                 let res = run_monotone(&x, Some(&x), &params);
-                assert!(res.defect() < invariant_orthogonality_defect(&res.target) + 1e-12, "{name} w={w}");
+                assert!(
+                    res.defect() < invariant_orthogonality_defect(&res.target) + 1e-12,
+                    "{name} w={w}"
+                );
             }
         }
     }
@@ -92,11 +124,27 @@ fn raising_w_raises_sparsity_and_lowers_the_defect_on_golub() {
     let ws = [0.1, 0.25, 0.5, 0.75, 0.9];
     let mut rows = Vec::new();
     for &w in &ws {
-        let res = run_monotone(&x, Some(&x), &Params { w, ..Params::default() });
-        rows.push((w, res.sparsity(), res.defect(), res.certificate.value, res.iterations));
+        let res = run_monotone(
+            &x,
+            Some(&x),
+            &Params {
+                w,
+                ..Params::default()
+            },
+        );
+        rows.push((
+            w,
+            res.sparsity(),
+            res.defect(),
+            res.certificate.value,
+            res.iterations,
+        ));
     }
     for r in &rows {
-        eprintln!("w={:.2} sparsity={:.4} defect={:.4e} certificate={:.2e} iterations={}", r.0, r.1, r.2, r.3, r.4);
+        eprintln!(
+            "w={:.2} sparsity={:.4} defect={:.4e} certificate={:.2e} iterations={}",
+            r.0, r.1, r.2, r.3, r.4
+        );
     }
     for p in rows.windows(2) {
         assert!(p[1].1 > p[0].1, "sparsity not increasing: {p:?}");
@@ -107,9 +155,30 @@ fn raising_w_raises_sparsity_and_lowers_the_defect_on_golub() {
 #[test]
 fn certificate_is_reached_on_a_well_posed_problem() {
     let x = real("sonar_pca_loadings_k5.npy");
-    let res = nsa_flow(&x, Some(&x), &Params { w: 0.5, tol: 1e-6, max_iter: 2000, ..Params::default() }).unwrap();
-    assert!(matches!(res.stop_reason, StopReason::Certificate | StopReason::EnergyWindow), "{:?}", res.stop_reason);
-    assert!(res.certificate.satisfied && res.certificate.value <= 1e-6, "{:?}", res.certificate);
+    let res = nsa_flow(
+        &x,
+        Some(&x),
+        &Params {
+            w: 0.5,
+            tol: 1e-6,
+            max_iter: 2000,
+            ..Params::default()
+        },
+    )
+    .unwrap();
+    assert!(
+        matches!(
+            res.stop_reason,
+            StopReason::Certificate | StopReason::EnergyWindow
+        ),
+        "{:?}",
+        res.stop_reason
+    );
+    assert!(
+        res.certificate.satisfied && res.certificate.value <= 1e-6,
+        "{:?}",
+        res.certificate
+    );
 }
 
 #[test]
@@ -117,20 +186,41 @@ fn corrected_mode_is_scale_invariant() {
     // the corrected energy, retraction and default step are homogeneous: scaling the data
     // scales the answer
     let x = real("sonar_pca_loadings_k5.npy");
-    let params = Params { w: 0.6, max_iter: 40, ..Params::default() };
+    let params = Params {
+        w: 0.6,
+        max_iter: 40,
+        ..Params::default()
+    };
     let a = nsa_flow(&x, Some(&x), &params).unwrap();
     let xs = &x * 1000.0;
     let b = nsa_flow(&xs, Some(&xs), &params).unwrap();
     assert_eq!(a.iterations, b.iterations);
-    assert!(rel_fro(&(&b.y / 1000.0), &a.y) < 1e-9, "{}", rel_fro(&(&b.y / 1000.0), &a.y));
+    assert!(
+        rel_fro(&(&b.y / 1000.0), &a.y) < 1e-9,
+        "{}",
+        rel_fro(&(&b.y / 1000.0), &a.y)
+    );
 }
 
 #[test]
 fn f32_agrees_with_f64() {
     let x = real("digits_pca_loadings_k10.npy");
-    let base = Params { w: 0.5, max_iter: 30, tol: 0.0, ..Params::default() };
+    let base = Params {
+        w: 0.5,
+        max_iter: 30,
+        tol: 0.0,
+        ..Params::default()
+    };
     let a = nsa_flow(&x, Some(&x), &base).unwrap();
-    let b = nsa_flow(&x, Some(&x), &Params { precision: Precision::F32, ..base.clone() }).unwrap();
+    let b = nsa_flow(
+        &x,
+        Some(&x),
+        &Params {
+            precision: Precision::F32,
+            ..base.clone()
+        },
+    )
+    .unwrap();
     assert_eq!(b.backend, "cpu-f32");
     let ea = a.best_total_energy.unwrap();
     let eb = b.best_total_energy.unwrap();
@@ -144,16 +234,46 @@ fn every_option_combination_runs_monotone() {
     for simplified in [false, true] {
         for project_full_gradient in [false, true] {
             for optimizer in [OptimizerKind::Fast, OptimizerKind::Sgdp] {
-                let params = Params { w: 0.7, simplified, project_full_gradient, optimizer, max_iter: 200, ..Params::default() };
+                let params = Params {
+                    w: 0.7,
+                    simplified,
+                    project_full_gradient,
+                    optimizer,
+                    max_iter: 200,
+                    ..Params::default()
+                };
                 run_monotone(&y0, Some(&x0), &params);
             }
         }
     }
     // self-target with the seeded perturbation; same seed, same result
-    let a = run_monotone(&y0, None, &Params { seed: 7, ..Params::default() });
-    let b = nsa_flow(&y0, None, &Params { seed: 7, ..Params::default() }).unwrap();
+    let a = run_monotone(
+        &y0,
+        None,
+        &Params {
+            seed: 7,
+            ..Params::default()
+        },
+    );
+    let b = nsa_flow(
+        &y0,
+        None,
+        &Params {
+            seed: 7,
+            ..Params::default()
+        },
+    )
+    .unwrap();
     assert_eq!(a.y, b.y);
-    let c = nsa_flow(&y0, None, &Params { seed: 8, ..Params::default() }).unwrap();
+    let c = nsa_flow(
+        &y0,
+        None,
+        &Params {
+            seed: 8,
+            ..Params::default()
+        },
+    )
+    .unwrap();
     assert_ne!(a.start, c.start);
 }
 
@@ -169,7 +289,10 @@ fn one_column_and_one_row_shapes() {
 #[test]
 fn same_input_same_bits() {
     let x = real("digits_pca_loadings_k10.npy");
-    let params = Params { w: 0.75, ..Params::default() };
+    let params = Params {
+        w: 0.75,
+        ..Params::default()
+    };
     let a = nsa_flow(&x, Some(&x), &params).unwrap();
     let b = nsa_flow(&x, Some(&x), &params).unwrap();
     assert_eq!(a.y, b.y);

@@ -1,4 +1,5 @@
 //! Bad input gives a typed error, never a panic or silent garbage.
+#![allow(clippy::neg_cmp_op_on_partial_ord)]
 
 mod common;
 
@@ -17,9 +18,23 @@ fn non_finite_inputs() {
         let mut b = y.clone();
         b[(4, 2)] = bad;
         for mode in [Mode::Corrected, Mode::Reference] {
-            let p = Params { mode, ..Params::default() };
-            assert!(matches!(err(&b, None, &p), NsaError::NonFinite { what: "Y0", row: 4, col: 2, .. }));
-            assert!(matches!(err(&y, Some(&b), &p), NsaError::NonFinite { what: "X0", .. }));
+            let p = Params {
+                mode,
+                ..Params::default()
+            };
+            assert!(matches!(
+                err(&b, None, &p),
+                NsaError::NonFinite {
+                    what: "Y0",
+                    row: 4,
+                    col: 2,
+                    ..
+                }
+            ));
+            assert!(matches!(
+                err(&y, Some(&b), &p),
+                NsaError::NonFinite { what: "X0", .. }
+            ));
         }
     }
 }
@@ -27,27 +42,68 @@ fn non_finite_inputs() {
 #[test]
 fn shapes_empty_and_zero() {
     let y = randn(10, 3, 2);
-    assert!(matches!(err(&y, Some(&randn(10, 4, 3)), &Params::default()), NsaError::ShapeMismatch { .. }));
-    assert!(matches!(err(&DMatrix::zeros(0, 3), None, &Params::default()), NsaError::Empty { .. }));
-    assert!(matches!(err(&DMatrix::zeros(4, 0), None, &Params::default()), NsaError::Empty { .. }));
+    assert!(matches!(
+        err(&y, Some(&randn(10, 4, 3)), &Params::default()),
+        NsaError::ShapeMismatch { .. }
+    ));
+    assert!(matches!(
+        err(&DMatrix::zeros(0, 3), None, &Params::default()),
+        NsaError::Empty { .. }
+    ));
+    assert!(matches!(
+        err(&DMatrix::zeros(4, 0), None, &Params::default()),
+        NsaError::Empty { .. }
+    ));
     for mode in [Mode::Corrected, Mode::Reference] {
-        let p = Params { mode, ..Params::default() };
-        assert!(matches!(err(&DMatrix::zeros(5, 2), None, &p), NsaError::ZeroMatrix { .. }));
+        let p = Params {
+            mode,
+            ..Params::default()
+        };
+        assert!(matches!(
+            err(&DMatrix::zeros(5, 2), None, &p),
+            NsaError::ZeroMatrix { .. }
+        ));
     }
     // corrected: a target that is zero after the projection cannot normalise the fidelity
     let neg = -randn(10, 3, 4).abs();
-    assert!(matches!(err(&y, Some(&neg), &Params::default()), NsaError::ZeroMatrix { .. }));
+    assert!(matches!(
+        err(&y, Some(&neg), &Params::default()),
+        NsaError::ZeroMatrix { .. }
+    ));
     // … and an all-negative start has no feasible non-zero projection
-    assert!(matches!(err(&neg, Some(&y.abs()), &Params::default()), NsaError::ZeroMatrix { .. }));
+    assert!(matches!(
+        err(&neg, Some(&y.abs()), &Params::default()),
+        NsaError::ZeroMatrix { .. }
+    ));
     // reference mode runs it, as the reference does
-    assert!(nsa_flow(&y, Some(&neg), &Params { mode: Mode::Reference, max_iter: 5, ..Params::default() }).is_ok());
+    assert!(nsa_flow(
+        &y,
+        Some(&neg),
+        &Params {
+            mode: Mode::Reference,
+            max_iter: 5,
+            ..Params::default()
+        }
+    )
+    .is_ok());
 }
 
 #[test]
 fn k_greater_than_p() {
     let wide = randn(3, 5, 5);
-    assert!(matches!(err(&wide, None, &Params::default()), NsaError::KGreaterThanP { p: 3, k: 5, .. }));
-    let r = nsa_flow(&wide, None, &Params { mode: Mode::Reference, max_iter: 5, ..Params::default() });
+    assert!(matches!(
+        err(&wide, None, &Params::default()),
+        NsaError::KGreaterThanP { p: 3, k: 5, .. }
+    ));
+    let r = nsa_flow(
+        &wide,
+        None,
+        &Params {
+            mode: Mode::Reference,
+            max_iter: 5,
+            ..Params::default()
+        },
+    );
     assert!(r.is_ok());
 }
 
@@ -55,25 +111,78 @@ fn k_greater_than_p() {
 fn parameter_domains() {
     let y = randn(8, 2, 6);
     for w in [-0.1, 1.0001, f64::NAN, f64::INFINITY] {
-        assert!(matches!(err(&y, None, &Params { w, ..Params::default() }), NsaError::InvalidWeight(_)));
+        assert!(matches!(
+            err(
+                &y,
+                None,
+                &Params {
+                    w,
+                    ..Params::default()
+                }
+            ),
+            NsaError::InvalidWeight(_)
+        ));
     }
     let cases = [
-        Params { max_iter: 0, ..Params::default() },
-        Params { tol: -1.0, ..Params::default() },
-        Params { tol: f64::NAN, ..Params::default() },
-        Params { record_every: 0, ..Params::default() },
-        Params { window_size: 0, ..Params::default() },
-        Params { learning_rate: LearningRate::Value(0.0), ..Params::default() },
-        Params { learning_rate: LearningRate::Value(f64::NAN), ..Params::default() },
-        Params { nonneg: NonNeg::Softplus, ..Params::default() },
-        Params { perturbed_start: Some(randn(8, 2, 7)), ..Params::default() },
+        Params {
+            max_iter: 0,
+            ..Params::default()
+        },
+        Params {
+            tol: -1.0,
+            ..Params::default()
+        },
+        Params {
+            tol: f64::NAN,
+            ..Params::default()
+        },
+        Params {
+            record_every: 0,
+            ..Params::default()
+        },
+        Params {
+            window_size: 0,
+            ..Params::default()
+        },
+        Params {
+            learning_rate: LearningRate::Value(0.0),
+            ..Params::default()
+        },
+        Params {
+            learning_rate: LearningRate::Value(f64::NAN),
+            ..Params::default()
+        },
+        Params {
+            nonneg: NonNeg::Softplus,
+            ..Params::default()
+        },
+        Params {
+            perturbed_start: Some(randn(8, 2, 7)),
+            ..Params::default()
+        },
     ];
     for p in &cases {
-        assert!(matches!(err(&y, Some(&y), p), NsaError::InvalidParameter { .. }), "{p:?}");
+        assert!(
+            matches!(err(&y, Some(&y), p), NsaError::InvalidParameter { .. }),
+            "{p:?}"
+        );
     }
-    let p = Params { perturbed_start: Some(randn(7, 2, 8)), ..Params::default() };
+    let p = Params {
+        perturbed_start: Some(randn(7, 2, 8)),
+        ..Params::default()
+    };
     assert!(matches!(err(&y, None, &p), NsaError::ShapeMismatch { .. }));
-    assert!(matches!(err(&y, None, &Params { backend: BackendChoice::Gpu, ..Params::default() }), NsaError::BackendUnavailable { .. }));
+    assert!(matches!(
+        err(
+            &y,
+            None,
+            &Params {
+                backend: BackendChoice::Gpu,
+                ..Params::default()
+            }
+        ),
+        NsaError::BackendUnavailable { .. }
+    ));
 }
 
 #[test]
@@ -91,7 +200,10 @@ fn unknown_names_list_the_accepted_ones() {
     assert!("-1".parse::<LearningRate>().is_err());
     assert!("bogus".parse::<FidelityType>().is_err());
     assert!("bogus".parse::<OrthType>().is_err());
-    assert_eq!("1e-2".parse::<LearningRate>().unwrap(), LearningRate::Value(0.01));
+    assert_eq!(
+        "1e-2".parse::<LearningRate>().unwrap(),
+        LearningRate::Value(0.01)
+    );
 }
 
 #[test]
@@ -99,14 +211,52 @@ fn helpers_reject_bad_input() {
     let y = randn(6, 2, 9);
     let mut nan = y.clone();
     nan[(0, 0)] = f64::NAN;
-    assert!(matches!(retract(&nan, &RetractOptions::default()), Err(NsaError::NonFinite { .. })));
-    assert!(matches!(retract(&y, &RetractOptions { w: f64::NAN, ..Default::default() }), Err(NsaError::InvalidWeight(_))));
-    assert!(matches!(retract(&y, &RetractOptions { w: 2.0, style: Mode::Corrected, ..Default::default() }), Err(NsaError::InvalidWeight(_))));
-    assert!(matches!(retract(&DMatrix::zeros(0, 0), &RetractOptions::default()), Err(NsaError::Empty { .. })));
-    assert!(matches!(inv_sqrt_sym(&y, InvSqrtMethod::Eig, 1e-8, 4, 128), Err(NsaError::ShapeMismatch { .. })));
-    assert!(matches!(inv_sqrt_sym(&DMatrix::identity(2, 2), InvSqrtMethod::Eig, -1.0, 4, 128), Err(NsaError::InvalidParameter { .. })));
     assert!(matches!(
-        compute_energy(&y, &randn(5, 2, 1), FidelityType::Basic, OrthType::Basic, 1.0, 1.0),
+        retract(&nan, &RetractOptions::default()),
+        Err(NsaError::NonFinite { .. })
+    ));
+    assert!(matches!(
+        retract(
+            &y,
+            &RetractOptions {
+                w: f64::NAN,
+                ..Default::default()
+            }
+        ),
+        Err(NsaError::InvalidWeight(_))
+    ));
+    assert!(matches!(
+        retract(
+            &y,
+            &RetractOptions {
+                w: 2.0,
+                style: Mode::Corrected,
+                ..Default::default()
+            }
+        ),
+        Err(NsaError::InvalidWeight(_))
+    ));
+    assert!(matches!(
+        retract(&DMatrix::zeros(0, 0), &RetractOptions::default()),
+        Err(NsaError::Empty { .. })
+    ));
+    assert!(matches!(
+        inv_sqrt_sym(&y, InvSqrtMethod::Eig, 1e-8, 4, 128),
+        Err(NsaError::ShapeMismatch { .. })
+    ));
+    assert!(matches!(
+        inv_sqrt_sym(&DMatrix::identity(2, 2), InvSqrtMethod::Eig, -1.0, 4, 128),
+        Err(NsaError::InvalidParameter { .. })
+    ));
+    assert!(matches!(
+        compute_energy(
+            &y,
+            &randn(5, 2, 1),
+            FidelityType::Basic,
+            OrthType::Basic,
+            1.0,
+            1.0
+        ),
         Err(NsaError::ShapeMismatch { .. })
     ));
 }
@@ -116,11 +266,26 @@ fn non_finite_gradient_is_a_stop_not_a_crash() {
     // huge entries overflow the Gram products; the reference would crash on best_total_energy.item()
     let y = DMatrix::from_element(4, 2, 1e200);
     let x = DMatrix::from_element(4, 2, 1.0);
-    let r = nsa_flow(&y, Some(&x), &Params { mode: Mode::Reference, ..Params::default() }).unwrap();
+    let r = nsa_flow(
+        &y,
+        Some(&x),
+        &Params {
+            mode: Mode::Reference,
+            ..Params::default()
+        },
+    )
+    .unwrap();
     assert_eq!(r.stop_reason, StopReason::NonFiniteGradient);
     assert_eq!(r.best_total_energy, None);
     assert_eq!(r.best_iteration, 0);
     assert_eq!(r.y, y);
     let r = nsa_flow(&y, Some(&x), &Params::default()).unwrap();
-    assert!(matches!(r.stop_reason, StopReason::NonFiniteGradient | StopReason::LineSearchStalled), "{:?}", r.stop_reason);
+    assert!(
+        matches!(
+            r.stop_reason,
+            StopReason::NonFiniteGradient | StopReason::LineSearchStalled
+        ),
+        "{:?}",
+        r.stop_reason
+    );
 }

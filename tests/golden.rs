@@ -1,13 +1,14 @@
 //! Reference mode against the real reference (nsa_flow 0.7.7 under torch): every case found
 //! under the golden roots, so cases added later are picked up without code changes.
+#![allow(clippy::neg_cmp_op_on_partial_ord)]
 
 mod common;
 
 use common::*;
 use nalgebra::DMatrix;
 use nsa_flow::{
-    inv_sqrt_sym, invariant_orthogonality_defect, nsa_flow, retract, InvSqrtMethod, LearningRate, Mode, NonNeg,
-    OptimizerKind, Params, Precision, RetractOptions, Retraction,
+    inv_sqrt_sym, invariant_orthogonality_defect, nsa_flow, retract, InvSqrtMethod, LearningRate,
+    Mode, NonNeg, OptimizerKind, Params, Precision, RetractOptions, Retraction,
 };
 use serde_json::Value;
 use std::path::Path;
@@ -15,7 +16,10 @@ use std::path::Path;
 fn params_of(case: &Path) -> (Params, bool, Precision) {
     let pj = json(case.join("params.json"));
     let get = |k: &str| -> Option<Value> {
-        pj.get(k).cloned().or_else(|| pj.get("defaults_of_unset_args").and_then(|d| d.get(k).cloned()))
+        pj.get(k).cloned().or_else(|| {
+            pj.get("defaults_of_unset_args")
+                .and_then(|d| d.get(k).cloned())
+        })
     };
     let nonneg = match get("apply_nonneg").unwrap() {
         Value::Bool(true) => NonNeg::Hard,
@@ -33,12 +37,22 @@ fn params_of(case: &Path) -> (Params, bool, Precision) {
     };
     let p = Params {
         w: get("w").unwrap().as_f64().unwrap(),
-        retraction: get("retraction").unwrap().as_str().unwrap().parse::<Retraction>().unwrap(),
+        retraction: get("retraction")
+            .unwrap()
+            .as_str()
+            .unwrap()
+            .parse::<Retraction>()
+            .unwrap(),
         max_iter: get("max_iter").unwrap().as_u64().unwrap() as usize,
         tol: get("tol").unwrap().as_f64().unwrap(),
         seed: get("seed").unwrap().as_u64().unwrap(),
         nonneg,
-        optimizer: get("optimizer").unwrap().as_str().unwrap().parse::<OptimizerKind>().unwrap(),
+        optimizer: get("optimizer")
+            .unwrap()
+            .as_str()
+            .unwrap()
+            .parse::<OptimizerKind>()
+            .unwrap(),
         learning_rate: lr,
         record_every: get("record_every").unwrap().as_u64().unwrap() as usize,
         window_size: get("window_size").unwrap().as_u64().unwrap() as usize,
@@ -79,14 +93,27 @@ fn check_flow_case(case: &Path) -> Result<String, String> {
     }
     let want_best = out["best_Y_iteration"].as_u64().unwrap() as usize;
     if res.best_iteration != want_best {
-        errs.push(format!("best iteration {} != {}", res.best_iteration, want_best));
+        errs.push(format!(
+            "best iteration {} != {}",
+            res.best_iteration, want_best
+        ));
     }
     if res.final_iter != out["final_iter"].as_u64().unwrap() as usize {
-        errs.push(format!("final_iter {} != {}", res.final_iter, out["final_iter"]));
+        errs.push(format!(
+            "final_iter {} != {}",
+            res.final_iter, out["final_iter"]
+        ));
     }
     let want_best_e = out["best_total_energy"].as_f64().unwrap();
-    if !close(res.best_total_energy.unwrap_or(f64::NAN), want_best_e, e_tol) {
-        errs.push(format!("best energy {:?} != {want_best_e}", res.best_total_energy));
+    if !close(
+        res.best_total_energy.unwrap_or(f64::NAN),
+        want_best_e,
+        e_tol,
+    ) {
+        errs.push(format!(
+            "best energy {:?} != {want_best_e}",
+            res.best_total_energy
+        ));
     }
     let (_, rows) = csv_rows(case.join("traces.csv"));
     if rows.len() != res.traces.len() {
@@ -97,7 +124,10 @@ fn check_flow_case(case: &Path) -> Result<String, String> {
         let it: usize = r[0].parse().unwrap();
         let vals: Vec<f64> = r[1..4].iter().map(|v| v.parse().unwrap()).collect();
         let ours = [t.fidelity, t.orthogonality, t.total_energy];
-        for (name, (a, b)) in ["fidelity", "orthogonality", "total"].iter().zip(ours.iter().zip(&vals)) {
+        for (name, (a, b)) in ["fidelity", "orthogonality", "total"]
+            .iter()
+            .zip(ours.iter().zip(&vals))
+        {
             worst = worst.max((a - b).abs() / b.abs().max(1e-6));
             if t.iter != it || !close(*a, *b, e_tol) {
                 errs.push(format!("iter {it}: {name} {a:e} != {b:e}"));
@@ -118,7 +148,10 @@ fn check_flow_case(case: &Path) -> Result<String, String> {
         errs.push("target differs".into());
     }
     if errs.is_empty() {
-        Ok(format!("{} iterations, worst trace rel {worst:.1e}, Y rel {dy:.1e}", res.iterations))
+        Ok(format!(
+            "{} iterations, worst trace rel {worst:.1e}, Y rel {dy:.1e}",
+            res.iterations
+        ))
     } else {
         Err(errs.join("; "))
     }
@@ -129,7 +162,10 @@ fn reference_mode_reproduces_every_golden_flow_case() {
     let mut failures = Vec::new();
     let mut n = 0;
     for root in golden_roots() {
-        let mut cases: Vec<_> = std::fs::read_dir(root.join("flow")).unwrap().map(|e| e.unwrap().path()).collect();
+        let mut cases: Vec<_> = std::fs::read_dir(root.join("flow"))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
         cases.sort();
         for case in cases {
             n += 1;
@@ -143,17 +179,30 @@ fn reference_mode_reproduces_every_golden_flow_case() {
         }
     }
     assert!(n >= 10, "found only {n} golden flow cases");
-    assert!(failures.is_empty(), "{} failing cases:\n{}", failures.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} failing cases:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
 }
 
 /// The polar factor `U·Vᵀ` of a rank-deficient matrix is not unique: only its action on the
 /// row space of `Y` is determined (the completion of `U` for zero singular values is the
 /// LAPACK routine's choice). Compare that part, and check our completion is orthonormal.
-fn polar_determined_part(y: &DMatrix<f64>, got: &DMatrix<f64>, want: &DMatrix<f64>) -> (DMatrix<f64>, DMatrix<f64>) {
+fn polar_determined_part(
+    y: &DMatrix<f64>,
+    got: &DMatrix<f64>,
+    want: &DMatrix<f64>,
+) -> (DMatrix<f64>, DMatrix<f64>) {
     let svd = y.clone().svd(false, true);
     let vt = svd.v_t.unwrap();
     let smax = svd.singular_values.max();
-    let rank = svd.singular_values.iter().filter(|s| **s > 1e-10 * smax).count();
+    let rank = svd
+        .singular_values
+        .iter()
+        .filter(|s| **s > 1e-10 * smax)
+        .count();
     if rank == 0 || rank == y.ncols().min(y.nrows()) {
         return (got.clone(), want.clone());
     }
@@ -162,7 +211,11 @@ fn polar_determined_part(y: &DMatrix<f64>, got: &DMatrix<f64>, want: &DMatrix<f6
     let g = got / got.norm();
     let gram = g.transpose() * &g * (y.ncols().min(y.nrows()) as f64);
     let dev = (gram - DMatrix::identity(y.ncols(), y.ncols())).norm();
-    assert!(dev < 1e-10, "polar completion not orthonormal: {dev:e} rank {rank} shape {:?}", y.shape());
+    assert!(
+        dev < 1e-10,
+        "polar completion not orthonormal: {dev:e} rank {rank} shape {:?}",
+        y.shape()
+    );
     (got * &proj, want * &proj)
 }
 
@@ -194,7 +247,12 @@ fn single_calls_match_the_reference() {
             };
             let want = read(dir.join(c["out"].as_str().unwrap()));
             let f32_input = mats[c["matrix"].as_str().unwrap()]["dtype"] == "float32";
-            let got = if f32_input { nsa_flow::retract_in::<f32>(&y, &opts) } else { retract(&y, &opts) }.unwrap();
+            let got = if f32_input {
+                nsa_flow::retract_in::<f32>(&y, &opts)
+            } else {
+                retract(&y, &opts)
+            }
+            .unwrap();
             let tol = if f32_input { 1e-5 } else { 1e-9 };
             let (got, want) = if opts.retraction == Retraction::Polar && opts.w > 0.0 {
                 polar_determined_part(&y, &got, &want)
@@ -203,7 +261,10 @@ fn single_calls_match_the_reference() {
             };
             let d = rel_fro(&got, &want);
             if !(d <= tol) {
-                failures.push(format!("retract {} {:?} w={} {:?}: rel {d:e}", c["matrix"], opts.retraction, opts.w, opts.inv_method));
+                failures.push(format!(
+                    "retract {} {:?} w={} {:?}: rel {d:e}",
+                    c["matrix"], opts.retraction, opts.w, opts.inv_method
+                ));
             }
         }
         for c in idx["inv_sqrt"].as_array().unwrap() {
@@ -224,10 +285,17 @@ fn single_calls_match_the_reference() {
             let eig = nalgebra::SymmetricEigen::new(a.clone()).eigenvalues;
             let eps_in = c["epsilon"].as_f64().unwrap();
             let cond = eig.max() / eig.min().max(eps_in);
-            let tol = if f32_input { 1e-5 } else { 1e-9f64.max(100.0 * f64::EPSILON * cond) };
+            let tol = if f32_input {
+                1e-5
+            } else {
+                1e-9f64.max(100.0 * f64::EPSILON * cond)
+            };
             let d = rel_fro(&got, &want);
             if !(d <= tol) {
-                failures.push(format!("inv_sqrt {} {} it={}: rel {d:e}", c["matrix"], c["method"], c["ns_iter"]));
+                failures.push(format!(
+                    "inv_sqrt {} {} it={}: rel {d:e}",
+                    c["matrix"], c["method"], c["ns_iter"]
+                ));
             }
         }
         for c in idx["defect"].as_array().unwrap() {
@@ -247,7 +315,12 @@ fn single_calls_match_the_reference() {
         }
     }
     assert!(n > 200, "only {n} single calls found");
-    assert!(failures.is_empty(), "{} of {n} single calls differ:\n{}", failures.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} of {n} single calls differ:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
 }
 
 #[test]

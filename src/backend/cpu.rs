@@ -130,14 +130,24 @@ impl<T: Element> Backend for CpuBackend<T> {
 
     fn lincomb(&mut self, a: f64, x: &DMatrix<T>, b: f64, y: &DMatrix<T>, dst: &mut DMatrix<T>) {
         let (a, b) = (T::of(a), T::of(b));
-        for ((d, xv), yv) in dst.as_mut_slice().iter_mut().zip(x.as_slice()).zip(y.as_slice()) {
+        for ((d, xv), yv) in dst
+            .as_mut_slice()
+            .iter_mut()
+            .zip(x.as_slice())
+            .zip(y.as_slice())
+        {
             *d = a * *xv + b * *yv;
         }
     }
 
     fn lerp(&mut self, base: &DMatrix<T>, toward: &DMatrix<T>, alpha: f64, dst: &mut DMatrix<T>) {
         let a = T::of(alpha);
-        for ((d, b), t) in dst.as_mut_slice().iter_mut().zip(base.as_slice()).zip(toward.as_slice()) {
+        for ((d, b), t) in dst
+            .as_mut_slice()
+            .iter_mut()
+            .zip(base.as_slice())
+            .zip(toward.as_slice())
+        {
             *d = *b + a * (*t - *b);
         }
     }
@@ -151,7 +161,13 @@ impl<T: Element> Backend for CpuBackend<T> {
         retract_into(src, dst, options, &mut self.retract_ws);
     }
 
-    fn gradient(&mut self, y: &DMatrix<T>, x0: &DMatrix<T>, rule: &GradientRule, out: &mut DMatrix<T>) {
+    fn gradient(
+        &mut self,
+        y: &DMatrix<T>,
+        x0: &DMatrix<T>,
+        rule: &GradientRule,
+        out: &mut DMatrix<T>,
+    ) {
         let k = y.ncols();
         self.size_for(k);
         linalg::gram_into(y, y, &mut self.gram);
@@ -288,7 +304,11 @@ impl<T: Element> Backend for CpuBackend<T> {
         }
     }
 
-    fn reduce_into(&mut self, requests: &[Reduction<'_, DMatrix<T>>], out: &mut Vec<f64>) -> Result<()> {
+    fn reduce_into(
+        &mut self,
+        requests: &[Reduction<'_, DMatrix<T>>],
+        out: &mut Vec<f64>,
+    ) -> Result<()> {
         out.clear();
         for r in requests {
             match *r {
@@ -299,8 +319,14 @@ impl<T: Element> Backend for CpuBackend<T> {
                 }
                 Reduction::NormSq(m) => out.push(linalg::sum_sq(m.as_slice()).as_f64()),
                 Reduction::Dot(a, b) => out.push(linalg::dot(a.as_slice(), b.as_slice()).as_f64()),
-                Reduction::AllFinite(m) => out.push(if linalg::all_finite(m.as_slice()) { 1.0 } else { 0.0 }),
-                Reduction::DistSq(a, b) => out.push(linalg::dist_sq(a.as_slice(), b.as_slice()).as_f64()),
+                Reduction::AllFinite(m) => out.push(if linalg::all_finite(m.as_slice()) {
+                    1.0
+                } else {
+                    0.0
+                }),
+                Reduction::DistSq(a, b) => {
+                    out.push(linalg::dist_sq(a.as_slice(), b.as_slice()).as_f64())
+                }
                 Reduction::GradMapSq { y, g, t, clamp } => {
                     let tt = T::of(t);
                     let mut acc = 0.0f64;

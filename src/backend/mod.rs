@@ -167,7 +167,11 @@ pub trait Backend {
     /// Answers a batch of reductions into `out` (cleared first), concatenating each one's
     /// numbers in order. One call is one readback on a device; `out` is reused by the solver
     /// so the loop does not allocate.
-    fn reduce_into(&mut self, requests: &[Reduction<'_, Self::Mat>], out: &mut Vec<f64>) -> Result<()>;
+    fn reduce_into(
+        &mut self,
+        requests: &[Reduction<'_, Self::Mat>],
+        out: &mut Vec<f64>,
+    ) -> Result<()>;
 
     /// [`Backend::reduce_into`] returning a new vector.
     fn reduce(&mut self, requests: &[Reduction<'_, Self::Mat>]) -> Result<Vec<f64>> {
