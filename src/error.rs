@@ -101,6 +101,14 @@ pub enum NsaError {
         /// What is wrong.
         reason: String,
     },
+    /// A computation on finite input overflowed or produced NaN before any result existed.
+    #[error(
+        "the {what} is not finite (the input's magnitude overflows the arithmetic; rescale it)"
+    )]
+    NonFiniteComputation {
+        /// What could not be computed.
+        what: &'static str,
+    },
     /// The requested backend cannot be used here.
     #[error("backend '{name}' is unavailable: {reason}")]
     BackendUnavailable {

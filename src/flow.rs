@@ -370,7 +370,11 @@ fn solve_reference<B: Backend, F: FnMut(&IterInfo) -> Control>(
     let mut rec = Recorder {
         params,
         t0: Instant::now(),
-        traces: Vec::with_capacity((params.max_iter / params.record_every + 1).min(1 << 16)),
+        traces: Vec::with_capacity(
+            (params.max_iter / params.record_every)
+                .saturating_add(1)
+                .min(1 << 16),
+        ),
         recent: VecDeque::new(),
         callback,
     };
@@ -503,6 +507,11 @@ fn solve_reference<B: Backend, F: FnMut(&IterInfo) -> Control>(
             stationarity: rel,
             elapsed: rec.t0.elapsed().as_secs_f64(),
         };
+        // the reference prints its verbose line before its convergence checks
+        if (rec.callback)(&info) == Control::Stop {
+            stop = StopReason::Callback;
+            break;
+        }
         if rel < params.tol {
             stop = StopReason::GradientTolerance;
             break;
@@ -511,12 +520,14 @@ fn solve_reference<B: Backend, F: FnMut(&IterInfo) -> Control>(
             stop = StopReason::EnergyWindow;
             break;
         }
-        if (rec.callback)(&info) == Control::Stop {
-            stop = StopReason::Callback;
-            break;
-        }
     }
     let seconds = rec.t0.elapsed().as_secs_f64();
+    if stop == StopReason::NonFiniteGradient && best_terms.is_none() {
+        // the reference crashes here (Q11); nothing was accepted, so there is no answer
+        return Err(NsaError::NonFiniteComputation {
+            what: "gradient at the start",
+        });
+    }
     let true_model = model;
     let certificate = certificate_of(be, &best, &x0, &true_model, clamp, &mut grad, params.tol)?;
     let final_iter = rec.traces.len();
@@ -571,6 +582,17 @@ const PLAIN_TRIES: usize = 50;
 /// Sufficient-decrease constant: accept when `E(c) ≤ E(Y) − C1·‖c − Y‖²/step`.
 const C1: f64 = 1e-4;
 
+/// What a line-search candidate is made of.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Candidate {
+    /// `Π(R_w(Y + α(Y⁺ − Y)))`, `Y⁺` the optimizer's proposal.
+    Retracted,
+    /// `Π(Y + α(Y⁺ − Y))`.
+    AlongProposal,
+    /// `Π(Y − α·lr·∇E)`, the plain projected-gradient step.
+    AlongGradient,
+}
+
 #[allow(clippy::too_many_lines)]
 fn solve_corrected<B: Backend, F: FnMut(&IterInfo) -> Control>(
     be: &mut B,
@@ -582,13 +604,18 @@ fn solve_corrected<B: Backend, F: FnMut(&IterInfo) -> Control>(
     let pk = (p * k) as f64;
     let clamp = params.nonneg == NonNeg::Hard;
     let w = params.w;
-    let x0_norm_sq = prep.target.norm_squared();
-    if x0_norm_sq == 0.0 {
+    // The energy is invariant to scaling Y and X0 together, so the solve runs on data divided
+    // by the RMS of X0: no overflow or underflow guard (‖Y‖² ≤ 1e-12 …) can then depend on the
+    // units of the input. Learning rates convert as lr_internal = lr / scale².
+    let amax = prep.target.amax();
+    if amax == 0.0 {
         return Err(NsaError::ZeroMatrix {
             what: "X0 (after the non-negativity projection)",
             why: "the corrected energy measures fidelity relative to ‖X0‖²",
         });
     }
+    let scale = amax * ((&prep.target / amax).norm_squared() / pk).sqrt();
+    let x0_norm_sq = scale * scale * pk; // may overflow to inf for huge data: only reported
     let mut start = prep.y_init.clone();
     if clamp {
         start.iter_mut().for_each(|v| *v = v.max(0.0));
@@ -599,15 +626,18 @@ fn solve_corrected<B: Backend, F: FnMut(&IterInfo) -> Control>(
             why: "the flow needs a non-zero feasible start",
         });
     }
+    let start_n = &start / scale;
+    let target_n = &prep.target / scale;
+    let xn_sq = target_n.norm_squared();
     let orth_weight = if k > 1 {
         w / (1.0 - 1.0 / k as f64)
     } else {
         0.0
     };
     let model = EnergyModel {
-        fid_weight: (1.0 - w) / x0_norm_sq,
+        fid_weight: (1.0 - w) / xn_sq,
         orth_weight,
-        offdiag_scale: params.simplified.then_some(x0_norm_sq * x0_norm_sq),
+        offdiag_scale: params.simplified.then_some(xn_sq * xn_sq),
     };
     let projection = if params.project_full_gradient {
         Projection::PolarFull
@@ -616,13 +646,15 @@ fn solve_corrected<B: Backend, F: FnMut(&IterInfo) -> Control>(
     };
     let true_rule = model.true_gradient(Projection::None);
     let dir_rule = model.true_gradient(projection);
+    let direction_is_gradient =
+        projection == Projection::None && params.optimizer == OptimizerKind::Fast;
     let use_retraction = params.retraction != Retraction::None && w > 0.0;
     let ropt = RetractOptions::corrected(params.retraction, w);
     let opt_rule = update_rule(params.optimizer);
 
     let batch = be.line_search_batch().clamp(1, MAX_BATCH);
-    let mut y = be.upload(&start)?;
-    let x0 = be.upload(&prep.target)?;
+    let mut y = be.upload(&start_n)?;
+    let x0 = be.upload(&target_n)?;
     let mut grad = be.zeros(p, k)?;
     let mut dir = be.zeros(p, k)?;
     let mut prop = be.zeros(p, k)?;
@@ -634,31 +666,39 @@ fn solve_corrected<B: Backend, F: FnMut(&IterInfo) -> Control>(
 
     let v = be.reduce(&[Reduction::EnergyTerms { y: &y, target: &x0 }])?;
     let t_init = EnergyModel::from_slice(&v);
-    let g0 = (0.5 * t_init.dist_sq / pk).max(1e-8);
+    let g0 = (0.5 * t_init.dist_sq * scale * scale / pk).max(1e-8);
     let d0 = t_init.defect().max(1e-8);
     let mut cur_e = model.eval(&t_init).2;
     let mut cur_norm_sq = t_init.norm_sq;
-    let mut vals: Vec<f64> = Vec::with_capacity(5 * batch + 2);
+    let mut vals: Vec<f64> = Vec::with_capacity(5 * batch + 3);
 
     be.gradient(&y, &x0, &true_rule, &mut grad);
-    let init_grad_norm = be.reduce(&[Reduction::NormSq(&grad)])?[0].sqrt();
-    let mut lr = match params.learning_rate {
-        LearningRate::Default => {
-            if init_grad_norm > 0.0 {
-                0.1 * t_init.norm_sq.sqrt() / init_grad_norm
-            } else {
-                1.0
-            }
+    let init_grad_norm_n = be.reduce(&[Reduction::NormSq(&grad)])?[0].sqrt();
+    // the scale-free step: a 10 % relative move along the gradient
+    let safe_lr = |norm_sq: f64, grad_norm: f64| {
+        if grad_norm > 0.0 {
+            0.1 * norm_sq.sqrt() / grad_norm
+        } else {
+            1.0
         }
-        LearningRate::Value(v) => v,
+    };
+    let mut lr = match params.learning_rate {
+        LearningRate::Default => safe_lr(t_init.norm_sq, init_grad_norm_n),
+        LearningRate::Value(v) => v / (scale * scale),
     };
     let lr0 = lr;
-    let window_thresh = (params.tol * 1e-3).max(10.0 * be_eps(be));
+    // The plateau test only catches stagnation at working precision: convergence itself is
+    // judged by the certificate.
+    let window_thresh = 10.0 * be_eps(be);
 
     let mut rec = Recorder {
         params,
         t0: Instant::now(),
-        traces: Vec::with_capacity((params.max_iter / params.record_every + 1).min(1 << 16)),
+        traces: Vec::with_capacity(
+            (params.max_iter / params.record_every)
+                .saturating_add(1)
+                .min(1 << 16),
+        ),
         recent: VecDeque::new(),
         callback,
     };
@@ -679,32 +719,48 @@ fn solve_corrected<B: Backend, F: FnMut(&IterInfo) -> Control>(
         }
         be.optimizer_step(&opt_rule, &y, &dir, &mut state, lr, &mut prop);
 
-        // The candidate sequence: (step fraction, through the retraction?).
-        let n_retracted = if use_retraction { RETRACTED_TRIES } else { 0 };
-        let n_trials = n_retracted + PLAIN_TRIES;
-        let trial = |i: usize| -> (f64, bool) {
-            if i < n_retracted {
-                (0.5f64.powi(i as i32), true)
-            } else {
-                (0.5f64.powi((i - n_retracted) as i32), false)
-            }
-        };
+        // The candidates, in order: through the retraction along the proposal, then plain along
+        // the proposal, then plain along the true gradient (when the proposal is not it), and
+        // last along the true gradient from the scale-free step (known after the first readback).
+        let mut phases: SmallVec<[(Candidate, usize, f64); 4]> = SmallVec::new();
+        if use_retraction {
+            phases.push((Candidate::Retracted, RETRACTED_TRIES, lr));
+        }
+        phases.push((Candidate::AlongProposal, PLAIN_TRIES, lr));
+        if !direction_is_gradient {
+            phases.push((Candidate::AlongGradient, PLAIN_TRIES, lr));
+        }
+        let trial =
+            |phases: &[(Candidate, usize, f64)], mut i: usize| -> (Candidate, f64, f64, usize) {
+                for (ph, &(kind, n, plr)) in phases.iter().enumerate() {
+                    if i < n {
+                        return (kind, 0.5f64.powi(i as i32), plr, ph);
+                    }
+                    i -= n;
+                }
+                unreachable!("trial index past the phases")
+            };
 
         let mut accepted: Option<(usize, EnergyTerms)> = None;
         let mut cert = f64::NAN;
         let mut finite = true;
         let mut tried = 0usize;
         let mut first = true;
-        while tried < n_trials {
+        loop {
+            let n_trials: usize = phases.iter().map(|ph| ph.1).sum();
+            if tried >= n_trials {
+                break;
+            }
             let n = batch.min(n_trials - tried);
             for j in 0..n {
-                let (a, retracted) = trial(tried + j);
-                if retracted {
-                    be.lerp(&y, &prop, a, &mut cand[j]);
-                    be.retract(&cand[j], &mut evals[j], &ropt);
-                } else {
-                    // the plain projected-gradient step along the true gradient
-                    be.lincomb(1.0, &y, -a * lr, &grad, &mut evals[j]);
+                let (kind, a, plr, _) = trial(&phases, tried + j);
+                match kind {
+                    Candidate::Retracted => {
+                        be.lerp(&y, &prop, a, &mut cand[j]);
+                        be.retract(&cand[j], &mut evals[j], &ropt);
+                    }
+                    Candidate::AlongProposal => be.lerp(&y, &prop, a, &mut evals[j]),
+                    Candidate::AlongGradient => be.lincomb(1.0, &y, -a * plr, &grad, &mut evals[j]),
                 }
                 if clamp {
                     be.nonneg(&mut evals[j], NonNeg::Hard);
@@ -719,6 +775,7 @@ fn solve_corrected<B: Backend, F: FnMut(&IterInfo) -> Control>(
                     t: cur_norm_sq,
                     clamp,
                 });
+                reqs.push(Reduction::NormSq(&grad));
             }
             for e in evals.iter().take(n) {
                 reqs.push(Reduction::EnergyTerms { y: e, target: &x0 });
@@ -728,13 +785,18 @@ fn solve_corrected<B: Backend, F: FnMut(&IterInfo) -> Control>(
             let v = &vals;
             let mut off = 0;
             if first {
-                finite = v[0] == 1.0;
+                finite = v[0] == 1.0 && v[2].is_finite();
                 cert = (v[1] / cur_norm_sq).sqrt();
-                off = 2;
+                off = 3;
                 first = false;
                 if !finite || cert <= params.tol {
                     break;
                 }
+                phases.push((
+                    Candidate::AlongGradient,
+                    PLAIN_TRIES,
+                    safe_lr(cur_norm_sq, v[2].sqrt()),
+                ));
             }
             energy_evals += n;
             for j in 0..n {
@@ -742,8 +804,8 @@ fn solve_corrected<B: Backend, F: FnMut(&IterInfo) -> Control>(
                 let terms = EnergyModel::from_slice(&v[base..base + 4]);
                 let step_sq = v[base + 4];
                 let e = model.eval(&terms).2;
-                let (a, _) = trial(tried + j);
-                let step = a * lr;
+                let (_, a, plr, _) = trial(&phases, tried + j);
+                let step = a * plr;
                 if e.is_finite() && e < cur_e && e <= cur_e - C1 * step_sq / step {
                     accepted = Some((j, terms));
                     break;
@@ -768,24 +830,15 @@ fn solve_corrected<B: Backend, F: FnMut(&IterInfo) -> Control>(
             stop = StopReason::LineSearchStalled;
             break;
         };
-        let (alpha, was_retracted) = trial(tried);
-        if was_retracted {
+        let (kind, alpha, plr, _) = trial(&phases, tried);
+        if kind == Candidate::Retracted {
             retracted_steps += 1;
         }
-        let halvings = if tried >= n_retracted {
-            tried - n_retracted
-        } else {
-            tried
-        };
         if tried > 0 {
             bt_iters += 1;
         }
         std::mem::swap(&mut y, &mut evals[j]);
-        lr = if halvings == 0 {
-            lr * alpha * 1.5
-        } else {
-            lr * alpha
-        };
+        lr = if tried == 0 { lr * 1.5 } else { plr * alpha };
         let (fid, defect, total) = model.eval(&terms);
         cur_e = total;
         cur_norm_sq = terms.norm_sq;
@@ -798,25 +851,31 @@ fn solve_corrected<B: Backend, F: FnMut(&IterInfo) -> Control>(
             orthogonality: defect,
             total_energy: total,
             best_total_energy: total,
-            learning_rate: lr,
-            backtracks: halvings,
+            learning_rate: lr * scale * scale,
+            backtracks: tried,
             stationarity: cert,
             elapsed: rec.t0.elapsed().as_secs_f64(),
         };
-        if rec.window_stable(window_thresh) {
-            stop = StopReason::EnergyWindow;
-            break;
-        }
         if (rec.callback)(&info) == Control::Stop {
             stop = StopReason::Callback;
             break;
         }
+        if rec.window_stable(window_thresh) {
+            stop = StopReason::EnergyWindow;
+            break;
+        }
     }
     let seconds = rec.t0.elapsed().as_secs_f64();
+    if stop == StopReason::NonFiniteGradient && !any_accepted {
+        return Err(NsaError::NonFiniteComputation {
+            what: "gradient at the start",
+        });
+    }
     let certificate = certificate_of(be, &y, &x0, &model, clamp, &mut grad, params.tol)?;
     let final_iter = rec.traces.len();
+    let y_out = be.download(&y)? * scale;
     Ok(NsaResult {
-        y: be.download(&y)?,
+        y: y_out,
         traces: rec.traces,
         final_iter,
         iterations,
@@ -829,14 +888,14 @@ fn solve_corrected<B: Backend, F: FnMut(&IterInfo) -> Control>(
         scaling: Scaling {
             g0,
             d0,
-            fid_eta: 2.0 * model.fid_weight,
+            fid_eta: 2.0 * (1.0 - w) / x0_norm_sq,
             c_orth: 4.0 * model.orth_weight,
-            fid_weight: model.fid_weight,
+            fid_weight: (1.0 - w) / x0_norm_sq,
             orth_weight: model.orth_weight,
         },
-        learning_rate_initial: lr0,
-        learning_rate_final: lr,
-        init_grad_norm,
+        learning_rate_initial: lr0 * scale * scale,
+        learning_rate_final: lr * scale * scale,
+        init_grad_norm: init_grad_norm_n / scale,
         energy_evaluations: energy_evals,
         backtracking_iterations: bt_iters,
         retracted_steps,

@@ -96,6 +96,7 @@ pub fn read_batch(path: impl AsRef<Path>) -> Result<Vec<DMatrix<f64>>> {
 /// Returns the shape and the data in C (row-major) order.
 fn read_npy(path: &Path) -> Result<(Vec<usize>, Vec<f64>)> {
     let bytes = std::fs::read(path).map_err(|e| io_err(path, e))?;
+    check_npy_shape(path, &bytes)?;
     let npy = npyz::NpyFile::new(&bytes[..])
         .map_err(|e| malformed(path, format!("not a valid .npy file: {e}")))?;
     let shape: Vec<usize> = npy.shape().iter().map(|&d| d as usize).collect();
@@ -137,6 +138,53 @@ fn read_npy(path: &Path) -> Result<(Vec<usize>, Vec<f64>)> {
         data
     };
     Ok((shape, data))
+}
+
+/// Reads the shape from the header ourselves and checks, without overflow, that the data it
+/// promises fit in the file, before the parser computes sizes from it.
+fn check_npy_shape(path: &Path, bytes: &[u8]) -> Result<()> {
+    if bytes.len() < 10 || &bytes[..6] != b"\x93NUMPY" {
+        return Err(malformed(path, "not a .npy file (bad magic)"));
+    }
+    let (hlen, start): (usize, usize) = match bytes[6] {
+        1 => (u16::from_le_bytes([bytes[8], bytes[9]]) as usize, 10),
+        2 | 3 if bytes.len() >= 12 => (
+            u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize,
+            12,
+        ),
+        v => return Err(malformed(path, format!("unsupported .npy version {v}"))),
+    };
+    let header = bytes
+        .get(start..start.saturating_add(hlen))
+        .ok_or_else(|| malformed(path, "truncated header"))?;
+    let header = String::from_utf8_lossy(header);
+    let shape_txt = header
+        .split("'shape':")
+        .nth(1)
+        .and_then(|r| r.split('(').nth(1))
+        .and_then(|r| r.split(')').next())
+        .ok_or_else(|| malformed(path, "no shape in the header"))?;
+    let mut count: u64 = 1;
+    for d in shape_txt
+        .split(',')
+        .map(str::trim)
+        .filter(|d| !d.is_empty())
+    {
+        let d: u64 = d
+            .parse()
+            .map_err(|_| malformed(path, format!("bad dimension '{d}'")))?;
+        count = count
+            .checked_mul(d)
+            .ok_or_else(|| malformed(path, "the shape's element count overflows"))?;
+    }
+    let data = (bytes.len() - start - hlen) as u64;
+    if count.checked_mul(4).is_none_or(|b| b > data) {
+        return Err(malformed(
+            path,
+            format!("the header promises {count} elements but the file holds {data} data bytes"),
+        ));
+    }
+    Ok(())
 }
 
 fn fortran_to_c(shape: &[usize], data: &[f64]) -> Vec<f64> {
@@ -374,6 +422,27 @@ mod tests {
             m,
             DMatrix::from_vec(2, 3, vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.0])
         );
+    }
+
+    #[test]
+    fn a_huge_shape_in_the_header_is_an_error_not_a_panic() {
+        let dir = tempfile::tempdir().unwrap();
+        for shape in ["(4611686018427387904, 4)", "(100, 100)"] {
+            let mut h = format!("{{'descr': '<f8', 'fortran_order': False, 'shape': {shape}, }}");
+            let total = 10 + h.len() + 1;
+            h.push_str(&" ".repeat((64 - total % 64) % 64));
+            h.push('\n');
+            let mut bytes = b"\x93NUMPY\x01\x00".to_vec();
+            bytes.extend_from_slice(&(h.len() as u16).to_le_bytes());
+            bytes.extend_from_slice(h.as_bytes());
+            bytes.extend_from_slice(&[0u8; 64]);
+            let p = dir.path().join("huge.npy");
+            std::fs::write(&p, bytes).unwrap();
+            assert!(
+                matches!(read_matrix(&p), Err(NsaError::MalformedFile { .. })),
+                "{shape}"
+            );
+        }
     }
 
     #[test]

@@ -278,8 +278,8 @@ pub struct NewtonSchulzInfo {
 /// `A^{-1/2}` for a symmetric positive semi-definite `A` by the symmetric coupled
 /// Newton–Schulz iteration with spectral-norm scaling and a residual-based stop.
 ///
-/// `A` is scaled by `s ≥ λ_max(A)` (the smaller of a power-iteration estimate ×1.01 and the
-/// Gershgorin bound), so every eigenvalue of `R₀ = A/s` lies in (0, 1] and the iteration
+/// `A` is scaled by `s ≥ λ_max(A)` (the smaller of the Gershgorin bound and the Frobenius
+/// norm), so every eigenvalue of `R₀ = A/s` lies in (0, 1] and the iteration
 /// `Z = (3I − R)/2, Q ← Q·Z, R ← Z·R·Z` converges quadratically once the small eigenvalues
 /// have grown (×2.25 per step). It stops when `‖I − R‖_F/√k ≤ tol` or when the residual stops
 /// shrinking (the working-precision floor), after at most `max_iter` steps.
@@ -340,35 +340,24 @@ pub fn inv_sqrt_ns_accurate<T: Element>(
     )
 }
 
-/// An upper bound on λ_max of a symmetric PSD matrix: the smaller of the Gershgorin bound and
-/// a 30-step power-iteration estimate inflated by 1 %.
+/// A guaranteed upper bound on λ_max of a symmetric matrix: the smaller of the Gershgorin
+/// bound `max_i Σ_j |A_ij|` and the Frobenius norm. (A power-iteration estimate is a lower
+/// bound and can miss λ_max entirely when the start vector is orthogonal to its eigenvector,
+/// which would make Newton–Schulz converge to a wrong root.)
 pub fn spectral_upper_bound<T: Element>(a: &DMatrix<T>) -> f64 {
     let k = a.nrows();
     let mut gersh = 0.0f64;
+    let mut fro = 0.0f64;
     for i in 0..k {
         let mut s = 0.0;
         for j in 0..k {
-            s += a[(i, j)].as_f64().abs();
+            let v = a[(i, j)].as_f64();
+            s += v.abs();
+            fro += v * v;
         }
         gersh = gersh.max(s);
     }
-    let mut v = nalgebra::DVector::<f64>::from_element(k, 1.0 / (k as f64).sqrt());
-    let af = a.map(|x| x.as_f64());
-    let mut lam = 0.0;
-    for _ in 0..30 {
-        let w = &af * &v;
-        let n = w.norm();
-        if n == 0.0 || !n.is_finite() {
-            break;
-        }
-        lam = n;
-        v = w / n;
-    }
-    if lam > 0.0 {
-        gersh.min(lam * 1.01)
-    } else {
-        gersh
-    }
+    gersh.min(fro.sqrt())
 }
 
 /// `diag(max(A_jj, eps)^{-1/2})`, the reference's "diag" inverse square root.
@@ -448,6 +437,16 @@ mod tests {
             assert!(rel < 1e-11, "k={k} rel={rel} info={info:?}");
             assert!(info.converged);
         }
+    }
+
+    #[test]
+    fn newton_schulz_finds_the_principal_root_when_the_ones_vector_misses_lambda_max() {
+        // [[3,−2],[−2,3]]: eigenvalues 1 (along (1,1)) and 5 (along (1,−1))
+        let a = DMatrix::from_row_slice(2, 2, &[3.0, -2.0, -2.0, 3.0]);
+        let (z, info) = inv_sqrt_ns_accurate(&a, 1e-14, 100);
+        let e = inv_sqrt_eig(&a, 1e-300);
+        assert!((&z - &e).norm() < 1e-12, "{z} vs {e}, {info:?}");
+        assert!(spectral_upper_bound(&a) >= 5.0);
     }
 
     #[test]

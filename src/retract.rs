@@ -282,7 +282,13 @@ pub fn retract_in<T: Element>(y: &DMatrix<f64>, options: &RetractOptions) -> Res
     let mut dst = DMatrix::zeros(y.nrows(), y.ncols());
     let mut ws = RetractWorkspace::new(y.ncols());
     retract_into(&src, &mut dst, options, &mut ws);
-    Ok(cast_to_f64(&dst))
+    let out = cast_to_f64(&dst);
+    if out.iter().any(|v| !v.is_finite()) {
+        return Err(NsaError::NonFiniteComputation {
+            what: "retraction of this input",
+        });
+    }
+    Ok(out)
 }
 
 /// The reference's `inv_sqrt_sym_adaptive(A, epsilon, method, ns_iter, eig_thresh)`:
@@ -328,5 +334,11 @@ pub fn inv_sqrt_sym(
         eig_thresh,
         ..Default::default()
     };
-    Ok(inv_sqrt_reference(a, &o))
+    let out = inv_sqrt_reference(a, &o);
+    if out.iter().any(|v| !v.is_finite()) {
+        return Err(NsaError::NonFiniteComputation {
+            what: "inverse square root of this matrix",
+        });
+    }
+    Ok(out)
 }

@@ -262,11 +262,12 @@ fn helpers_reject_bad_input() {
 }
 
 #[test]
-fn non_finite_gradient_is_a_stop_not_a_crash() {
-    // huge entries overflow the Gram products; the reference would crash on best_total_energy.item()
+fn overflowing_input_is_an_error_in_reference_mode_and_fine_in_corrected_mode() {
+    // huge finite entries overflow the Gram products; the reference crashes on
+    // best_total_energy.item() (Q11): here it is a typed error
     let y = DMatrix::from_element(4, 2, 1e200);
     let x = DMatrix::from_element(4, 2, 1.0);
-    let r = nsa_flow(
+    let e = nsa_flow(
         &y,
         Some(&x),
         &Params {
@@ -274,18 +275,24 @@ fn non_finite_gradient_is_a_stop_not_a_crash() {
             ..Params::default()
         },
     )
-    .unwrap();
-    assert_eq!(r.stop_reason, StopReason::NonFiniteGradient);
-    assert_eq!(r.best_total_energy, None);
-    assert_eq!(r.best_iteration, 0);
-    assert_eq!(r.y, y);
-    let r = nsa_flow(&y, Some(&x), &Params::default()).unwrap();
-    assert!(
-        matches!(
-            r.stop_reason,
-            StopReason::NonFiniteGradient | StopReason::LineSearchStalled
-        ),
-        "{:?}",
-        r.stop_reason
-    );
+    .unwrap_err();
+    assert!(matches!(e, NsaError::NonFiniteComputation { .. }), "{e}");
+    // corrected mode works in units of the target's RMS, so the magnitude does not matter
+    let base = randn(20, 3, 1).abs();
+    let unit = nsa_flow(&base, Some(&base), &Params::default()).unwrap();
+    for scale in [1e200, 1e-150] {
+        let y = &base * scale;
+        let r = nsa_flow(&y, Some(&y), &Params::default()).unwrap();
+        assert_eq!(r.iterations, unit.iterations, "scale {scale}");
+        assert!(rel_fro(&(&r.y / scale), &unit.y) < 1e-9, "scale {scale}");
+    }
+}
+
+#[test]
+fn retract_of_overflowing_input_is_an_error() {
+    let y = DMatrix::from_element(5, 2, 1e300);
+    assert!(matches!(
+        retract(&y, &RetractOptions::default()),
+        Err(NsaError::NonFiniteComputation { .. })
+    ));
 }

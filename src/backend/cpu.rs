@@ -245,20 +245,17 @@ impl<T: Element> Backend for CpuBackend<T> {
                 let eps_t = T::of(eps);
                 let mut wd = 1.0;
                 // channel view: rows of the parameter; layer view: the whole matrix
-                let clamp = |v: T| if v > eps_t { v } else { eps_t };
+                // torch_optimizer's SGDP._cosine_similarity: |Σ g·p| / (‖g‖ + ε) / (‖p‖ + ε)
                 let mut max_cos = T::zero();
                 for i in 0..p_rows {
-                    let (mut gg, mut pp) = (T::zero(), T::zero());
+                    let (mut gg, mut pp, mut gp) = (T::zero(), T::zero(), T::zero());
                     for j in 0..k {
                         gg += grad[(i, j)] * grad[(i, j)];
                         pp += param[(i, j)] * param[(i, j)];
+                        gp += grad[(i, j)] * param[(i, j)];
                     }
-                    let (gn, pn) = (clamp(gg.sqrt()), clamp(pp.sqrt()));
-                    let mut c = T::zero();
-                    for j in 0..k {
-                        c += (grad[(i, j)] / gn) * (param[(i, j)] / pn);
-                    }
-                    max_cos = max_cos.max(c.abs());
+                    let c = gp.abs() / (gg.sqrt() + eps_t) / (pp.sqrt() + eps_t);
+                    max_cos = max_cos.max(c);
                 }
                 if max_cos.as_f64() < delta / (k as f64).sqrt() {
                     for i in 0..p_rows {
@@ -278,13 +275,10 @@ impl<T: Element> Backend for CpuBackend<T> {
                     }
                     wd = wd_ratio;
                 } else {
-                    let gn = clamp(linalg::sum_sq(grad.as_slice()).sqrt());
-                    let pn = clamp(linalg::sum_sq(param.as_slice()).sqrt());
-                    let mut c = T::zero();
-                    for (g, p) in grad.iter().zip(param.iter()) {
-                        c += (*g / gn) * (*p / pn);
-                    }
-                    if c.abs().as_f64() < delta / ((p_rows * k) as f64).sqrt() {
+                    let gn = linalg::sum_sq(grad.as_slice()).sqrt() + eps_t;
+                    let pn = linalg::sum_sq(param.as_slice()).sqrt() + eps_t;
+                    let c = linalg::dot(grad.as_slice(), param.as_slice()).abs() / gn / pn;
+                    if c.as_f64() < delta / ((p_rows * k) as f64).sqrt() {
                         let pn = linalg::sum_sq(param.as_slice()).sqrt() + eps_t;
                         let mut s = T::zero();
                         for (p, d) in param.iter().zip(out.iter()) {

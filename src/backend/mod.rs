@@ -54,7 +54,7 @@ pub enum UpdateRule {
     /// torch_optimizer 0.3.0 SGDP: `buf ← μ·buf + (1−dampening)·g`; direction `buf` (or
     /// `g + μ·buf` with Nesterov); radial part removed per row (threshold `δ/√k`), else for the
     /// whole matrix (threshold `δ/√(pk)`), when the gradient is that close to orthogonal to
-    /// the parameter; then weight decay scaled by `wd_ratio`; `out = param − lr·direction`.
+    /// the parameter (cosine `|Σ g·p|/(‖g‖+ε)/(‖p‖+ε)`, as torch_optimizer computes it); then weight decay scaled by `wd_ratio`; `out = param − lr·direction`.
     /// State: `[buf]`.
     Sgdp {
         /// Momentum μ.

@@ -49,7 +49,10 @@ pub fn csv_rows(path: impl Into<PathBuf>) -> (Vec<String>, Vec<Vec<String>>) {
     let text = std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
     let mut lines = text.lines();
     let header = lines.next().unwrap().split(',').map(String::from).collect();
-    let rows = lines.filter(|l| !l.trim().is_empty()).map(|l| l.split(',').map(String::from).collect()).collect();
+    let rows = lines
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| l.split(',').map(String::from).collect())
+        .collect();
     (header, rows)
 }
 
