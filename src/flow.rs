@@ -838,7 +838,9 @@ fn solve_corrected<B: Backend, F: FnMut(&IterInfo) -> Control>(
             bt_iters += 1;
         }
         std::mem::swap(&mut y, &mut evals[j]);
-        lr = if tried == 0 { lr * 1.5 } else { plr * alpha };
+        // a full step of its kind accepted: try a longer one next time; otherwise keep the
+        // step that worked
+        lr = if alpha == 1.0 { plr * 1.5 } else { plr * alpha };
         let (fid, defect, total) = model.eval(&terms);
         cur_e = total;
         cur_norm_sq = terms.norm_sq;
