@@ -303,3 +303,43 @@ fn errors_exit_nonzero_and_leave_no_output() {
         .collect();
     assert!(leftovers.is_empty(), "{leftovers:?}");
 }
+
+#[test]
+fn cli_replays_a_reference_run_with_a_given_start() {
+    // the golden X0 = None case: the reference's perturbed start is passed with --start
+    let case = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/data/golden/flow/fast_soft_w05_X0none_50x10");
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("Y.npy");
+    let summary = dir.path().join("s.json");
+    let o = bin()
+        .arg("run")
+        .arg("--y0")
+        .arg(case.join("Y0.npy"))
+        .arg("--start")
+        .arg(case.join("Y_start.npy"))
+        .args([
+            "--w",
+            "0.5",
+            "--max-iter",
+            "100",
+            "--tol",
+            "1e-8",
+            "--lr",
+            "0.01",
+            "--mode",
+            "reference",
+            "--quiet",
+            "--out",
+        ])
+        .arg(&out)
+        .arg("--summary")
+        .arg(&summary)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(rel_fro(&read(&out), &read(case.join("Y_out.npy"))) < 1e-8);
+    let s = json(&summary);
+    assert_eq!(s["iterations"], 100);
+    assert_eq!(s["best_iteration"], 100);
+}

@@ -87,9 +87,10 @@ fn check_flow_case(case: &Path) -> Result<String, String> {
         Precision::F32 => (2e-4, 2e-4),
     };
     let mut errs = Vec::new();
-    let want_iters = out["iterations_run"].as_u64().unwrap() as usize;
-    if res.iterations != want_iters {
-        errs.push(format!("iterations {} != {}", res.iterations, want_iters));
+    if let Some(want_iters) = out.get("iterations_run").and_then(|v| v.as_u64()) {
+        if res.iterations != want_iters as usize {
+            errs.push(format!("iterations {} != {}", res.iterations, want_iters));
+        }
     }
     let want_best = out["best_Y_iteration"].as_u64().unwrap() as usize;
     if res.best_iteration != want_best {
@@ -178,7 +179,7 @@ fn reference_mode_reproduces_every_golden_flow_case() {
             }
         }
     }
-    assert!(n >= 10, "found only {n} golden flow cases");
+    assert!(n >= 30, "found only {n} golden flow cases");
     assert!(
         failures.is_empty(),
         "{} failing cases:\n{}",
@@ -229,6 +230,9 @@ fn single_calls_match_the_reference() {
     let mut n = 0;
     for root in golden_roots() {
         let dir = root.join("single");
+        if !dir.is_dir() {
+            continue;
+        }
         let idx = json(dir.join("index.json"));
         let mats = &idx["matrices"];
         let input = |name: &str| read(dir.join(mats[name]["file"].as_str().unwrap()));
@@ -326,7 +330,10 @@ fn single_calls_match_the_reference() {
 #[test]
 fn golden_inputs_are_matrices() {
     // guards the harness itself: a broken reader would make every comparison vacuous
-    for root in golden_roots() {
+    for root in golden_roots()
+        .into_iter()
+        .filter(|r| r.join("flow/qs_sgdp_f64").is_dir())
+    {
         let y0 = read(root.join("flow/qs_sgdp_f64/Y0.npy"));
         assert_eq!(y0.shape(), (50, 10));
         assert!(y0.iter().any(|v| *v != 0.0));

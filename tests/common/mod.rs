@@ -8,7 +8,11 @@ use std::path::PathBuf;
 /// the workplace's ../shared/golden when present. In CI (CI set) the shared copy must exist.
 pub fn golden_roots() -> Vec<PathBuf> {
     let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    let mut roots = vec![manifest.join("tests/data/golden")];
+    // golden_extra: more runs of the real reference, made by tests/data/golden_extra/generate.py
+    let mut roots = vec![
+        manifest.join("tests/data/golden"),
+        manifest.join("tests/data/golden_extra"),
+    ];
     let shared = manifest.join("../shared/golden");
     if shared.is_dir() {
         roots.push(shared);

@@ -113,9 +113,10 @@ CASES = [
           project_full_gradient=True),
      "project_full_gradient=True with hard non-negativity, default lr (1e-3)"),
     ("pfg_signed_50x10", (102, 50, 10, "pair"),
-     dict(w=0.5, retraction="soft_polar", optimizer="fast", max_iter=150, tol=1e-8,
+     dict(w=0.5, retraction="soft_polar", optimizer="fast", max_iter=80, tol=1e-8,
           apply_nonneg=False, project_full_gradient=True),
-     "project_full_gradient=True, signed, default lr (1.0)"),
+     "project_full_gradient=True, signed, default lr (1.0); lr 1 makes this trajectory amplify "
+     "rounding (~x2 per 12 iterations after iter 50), so it stops at 80 to stay within 1e-9"),
     ("pfg_simplified_nonneg_40x6", (103, 40, 6, "pair"),
      dict(w=0.5, retraction="soft_polar", optimizer="fast", max_iter=100, tol=1e-8,
           simplified=True, project_full_gradient=True, initial_learning_rate=1e-4),
@@ -159,7 +160,7 @@ CASES = [
      dict(w=0.5, retraction="soft_polar", optimizer="fast", max_iter=100, tol=1e-8,
           apply_nonneg=False),
      "X0=None without non-negativity: target = Y0, start = Y0 + 5 % torch noise"),
-    ("ns_k130_300x130", (113, 300, 130, "pair"),
+    ("ns_k130_150x130", (113, 150, 130, "pair"),
      dict(w=0.5, retraction="soft_polar", optimizer="fast", max_iter=30, tol=1e-8),
      "k=130 > eig_thresh=128: the Newton-Schulz inverse square root (4 iterations)"),
     ("lr20_nonneg_50x10", (114, 50, 10, "pair"),
@@ -258,7 +259,8 @@ def run_case(name, spec, kw, about):
     start = expected_start(Y0, X0, seed)
     assert torch.equal(start_used, start), f"{name}: reproduced start differs from the one used"
     # determinism: a second run must agree bit for bit
-    r2, _, iters2, _ = run_instrumented(Y0, X0, kw)
+    r2, _, iters2, wall2 = run_instrumented(Y0, X0, kw)
+    wall = min(wall, wall2)  # the first call may include one-off warm-up (e.g. torch.optim)
     assert iters2 == iters and torch.equal(r2["Y"], r["Y"]), f"{name}: not deterministic"
     rows = trace_rows(r["traces"])
     re = kw.get("record_every", 1)
