@@ -55,99 +55,61 @@ pub trait Element: RealField + Copy + Send + Sync + 'static {
     );
 }
 
-impl Element for f64 {
-    fn gram_rows(
-        a: &[Self],
-        b: &[Self],
-        p: usize,
-        ka: usize,
-        kb: usize,
-        rows: std::ops::Range<usize>,
-        out: &mut [Self],
-    ) {
-        use faer::{Accum, MatMut, MatRef, Par};
-        let n = rows.end - rows.start;
-        let a = MatRef::from_column_major_slice_with_stride(&a[rows.start..], n, ka, p);
-        let b = MatRef::from_column_major_slice_with_stride(&b[rows.start..], n, kb, p);
-        let o = MatMut::from_column_major_slice_mut(out, ka, kb);
-        faer::linalg::matmul::matmul(o, Accum::Replace, a.transpose(), b, 1.0, Par::Seq);
-    }
-    const EPS: f64 = f64::EPSILON;
-    const NAME: &'static str = "f64";
-    #[inline]
-    fn of(v: f64) -> Self {
-        v
-    }
-    #[inline]
-    fn as_f64(self) -> f64 {
-        self
-    }
-    unsafe fn gemm_raw(
-        m: usize,
-        k: usize,
-        n: usize,
-        alpha: Self,
-        a: *const Self,
-        rsa: isize,
-        csa: isize,
-        b: *const Self,
-        rsb: isize,
-        csb: isize,
-        beta: Self,
-        c: *mut Self,
-        rsc: isize,
-        csc: isize,
-    ) {
-        matrixmultiply::dgemm(m, k, n, alpha, a, rsa, csa, b, rsb, csb, beta, c, rsc, csc)
-    }
+/// The two implementations differ only in the type, its constants and matrixmultiply's entry
+/// point.
+macro_rules! impl_element {
+    ($t:ty, $name:literal, $eps:expr, $gemm:path) => {
+        impl Element for $t {
+            const EPS: f64 = $eps;
+            const NAME: &'static str = $name;
+            #[inline]
+            fn of(v: f64) -> Self {
+                v as $t
+            }
+            #[inline]
+            fn as_f64(self) -> f64 {
+                self as f64
+            }
+            fn gram_rows(
+                a: &[Self],
+                b: &[Self],
+                p: usize,
+                ka: usize,
+                kb: usize,
+                rows: std::ops::Range<usize>,
+                out: &mut [Self],
+            ) {
+                use faer::{Accum, MatMut, MatRef, Par};
+                let n = rows.end - rows.start;
+                let a = MatRef::from_column_major_slice_with_stride(&a[rows.start..], n, ka, p);
+                let b = MatRef::from_column_major_slice_with_stride(&b[rows.start..], n, kb, p);
+                let o = MatMut::from_column_major_slice_mut(out, ka, kb);
+                faer::linalg::matmul::matmul(o, Accum::Replace, a.transpose(), b, 1.0, Par::Seq);
+            }
+            unsafe fn gemm_raw(
+                m: usize,
+                k: usize,
+                n: usize,
+                alpha: Self,
+                a: *const Self,
+                rsa: isize,
+                csa: isize,
+                b: *const Self,
+                rsb: isize,
+                csb: isize,
+                beta: Self,
+                c: *mut Self,
+                rsc: isize,
+                csc: isize,
+            ) {
+                $gemm(m, k, n, alpha, a, rsa, csa, b, rsb, csb, beta, c, rsc, csc)
+            }
+        }
+    };
 }
 
-impl Element for f32 {
-    fn gram_rows(
-        a: &[Self],
-        b: &[Self],
-        p: usize,
-        ka: usize,
-        kb: usize,
-        rows: std::ops::Range<usize>,
-        out: &mut [Self],
-    ) {
-        use faer::{Accum, MatMut, MatRef, Par};
-        let n = rows.end - rows.start;
-        let a = MatRef::from_column_major_slice_with_stride(&a[rows.start..], n, ka, p);
-        let b = MatRef::from_column_major_slice_with_stride(&b[rows.start..], n, kb, p);
-        let o = MatMut::from_column_major_slice_mut(out, ka, kb);
-        faer::linalg::matmul::matmul(o, Accum::Replace, a.transpose(), b, 1.0, Par::Seq);
-    }
-    const EPS: f64 = f32::EPSILON as f64;
-    const NAME: &'static str = "f32";
-    #[inline]
-    fn of(v: f64) -> Self {
-        v as f32
-    }
-    #[inline]
-    fn as_f64(self) -> f64 {
-        self as f64
-    }
-    unsafe fn gemm_raw(
-        m: usize,
-        k: usize,
-        n: usize,
-        alpha: Self,
-        a: *const Self,
-        rsa: isize,
-        csa: isize,
-        b: *const Self,
-        rsb: isize,
-        csb: isize,
-        beta: Self,
-        c: *mut Self,
-        rsc: isize,
-        csc: isize,
-    ) {
-        matrixmultiply::sgemm(m, k, n, alpha, a, rsa, csa, b, rsb, csb, beta, c, rsc, csc)
-    }
-}
+impl_element!(f64, "f64", f64::EPSILON, matrixmultiply::dgemm);
+impl_element!(f32, "f32", f32::EPSILON as f64, matrixmultiply::sgemm);
 
 /// Converts an `f64` matrix to element type `T`.
 pub fn cast_from_f64<T: Element>(m: &DMatrix<f64>) -> DMatrix<T> {

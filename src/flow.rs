@@ -428,8 +428,8 @@ fn solve_reference<B: Backend, F: FnMut(&IterInfo) -> Control>(
         let mut current = model.eval(&EnergyModel::from_slice(&v[2..6])).2;
         let acc_terms = EnergyModel::from_slice(&v[6..10]);
 
-        // The best-anchored backtracking of §1.9, evaluated `batch` halvings per readback.
-        let mut alpha = 1.0f64;
+        // The best-anchored backtracking of §1.9, evaluated `batch` halvings per readback; the
+        // step after `c` halvings is 2^-c (exact, as the reference's repeated `alpha *= 0.5`).
         let mut count = 0usize;
         let mut success: Option<(usize, EnergyTerms)> = None;
         if current > best_e {
@@ -437,9 +437,8 @@ fn solve_reference<B: Backend, F: FnMut(&IterInfo) -> Control>(
         }
         'search: while current > best_e && count < MAX_BT {
             let n = batch.min(MAX_BT - count);
-            let mut a = alpha;
             for j in 0..n {
-                a *= 0.5;
+                let a = 0.5f64.powi((count + j + 1) as i32);
                 be.lerp(&best, &ynew, a, &mut cand[j]);
                 be.retract(&cand[j], &mut evals[j + 1], &ropt);
                 if clamp {
@@ -456,7 +455,6 @@ fn solve_reference<B: Backend, F: FnMut(&IterInfo) -> Control>(
             let v = &vals;
             energy_evals += n;
             for j in 0..n {
-                alpha *= 0.5;
                 let terms = EnergyModel::from_slice(&v[4 * j..4 * j + 4]);
                 current = model.eval(&terms).2;
                 count += 1;
@@ -469,7 +467,6 @@ fn solve_reference<B: Backend, F: FnMut(&IterInfo) -> Control>(
                 }
             }
         }
-        let _ = alpha;
         // Y_new: a success (R(Y_try), clamped: exactly the evaluated point), a revert
         // (a success at the 20th halving is reverted too), or the un-backtracked candidate.
         let new_terms = if count == MAX_BT {
@@ -574,8 +571,9 @@ type Requests<'a, M> = SmallVec<[Reduction<'a, M>; 2 * MAX_BATCH + 2]>;
 /// The largest line-search batch the solver honours.
 pub const MAX_BATCH: usize = 16;
 
-/// Halvings tried with the retraction in the step before falling back to a plain projected
-/// gradient step.
+/// Halvings tried with the retraction before the plain steps, after an iteration whose
+/// accepted step was retracted; after one whose was not, only the full retracted step is
+/// tried, so a retraction that does not help costs one evaluation per iteration.
 const RETRACTED_TRIES: usize = 3;
 /// Halvings of the plain projected-gradient step before the search is declared stalled.
 const PLAIN_TRIES: usize = 50;
@@ -709,6 +707,7 @@ fn solve_corrected<B: Backend, F: FnMut(&IterInfo) -> Control>(
     let mut best_iter = 0usize;
     let mut any_accepted = false;
     let mut retracted_steps = 0usize;
+    let mut retracted_tries = RETRACTED_TRIES;
 
     for it in 1..=params.max_iter {
         be.gradient(&y, &x0, &true_rule, &mut grad);
@@ -724,7 +723,7 @@ fn solve_corrected<B: Backend, F: FnMut(&IterInfo) -> Control>(
         // last along the true gradient from the scale-free step (known after the first readback).
         let mut phases: SmallVec<[(Candidate, usize, f64); 4]> = SmallVec::new();
         if use_retraction {
-            phases.push((Candidate::Retracted, RETRACTED_TRIES, lr));
+            phases.push((Candidate::Retracted, retracted_tries, lr));
         }
         phases.push((Candidate::AlongProposal, PLAIN_TRIES, lr));
         if !direction_is_gradient {
@@ -833,6 +832,9 @@ fn solve_corrected<B: Backend, F: FnMut(&IterInfo) -> Control>(
         let (kind, alpha, plr, _) = trial(&phases, tried);
         if kind == Candidate::Retracted {
             retracted_steps += 1;
+            retracted_tries = RETRACTED_TRIES;
+        } else {
+            retracted_tries = 1;
         }
         if tried > 0 {
             bt_iters += 1;

@@ -400,21 +400,28 @@ mod tests {
         assert_eq!(read_batch(&p).unwrap(), b);
     }
 
-    #[test]
-    fn fortran_order_is_read_correctly() {
-        let dir = tempfile::tempdir().unwrap();
-        // a 2×3 Fortran-order array: column-major data 1..6
-        let header = "{'descr': '<f8', 'fortran_order': True, 'shape': (2, 3), }";
-        let mut h = header.to_string();
+    /// A version-1 .npy file with this header dictionary and raw data bytes.
+    fn raw_npy(dict: &str, data: &[u8]) -> Vec<u8> {
+        let mut h = dict.to_string();
         let total = 10 + h.len() + 1;
         h.push_str(&" ".repeat((64 - total % 64) % 64));
         h.push('\n');
         let mut bytes = b"\x93NUMPY\x01\x00".to_vec();
         bytes.extend_from_slice(&(h.len() as u16).to_le_bytes());
         bytes.extend_from_slice(h.as_bytes());
-        for v in 1..=6 {
-            bytes.extend_from_slice(&(v as f64).to_le_bytes());
-        }
+        bytes.extend_from_slice(data);
+        bytes
+    }
+
+    #[test]
+    fn fortran_order_is_read_correctly() {
+        let dir = tempfile::tempdir().unwrap();
+        // a 2×3 Fortran-order array: column-major data 1..6
+        let data: Vec<u8> = (1..=6).flat_map(|v| (v as f64).to_le_bytes()).collect();
+        let bytes = raw_npy(
+            "{'descr': '<f8', 'fortran_order': True, 'shape': (2, 3), }",
+            &data,
+        );
         let p = dir.path().join("f.npy");
         std::fs::write(&p, bytes).unwrap();
         let m = read_matrix(&p).unwrap();
@@ -428,14 +435,8 @@ mod tests {
     fn a_huge_shape_in_the_header_is_an_error_not_a_panic() {
         let dir = tempfile::tempdir().unwrap();
         for shape in ["(4611686018427387904, 4)", "(100, 100)"] {
-            let mut h = format!("{{'descr': '<f8', 'fortran_order': False, 'shape': {shape}, }}");
-            let total = 10 + h.len() + 1;
-            h.push_str(&" ".repeat((64 - total % 64) % 64));
-            h.push('\n');
-            let mut bytes = b"\x93NUMPY\x01\x00".to_vec();
-            bytes.extend_from_slice(&(h.len() as u16).to_le_bytes());
-            bytes.extend_from_slice(h.as_bytes());
-            bytes.extend_from_slice(&[0u8; 64]);
+            let dict = format!("{{'descr': '<f8', 'fortran_order': False, 'shape': {shape}, }}");
+            let bytes = raw_npy(&dict, &[0u8; 64]);
             let p = dir.path().join("huge.npy");
             std::fs::write(&p, bytes).unwrap();
             assert!(
