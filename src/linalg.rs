@@ -220,7 +220,23 @@ pub fn all_finite<T: Element>(x: &[T]) -> bool {
 /// (the reference's `_inv_sqrt_eig`).
 pub fn inv_sqrt_eig<T: Element>(a: &DMatrix<T>, eps: T) -> DMatrix<T> {
     let k = a.nrows();
-    let eig = nalgebra::SymmetricEigen::new(a.clone());
+    if !all_finite(a.as_slice()) {
+        // NaN in, NaN out (the caller checks finiteness); nalgebra's solvers panic on NaN
+        return DMatrix::from_element(k, k, T::of(f64::NAN));
+    }
+    // nalgebra's implicit QR has no iteration cap of its own and can cycle forever on some
+    // pathological inputs: cap it, and fall back to the residual-stopped Newton–Schulz.
+    let Some(eig) = nalgebra::SymmetricEigen::try_new(
+        a.clone(),
+        T::default_epsilon(),
+        MAX_QR_SWEEPS * k.max(1),
+    ) else {
+        let mut b = a.clone();
+        for j in 0..k {
+            b[(j, j)] += eps;
+        }
+        return inv_sqrt_ns_accurate(&b, 8.0 * T::EPS * (k as f64).sqrt(), 200).0;
+    };
     let mut vs = eig.eigenvectors.clone();
     for j in 0..k {
         let lam = eig.eigenvalues[j];
@@ -360,6 +376,9 @@ pub fn spectral_upper_bound<T: Element>(a: &DMatrix<T>) -> f64 {
     gersh.min(fro.sqrt())
 }
 
+/// Iteration cap per dimension for nalgebra's eigen and singular value solvers.
+const MAX_QR_SWEEPS: usize = 1000;
+
 /// `diag(max(A_jj, eps)^{-1/2})`, the reference's "diag" inverse square root.
 pub fn inv_sqrt_diag<T: Element>(a: &DMatrix<T>, eps: T) -> DMatrix<T> {
     let k = a.nrows();
@@ -375,7 +394,23 @@ pub fn inv_sqrt_diag<T: Element>(a: &DMatrix<T>, eps: T) -> DMatrix<T> {
 /// The polar factor `U·Vᵀ` of a thin SVD `A = UΣVᵀ` (orthonormal columns when `p ≥ k`,
 /// orthonormal rows when `p < k`).
 pub fn polar_factor_svd<T: Element>(a: &DMatrix<T>) -> DMatrix<T> {
-    let svd = nalgebra::SVD::new(a.clone(), true, true);
+    if !all_finite(a.as_slice()) {
+        return DMatrix::from_element(a.nrows(), a.ncols(), T::of(f64::NAN));
+    }
+    let n = a.nrows().max(a.ncols()).max(1);
+    let Some(svd) = nalgebra::SVD::try_new(
+        a.clone(),
+        true,
+        true,
+        T::default_epsilon(),
+        MAX_QR_SWEEPS * n,
+    ) else {
+        // no convergence (pathological input): the polar factor through YᵀY instead
+        let g = a.transpose() * a;
+        let tr: f64 = (0..g.nrows()).map(|j| g[(j, j)].as_f64()).sum();
+        let floor = T::of((16.0 * T::EPS * tr / g.nrows().max(1) as f64).max(f64::MIN_POSITIVE));
+        return a * inv_sqrt_eig(&g, floor);
+    };
     let u = svd.u.expect("SVD computed with U");
     let vt = svd.v_t.expect("SVD computed with Vᵀ");
     u * vt
