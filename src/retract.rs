@@ -23,11 +23,13 @@ pub struct RetractOptions {
     /// (`None` = 100).
     pub ns_iter: Option<usize>,
     /// The reference's `eps_rf` (added to `YᵀY`, and once more on its Newton–Schulz path).
-    /// Corrected style uses a relative regularisation `16·ε_mach·tr(YᵀY)/k` instead.
+    /// Corrected style uses a relative regularisation `16·ε_mach·tr(YᵀY)/k` instead and rejects
+    /// a non-default value.
     pub eps: f64,
     /// `auto` uses the eigendecomposition for `k ≤ eig_thresh`.
     pub eig_thresh: usize,
-    /// The additive SVD fallback is taken when `k > diag_thresh` and `p < k` (reference style).
+    /// The additive SVD fallback is taken when `k > diag_thresh` and `p < k` (reference style;
+    /// corrected style has no such branch and rejects a non-default value).
     pub diag_thresh: usize,
     /// Reference style (renormalised to `‖Y‖_F`, scale-dependent blend) or corrected style
     /// (blend with the scaled polar factor `c·Q`, `c = ⟨Q,Y⟩/‖Q‖²`, no renormalisation,
@@ -81,6 +83,17 @@ impl RetractOptions {
             return Err(NsaError::InvalidParameter {
                 name: "eps",
                 reason: format!("{} is not a finite non-negative number", self.eps),
+            });
+        }
+        let d = RetractOptions::default();
+        if self.style == Mode::Corrected && (self.eps != d.eps || self.diag_thresh != d.diag_thresh)
+        {
+            return Err(NsaError::InvalidParameter {
+                name: "eps / diag_thresh",
+                reason: "these tune the reference's branches (an absolute εI added to YᵀY, the additive SVD \
+                         fallback); the corrected retraction regularises relative to tr(YᵀY) and has no \
+                         fallback branch, so they must keep their defaults in corrected style"
+                    .into(),
             });
         }
         if self.ns_iter == Some(0) && self.style == Mode::Corrected {

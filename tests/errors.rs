@@ -240,6 +240,28 @@ fn helpers_reject_bad_input() {
         retract(&DMatrix::zeros(0, 0), &RetractOptions::default()),
         Err(NsaError::Empty { .. })
     ));
+    for bad in [
+        RetractOptions {
+            eps: 1e-6,
+            style: Mode::Corrected,
+            ..Default::default()
+        },
+        RetractOptions {
+            diag_thresh: 4,
+            style: Mode::Corrected,
+            ..Default::default()
+        },
+        RetractOptions {
+            ns_iter: Some(0),
+            style: Mode::Corrected,
+            ..Default::default()
+        },
+    ] {
+        assert!(
+            matches!(retract(&y, &bad), Err(NsaError::InvalidParameter { .. })),
+            "{bad:?}"
+        );
+    }
     assert!(matches!(
         inv_sqrt_sym(&y, InvSqrtMethod::Eig, 1e-8, 4, 128),
         Err(NsaError::ShapeMismatch { .. })
