@@ -5,11 +5,11 @@ use nalgebra::{DMatrix, RealField};
 /// A floating-point element type the CPU backend computes in.
 ///
 /// Implemented for `f32` and `f64`. Besides nalgebra's [`RealField`], it carries the two
-/// products the solver is made of, chosen by measurement on tall `p×k` operands (this
-/// machine, 2-core Zen 3, f64, `examples/micro.rs`): the Gram product `AᵀB` through faer's
-/// sequential matmul (42 GFLOP/s at 10000×32 and 1e6×32, against 27–35 for matrixmultiply
-/// and 6–3 for nalgebra's `tr_mul`), and `A·S` (p×k times k×k) through matrixmultiply
-/// (32–35 GFLOP/s, against 28–33 for faer).
+/// products the solver is made of, chosen by measurement on tall `p×k` operands
+/// (`cargo bench --bench flow -- kernels`, f64, 2-core Xeon): the Gram product `AᵀB` through
+/// faer's sequential matmul (38–94 GFLOP/s from 1000×20 to 100000×64, against 4–7 for
+/// nalgebra's `tr_mul`), and `A·S` (p×k times k×k) through matrixmultiply (31–51 GFLOP/s,
+/// against 13–44 for nalgebra's product).
 pub trait Element: RealField + Copy + Send + Sync + 'static {
     /// Machine epsilon of the type.
     const EPS: f64;

@@ -42,19 +42,13 @@ impl EnergyTerms {
         gram_ws: &mut DMatrix<T>,
     ) -> Self {
         linalg::gram_into(y, y, gram_ws);
-        let gram_fro_sq = linalg::sum_sq(gram_ws.as_slice());
-        let k = gram_ws.nrows();
-        let mut d = T::zero();
-        for j in 0..k {
-            let v = gram_ws[(j, j)];
-            d += v * v;
-        }
+        let (gram_fro_sq, gram_diag_sq) = gram_squares(gram_ws);
         EnergyTerms {
             dist_sq: linalg::dist_sq(y.as_slice(), target.as_slice()).as_f64(),
-            gram_fro_sq: gram_fro_sq.as_f64(),
-            gram_diag_sq: d.as_f64(),
+            gram_fro_sq,
+            gram_diag_sq,
             // ‖Y‖² = tr(YᵀY): saves a pass over Y
-            norm_sq: (0..k).map(|j| gram_ws[(j, j)].as_f64()).sum(),
+            norm_sq: linalg::trace(gram_ws),
         }
     }
 }
@@ -77,13 +71,17 @@ pub fn invariant_orthogonality_defect<T: Element>(v: &DMatrix<T>) -> f64 {
         return 0.0;
     }
     linalg::gram_into(v, v, &mut g);
-    let fro = linalg::sum_sq(g.as_slice()).as_f64();
-    let mut d = 0.0;
-    for j in 0..g.nrows() {
-        let x = g[(j, j)].as_f64();
-        d += x * x;
-    }
+    let (fro, d) = gram_squares(&g);
     (fro - d) / (n * n)
+}
+
+/// `(‖S‖_F², Σ_j S_jj²)` of a Gram matrix, in its element type.
+fn gram_squares<T: Element>(g: &DMatrix<T>) -> (f64, f64) {
+    let mut d = T::zero();
+    for j in 0..g.nrows() {
+        d += g[(j, j)] * g[(j, j)];
+    }
+    (linalg::sum_sq(g.as_slice()).as_f64(), d.as_f64())
 }
 
 /// The reference's `defect_fast`: the same quantity as [`invariant_orthogonality_defect`].

@@ -705,7 +705,6 @@ fn solve_corrected<B: Backend, F: FnMut(&IterInfo) -> Control>(
     let mut energy_evals = 0usize;
     let mut bt_iters = 0usize;
     let mut best_iter = 0usize;
-    let mut any_accepted = false;
     let mut retracted_steps = 0usize;
     let mut retracted_tries = RETRACTED_TRIES;
 
@@ -847,7 +846,6 @@ fn solve_corrected<B: Backend, F: FnMut(&IterInfo) -> Control>(
         cur_e = total;
         cur_norm_sq = terms.norm_sq;
         best_iter = it;
-        any_accepted = true;
         rec.record(it, fid, defect, total);
         let info = IterInfo {
             iter: it,
@@ -870,7 +868,7 @@ fn solve_corrected<B: Backend, F: FnMut(&IterInfo) -> Control>(
         }
     }
     let seconds = rec.t0.elapsed().as_secs_f64();
-    if stop == StopReason::NonFiniteGradient && !any_accepted {
+    if stop == StopReason::NonFiniteGradient && best_iter == 0 {
         return Err(NsaError::NonFiniteComputation {
             what: "gradient at the start",
         });
@@ -884,7 +882,7 @@ fn solve_corrected<B: Backend, F: FnMut(&IterInfo) -> Control>(
         final_iter,
         iterations,
         best_total_energy: Some(cur_e),
-        best_iteration: if any_accepted { best_iter } else { 0 },
+        best_iteration: best_iter,
         target: prep.target,
         start,
         stop_reason: stop,

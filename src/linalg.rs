@@ -206,6 +206,13 @@ fn combine<T: Element>(a: [T; LANES]) -> T {
     ((a[0] + a[4]) + (a[2] + a[6])) + ((a[1] + a[5]) + (a[3] + a[7]))
 }
 
+/// `tr(M)` of a square matrix, summed in f64.
+pub fn trace<T: Element>(m: &DMatrix<T>) -> f64 {
+    (0..m.nrows().min(m.ncols()))
+        .map(|j| m[(j, j)].as_f64())
+        .sum()
+}
+
 /// Frobenius norm.
 pub fn fro<T: Element>(m: &DMatrix<T>) -> T {
     sum_sq(m.as_slice()).sqrt()

@@ -224,6 +224,21 @@ fn ext_is(p: &Path, e: &str) -> bool {
         .is_some_and(|x| x.eq_ignore_ascii_case(e))
 }
 
+/// Rejects an output path whose extension is not one of `exts`, before any work is done.
+fn check_ext(flag: &'static str, path: &Path, exts: &[&str]) -> Result<(), NsaError> {
+    if exts.iter().any(|e| ext_is(path, e)) {
+        return Ok(());
+    }
+    Err(NsaError::InvalidParameter {
+        name: flag,
+        reason: format!(
+            "{}: the extension must be one of {}",
+            path.display(),
+            exts.join(", ")
+        ),
+    })
+}
+
 fn trace_text(path: &Path, res: &NsaResult) -> Result<String, NsaError> {
     if ext_is(path, "json") {
         let rows: Vec<_> = res
@@ -308,23 +323,12 @@ fn cmd_run(a: RunArgs) -> Result<(), NsaError> {
     };
     params.validate()?;
     // check output names before the work, so a typo does not cost a long run
-    for (flag, path, exts) in [
-        ("--out", Some(&a.out), &["npy", "csv"][..]),
-        ("--trace", a.trace.as_ref(), &["csv", "json"][..]),
-        ("--summary", a.summary.as_ref(), &["json"][..]),
-    ] {
-        if let Some(p) = path {
-            if !exts.iter().any(|e| ext_is(p, e)) {
-                return Err(NsaError::InvalidParameter {
-                    name: flag,
-                    reason: format!(
-                        "{}: the extension must be one of {}",
-                        p.display(),
-                        exts.join(", ")
-                    ),
-                });
-            }
-        }
+    check_ext("--out", &a.out, &["npy", "csv"])?;
+    if let Some(t) = &a.trace {
+        check_ext("--trace", t, &["csv", "json"])?;
+    }
+    if let Some(p) = &a.summary {
+        check_ext("--summary", p, &["json"])?;
     }
     let y0 = read_matrix(&a.y0)?;
     let x0 = a.x0.as_ref().map(read_matrix).transpose()?;
@@ -382,12 +386,7 @@ fn cmd_retract(a: RetractArgs) -> Result<(), NsaError> {
         ..RetractOptions::default()
     };
     let precision: Precision = a.precision.parse()?;
-    if !(ext_is(&a.out, "npy") || ext_is(&a.out, "csv")) {
-        return Err(NsaError::InvalidParameter {
-            name: "--out",
-            reason: format!("{}: the extension must be .npy or .csv", a.out.display()),
-        });
-    }
+    check_ext("--out", &a.out, &["npy", "csv"])?;
     let y = read_matrix(&a.input)?;
     let r = match precision {
         Precision::F64 => nsa_flow::retract_in::<f64>(&y, &opts)?,

@@ -140,17 +140,24 @@ fn inv_sqrt_reference<T: Element>(a: &DMatrix<T>, o: &RetractOptions) -> DMatrix
     }
 }
 
-/// The corrected inverse square root of `S + δI`, `δ = 16·ε_mach·tr(S)/k`.
-fn inv_sqrt_corrected<T: Element>(s: &DMatrix<T>, o: &RetractOptions) -> DMatrix<T> {
+/// The corrected inverse square root of `S + δI`, `δ = 16·ε_mach·tr(S)/k`: `auto` is the
+/// eigendecomposition for `k ≤ eig_thresh` and the residual-stopped Newton–Schulz (capped at
+/// `ns_cap` iterations, 100 by default) above.
+pub(crate) fn inv_sqrt_corrected<T: Element>(
+    s: &DMatrix<T>,
+    inv_method: InvSqrtMethod,
+    eig_thresh: usize,
+    ns_cap: Option<usize>,
+) -> DMatrix<T> {
     let k = s.nrows();
-    let tr: f64 = (0..k).map(|j| s[(j, j)].as_f64()).sum();
+    let tr = linalg::trace(s);
     let delta = 16.0 * T::EPS * tr / k as f64;
     let mut a = s.clone();
     for j in 0..k {
         a[(j, j)] += T::of(delta);
     }
-    let method = match o.inv_method {
-        InvSqrtMethod::Auto if k <= o.eig_thresh => InvSqrtMethod::Eig,
+    let method = match inv_method {
+        InvSqrtMethod::Auto if k <= eig_thresh => InvSqrtMethod::Eig,
         InvSqrtMethod::Auto => InvSqrtMethod::NewtonSchulz,
         m => m,
     };
@@ -159,7 +166,7 @@ fn inv_sqrt_corrected<T: Element>(s: &DMatrix<T>, o: &RetractOptions) -> DMatrix
         InvSqrtMethod::Eig | InvSqrtMethod::Auto => linalg::inv_sqrt_eig(&a, floor),
         InvSqrtMethod::NewtonSchulz => {
             let tol = 8.0 * T::EPS * (k as f64).sqrt();
-            let (z, info) = linalg::inv_sqrt_ns_accurate(&a, tol, o.ns_iter.unwrap_or(100));
+            let (z, info) = linalg::inv_sqrt_ns_accurate(&a, tol, ns_cap.unwrap_or(100));
             if info.residual.is_finite() {
                 z
             } else {
@@ -206,7 +213,7 @@ pub(crate) fn retract_into<T: Element>(
             }
             linalg::gram_into(src, src, &mut ws.gram);
             // ‖Y‖² = tr(YᵀY): no extra pass over Y
-            let norm_y = trace(&ws.gram).max(0.0).sqrt();
+            let norm_y = linalg::trace(&ws.gram).max(0.0).sqrt();
             if norm_y < 1e-12 {
                 dst.copy_from(src);
                 return;
@@ -233,16 +240,16 @@ pub(crate) fn retract_into<T: Element>(
         }
         Mode::Corrected => {
             linalg::gram_into(src, src, &mut ws.gram);
-            if trace(&ws.gram) == 0.0 {
+            if linalg::trace(&ws.gram) == 0.0 {
                 dst.copy_from(src);
                 return;
             }
-            let t = inv_sqrt_corrected(&ws.gram, o);
+            let t = inv_sqrt_corrected(&ws.gram, o.inv_method, o.eig_thresh, o.ns_iter);
             // c = ⟨Q, Y⟩ / ‖Q‖² with Q = Y·T: both from k×k products, no pass over Y.
             let ts = &t * &ws.gram;
             let tst = &ts * &t;
-            let num = trace(&ts);
-            let den = trace(&tst);
+            let num = linalg::trace(&ts);
+            let den = linalg::trace(&tst);
             let c = if den > 0.0 { num / den } else { 0.0 };
             let w = if o.retraction == Retraction::Polar {
                 1.0
@@ -257,12 +264,6 @@ pub(crate) fn retract_into<T: Element>(
             linalg::mul_small_into(src, &ws.tw, T::one(), T::zero(), dst);
         }
     }
-}
-
-fn trace<T: Element>(m: &DMatrix<T>) -> f64 {
-    (0..m.nrows().min(m.ncols()))
-        .map(|j| m[(j, j)].as_f64())
-        .sum()
 }
 
 /// The retraction of the reference, `nsa_flow_retract_auto(Y, w, retraction_type, eps_rf,

@@ -6,8 +6,8 @@ use crate::element::{cast_from_f64, cast_to_f64, Element};
 use crate::energy::{nonneg_in_place, EnergyTerms};
 use crate::error::Result;
 use crate::linalg;
-use crate::params::{NonNeg, Precision};
-use crate::retract::{retract_into, RetractOptions, RetractWorkspace};
+use crate::params::{InvSqrtMethod, NonNeg, Precision};
+use crate::retract::{inv_sqrt_corrected, retract_into, RetractOptions, RetractWorkspace};
 use nalgebra::DMatrix;
 
 /// The nalgebra backend, computing in element type `T` (`f64` or `f32`).
@@ -78,17 +78,12 @@ impl<T: Element> CpuBackend<T> {
     /// `Q·sym(QᵀG) = Y·T·sym(T·YᵀG)`.
     fn project_with_polar(&mut self, y: &DMatrix<T>, out: &mut DMatrix<T>) {
         linalg::gram_into(y, y, &mut self.gram);
-        let k = y.ncols();
-        let tr: f64 = (0..k).map(|j| self.gram[(j, j)].as_f64()).sum();
-        if tr <= 0.0 {
+        if linalg::trace(&self.gram) <= 0.0 {
             return;
         }
-        let delta = T::of(16.0 * T::EPS * tr / k as f64);
-        let mut a = self.gram.clone();
-        for j in 0..k {
-            a[(j, j)] += delta;
-        }
-        let t = linalg::inv_sqrt_eig(&a, delta);
+        // the same (S + δI)^{-1/2} as the corrected retraction
+        let d = RetractOptions::default();
+        let t = inv_sqrt_corrected(&self.gram, InvSqrtMethod::Auto, d.eig_thresh, None);
         linalg::gram_into(y, out, &mut self.small);
         let mut m = &t * &self.small;
         sym_in_place(&mut m);
