@@ -117,6 +117,42 @@ pub enum NsaError {
         /// Why, and what to do instead.
         reason: String,
     },
+    /// The GPU reported an error (validation, out of memory, device lost) or a request exceeds
+    /// the adapter's limits.
+    #[error("GPU {kind}: {message}")]
+    Gpu {
+        /// What kind of failure.
+        kind: GpuErrorKind,
+        /// The driver's or wgpu's message, or which limit and by how much.
+        message: String,
+    },
+}
+
+/// The kinds of [`NsaError::Gpu`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GpuErrorKind {
+    /// The device ran out of memory.
+    OutOfMemory,
+    /// The device was lost (driver reset, GPU removed).
+    DeviceLost,
+    /// A buffer or dispatch would exceed an adapter limit.
+    Limit,
+    /// wgpu rejected a command (a bug in nsa-flow if it ever happens).
+    Validation,
+    /// The adapter lacks a feature this request needs (f64 shaders).
+    MissingFeature,
+}
+
+impl std::fmt::Display for GpuErrorKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            GpuErrorKind::OutOfMemory => "out of memory",
+            GpuErrorKind::DeviceLost => "device lost",
+            GpuErrorKind::Limit => "adapter limit exceeded",
+            GpuErrorKind::Validation => "validation error",
+            GpuErrorKind::MissingFeature => "missing feature",
+        })
+    }
 }
 
 /// Result alias for this crate.

@@ -2,6 +2,8 @@
 //! included) and corrected mode (see docs/ALGORITHM.md).
 
 use crate::backend::cpu::CpuBackend;
+use crate::backend::gpu::GpuBackend;
+use crate::gpu::{GpuContext, GpuOptions};
 use crate::backend::{Backend, GradientRule, Projection, Reduction, UpdateRule};
 use crate::energy::EnergyTerms;
 use crate::error::{NsaError, Result};
@@ -60,20 +62,39 @@ pub fn nsa_flow_with_callback<F>(
 where
     F: FnMut(&IterInfo) -> Control,
 {
-    match params.backend {
-        BackendChoice::Auto | BackendChoice::Cpu => {}
-        BackendChoice::Gpu => {
-            return Err(NsaError::BackendUnavailable {
-                name: "gpu".into(),
-                reason:
-                    "this build of nsa-flow has no GPU backend yet; use backend = cpu (or auto)"
-                        .into(),
-            })
-        }
+    params.validate()?;
+    if let Some(mut be) = gpu_backend_for(params)? {
+        return solve(&mut be, y0, x0, params, &mut callback);
     }
     match params.precision {
         Precision::F64 => solve(&mut CpuBackend::<f64>::new(), y0, x0, params, &mut callback),
         Precision::F32 => solve(&mut CpuBackend::<f32>::new(), y0, x0, params, &mut callback),
+    }
+}
+
+/// The GPU backend `params.backend` asks for: `gpu` must get one (an error naming the fix
+/// otherwise); `auto` takes a hardware adapter that can compute in the requested precision and
+/// answers `None` (the CPU) otherwise.
+pub fn gpu_backend_for(params: &Params) -> Result<Option<GpuBackend>> {
+    let options = GpuOptions {
+        adapter_name: params.gpu_adapter.clone(),
+        allow_software: params.backend == BackendChoice::Gpu || params.gpu_adapter.is_some(),
+    };
+    match params.backend {
+        BackendChoice::Cpu => Ok(None),
+        BackendChoice::Gpu => Ok(Some(GpuBackend::new(GpuContext::new(&options)?, params.precision)?)),
+        BackendChoice::Auto => {
+            let ctx = match GpuContext::new(&options) {
+                Ok(ctx) => ctx,
+                // a named adapter that is missing is an error, not a silent fallback
+                Err(e) if params.gpu_adapter.is_some() => return Err(e),
+                Err(_) => return Ok(None),
+            };
+            if params.precision == Precision::F64 && !ctx.supports_f64() {
+                return Ok(None);
+            }
+            Ok(GpuBackend::new(ctx, params.precision).ok())
+        }
     }
 }
 
@@ -560,6 +581,7 @@ fn solve_reference<B: Backend, F: FnMut(&IterInfo) -> Control>(
         mode: Mode::Reference,
         precision: be.precision(),
         backend: be.name(),
+        readbacks: be.readbacks(),
         seconds,
     })
 }
@@ -904,6 +926,7 @@ fn solve_corrected<B: Backend, F: FnMut(&IterInfo) -> Control>(
         mode: Mode::Corrected,
         precision: be.precision(),
         backend: be.name(),
+        readbacks: be.readbacks(),
         seconds,
     })
 }

@@ -30,6 +30,7 @@ mod element;
 mod energy;
 mod error;
 pub mod flow;
+pub mod gpu;
 pub mod io;
 pub mod linalg;
 mod params;
@@ -43,7 +44,7 @@ pub use energy::{
     apply_nonnegativity, compute_energy, defect_fast, invariant_orthogonality_defect, Energy,
     EnergyTerms, FidelityType, OrthType,
 };
-pub use error::{NsaError, Result};
+pub use error::{GpuErrorKind, NsaError, Result};
 pub use flow::{nsa_flow, nsa_flow_with_callback};
 pub use params::{
     BackendChoice, InvSqrtMethod, LearningRate, Mode, NonNeg, OptimizerKind, Params, Precision,

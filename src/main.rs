@@ -99,6 +99,9 @@ struct RunArgs {
     /// auto | cpu | gpu.
     #[arg(long, default_value = "auto")]
     backend: String,
+    /// GPU adapter: a case-insensitive substring of its name (see `nsa-flow info`).
+    #[arg(long)]
+    adapter: Option<String>,
     /// Seed of the X0 = None perturbation.
     #[arg(long, default_value_t = 42)]
     seed: u64,
@@ -319,6 +322,7 @@ fn cmd_run(a: RunArgs) -> Result<(), NsaError> {
         precision: a.precision.parse::<Precision>()?,
         mode: a.mode.parse::<Mode>()?,
         backend: a.backend.parse::<BackendChoice>()?,
+        gpu_adapter: a.adapter.clone(),
         perturbed_start: None,
     };
     params.validate()?;

@@ -90,6 +90,16 @@ named_enum!(
     }
 );
 
+impl Precision {
+    /// Bytes per element.
+    pub fn bytes(self) -> usize {
+        match self {
+            Precision::F64 => 8,
+            Precision::F32 => 4,
+        }
+    }
+}
+
 named_enum!(
     /// The method for the k×k inverse square root in the soft-polar retraction.
     InvSqrtMethod, "inverse-square-root method", {
@@ -241,8 +251,13 @@ pub struct Params {
     pub precision: Precision,
     /// Reference (bug-compatible) or corrected algorithm.
     pub mode: Mode,
-    /// Where to run.
+    /// Where to run: `cpu`, `gpu` (any adapter, software ones included; an error without
+    /// one) or `auto` (a hardware GPU when present, else the CPU).
     pub backend: BackendChoice,
+    /// GPU adapter to use, by a case-insensitive substring of its name (`None`: by type,
+    /// discrete first, or `$NSA_FLOW_ADAPTER`). Ignored by `backend = cpu`, where giving one
+    /// is an error.
+    pub gpu_adapter: Option<String>,
     /// When `x0` is `None`: the perturbed start to use instead of drawing the 5 % noise with
     /// `seed` (for reproducing a reference run, whose torch RNG is not reproduced). Must have
     /// the shape of `y0`; an error when `x0` is given.
@@ -267,6 +282,7 @@ impl Default for Params {
             precision: Precision::F64,
             mode: Mode::Corrected,
             backend: BackendChoice::Auto,
+            gpu_adapter: None,
             perturbed_start: None,
         }
     }
@@ -277,6 +293,12 @@ impl Params {
     pub fn validate(&self) -> Result<()> {
         if !(self.w.is_finite() && (0.0..=1.0).contains(&self.w)) {
             return Err(NsaError::InvalidWeight(self.w));
+        }
+        if self.backend == BackendChoice::Cpu && self.gpu_adapter.is_some() {
+            return Err(NsaError::InvalidParameter {
+                name: "gpu_adapter",
+                reason: "an adapter was named but backend = cpu".into(),
+            });
         }
         if self.max_iter == 0 {
             return Err(NsaError::InvalidParameter {

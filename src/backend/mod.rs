@@ -7,6 +7,7 @@
 //! evaluates several candidates per readback (see [`Backend::line_search_batch`]).
 
 pub mod cpu;
+pub mod gpu;
 
 use crate::error::Result;
 use crate::params::{NonNeg, Precision};
@@ -134,6 +135,11 @@ pub trait Backend {
     /// answers 1 (no wasted work); a device with expensive readbacks answers more.
     fn line_search_batch(&self) -> usize {
         1
+    }
+    /// Round trips that read device memory back so far (`None` for a backend whose memory is
+    /// the host's).
+    fn readbacks(&self) -> Option<u64> {
+        None
     }
 
     /// Copies a host matrix to the backend (converting to its precision).

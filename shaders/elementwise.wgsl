@@ -1,0 +1,117 @@
+// Fused elementwise work on p×k matrices stored column-major as flat arrays of n = p·k entries:
+// linear combinations, the interpolation of the line search, in-place scaling by a device
+// scalar (the reference retraction's renormalisation) and the non-negativity maps.
+// One entry per invocation on a 2-D grid (65 535 workgroups per dimension is the limit), so no
+// invocation loops: the Mesa 22.3 loop cap cannot bite.
+
+alias T = f32;
+
+// The uniform shared by every kernel family (see src/gpu/params.rs).
+struct Params {
+    p: u32, k: u32, n: u32, mode: u32,
+    k2: u32, off0: u32, off1: u32, off2: u32,
+    off3: u32, slot: u32, groups_x: u32, chunk: u32,
+    src: vec4<u32>,
+    c: array<vec4<T>, 2>,
+}
+
+const LITERAL: u32 = 0xffffffffu;
+
+@group(0) @binding(0) var<uniform> params: Params;
+@group(0) @binding(1) var<storage, read> a: array<T>;
+@group(0) @binding(2) var<storage, read> b: array<T>;
+@group(0) @binding(4) var<storage, read_write> out: array<T>;
+@group(0) @binding(5) var<storage, read_write> small: array<T>;
+
+// Coefficient i: the literal from the uniform plus, when a device slot is named, that scalar.
+fn coef(i: u32) -> T {
+    var v = params.c[i / 4u][i % 4u];
+    if (i < 4u && params.src[i] != LITERAL) {
+        v = v + small[params.src[i]];
+    }
+    return v;
+}
+
+fn linear_id(wid: vec3<u32>, lid: vec3<u32>) -> u32 {
+    return (wid.x + wid.y * params.groups_x) * 256u + lid.x;
+}
+
+// mode 0: out = c0·a + c1·b          (lincomb, the plain step)
+// mode 1: out = a + c0·(b − a)       (lerp, written like the CPU oracle)
+@compute @workgroup_size(256)
+fn combine(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    let i = linear_id(wid, lid);
+    if (i >= params.n) {
+        return;
+    }
+    let c0 = coef(0u);
+    if (params.mode == 0u) {
+        out[i] = c0 * a[i] + coef(1u) * b[i];
+    } else {
+        let base = a[i];
+        out[i] = base + c0 * (b[i] - base);
+    }
+}
+
+// out ← c0·out in place (c0 usually a device scalar).
+@compute @workgroup_size(256)
+fn scale_in_place(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    let i = linear_id(wid, lid);
+    if (i >= params.n) {
+        return;
+    }
+    out[i] = coef(0u) * out[i];
+}
+
+// log(1 + u) for 0 < u ≤ 1 through atanh: 2·(z + z³/3 + …), z = u/(2+u) ≤ 1/3. Written out
+// rather than calling log(), which Vulkan's GLSL.std.450 defines only for 16/32-bit floats.
+fn log1p_small(u: T) -> T {
+    let z = u / (2.0 + u);
+    let z2 = z * z;
+    var term = z;
+    var sum = z;
+    for (var j = 1u; j < 20u; j = j + 1u) {
+        term = term * z2;
+        sum = sum + term / T(2u * j + 1u);
+    }
+    return 2.0 * sum;
+}
+
+// e^x for x ≤ 0 by range reduction: e^x = 2^m · e^r with |r| ≤ ln2/2, Taylor to degree 16.
+fn exp_nonpositive(x: T) -> T {
+    if (x < -700.0) {
+        return 0.0;
+    }
+    let m = floor(x * 1.4426950408889634 + 0.5);
+    let r = x - m * 0.6931471805599453;
+    var term: T = 1.0;
+    var sum: T = 1.0;
+    for (var j = 1u; j < 17u; j = j + 1u) {
+        term = term * r / T(j);
+        sum = sum + term;
+    }
+    return ldexp(sum, i32(m));
+}
+
+// torch's softplus (threshold 20): x above it, else log(1 + eˣ) = max(x, 0) + log1p(e^−|x|).
+fn softplus(x: T) -> T {
+    if (x > 20.0) {
+        return x;
+    }
+    return max(x, 0.0) + log1p_small(exp_nonpositive(-abs(x)));
+}
+
+// mode 0: hard clamp (negatives → 0; NaN stays NaN, like the oracle), mode 1: softplus.
+@compute @workgroup_size(256)
+fn nonneg_in_place(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    let i = linear_id(wid, lid);
+    if (i >= params.n) {
+        return;
+    }
+    let x = out[i];
+    if (params.mode == 0u) {
+        out[i] = select(x, 0.0, x < 0.0);
+    } else {
+        out[i] = softplus(x);
+    }
+}

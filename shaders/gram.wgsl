@@ -1,0 +1,107 @@
+// Gram products AᵀB of tall column-major matrices (A p×ka, B p×kb; p up to millions), split
+// over the rows: pass 1 (`gram_partial`) gives each workgroup a chunk of `chunk` rows and a
+// 16×16 tile of the output and writes that chunk's partial product; pass 2 (`gram_reduce`)
+// adds the partials of every entry in chunk order. Fixed order, no atomics: same input, same
+// bits. Rows are staged through workgroup memory 64 at a time, loaded along the columns'
+// contiguous direction. An invocation loops about `chunk` times in pass 1 (the host keeps
+// chunk ≤ 4096) and ⌈p/chunk⌉ times in pass 2, far below Mesa 22.3's 65 535 cap.
+
+alias T = f32;
+
+struct Params {
+    p: u32, k: u32, n: u32, mode: u32,
+    k2: u32, off0: u32, off1: u32, off2: u32,
+    off3: u32, slot: u32, groups_x: u32, chunk: u32,
+    src: vec4<u32>,
+    c: array<vec4<T>, 2>,
+}
+
+@group(0) @binding(0) var<uniform> params: Params;
+@group(0) @binding(1) var<storage, read> a: array<T>;
+@group(0) @binding(2) var<storage, read> b: array<T>;
+@group(0) @binding(5) var<storage, read_write> small: array<T>;
+@group(0) @binding(6) var<storage, read_write> aux: array<T>;
+
+const TILE: u32 = 16u;
+const SLAB: u32 = 64u;
+// one padding entry per column keeps the 16 columns a warp reads in different banks
+const STRIDE: u32 = 65u;
+
+var<workgroup> sa: array<T, 1040>;
+var<workgroup> sb: array<T, 1040>;
+
+// dispatch: (chunks, tiles_a · tiles_b); k = ka, k2 = kb; partial (chunk c) at
+// aux[off0 + c·ka·kb], column-major ka×kb.
+@compute @workgroup_size(16, 16)
+fn gram_partial(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    let p = params.p;
+    let ka = params.k;
+    let kb = params.k2;
+    let tiles_a = (ka + TILE - 1u) / TILE;
+    let ta = wid.y % tiles_a;
+    let tb = wid.y / tiles_a;
+    let row0 = wid.x * params.chunk;
+    let row_end = min(row0 + params.chunk, p);
+    let lin = lid.x + lid.y * TILE;
+    var acc: T = 0.0;
+    for (var r0 = row0; r0 < row_end; r0 = r0 + SLAB) {
+        for (var t = 0u; t < 4u; t = t + 1u) {
+            let e = lin + t * 256u;
+            let rr = e % SLAB;
+            let cc = e / SLAB;
+            let row = r0 + rr;
+            let ca = ta * TILE + cc;
+            let cb = tb * TILE + cc;
+            var va: T = 0.0;
+            var vb: T = 0.0;
+            if (row < row_end && ca < ka) {
+                va = a[row + ca * p];
+            }
+            if (row < row_end && cb < kb) {
+                vb = b[row + cb * p];
+            }
+            sa[cc * STRIDE + rr] = va;
+            sb[cc * STRIDE + rr] = vb;
+        }
+        workgroupBarrier();
+        let ba = lid.x * STRIDE;
+        let bb = lid.y * STRIDE;
+        for (var rr = 0u; rr < SLAB; rr = rr + 1u) {
+            acc = acc + sa[ba + rr] * sb[bb + rr];
+        }
+        workgroupBarrier();
+    }
+    let ia = ta * TILE + lid.x;
+    let ib = tb * TILE + lid.y;
+    if (ia < ka && ib < kb) {
+        aux[params.off0 + wid.x * ka * kb + ia + ib * ka] = acc;
+    }
+}
+
+// dispatch: (⌈ka·kb/256⌉); chunks = groups_x. mode 0: small[off1 + e] = Σ_c partial_c[e];
+// mode 1 (ka = kb): the symmetric part ½(P + Pᵀ), each half summed in the same order.
+@compute @workgroup_size(256)
+fn gram_reduce(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let ka = params.k;
+    let kb = params.k2;
+    let e = gid.x;
+    if (e >= ka * kb) {
+        return;
+    }
+    let size = ka * kb;
+    var acc: T = 0.0;
+    for (var c = 0u; c < params.groups_x; c = c + 1u) {
+        acc = acc + aux[params.off0 + c * size + e];
+    }
+    if (params.mode == 1u) {
+        let i = e % ka;
+        let j = e / ka;
+        let et = j + i * ka;
+        var acc_t: T = 0.0;
+        for (var c = 0u; c < params.groups_x; c = c + 1u) {
+            acc_t = acc_t + aux[params.off0 + c * size + et];
+        }
+        acc = 0.5 * (acc + acc_t);
+    }
+    small[params.off1 + e] = acc;
+}

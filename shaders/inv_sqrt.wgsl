@@ -1,0 +1,282 @@
+// The k×k inverse square root A^{-1/2} by the symmetric coupled Newton–Schulz iteration
+//   R₀ = A/s, Q₀ = I;  Z = (3I − R)/2,  Q ← Q·Z,  R ← sym(Z·R·Z);  A^{-1/2} ≈ Q/√s,
+// with A = S + shift·I built from the Gram S. Scaling: Frobenius (mode bit 1 clear, the
+// reference's) or the guaranteed spectral bound min(Gershgorin, Frobenius) (bit 1 set).
+// Stopping: a fixed number of steps (bit 0 clear, the reference's `ns_iter`) or on the
+// residual ‖I − R‖_F/√k ≤ tol, when it stalls past 1e-3 (the precision floor), or at the cap
+// (bit 0 set). The state (s, done, steps, residual, best) lives in the small buffer, so
+// the host encodes a bounded number of dispatches and reads nothing back: dispatches after
+// convergence return at once.
+//
+// Small k (≤ 64): `ns_fused` runs several steps in one workgroup. Larger k: `ns_step_a`,
+// `ns_step_b` spread each step's products over many workgroups and `ns_check` updates the
+// state. Every invocation's loop trips per dispatch stay far below 65 535.
+//
+// Layout at off0: S (input); at off1: the workspace R, Q, W, Rn, Qn (5 k×k blocks);
+// off2: the output T; slot: the state scalars
+//   [slot] s, [slot+1] done, [slot+2] steps, [slot+3] residual (−1: A unusable, T = I),
+//   [slot+4] best.
+
+alias T = f32;
+
+struct Params {
+    p: u32, k: u32, n: u32, mode: u32,
+    k2: u32, off0: u32, off1: u32, off2: u32,
+    off3: u32, slot: u32, groups_x: u32, chunk: u32,
+    src: vec4<u32>,
+    c: array<vec4<T>, 2>,
+}
+
+@group(0) @binding(0) var<uniform> params: Params;
+@group(0) @binding(5) var<storage, read_write> small: array<T>;
+
+var<workgroup> tree: array<T, 256>;
+var<workgroup> tree2: array<T, 256>;
+var<workgroup> flag: u32;
+
+fn is_finite(x: T) -> bool {
+    return (bitcast<u32>(x) & 0x7f800000u) != 0x7f800000u; // @f64 return abs(x) <= 1.7976931348623157e308;
+}
+
+fn reduce2(lid: u32, x: T, y: T) -> vec2<T> {
+    tree[lid] = x;
+    tree2[lid] = y;
+    workgroupBarrier();
+    for (var s = 128u; s > 0u; s = s >> 1u) {
+        if (lid < s) {
+            tree[lid] = tree[lid] + tree[lid + s];
+            tree2[lid] = tree2[lid] + tree2[lid + s];
+        }
+        workgroupBarrier();
+    }
+    let r = vec2<T>(tree[0], tree2[0]);
+    workgroupBarrier();
+    return r;
+}
+
+fn reduce_max(lid: u32, x: T) -> T {
+    tree[lid] = x;
+    workgroupBarrier();
+    for (var s = 128u; s > 0u; s = s >> 1u) {
+        if (lid < s) {
+            tree[lid] = max(tree[lid], tree[lid + s]);
+        }
+        workgroupBarrier();
+    }
+    let r = tree[0];
+    workgroupBarrier();
+    return r;
+}
+
+fn r_at(e: u32) -> u32 { return params.off1 + e; }
+fn q_at(e: u32) -> u32 { return params.off1 + params.k * params.k + e; }
+fn w_at(e: u32) -> u32 { return params.off1 + 2u * params.k * params.k + e; }
+fn rn_at(e: u32) -> u32 { return params.off1 + 3u * params.k * params.k + e; }
+fn qn_at(e: u32) -> u32 { return params.off1 + 4u * params.k * params.k + e; }
+
+// Z = (3I − R)/2 entry (i, j)
+fn z_of(i: u32, j: u32) -> T {
+    let r = small[r_at(i + j * params.k)];
+    return select(T(-0.5) * r, T(0.5) * (3.0 - r), i == j);
+}
+
+// A = S + shift·I, shift = c0 + c1 (two absolute shifts, added one after the other as the
+// reference does) + c2·tr(S)/k (relative). R₀ = A/s, Q₀ = I and the state. Literals:
+// c3 = tol, c4 = cap or step count (as a number). Single workgroup.
+@compute @workgroup_size(256)
+fn ns_init(@builtin(local_invocation_id) lid3: vec3<u32>) {
+    let lid = lid3.x;
+    let k = params.k;
+    var tr: T = 0.0;
+    for (var i = lid; i < k; i = i + 256u) {
+        tr = tr + small[params.off0 + i + i * k];
+    }
+    let t = reduce2(lid, tr, 0.0);
+    let rel = params.c[0].z * t.x / T(k);
+    // Frobenius norm and Gershgorin bound of A
+    var fro: T = 0.0;
+    var gersh: T = 0.0;
+    for (var i = lid; i < k; i = i + 256u) {
+        var row: T = 0.0;
+        for (var j = 0u; j < k; j = j + 1u) {
+            var v = small[params.off0 + i + j * k];
+            if (i == j) {
+                v = ((v + params.c[0].x) + params.c[0].y) + rel;
+            }
+            fro = fro + v * v;
+            row = row + abs(v);
+        }
+        gersh = max(gersh, row);
+    }
+    let f = reduce2(lid, fro, 0.0);
+    let g = reduce_max(lid, gersh);
+    var s = sqrt(f.x);
+    if ((params.mode & 2u) != 0u) {
+        s = min(s, g);
+    }
+    let usable = s > 0.0 && is_finite(s);
+    var res: T = 0.0;
+    for (var e = lid; e < k * k; e = e + 256u) {
+        let i = e % k;
+        let j = e / k;
+        var v = small[params.off0 + e];
+        if (i == j) {
+            v = ((v + params.c[0].x) + params.c[0].y) + rel;
+        }
+        var r = v / s;
+        if (!usable) {
+            r = select(T(0.0), T(1.0), i == j);
+        }
+        small[r_at(e)] = r;
+        small[q_at(e)] = select(T(0.0), T(1.0), i == j);
+        let d = r - select(T(0.0), T(1.0), i == j);
+        res = res + d * d;
+    }
+    let rr = reduce2(lid, res, 0.0);
+    if (lid == 0u) {
+        let residual = sqrt(rr.x) / sqrt(T(k));
+        let cap = params.c[1].x;
+        var done = cap <= 0.0;
+        if ((params.mode & 1u) != 0u) {
+            done = done || residual <= params.c[0].w;
+        }
+        if (!usable) {
+            done = true;
+        }
+        small[params.slot] = select(T(1.0), s, usable);
+        small[params.slot + 1u] = select(T(0.0), T(1.0), done);
+        small[params.slot + 2u] = 0.0;
+        small[params.slot + 3u] = select(residual, T(-1.0), !usable);
+        small[params.slot + 4u] = residual;
+    }
+}
+
+// After a step's products: R = sym(Rn), Q = Qn, the residual and the stopping rule.
+// Called by one whole workgroup.
+fn finish_step(lid: u32) {
+    let k = params.k;
+    var res: T = 0.0;
+    for (var e = lid; e < k * k; e = e + 256u) {
+        let i = e % k;
+        let j = e / k;
+        let v = 0.5 * (small[rn_at(e)] + small[rn_at(j + i * k)]);
+        let d = v - select(T(0.0), T(1.0), i == j);
+        res = res + d * d;
+        small[w_at(e)] = v;
+    }
+    storageBarrier();
+    workgroupBarrier();
+    for (var e = lid; e < k * k; e = e + 256u) {
+        small[r_at(e)] = small[w_at(e)];
+        small[q_at(e)] = small[qn_at(e)];
+    }
+    let rr = reduce2(lid, res, 0.0);
+    if (lid == 0u) {
+        let residual = sqrt(rr.x) / sqrt(T(k));
+        let steps = small[params.slot + 2u] + 1.0;
+        let best = small[params.slot + 4u];
+        let cap = params.c[1].x;
+        var done = steps >= cap;
+        if ((params.mode & 1u) != 0u) {
+            done = done || residual <= params.c[0].w || !is_finite(residual)
+                || (residual > 0.5 * best && best < 1e-3);
+        }
+        small[params.slot + 1u] = select(T(0.0), T(1.0), done);
+        small[params.slot + 2u] = steps;
+        small[params.slot + 3u] = residual;
+        small[params.slot + 4u] = min(best, residual);
+    }
+    storageBarrier();
+    workgroupBarrier();
+}
+
+// W = Z·R and Qn = Q·Z for entry e
+fn products_a(e: u32) {
+    let k = params.k;
+    let i = e % k;
+    let j = e / k;
+    var w: T = 0.0;
+    var q: T = 0.0;
+    for (var l = 0u; l < k; l = l + 1u) {
+        w = w + z_of(i, l) * small[r_at(l + j * k)];
+        q = q + small[q_at(i + l * k)] * z_of(l, j);
+    }
+    small[w_at(e)] = w;
+    small[qn_at(e)] = q;
+}
+
+// Rn = W·Z for entry e
+fn products_b(e: u32) {
+    let k = params.k;
+    let i = e % k;
+    let j = e / k;
+    var acc: T = 0.0;
+    for (var l = 0u; l < k; l = l + 1u) {
+        acc = acc + small[w_at(i + l * k)] * z_of(l, j);
+    }
+    small[rn_at(e)] = acc;
+}
+
+// Up to `chunk` steps in one workgroup (k ≤ 64).
+@compute @workgroup_size(256)
+fn ns_fused(@builtin(local_invocation_id) lid3: vec3<u32>) {
+    let lid = lid3.x;
+    let k = params.k;
+    for (var step = 0u; step < params.chunk; step = step + 1u) {
+        if (lid == 0u) {
+            flag = select(0u, 1u, small[params.slot + 1u] != 0.0);
+        }
+        if (workgroupUniformLoad(&flag) != 0u) {
+            break;
+        }
+        for (var e = lid; e < k * k; e = e + 256u) {
+            products_a(e);
+        }
+        storageBarrier();
+        workgroupBarrier();
+        for (var e = lid; e < k * k; e = e + 256u) {
+            products_b(e);
+        }
+        storageBarrier();
+        workgroupBarrier();
+        finish_step(lid);
+    }
+}
+
+// One step's first products over many workgroups (k > 64).
+@compute @workgroup_size(256)
+fn ns_step_a(@builtin(global_invocation_id) gid: vec3<u32>) {
+    if (small[params.slot + 1u] != 0.0 || gid.x >= params.k * params.k) {
+        return;
+    }
+    products_a(gid.x);
+}
+
+@compute @workgroup_size(256)
+fn ns_step_b(@builtin(global_invocation_id) gid: vec3<u32>) {
+    if (small[params.slot + 1u] != 0.0 || gid.x >= params.k * params.k) {
+        return;
+    }
+    products_b(gid.x);
+}
+
+@compute @workgroup_size(256)
+fn ns_check(@builtin(local_invocation_id) lid3: vec3<u32>) {
+    if (lid3.x == 0u) {
+        flag = select(0u, 1u, small[params.slot + 1u] != 0.0);
+    }
+    if (workgroupUniformLoad(&flag) != 0u) {
+        return;
+    }
+    finish_step(lid3.x);
+}
+
+// T (off2) = Q/√s.
+@compute @workgroup_size(256)
+fn ns_finish(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let e = gid.x;
+    if (e >= params.k * params.k) {
+        return;
+    }
+    small[params.off2 + e] = small[q_at(e)] / sqrt(small[params.slot]);
+}

@@ -1,0 +1,195 @@
+// The optimizer steps that run on the device. "fast" (plain SGD) is a linear combination
+// (elementwise.wgsl); this file is torch_optimizer 0.3.0's SGDP:
+//   buf ← μ·buf + (1−dampening)·g;  d = buf (or g + μ·buf, Nesterov);
+//   the radial part of d is removed per row when every row's cosine |⟨g,p⟩|/(‖g‖+ε)/(‖p‖+ε)
+//   is below δ/√k, else for the whole matrix when its cosine is below δ/√(pk), and then the
+//   weight decay is scaled by wd_ratio;  out = p·(1 − lr·wd·ratio/(1−μ)) − lr·d.
+// Three passes: per-row statistics with per-workgroup partials (one row per invocation, k
+// trips), a single-workgroup decision summing the partials in a fixed order, and the update.
+// Literals: c0 = μ, c1 = dampening, c2 = ε, c3 = weight decay, c4 = δ, c5 = wd_ratio,
+// c6 = lr; mode bit 0 = Nesterov.
+
+alias T = f32;
+
+struct Params {
+    p: u32, k: u32, n: u32, mode: u32,
+    k2: u32, off0: u32, off1: u32, off2: u32,
+    off3: u32, slot: u32, groups_x: u32, chunk: u32,
+    src: vec4<u32>,
+    c: array<vec4<T>, 2>,
+}
+
+@group(0) @binding(0) var<uniform> params: Params;
+@group(0) @binding(1) var<storage, read> param: array<T>;
+@group(0) @binding(2) var<storage, read> grad: array<T>;
+@group(0) @binding(3) var<storage, read> buf_in: array<T>;
+@group(0) @binding(4) var<storage, read_write> out: array<T>;
+@group(0) @binding(5) var<storage, read_write> small: array<T>;
+@group(0) @binding(6) var<storage, read_write> aux: array<T>;
+
+var<workgroup> t_max: array<T, 256>;
+var<workgroup> t_gg: array<T, 256>;
+var<workgroup> t_pp: array<T, 256>;
+var<workgroup> t_gp: array<T, 256>;
+var<workgroup> t_pd: array<T, 256>;
+
+fn direction(g: T, b: T) -> T {
+    if ((params.mode & 1u) != 0u) {
+        return g + params.c[0].x * b;
+    }
+    return b;
+}
+
+fn tree5(lid: u32) {
+    workgroupBarrier();
+    for (var s = 128u; s > 0u; s = s >> 1u) {
+        if (lid < s) {
+            t_max[lid] = max(t_max[lid], t_max[lid + s]);
+            t_gg[lid] = t_gg[lid] + t_gg[lid + s];
+            t_pp[lid] = t_pp[lid] + t_pp[lid + s];
+            t_gp[lid] = t_gp[lid] + t_gp[lid + s];
+            t_pd[lid] = t_pd[lid] + t_pd[lid + s];
+        }
+        workgroupBarrier();
+    }
+}
+
+// Pass 1: `out` is the momentum buffer (updated in place); one row per invocation; writes
+// (max row cosine, Σg², Σp², Σg·p, Σp·d) of each workgroup at aux[off0 + 5·wid ..].
+@compute @workgroup_size(256)
+fn sgdp_rows(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid3: vec3<u32>) {
+    let lid = lid3.x;
+    let p = params.p;
+    let k = params.k;
+    let r = wid.x * 256u + lid;
+    let mu = params.c[0].x;
+    let damp = 1.0 - params.c[0].y;
+    let eps = params.c[0].z;
+    var row_cos: T = 0.0;
+    var gg: T = 0.0;
+    var pp: T = 0.0;
+    var gp: T = 0.0;
+    var pd: T = 0.0;
+    if (r < p) {
+        for (var j = 0u; j < k; j = j + 1u) {
+            let i = r + j * p;
+            let g = grad[i];
+            let pv = param[i];
+            let b = out[i] * mu + g * damp;
+            out[i] = b;
+            gg = gg + g * g;
+            pp = pp + pv * pv;
+            gp = gp + g * pv;
+            pd = pd + pv * direction(g, b);
+        }
+        row_cos = abs(gp) / (sqrt(gg) + eps) / (sqrt(pp) + eps);
+    }
+    t_max[lid] = row_cos;
+    t_gg[lid] = gg;
+    t_pp[lid] = pp;
+    t_gp[lid] = gp;
+    t_pd[lid] = pd;
+    tree5(lid);
+    if (lid == 0u) {
+        let o = params.off0 + 5u * wid.x;
+        aux[o] = t_max[0];
+        aux[o + 1u] = t_gg[0];
+        aux[o + 2u] = t_pp[0];
+        aux[o + 3u] = t_gp[0];
+        aux[o + 4u] = t_pd[0];
+    }
+}
+
+// Pass 2 (single workgroup, groups_x partials): small[slot] = projection kind (0 none,
+// 1 per row, 2 whole matrix), small[slot+1] = decay factor, small[slot+2] = ‖p‖ + ε,
+// small[slot+3] = Σp·d / (‖p‖ + ε).
+@compute @workgroup_size(256)
+fn sgdp_decide(@builtin(local_invocation_id) lid3: vec3<u32>) {
+    let lid = lid3.x;
+    var m: T = 0.0;
+    var gg: T = 0.0;
+    var pp: T = 0.0;
+    var gp: T = 0.0;
+    var pd: T = 0.0;
+    for (var w = lid; w < params.groups_x; w = w + 256u) {
+        let o = params.off0 + 5u * w;
+        m = max(m, aux[o]);
+        gg = gg + aux[o + 1u];
+        pp = pp + aux[o + 2u];
+        gp = gp + aux[o + 3u];
+        pd = pd + aux[o + 4u];
+    }
+    t_max[lid] = m;
+    t_gg[lid] = gg;
+    t_pp[lid] = pp;
+    t_gp[lid] = gp;
+    t_pd[lid] = pd;
+    tree5(lid);
+    if (lid == 0u) {
+        let eps = params.c[0].z;
+        let delta = params.c[1].x;
+        var kind: T = 0.0;
+        var ratio: T = 1.0;
+        if (t_max[0] < delta / sqrt(T(params.k))) {
+            kind = 1.0;
+            ratio = params.c[1].y;
+        } else {
+            let gn = sqrt(t_gg[0]) + eps;
+            let pn = sqrt(t_pp[0]) + eps;
+            let c = abs(t_gp[0]) / gn / pn;
+            if (c < delta / sqrt(T(params.p) * T(params.k))) {
+                kind = 2.0;
+                ratio = params.c[1].y;
+            }
+        }
+        let wd = params.c[0].w;
+        var decay: T = 1.0;
+        if (wd != 0.0) {
+            decay = 1.0 - params.c[1].z * wd * ratio / (1.0 - params.c[0].x);
+        }
+        let pn = sqrt(t_pp[0]) + eps;
+        small[params.slot] = kind;
+        small[params.slot + 1u] = decay;
+        small[params.slot + 2u] = pn;
+        small[params.slot + 3u] = t_pd[0] / pn;
+    }
+}
+
+// Pass 3: out = p·decay − lr·d(projected), one row per invocation.
+@compute @workgroup_size(256)
+fn sgdp_apply(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid3: vec3<u32>) {
+    let p = params.p;
+    let k = params.k;
+    let r = wid.x * 256u + lid3.x;
+    if (r >= p) {
+        return;
+    }
+    let eps = params.c[0].z;
+    let lr = params.c[1].z;
+    let kind = small[params.slot];
+    let decay = small[params.slot + 1u];
+    var pn = small[params.slot + 2u];
+    var s = small[params.slot + 3u];
+    if (kind == 1.0) {
+        var pp: T = 0.0;
+        for (var j = 0u; j < k; j = j + 1u) {
+            let pv = param[r + j * p];
+            pp = pp + pv * pv;
+        }
+        pn = sqrt(pp) + eps;
+        s = 0.0;
+        for (var j = 0u; j < k; j = j + 1u) {
+            let i = r + j * p;
+            s = s + param[i] / pn * direction(grad[i], buf_in[i]);
+        }
+    }
+    for (var j = 0u; j < k; j = j + 1u) {
+        let i = r + j * p;
+        let pv = param[i];
+        var d = direction(grad[i], buf_in[i]);
+        if (kind != 0.0) {
+            d = d - pv / pn * s;
+        }
+        out[i] = pv * decay - lr * d;
+    }
+}

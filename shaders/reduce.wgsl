@@ -1,0 +1,111 @@
+// Reductions of p×k matrices to scalars, in a fixed order and without atomics: pass 1
+// (`partial_sums`) has each of G workgroups reduce a strided share of the entries through a
+// workgroup tree and write one partial; the host adds the G partials of a readback in f64,
+// or `finalize` adds them on the device when the scalar is consumed there.
+// Each invocation loops ⌈n / (256·G)⌉ times, which the host keeps far below 65 535.
+
+alias T = f32;
+
+struct Params {
+    p: u32, k: u32, n: u32, mode: u32,
+    k2: u32, off0: u32, off1: u32, off2: u32,
+    off3: u32, slot: u32, groups_x: u32, chunk: u32,
+    src: vec4<u32>,
+    c: array<vec4<T>, 2>,
+}
+
+@group(0) @binding(0) var<uniform> params: Params;
+@group(0) @binding(1) var<storage, read> a: array<T>;
+@group(0) @binding(2) var<storage, read> b: array<T>;
+@group(0) @binding(5) var<storage, read_write> small: array<T>;
+@group(0) @binding(6) var<storage, read_write> aux: array<T>;
+
+var<workgroup> tree: array<T, 256>;
+
+// NaN and ±Inf have an all-ones exponent; tested on the bits because shader compilers may
+// assume comparisons never see NaN.
+fn is_finite(x: T) -> bool {
+    return (bitcast<u32>(x) & 0x7f800000u) != 0x7f800000u; // @f64 return abs(x) <= 1.7976931348623157e308;
+}
+
+fn term(i: u32) -> T {
+    switch (params.mode) {
+        case 0u: {
+            let x = a[i];
+            return x * x;
+        }
+        case 1u: {
+            return a[i] * b[i];
+        }
+        case 2u: {
+            let d = a[i] - b[i];
+            return d * d;
+        }
+        case 3u: {
+            // squared gradient mapping: ‖P(y − t·g) − y‖², P the clamp to ≥ 0 when mode flag set
+            let y = a[i];
+            var z = y - params.c[0].x * b[i];
+            if (params.k2 == 1u && z < 0.0) {
+                z = 0.0;
+            }
+            let d = z - y;
+            return d * d;
+        }
+        default: {
+            return select(T(1.0), T(0.0), is_finite(a[i]));
+        }
+    }
+}
+
+// mode: 0 ‖a‖², 1 ⟨a,b⟩, 2 ‖a−b‖², 3 gradient mapping, 4 count of non-finite entries.
+// Writes aux[off0 + wid] for wid < G = groups_x.
+@compute @workgroup_size(256)
+fn partial_sums(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    let stride = params.groups_x * 256u;
+    var acc: T = 0.0;
+    for (var i = wid.x * 256u + lid.x; i < params.n; i = i + stride) {
+        acc = acc + term(i);
+    }
+    tree[lid.x] = acc;
+    workgroupBarrier();
+    for (var s = 128u; s > 0u; s = s >> 1u) {
+        if (lid.x < s) {
+            tree[lid.x] = tree[lid.x] + tree[lid.x + s];
+        }
+        workgroupBarrier();
+    }
+    if (lid.x == 0u) {
+        aux[params.off0 + wid.x] = tree[0];
+    }
+}
+
+// Adds the `chunk` partials at aux[off0 ..] in a fixed order into small[off1]; then, as mode
+// asks, turns the sum into a device coefficient:
+//   0: the sum itself;
+//   1: the reference retraction's renormalisation: with n = √sum and ‖Y‖ = √small[off2],
+//      small[off1] = ‖Y‖/n when n > 1e-12 and ‖Y‖ ≥ 1e-12, else 1.
+@compute @workgroup_size(256)
+fn finalize(@builtin(local_invocation_id) lid: vec3<u32>) {
+    var acc: T = 0.0;
+    for (var i = lid.x; i < params.chunk; i = i + 256u) {
+        acc = acc + aux[params.off0 + i];
+    }
+    tree[lid.x] = acc;
+    workgroupBarrier();
+    for (var s = 128u; s > 0u; s = s >> 1u) {
+        if (lid.x < s) {
+            tree[lid.x] = tree[lid.x] + tree[lid.x + s];
+        }
+        workgroupBarrier();
+    }
+    if (lid.x == 0u) {
+        let total = tree[0];
+        if (params.mode == 0u) {
+            small[params.off1] = total;
+        } else {
+            let n = sqrt(total);
+            let norm_y = sqrt(max(small[params.off2], 0.0));
+            small[params.off1] = select(T(1.0), norm_y / n, n > 1e-12 && norm_y >= 1e-12);
+        }
+    }
+}

@@ -1,0 +1,219 @@
+// k×k work on the small buffer (Gram matrices, inverse square roots, blend matrices and the
+// scalars derived from them), so the host never reads a matrix back. Single-workgroup kernels
+// reduce k² entries with per-thread strided loops (⌈k²/256⌉ trips) and a fixed tree; the
+// product kernel gives one entry to each invocation (k trips).
+
+alias T = f32;
+
+struct Params {
+    p: u32, k: u32, n: u32, mode: u32,
+    k2: u32, off0: u32, off1: u32, off2: u32,
+    off3: u32, slot: u32, groups_x: u32, chunk: u32,
+    src: vec4<u32>,
+    c: array<vec4<T>, 2>,
+}
+
+@group(0) @binding(0) var<uniform> params: Params;
+@group(0) @binding(5) var<storage, read_write> small: array<T>;
+@group(0) @binding(6) var<storage, read_write> aux: array<T>;
+
+var<workgroup> tree: array<T, 256>;
+var<workgroup> tree2: array<T, 256>;
+
+fn reduce2(lid: u32, x: T, y: T) -> vec2<T> {
+    tree[lid] = x;
+    tree2[lid] = y;
+    workgroupBarrier();
+    for (var s = 128u; s > 0u; s = s >> 1u) {
+        if (lid < s) {
+            tree[lid] = tree[lid] + tree[lid + s];
+            tree2[lid] = tree2[lid] + tree2[lid + s];
+        }
+        workgroupBarrier();
+    }
+    let r = vec2<T>(tree[0], tree2[0]);
+    workgroupBarrier();
+    return r;
+}
+
+// The gradient's k×k data. S at off0; writes M = S − Diag(S) at off1 and, at off2, the
+// coefficients alpha (of Y·M) and radial (of Y):
+//   invariant defect: n = tr S, alpha = orth/n², radial = −orth·((‖S‖² − ‖diag S‖²)/n²)/n;
+//   simplified (mode 1): alpha = c, radial = 0;
+// both zero when n ≤ 1e-12 or the orthogonality weight is zero.
+// Literals: c0 = orth, c1 = simplified coefficient. Single workgroup.
+@compute @workgroup_size(256)
+fn grad_coef(@builtin(local_invocation_id) lid3: vec3<u32>) {
+    let lid = lid3.x;
+    let k = params.k;
+    var fro: T = 0.0;
+    var dsq: T = 0.0;
+    for (var e = lid; e < k * k; e = e + 256u) {
+        let v = small[params.off0 + e];
+        let i = e % k;
+        let j = e / k;
+        fro = fro + v * v;
+        if (i == j) {
+            small[params.off1 + e] = 0.0;
+        } else {
+            small[params.off1 + e] = v;
+        }
+    }
+    var tr: T = 0.0;
+    for (var j = lid; j < k; j = j + 256u) {
+        let d = small[params.off0 + j + j * k];
+        tr = tr + d;
+        dsq = dsq + d * d;
+    }
+    let s1 = reduce2(lid, fro, dsq);
+    let s2 = reduce2(lid, tr, 0.0);
+    if (lid == 0u) {
+        let n = s2.x;
+        let orth = params.c[0].x;
+        let simplified = params.mode == 1u;
+        let weight = select(orth, params.c[0].y, simplified);
+        var alpha: T = 0.0;
+        var radial: T = 0.0;
+        if (n > 1e-12 && weight != 0.0) {
+            if (simplified) {
+                alpha = weight;
+            } else {
+                let defect = (s1.x - s1.y) / (n * n);
+                alpha = orth / (n * n);
+                radial = -orth * defect / n;
+            }
+        }
+        small[params.off2] = alpha;
+        small[params.off2 + 1u] = radial;
+    }
+}
+
+// ‖S‖² and ‖diag S‖² of S at off1 as two readback slots of `chunk` partials each at
+// aux[off0] and aux[off0 + chunk] (the rest of each slot zeroed). Single workgroup.
+@compute @workgroup_size(256)
+fn gram_stats(@builtin(local_invocation_id) lid3: vec3<u32>) {
+    let lid = lid3.x;
+    let k = params.k;
+    var fro: T = 0.0;
+    var dsq: T = 0.0;
+    for (var e = lid; e < k * k; e = e + 256u) {
+        let v = small[params.off1 + e];
+        fro = fro + v * v;
+    }
+    for (var j = lid; j < k; j = j + 256u) {
+        let d = small[params.off1 + j + j * k];
+        dsq = dsq + d * d;
+    }
+    let s = reduce2(lid, fro, dsq);
+    for (var i = lid; i < params.chunk; i = i + 256u) {
+        aux[params.off0 + i] = select(T(0.0), s.x, i == 0u);
+        aux[params.off0 + params.chunk + i] = select(T(0.0), s.y, i == 0u);
+    }
+}
+
+// C (off2) = A (off0) · B (off1), k×k column-major; mode 1 writes the symmetric part
+// ½(AB + (AB)ᵀ) instead. One entry per invocation.
+@compute @workgroup_size(256)
+fn kk_matmul(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let k = params.k;
+    let e = gid.x;
+    if (e >= k * k) {
+        return;
+    }
+    let i = e % k;
+    let j = e / k;
+    var acc: T = 0.0;
+    for (var l = 0u; l < k; l = l + 1u) {
+        acc = acc + small[params.off0 + i + l * k] * small[params.off1 + l + j * k];
+    }
+    if (params.mode == 1u) {
+        var acc_t: T = 0.0;
+        for (var l = 0u; l < k; l = l + 1u) {
+            acc_t = acc_t + small[params.off0 + j + l * k] * small[params.off1 + l + i * k];
+        }
+        acc = 0.5 * (acc + acc_t);
+    }
+    small[params.off2 + e] = acc;
+}
+
+// The blend matrix T_w (off2) from T (off0), S (off1) and, in corrected style, TS (off3):
+//   mode 0 (reference): T_w = w·T + (1−w)·I;
+//   mode 1 (corrected): T_w = (w·c)·T + (1−w)·I with c = tr(TS)/tr(TS·T) (0 if that is ≤ 0);
+// T_w = I (the retraction leaves Y unchanged) when tr S < c1 (reference: ‖Y‖ < 1e-12, so
+// c1 = 1e-24; corrected: tr S = 0, so c1 = the smallest positive value). Literals: c0 = w,
+// c1 = the threshold. Writes tr S to small[slot]. Single workgroup.
+@compute @workgroup_size(256)
+fn blend_matrix(@builtin(local_invocation_id) lid3: vec3<u32>) {
+    let lid = lid3.x;
+    let k = params.k;
+    let w = params.c[0].x;
+    var tr: T = 0.0;
+    var num: T = 0.0;
+    var den: T = 0.0;
+    for (var i = lid; i < k; i = i + 256u) {
+        tr = tr + small[params.off1 + i + i * k];
+    }
+    if (params.mode == 1u) {
+        // tr(TS) = Σ_i (TS)_ii; tr(TS·T) = Σ_i Σ_l (TS)_il T_li, accumulated per row i
+        for (var i = lid; i < k; i = i + 256u) {
+            num = num + small[params.off3 + i + i * k];
+            var row: T = 0.0;
+            for (var l = 0u; l < k; l = l + 1u) {
+                row = row + small[params.off3 + i + l * k] * small[params.off0 + l + i * k];
+            }
+            den = den + row;
+        }
+    }
+    let s = reduce2(lid, tr, num);
+    let d = reduce2(lid, den, 0.0);
+    let trace_s = s.x;
+    var scale = w;
+    if (params.mode == 1u) {
+        scale = w * select(T(0.0), s.y / d.x, d.x > 0.0);
+    }
+    let keep = trace_s < params.c[0].y;
+    for (var e = lid; e < k * k; e = e + 256u) {
+        let i = e % k;
+        let j = e / k;
+        var v: T = 0.0;
+        if (keep) {
+            v = select(T(0.0), T(1.0), i == j);
+        } else {
+            v = scale * small[params.off0 + e];
+            if (i == j) {
+                v = v + (1.0 - w);
+            }
+        }
+        small[params.off2 + e] = v;
+    }
+    if (lid == 0u) {
+        small[params.slot] = trace_s;
+    }
+}
+
+// The diagonal inverse square root: T (off1) = Diag(1/√max(S_jj + shift, floor)), with
+// literals c0 = shift (absolute), c1 = relative shift (× tr S / k), c2 = floor (absolute),
+// c3 = relative floor. Single workgroup.
+@compute @workgroup_size(256)
+fn inv_sqrt_diag(@builtin(local_invocation_id) lid3: vec3<u32>) {
+    let lid = lid3.x;
+    let k = params.k;
+    var tr: T = 0.0;
+    for (var i = lid; i < k; i = i + 256u) {
+        tr = tr + small[params.off0 + i + i * k];
+    }
+    let s = reduce2(lid, tr, 0.0);
+    let rel = params.c[0].y * s.x / T(k);
+    let shift = params.c[0].x + rel;
+    let floor_v = params.c[0].z + params.c[0].w * s.x / T(k);
+    for (var e = lid; e < k * k; e = e + 256u) {
+        let i = e % k;
+        let j = e / k;
+        var v: T = 0.0;
+        if (i == j) {
+            let d = small[params.off0 + e] + shift;
+            v = 1.0 / sqrt(select(floor_v, d, d > floor_v));
+        }
+        small[params.off1 + e] = v;
+    }
+}

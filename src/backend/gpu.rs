@@ -1,0 +1,1181 @@
+//! The wgpu backend: every matrix stays on the device, the k×k work runs in single-workgroup
+//! kernels, and the host reads back only the partial sums of the reductions it asks for, one
+//! batch per readback.
+//!
+//! Recording follows the candle pattern: each operation records its dispatches into the
+//! open command encoder, parameters go into a uniform ring (one 256-byte slot per dispatch,
+//! written once before the submit), bind groups are cached by the buffers they bind, so after
+//! the first iteration nothing is created; the encoder is submitted when scalars are read.
+
+use super::{Backend, GradientRule, Projection, Reduction, UpdateRule};
+use crate::error::{GpuErrorKind, NsaError, Result};
+use crate::gpu::{encode, GpuContext, Kernel, Kernels, ParamsHeader, LITERAL};
+use crate::params::{InvSqrtMethod, Mode, NonNeg, Precision, Retraction};
+use crate::retract::RetractOptions;
+use nalgebra::DMatrix;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+
+/// Largest column count the device kernels take (the single-workgroup k×k kernels loop
+/// ⌈k²/256⌉ times; at k = 1024 that is 4096 trips, far below the Mesa 22.3 loop cap).
+pub const MAX_K: usize = 1024;
+/// Largest row count: the row-block grids are one-dimensional in their row direction.
+pub const MAX_P: usize = 65_535 * 256;
+/// Newton–Schulz steps when the residual decides (the reference's eig, the corrected
+/// retraction); the iteration converges from any start in about log₂.₂₅(κ) + 6 steps.
+const NS_CAP: usize = 100;
+/// Entries per thread in the readback reductions (G = ⌈n / (256·this)⌉ partials, at most
+/// `MAX_PARTIALS`).
+const ENTRIES_PER_THREAD: usize = 16;
+const MAX_PARTIALS: usize = 512;
+/// Readback slots per round trip.
+const MAX_SLOTS: usize = 192;
+/// Uniform ring slots (256 bytes each) before an intermediate submit.
+const RING_SLOTS: usize = 4096;
+const RING_STRIDE: u64 = 256;
+/// Loop-trip budget per invocation per dispatch for the fused Newton–Schulz kernel.
+const TRIP_BUDGET: usize = 12_000;
+
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+
+/// A p×k matrix resident on the device (column-major, like nalgebra, so uploads need no
+/// transpose).
+#[derive(Debug)]
+pub struct GpuMat {
+    buffer: wgpu::Buffer,
+    id: u64,
+    p: usize,
+    k: usize,
+}
+
+impl GpuMat {
+    /// Rows.
+    pub fn nrows(&self) -> usize {
+        self.p
+    }
+    /// Columns.
+    pub fn ncols(&self) -> usize {
+        self.k
+    }
+}
+
+/// Offsets (in elements) of the regions of the small k×k buffer.
+#[derive(Clone, Copy, Debug)]
+struct SmallLayout {
+    k: usize,
+}
+
+impl SmallLayout {
+    fn mat(&self, i: usize) -> u32 {
+        (i * self.k * self.k) as u32
+    }
+    /// S = YᵀY
+    fn s(&self) -> u32 {
+        self.mat(0)
+    }
+    /// M, a second Gram, scratch
+    fn m(&self) -> u32 {
+        self.mat(1)
+    }
+    /// T (an inverse square root)
+    fn t(&self) -> u32 {
+        self.mat(2)
+    }
+    fn tmp(&self) -> u32 {
+        self.mat(3)
+    }
+    fn tmp2(&self) -> u32 {
+        self.mat(4)
+    }
+    /// the Newton–Schulz workspace (5 blocks)
+    fn ns(&self) -> u32 {
+        self.mat(5)
+    }
+    fn scalar(&self, i: usize) -> u32 {
+        (10 * self.k * self.k + i) as u32
+    }
+    fn len(&self) -> usize {
+        10 * self.k * self.k + 64
+    }
+}
+
+// scalar slots
+const SC_ALPHA: usize = 0;
+const SC_RADIAL: usize = 1;
+const SC_TRACE: usize = 2;
+const SC_FACTOR: usize = 3;
+const SC_NS: usize = 8; // 5 values
+const SC_SGDP: usize = 16; // 4 values
+
+/// Per-shape device storage.
+struct Workspace {
+    p: usize,
+    k: usize,
+    small: wgpu::Buffer,
+    aux: wgpu::Buffer,
+    staging: wgpu::Buffer,
+    layout: SmallLayout,
+    /// Gram chunking: rows per chunk and chunk count.
+    gram_chunk: usize,
+    gram_chunks: usize,
+    /// aux regions (elements)
+    aux_readback: usize,
+    aux_finalize: usize,
+    aux_sgdp: usize,
+    partials: usize,
+}
+
+/// Where the bytes of one dispatch go.
+#[derive(Clone, Copy, Default)]
+struct Slots<'a> {
+    a: Option<&'a GpuMat>,
+    b: Option<&'a GpuMat>,
+    c: Option<&'a GpuMat>,
+    out: Option<&'a GpuMat>,
+}
+
+/// The wgpu backend (see the module documentation).
+///
+/// ```no_run
+/// use nalgebra::DMatrix;
+/// use nsa_flow::backend::{gpu::GpuBackend, Backend, Reduction};
+/// use nsa_flow::gpu::{GpuContext, GpuOptions};
+/// use nsa_flow::Precision;
+/// let ctx = GpuContext::new(&GpuOptions { allow_software: true, ..Default::default() }).unwrap();
+/// let mut be = GpuBackend::new(ctx, Precision::F32).unwrap();
+/// let y = be.upload(&DMatrix::from_element(3, 2, 2.0)).unwrap();
+/// assert_eq!(be.reduce(&[Reduction::NormSq(&y)]).unwrap(), vec![24.0]);
+/// ```
+pub struct GpuBackend {
+    ctx: Arc<GpuContext>,
+    kernels: Arc<Kernels>,
+    precision: Precision,
+    ws: Option<Workspace>,
+    ring: wgpu::Buffer,
+    ring_bytes: Vec<u8>,
+    ring_used: usize,
+    scratch: Vec<u8>,
+    encoder: Option<wgpu::CommandEncoder>,
+    bind_groups: HashMap<[u64; 4], wgpu::BindGroup>,
+    dummy_read: wgpu::Buffer,
+    dummy_write: wgpu::Buffer,
+    dummy_id: [u64; 2],
+    readbacks: u64,
+    error: Option<NsaError>,
+    partial_sums_host: Vec<f64>,
+}
+
+fn kernels_for(ctx: &GpuContext, precision: Precision) -> Result<Arc<Kernels>> {
+    static CACHE: OnceLock<Mutex<Vec<(usize, Precision, Arc<Kernels>)>>> = OnceLock::new();
+    let key = ctx as *const GpuContext as usize;
+    let cache = CACHE.get_or_init(|| Mutex::new(Vec::new()));
+    let mut c = cache.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some((_, _, k)) = c.iter().find(|(c, p, _)| *c == key && *p == precision) {
+        return Ok(k.clone());
+    }
+    let k = Arc::new(Kernels::new(&ctx.device, precision)?);
+    c.push((key, precision, k.clone()));
+    Ok(k)
+}
+
+fn limit_error(message: String) -> NsaError {
+    NsaError::Gpu {
+        kind: GpuErrorKind::Limit,
+        message,
+    }
+}
+
+impl GpuBackend {
+    /// A backend on `ctx` computing in `precision` (`f64` needs an adapter with
+    /// `SHADER_F64`).
+    pub fn new(ctx: Arc<GpuContext>, precision: Precision) -> Result<GpuBackend> {
+        let kernels = kernels_for(&ctx, precision)?;
+        let device = &ctx.device;
+        let ring = device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("nsa-flow params ring"),
+            size: RING_SLOTS as u64 * RING_STRIDE,
+            usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        let mk = |label| {
+            device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some(label),
+                size: 256,
+                usage: wgpu::BufferUsages::STORAGE,
+                mapped_at_creation: false,
+            })
+        };
+        let dummy_read = mk("nsa-flow unused input");
+        let dummy_write = mk("nsa-flow unused output");
+        Ok(GpuBackend {
+            kernels,
+            precision,
+            ws: None,
+            ring,
+            ring_bytes: vec![0; RING_SLOTS * RING_STRIDE as usize],
+            ring_used: 0,
+            scratch: Vec::with_capacity(256),
+            encoder: None,
+            bind_groups: HashMap::new(),
+            dummy_read,
+            dummy_write,
+            dummy_id: [
+                NEXT_ID.fetch_add(1, Ordering::Relaxed),
+                NEXT_ID.fetch_add(1, Ordering::Relaxed),
+            ],
+            readbacks: 0,
+            error: None,
+            partial_sums_host: Vec::new(),
+            ctx,
+        })
+    }
+
+    /// The context.
+    pub fn context(&self) -> &Arc<GpuContext> {
+        &self.ctx
+    }
+
+    /// Round trips that read device memory back so far (scalar batches and downloads).
+    pub fn readbacks(&self) -> u64 {
+        self.readbacks
+    }
+
+    fn elem(&self) -> usize {
+        self.precision.bytes()
+    }
+
+    fn check_shape(&self, p: usize, k: usize) -> Result<()> {
+        if k > MAX_K {
+            return Err(limit_error(format!(
+                "k = {k} columns exceeds the GPU backend's maximum of {MAX_K}; use backend = cpu"
+            )));
+        }
+        if p > MAX_P {
+            return Err(limit_error(format!(
+                "p = {p} rows exceeds the GPU backend's maximum of {MAX_P} (65 535 workgroups of 256 rows); \
+                 use backend = cpu"
+            )));
+        }
+        let bytes = (p * k * self.elem()) as u64;
+        let lim = &self.ctx.limits;
+        if bytes > lim.max_storage_buffer_binding_size {
+            return Err(limit_error(format!(
+                "a {p}×{k} {} matrix needs {bytes} bytes, more than this adapter's \
+                 max_storage_buffer_binding_size of {} bytes; use precision = f32, fewer rows, or backend = cpu",
+                self.precision, lim.max_storage_buffer_binding_size
+            )));
+        }
+        if bytes > lim.max_buffer_size {
+            return Err(limit_error(format!(
+                "a {p}×{k} matrix needs {bytes} bytes, more than this adapter's max_buffer_size of {} bytes",
+                lim.max_buffer_size
+            )));
+        }
+        Ok(())
+    }
+
+    /// Creates a buffer, turning an allocation failure into an error rather than an abort.
+    fn create_buffer(&self, label: &str, size: u64, usage: wgpu::BufferUsages) -> Result<wgpu::Buffer> {
+        let device = &self.ctx.device;
+        let oom = device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
+        let val = device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let buffer = device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some(label),
+            size: size.max(4),
+            usage,
+            mapped_at_creation: false,
+        });
+        let v = pollster::block_on(val.pop());
+        let o = pollster::block_on(oom.pop());
+        if let Some(e) = o {
+            return Err(NsaError::Gpu {
+                kind: GpuErrorKind::OutOfMemory,
+                message: format!("allocating {size} bytes for {label}: {e}"),
+            });
+        }
+        if let Some(e) = v {
+            return Err(limit_error(format!("allocating {size} bytes for {label}: {e}")));
+        }
+        Ok(buffer)
+    }
+
+    fn ensure_workspace(&mut self, p: usize, k: usize) -> Result<()> {
+        if let Some(ws) = &self.ws {
+            if ws.p == p && ws.k == k {
+                return Ok(());
+            }
+        }
+        self.flush();
+        self.bind_groups.clear();
+        let layout = SmallLayout { k };
+        // Gram chunks: about 256 rows per chunk for small p, at most 4096 rows per chunk,
+        // and a partials buffer no larger than a quarter of Y.
+        let target = p
+            .div_ceil(256)
+            .min(1024.max(p.div_ceil(4096)))
+            .min((p / (4 * k)).max(1))
+            .max(1);
+        let chunk = p.div_ceil(target).div_ceil(64) * 64;
+        let chunks = p.div_ceil(chunk);
+        let n = p * k;
+        let partials = n.div_ceil(256 * ENTRIES_PER_THREAD).clamp(1, MAX_PARTIALS);
+        let gram_len = chunks * k * k;
+        let aux_readback = gram_len;
+        let aux_finalize = aux_readback + MAX_SLOTS * partials;
+        let aux_sgdp = aux_finalize + partials;
+        let aux_len = aux_sgdp + 5 * p.div_ceil(256);
+        let e = self.elem() as u64;
+        let lim = self.ctx.limits.max_storage_buffer_binding_size;
+        for (what, len) in [("k×k workspace", layout.len()), ("partial sums", aux_len)] {
+            if len as u64 * e > lim {
+                return Err(limit_error(format!(
+                    "the {what} for a {p}×{k} problem needs {} bytes, more than this adapter's \
+                     max_storage_buffer_binding_size of {lim} bytes",
+                    len as u64 * e
+                )));
+            }
+        }
+        let storage = wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST;
+        let small = self.create_buffer("nsa-flow k×k workspace", layout.len() as u64 * e, storage)?;
+        let aux = self.create_buffer("nsa-flow partial sums", aux_len as u64 * e, storage)?;
+        let staging = self.create_buffer(
+            "nsa-flow readback",
+            (MAX_SLOTS * partials) as u64 * e,
+            wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+        )?;
+        self.ws = Some(Workspace {
+            p,
+            k,
+            small,
+            aux,
+            staging,
+            layout,
+            gram_chunk: chunk,
+            gram_chunks: chunks,
+            aux_readback,
+            aux_finalize,
+            aux_sgdp,
+            partials,
+        });
+        Ok(())
+    }
+
+    fn ws(&self) -> &Workspace {
+        self.ws.as_ref().expect("workspace sized by zeros/upload")
+    }
+
+    fn encoder(&mut self) -> &mut wgpu::CommandEncoder {
+        if self.encoder.is_none() {
+            self.encoder = Some(
+                self.ctx
+                    .device
+                    .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                        label: Some("nsa-flow"),
+                    }),
+            );
+        }
+        self.encoder.as_mut().unwrap()
+    }
+
+    /// Submits what was recorded (writing the ring's parameter slots first).
+    fn flush(&mut self) {
+        if let Some(enc) = self.encoder.take() {
+            if self.ring_used > 0 {
+                let used = self.ring_used * RING_STRIDE as usize;
+                self.ctx.queue.write_buffer(&self.ring, 0, &self.ring_bytes[..used]);
+            }
+            self.ctx.queue.submit([enc.finish()]);
+            self.ring_used = 0;
+        }
+    }
+
+    fn bind_group(&mut self, slots: &Slots) -> wgpu::BindGroup {
+        let ids = [
+            slots.a.map_or(self.dummy_id[0], |m| m.id),
+            slots.b.map_or(self.dummy_id[0], |m| m.id),
+            slots.c.map_or(self.dummy_id[0], |m| m.id),
+            slots.out.map_or(self.dummy_id[1], |m| m.id),
+        ];
+        if let Some(bg) = self.bind_groups.get(&ids) {
+            return bg.clone();
+        }
+        if self.bind_groups.len() > 512 {
+            self.bind_groups.clear();
+        }
+        let ws = self.ws.as_ref().unwrap();
+        let dummy = &self.dummy_read;
+        fn read<'b>(m: Option<&'b GpuMat>, dummy: &'b wgpu::Buffer) -> &'b wgpu::Buffer {
+            m.map_or(dummy, |m| &m.buffer)
+        }
+        let entries = [
+            wgpu::BindGroupEntry {
+                binding: 0,
+                resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                    buffer: &self.ring,
+                    offset: 0,
+                    size: std::num::NonZeroU64::new(RING_STRIDE),
+                }),
+            },
+            wgpu::BindGroupEntry {
+                binding: 1,
+                resource: read(slots.a, dummy).as_entire_binding(),
+            },
+            wgpu::BindGroupEntry {
+                binding: 2,
+                resource: read(slots.b, dummy).as_entire_binding(),
+            },
+            wgpu::BindGroupEntry {
+                binding: 3,
+                resource: read(slots.c, dummy).as_entire_binding(),
+            },
+            wgpu::BindGroupEntry {
+                binding: 4,
+                resource: slots
+                    .out
+                    .map_or(&self.dummy_write, |m| &m.buffer)
+                    .as_entire_binding(),
+            },
+            wgpu::BindGroupEntry {
+                binding: 5,
+                resource: ws.small.as_entire_binding(),
+            },
+            wgpu::BindGroupEntry {
+                binding: 6,
+                resource: ws.aux.as_entire_binding(),
+            },
+        ];
+        let bg = self.ctx.device.create_bind_group(&wgpu::BindGroupDescriptor {
+            label: None,
+            layout: &self.kernels.layout,
+            entries: &entries,
+        });
+        self.bind_groups.insert(ids, bg.clone());
+        bg
+    }
+
+    /// Records one dispatch.
+    fn dispatch(&mut self, kernel: Kernel, header: ParamsHeader, coefs: [f64; 8], slots: Slots, groups: (u32, u32)) {
+        if groups.0 == 0 || groups.1 == 0 {
+            return;
+        }
+        if self.ring_used == RING_SLOTS {
+            self.flush();
+        }
+        let slot = self.ring_used;
+        self.ring_used += 1;
+        let mut bytes = std::mem::take(&mut self.scratch);
+        encode(&header, &coefs, self.precision, &mut bytes);
+        let at = slot * RING_STRIDE as usize;
+        self.ring_bytes[at..at + bytes.len()].copy_from_slice(&bytes);
+        self.scratch = bytes;
+        let bg = self.bind_group(&slots);
+        let kernels = self.kernels.clone();
+        let enc = self.encoder();
+        let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
+            label: None,
+            timestamp_writes: None,
+        });
+        pass.set_pipeline(kernels.pipeline(kernel));
+        pass.set_bind_group(0, &bg, &[(slot as u64 * RING_STRIDE) as u32]);
+        pass.dispatch_workgroups(groups.0, groups.1, 1);
+    }
+
+    /// A 2-D grid of `groups` workgroups (65 535 per dimension).
+    fn grid(groups: usize) -> (u32, u32) {
+        let x = groups.clamp(1, 65_535);
+        (x as u32, groups.div_ceil(x) as u32)
+    }
+
+    fn elementwise(&mut self, kernel: Kernel, mode: u32, coefs: [f64; 8], src0: u32, slots: Slots, n: usize) {
+        let (gx, gy) = Self::grid(n.div_ceil(256));
+        let mut h = ParamsHeader::new();
+        h.n = n as u32;
+        h.mode = mode;
+        h.groups_x = gx;
+        h.src[0] = src0;
+        self.dispatch(kernel, h, coefs, slots, (gx, gy));
+    }
+
+    /// `small[off] = AᵀB` (symmetrised when `sym`).
+    fn gram(&mut self, a: &GpuMat, b: &GpuMat, off: u32, sym: bool) {
+        let (p, k) = (a.p, a.k);
+        let (chunk, chunks) = {
+            let ws = self.ws();
+            (ws.gram_chunk, ws.gram_chunks)
+        };
+        let tiles = k.div_ceil(16);
+        let mut h = ParamsHeader::new();
+        h.p = p as u32;
+        h.k = k as u32;
+        h.k2 = k as u32;
+        h.chunk = chunk as u32;
+        h.off0 = 0;
+        self.dispatch(
+            Kernel::GramPartial,
+            h,
+            [0.0; 8],
+            Slots { a: Some(a), b: Some(b), ..Default::default() },
+            (chunks as u32, (tiles * tiles) as u32),
+        );
+        let mut h = ParamsHeader::new();
+        h.k = k as u32;
+        h.k2 = k as u32;
+        h.off0 = 0;
+        h.off1 = off;
+        h.groups_x = chunks as u32;
+        h.mode = sym as u32;
+        self.dispatch(Kernel::GramReduce, h, [0.0; 8], Slots::default(), ((k * k).div_ceil(256) as u32, 1));
+    }
+
+    /// `out = c0·(A·small[m]) + …` (see matmul_small.wgsl).
+    #[allow(clippy::too_many_arguments)]
+    fn mul_small(&mut self, a: &GpuMat, m: u32, b: Option<&GpuMat>, out: &GpuMat, mode: u32, coefs: [f64; 8], src: [u32; 4]) {
+        let (p, k) = (a.p, a.k);
+        let mut h = ParamsHeader::new();
+        h.p = p as u32;
+        h.k = k as u32;
+        h.n = (p * k) as u32;
+        h.mode = mode;
+        h.off0 = m;
+        h.src = src;
+        self.dispatch(
+            Kernel::MulSmall,
+            h,
+            coefs,
+            Slots { a: Some(a), b, out: Some(out), ..Default::default() },
+            (k.div_ceil(16) as u32, p.div_ceil(256) as u32),
+        );
+    }
+
+    fn kk_matmul(&mut self, a: u32, b: u32, c: u32, sym: bool) {
+        let k = self.ws().k;
+        let mut h = ParamsHeader::new();
+        h.k = k as u32;
+        h.off0 = a;
+        h.off1 = b;
+        h.off2 = c;
+        h.mode = sym as u32;
+        self.dispatch(Kernel::KkMatmul, h, [0.0; 8], Slots::default(), ((k * k).div_ceil(256) as u32, 1));
+    }
+
+    /// `small[out] = (small[s] + shift)^{-1/2}` by Newton–Schulz. `fixed` = Some(steps): the
+    /// reference's unconverged iteration (Frobenius scaling); None: run to the residual.
+    fn inv_sqrt_ns(&mut self, s: u32, out: u32, abs_shift: [f64; 2], rel_shift: f64, fixed: Option<usize>, cap: usize) {
+        let lay = self.ws().layout;
+        let k = lay.k;
+        let slot = lay.scalar(SC_NS);
+        let residual_mode = fixed.is_none();
+        let steps = fixed.unwrap_or(cap);
+        let tol = 8.0 * self.eps() * (k as f64).sqrt();
+        let mut h = ParamsHeader::new();
+        h.k = k as u32;
+        h.off0 = s;
+        h.off1 = lay.ns();
+        h.off2 = out;
+        h.slot = slot;
+        h.mode = if residual_mode { 3 } else { 0 };
+        let coefs = [abs_shift[0], abs_shift[1], rel_shift, tol, steps as f64, 0.0, 0.0, 0.0];
+        self.dispatch(Kernel::NsInit, h, coefs, Slots::default(), (1, 1));
+        let kk = (k * k).div_ceil(256);
+        if k <= 64 {
+            let trips = 2 * kk * k + 2 * kk + 16;
+            let per = (TRIP_BUDGET / trips).max(1);
+            let mut left = steps;
+            while left > 0 {
+                let now = left.min(per);
+                let mut hf = h;
+                hf.chunk = now as u32;
+                self.dispatch(Kernel::NsFused, hf, coefs, Slots::default(), (1, 1));
+                left -= now;
+            }
+        } else {
+            for _ in 0..steps {
+                self.dispatch(Kernel::NsStepA, h, coefs, Slots::default(), (kk as u32, 1));
+                self.dispatch(Kernel::NsStepB, h, coefs, Slots::default(), (kk as u32, 1));
+                self.dispatch(Kernel::NsCheck, h, coefs, Slots::default(), (1, 1));
+            }
+        }
+        self.dispatch(Kernel::NsFinish, h, coefs, Slots::default(), (kk as u32, 1));
+    }
+
+    fn inv_sqrt_diag(&mut self, s: u32, out: u32, abs_shift: f64, rel_shift: f64, floor: f64, rel_floor: f64) {
+        let k = self.ws().k;
+        let mut h = ParamsHeader::new();
+        h.k = k as u32;
+        h.off0 = s;
+        h.off1 = out;
+        self.dispatch(
+            Kernel::InvSqrtDiag,
+            h,
+            [abs_shift, rel_shift, floor, rel_floor, 0.0, 0.0, 0.0, 0.0],
+            Slots::default(),
+            (1, 1),
+        );
+    }
+
+    fn eps(&self) -> f64 {
+        match self.precision {
+            Precision::F32 => f32::EPSILON as f64,
+            Precision::F64 => f64::EPSILON,
+        }
+    }
+
+    /// `small[t] = inverse square root` of `small[s]` as the corrected retraction computes it:
+    /// `(S + δI)^{-1/2}`, `δ = 16·ε·tr(S)/k`.
+    fn inv_sqrt_corrected(&mut self, s: u32, t: u32, method: InvSqrtMethod, cap: Option<usize>) {
+        let rel = 16.0 * self.eps();
+        match method {
+            InvSqrtMethod::Diag => self.inv_sqrt_diag(s, t, 0.0, rel, f64::MIN_POSITIVE, rel),
+            _ => self.inv_sqrt_ns(s, t, [0.0, 0.0], rel, None, cap.unwrap_or(NS_CAP).max(1)),
+        }
+    }
+
+    /// `small[t]` = the reference's `inv_sqrt_sym_adaptive(S + εI)`.
+    fn inv_sqrt_reference(&mut self, s: u32, t: u32, o: &RetractOptions) {
+        let k = self.ws().k;
+        let method = match o.inv_method {
+            InvSqrtMethod::Auto if k <= o.eig_thresh => InvSqrtMethod::Eig,
+            InvSqrtMethod::Auto => InvSqrtMethod::NewtonSchulz,
+            m => m,
+        };
+        match method {
+            // eig clamps eigenvalues of S + ε at ε, which is Newton–Schulz run to convergence
+            InvSqrtMethod::Eig | InvSqrtMethod::Auto => {
+                self.inv_sqrt_ns(s, t, [o.eps, 0.0], 0.0, None, NS_CAP)
+            }
+            InvSqrtMethod::NewtonSchulz => {
+                self.inv_sqrt_ns(s, t, [o.eps, o.eps], 0.0, Some(o.ns_iter.unwrap_or(4)), 0)
+            }
+            InvSqrtMethod::Diag => self.inv_sqrt_diag(s, t, o.eps, 0.0, o.eps, 0.0),
+        }
+    }
+
+    /// Partial sums of one reduction into aux[at .. at + G].
+    fn partial_sums(&mut self, mode: u32, a: &GpuMat, b: Option<&GpuMat>, at: usize, t: f64, clamp: bool) {
+        let g = self.ws().partials;
+        let mut h = ParamsHeader::new();
+        h.n = (a.p * a.k) as u32;
+        h.mode = mode;
+        h.off0 = at as u32;
+        h.groups_x = g as u32;
+        h.k2 = clamp as u32;
+        self.dispatch(
+            Kernel::PartialSums,
+            h,
+            [t, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0],
+            Slots { a: Some(a), b, ..Default::default() },
+            (g as u32, 1),
+        );
+    }
+
+    /// Reads `slots` readback slots back and adds each one's partials in f64, in order.
+    fn read_slots(&mut self, slots: usize, out: &mut Vec<f64>) -> Result<()> {
+        let (g, start, e) = {
+            let ws = self.ws();
+            (ws.partials, ws.aux_readback, self.elem() as u64)
+        };
+        let bytes = (slots * g) as u64 * e;
+        {
+            let ws = self.ws.as_ref().unwrap();
+            let (aux, staging) = (ws.aux.clone(), ws.staging.clone());
+            self.encoder()
+                .copy_buffer_to_buffer(&aux, start as u64 * e, &staging, 0, bytes);
+        }
+        self.flush();
+        let staging = self.ws().staging.clone();
+        let raw = self.map_read(&staging, bytes)?;
+        self.partial_sums_host.clear();
+        match self.precision {
+            Precision::F32 => self
+                .partial_sums_host
+                .extend(raw.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap()) as f64)),
+            Precision::F64 => self
+                .partial_sums_host
+                .extend(raw.chunks_exact(8).map(|c| f64::from_le_bytes(c.try_into().unwrap()))),
+        }
+        for s in 0..slots {
+            out.push(self.partial_sums_host[s * g..(s + 1) * g].iter().sum());
+        }
+        Ok(())
+    }
+
+    /// Maps `bytes` of a MAP_READ buffer after the work submitted so far, surfacing any
+    /// deferred or asynchronous error before a value is used.
+    fn map_read(&mut self, buffer: &wgpu::Buffer, bytes: u64) -> Result<Vec<u8>> {
+        self.readbacks += 1;
+        let slice = buffer.slice(0..bytes);
+        let (tx, rx) = std::sync::mpsc::channel();
+        slice.map_async(wgpu::MapMode::Read, move |r| {
+            let _ = tx.send(r);
+        });
+        let polled = self.ctx.device.poll(wgpu::PollType::wait_indefinitely());
+        if let Some(e) = self.error.take() {
+            buffer.unmap();
+            return Err(e);
+        }
+        if let Some(e) = self.ctx.take_error() {
+            return Err(e);
+        }
+        if let Err(e) = polled {
+            return Err(NsaError::Gpu {
+                kind: GpuErrorKind::DeviceLost,
+                message: format!("waiting for the device: {e}"),
+            });
+        }
+        match rx.recv() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                return Err(NsaError::Gpu {
+                    kind: GpuErrorKind::DeviceLost,
+                    message: format!("reading results back: {e}"),
+                })
+            }
+            Err(_) => {
+                return Err(NsaError::Gpu {
+                    kind: GpuErrorKind::DeviceLost,
+                    message: "the device dropped a readback".into(),
+                })
+            }
+        }
+        let data = {
+            let view = slice.get_mapped_range().map_err(|e| NsaError::Gpu {
+                kind: GpuErrorKind::Validation,
+                message: format!("mapping the readback: {e}"),
+            })?;
+            view.to_vec()
+        };
+        buffer.unmap();
+        Ok(data)
+    }
+
+    fn to_bytes(&self, m: &DMatrix<f64>) -> Vec<u8> {
+        match self.precision {
+            Precision::F32 => m.iter().flat_map(|v| (*v as f32).to_le_bytes()).collect(),
+            Precision::F64 => m.iter().flat_map(|v| v.to_le_bytes()).collect(),
+        }
+    }
+
+    fn new_mat(&mut self, p: usize, k: usize) -> Result<GpuMat> {
+        if p == 0 || k == 0 {
+            return Err(NsaError::Empty {
+                what: "GPU matrix",
+                rows: p,
+                cols: k,
+            });
+        }
+        self.check_shape(p, k)?;
+        self.ensure_workspace(p, k)?;
+        let buffer = self.create_buffer(
+            "nsa-flow matrix",
+            (p * k * self.elem()) as u64,
+            wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST,
+        )?;
+        Ok(GpuMat {
+            buffer,
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+            p,
+            k,
+        })
+    }
+
+    fn same_shape(&mut self, a: &GpuMat, b: &GpuMat) -> bool {
+        if a.p != b.p || a.k != b.k {
+            if self.error.is_none() {
+                self.error = Some(NsaError::ShapeMismatch {
+                    what: "GPU matrices of one operation",
+                    expected_rows: a.p,
+                    expected_cols: a.k,
+                    got_rows: b.p,
+                    got_cols: b.k,
+                });
+            }
+            return false;
+        }
+        true
+    }
+
+    /// The soft-polar blend `dst = src·T_w` with `T_w` built in `small` (both styles).
+    fn retract_soft_polar(&mut self, src: &GpuMat, dst: &GpuMat, o: &RetractOptions) {
+        let lay = self.ws().layout;
+        let k = lay.k;
+        let (s, t) = (lay.s(), lay.t());
+        self.gram(src, src, s, false);
+        let reference = o.style == Mode::Reference;
+        let polar = o.retraction == Retraction::Polar;
+        let w = if polar { 1.0 } else { o.w };
+        if reference {
+            if polar || (k > o.diag_thresh && src.p < k) {
+                // the reference's SVD polar factor U·Vᵀ = Y·(YᵀY)^{-1/2}
+                let rel = 16.0 * self.eps();
+                self.inv_sqrt_ns(s, t, [0.0, 0.0], rel, None, NS_CAP);
+            } else {
+                self.inv_sqrt_reference(s, t, o);
+            }
+        } else {
+            self.inv_sqrt_corrected(s, t, o.inv_method, o.ns_iter);
+            self.kk_matmul(t, s, lay.tmp(), false);
+        }
+        let mut h = ParamsHeader::new();
+        h.k = k as u32;
+        h.off0 = t;
+        h.off1 = s;
+        h.off2 = lay.tmp2();
+        h.off3 = lay.tmp();
+        h.slot = lay.scalar(SC_TRACE);
+        h.mode = (!reference) as u32;
+        let keep_below = if reference { 1e-24 } else { f64::MIN_POSITIVE };
+        self.dispatch(
+            Kernel::BlendMatrix,
+            h,
+            [w, keep_below, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0],
+            Slots::default(),
+            (1, 1),
+        );
+        self.mul_small(src, lay.tmp2(), None, dst, 0, [1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0], [LITERAL; 4]);
+        if reference {
+            // renormalise to ‖Y‖ from the product itself, on the device
+            let (fin, g) = {
+                let ws = self.ws();
+                (ws.aux_finalize, ws.partials)
+            };
+            self.partial_sums(0, dst, None, fin, 0.0, false);
+            let mut h = ParamsHeader::new();
+            h.off0 = fin as u32;
+            h.off1 = lay.scalar(SC_FACTOR);
+            h.off2 = lay.scalar(SC_TRACE);
+            h.chunk = g as u32;
+            h.mode = 1;
+            self.dispatch(Kernel::Finalize, h, [0.0; 8], Slots::default(), (1, 1));
+            self.elementwise(
+                Kernel::ScaleInPlace,
+                0,
+                [0.0; 8],
+                lay.scalar(SC_FACTOR),
+                Slots { out: Some(dst), ..Default::default() },
+                src.p * src.k,
+            );
+        }
+    }
+
+    /// Reads the state of the last Newton–Schulz run: (steps, residual ‖I − R‖_F/√k).
+    /// One readback; for diagnostics and tests.
+    pub fn last_newton_schulz(&mut self) -> Result<(usize, f64)> {
+        let lay = self.ws().layout;
+        let e = self.elem() as u64;
+        let bytes = 8 * e;
+        let staging = self.create_buffer(
+            "nsa-flow ns state",
+            bytes,
+            wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+        )?;
+        let small = self.ws().small.clone();
+        self.encoder()
+            .copy_buffer_to_buffer(&small, lay.scalar(SC_NS) as u64 * e, &staging, 0, bytes);
+        self.flush();
+        let raw = self.map_read(&staging, bytes)?;
+        let vals: Vec<f64> = match self.precision {
+            Precision::F32 => raw.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap()) as f64).collect(),
+            Precision::F64 => raw.chunks_exact(8).map(|c| f64::from_le_bytes(c.try_into().unwrap())).collect(),
+        };
+        Ok((vals[2] as usize, vals[3]))
+    }
+
+    /// `A^{-1/2}` of a symmetric positive definite k×k matrix on the device, by Newton–Schulz
+    /// run to its residual (spectral scaling, no shift), with the steps taken and the final
+    /// residual `‖I − R‖_F/√k`.
+    pub fn inv_sqrt_newton_schulz(&mut self, a: &DMatrix<f64>) -> Result<(DMatrix<f64>, usize, f64)> {
+        let k = a.nrows();
+        // a k×k "matrix" uploaded as p = k rows to size the workspace, then placed in S
+        let m = self.upload(a)?;
+        let lay = self.ws().layout;
+        let e = self.elem() as u64;
+        let small = self.ws().small.clone();
+        self.encoder()
+            .copy_buffer_to_buffer(&m.buffer, 0, &small, lay.s() as u64 * e, (k * k) as u64 * e);
+        self.inv_sqrt_ns(lay.s(), lay.t(), [0.0, 0.0], 0.0, None, NS_CAP);
+        let out = self.zeros(k, k)?;
+        self.encoder()
+            .copy_buffer_to_buffer(&small, lay.t() as u64 * e, &out.buffer, 0, (k * k) as u64 * e);
+        let t = self.download(&out)?;
+        let (steps, residual) = self.last_newton_schulz()?;
+        Ok((t, steps, residual))
+    }
+}
+
+impl Backend for GpuBackend {
+    type Mat = GpuMat;
+
+    fn name(&self) -> String {
+        format!("gpu-{} ({})", self.precision, self.ctx.adapter().label())
+    }
+
+    fn precision(&self) -> Precision {
+        self.precision
+    }
+
+    fn line_search_batch(&self) -> usize {
+        4
+    }
+
+    fn readbacks(&self) -> Option<u64> {
+        Some(self.readbacks)
+    }
+
+    fn upload(&mut self, m: &DMatrix<f64>) -> Result<GpuMat> {
+        let mat = self.new_mat(m.nrows(), m.ncols())?;
+        let bytes = self.to_bytes(m);
+        self.ctx.queue.write_buffer(&mat.buffer, 0, &bytes);
+        Ok(mat)
+    }
+
+    fn download(&mut self, m: &GpuMat) -> Result<DMatrix<f64>> {
+        let bytes = (m.p * m.k * self.elem()) as u64;
+        let staging = self.create_buffer(
+            "nsa-flow download",
+            bytes,
+            wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+        )?;
+        self.encoder().copy_buffer_to_buffer(&m.buffer, 0, &staging, 0, bytes);
+        self.flush();
+        let raw = self.map_read(&staging, bytes)?;
+        let vals: Vec<f64> = match self.precision {
+            Precision::F32 => raw.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap()) as f64).collect(),
+            Precision::F64 => raw.chunks_exact(8).map(|c| f64::from_le_bytes(c.try_into().unwrap())).collect(),
+        };
+        Ok(DMatrix::from_vec(m.p, m.k, vals))
+    }
+
+    fn zeros(&mut self, p: usize, k: usize) -> Result<GpuMat> {
+        self.new_mat(p, k)
+    }
+
+    fn copy(&mut self, src: &GpuMat, dst: &mut GpuMat) {
+        if !self.same_shape(src, dst) {
+            return;
+        }
+        let bytes = (src.p * src.k * self.elem()) as u64;
+        self.encoder().copy_buffer_to_buffer(&src.buffer, 0, &dst.buffer, 0, bytes);
+    }
+
+    fn lincomb(&mut self, a: f64, x: &GpuMat, b: f64, y: &GpuMat, dst: &mut GpuMat) {
+        if !(self.same_shape(x, y) && self.same_shape(x, dst)) {
+            return;
+        }
+        self.elementwise(
+            Kernel::Combine,
+            0,
+            [a, b, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0],
+            LITERAL,
+            Slots { a: Some(x), b: Some(y), out: Some(dst), ..Default::default() },
+            x.p * x.k,
+        );
+    }
+
+    fn lerp(&mut self, base: &GpuMat, toward: &GpuMat, alpha: f64, dst: &mut GpuMat) {
+        if !(self.same_shape(base, toward) && self.same_shape(base, dst)) {
+            return;
+        }
+        self.elementwise(
+            Kernel::Combine,
+            1,
+            [alpha, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0],
+            LITERAL,
+            Slots { a: Some(base), b: Some(toward), out: Some(dst), ..Default::default() },
+            base.p * base.k,
+        );
+    }
+
+    fn nonneg(&mut self, m: &mut GpuMat, mode: NonNeg) {
+        let kind = match mode {
+            NonNeg::None => return,
+            NonNeg::Hard => 0,
+            NonNeg::Softplus => 1,
+        };
+        self.elementwise(
+            Kernel::NonnegInPlace,
+            kind,
+            [0.0; 8],
+            LITERAL,
+            Slots { out: Some(m), ..Default::default() },
+            m.p * m.k,
+        );
+    }
+
+    fn retract(&mut self, src: &GpuMat, dst: &mut GpuMat, options: &RetractOptions) {
+        if !self.same_shape(src, dst) {
+            return;
+        }
+        if options.retraction == Retraction::None || options.w <= 0.0 {
+            self.copy(src, dst);
+            return;
+        }
+        self.retract_soft_polar(src, dst, options);
+    }
+
+    fn gradient(&mut self, y: &GpuMat, x0: &GpuMat, rule: &GradientRule, out: &mut GpuMat) {
+        if !(self.same_shape(y, x0) && self.same_shape(y, out)) {
+            return;
+        }
+        let lay = self.ws().layout;
+        let k = lay.k;
+        let (s, m) = (lay.s(), lay.m());
+        self.gram(y, y, s, false);
+        let mut h = ParamsHeader::new();
+        h.k = k as u32;
+        h.off0 = s;
+        h.off1 = m;
+        h.off2 = lay.scalar(SC_ALPHA);
+        h.mode = rule.simplified.is_some() as u32;
+        self.dispatch(
+            Kernel::GradCoef,
+            h,
+            [rule.orth, rule.simplified.unwrap_or(0.0), 0.0, 0.0, 0.0, 0.0, 0.0, 0.0],
+            Slots::default(),
+            (1, 1),
+        );
+        let dev = [lay.scalar(SC_ALPHA), lay.scalar(SC_RADIAL), LITERAL, LITERAL];
+        if rule.projection == Projection::ReferenceOrthOnly {
+            // project the orthogonality part alone, then add the fidelity part
+            self.mul_small(y, m, None, out, 0, [0.0; 8], dev);
+            self.gram(y, out, lay.tmp(), true);
+            self.mul_small(y, lay.tmp(), Some(x0), out, 3, [-1.0, 0.0, rule.fid, 0.0, 1.0, 0.0, 0.0, 0.0], [LITERAL; 4]);
+            return;
+        }
+        self.mul_small(y, m, Some(x0), out, 2, [0.0, 0.0, rule.fid, 0.0, 0.0, 0.0, 0.0, 0.0], dev);
+        match rule.projection {
+            Projection::None | Projection::ReferenceOrthOnly => {}
+            Projection::ReferenceFull => {
+                self.gram(y, out, lay.tmp(), true);
+                self.mul_small(y, lay.tmp(), None, out, 1, [-1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0], [LITERAL; 4]);
+            }
+            Projection::PolarFull => {
+                let t = lay.t();
+                self.inv_sqrt_corrected(s, t, InvSqrtMethod::Auto, None);
+                self.gram(y, out, lay.tmp(), false);
+                self.kk_matmul(t, lay.tmp(), lay.tmp2(), true);
+                self.kk_matmul(t, lay.tmp2(), lay.tmp(), false);
+                self.mul_small(y, lay.tmp(), None, out, 1, [-1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0], [LITERAL; 4]);
+            }
+        }
+    }
+
+    fn optimizer_step(
+        &mut self,
+        rule: &UpdateRule,
+        param: &GpuMat,
+        grad: &GpuMat,
+        state: &mut [GpuMat],
+        lr: f64,
+        out: &mut GpuMat,
+    ) {
+        if !(self.same_shape(param, grad) && self.same_shape(param, out)) {
+            return;
+        }
+        match *rule {
+            UpdateRule::Sgd => self.lincomb(1.0, param, -lr, grad, out),
+            UpdateRule::Sgdp {
+                momentum,
+                dampening,
+                eps,
+                weight_decay,
+                delta,
+                wd_ratio,
+                nesterov,
+            } => {
+                let Some(buf) = state.first() else {
+                    self.error.get_or_insert(NsaError::InvalidParameter {
+                        name: "optimizer state",
+                        reason: "SGDP needs one state matrix (its momentum buffer)".into(),
+                    });
+                    return;
+                };
+                let (lay, at) = {
+                    let ws = self.ws();
+                    (ws.layout, ws.aux_sgdp)
+                };
+                let (p, k) = (param.p, param.k);
+                let rows = p.div_ceil(256);
+                let coefs = [momentum, dampening, eps, weight_decay, delta, wd_ratio, lr, 0.0];
+                let mut h = ParamsHeader::new();
+                h.p = p as u32;
+                h.k = k as u32;
+                h.mode = nesterov as u32;
+                h.off0 = at as u32;
+                h.slot = lay.scalar(SC_SGDP);
+                h.groups_x = rows as u32;
+                self.dispatch(
+                    Kernel::SgdpRows,
+                    h,
+                    coefs,
+                    Slots { a: Some(param), b: Some(grad), out: Some(buf), ..Default::default() },
+                    (rows as u32, 1),
+                );
+                self.dispatch(Kernel::SgdpDecide, h, coefs, Slots::default(), (1, 1));
+                self.dispatch(
+                    Kernel::SgdpApply,
+                    h,
+                    coefs,
+                    Slots { a: Some(param), b: Some(grad), c: Some(buf), out: Some(out) },
+                    (rows as u32, 1),
+                );
+            }
+        }
+    }
+
+    fn reduce_into(&mut self, requests: &[Reduction<'_, GpuMat>], out: &mut Vec<f64>) -> Result<()> {
+        out.clear();
+        if let Some(e) = self.error.take() {
+            return Err(e);
+        }
+        if requests.is_empty() {
+            return Ok(());
+        }
+        let g = self.ws().partials;
+        let base = self.ws().aux_readback;
+        let lay = self.ws().layout;
+        // slots per request: EnergyTerms uses 4, everything else 1
+        let mut i = 0;
+        while i < requests.len() {
+            let mut used = 0;
+            let mut j = i;
+            while j < requests.len() && used + requests[j].width() <= MAX_SLOTS {
+                let at = base + used * g;
+                match requests[j] {
+                    Reduction::EnergyTerms { y, target } => {
+                        self.partial_sums(2, y, Some(target), at, 0.0, false);
+                        self.gram(y, y, lay.m(), false);
+                        let mut h = ParamsHeader::new();
+                        h.k = lay.k as u32;
+                        h.off0 = (at + g) as u32;
+                        h.off1 = lay.m();
+                        h.chunk = g as u32;
+                        self.dispatch(Kernel::GramStats, h, [0.0; 8], Slots::default(), (1, 1));
+                        self.partial_sums(0, y, None, at + 3 * g, 0.0, false);
+                    }
+                    Reduction::NormSq(m) => self.partial_sums(0, m, None, at, 0.0, false),
+                    Reduction::Dot(a, b) => self.partial_sums(1, a, Some(b), at, 0.0, false),
+                    Reduction::DistSq(a, b) => self.partial_sums(2, a, Some(b), at, 0.0, false),
+                    Reduction::GradMapSq { y, g: grad, t, clamp } => {
+                        self.partial_sums(3, y, Some(grad), at, t, clamp)
+                    }
+                    Reduction::AllFinite(m) => self.partial_sums(4, m, None, at, 0.0, false),
+                }
+                used += requests[j].width();
+                j += 1;
+            }
+            let from = out.len();
+            self.read_slots(used, out)?;
+            // non-finite counts become the 1/0 flag
+            let mut pos = from;
+            for r in &requests[i..j] {
+                if let Reduction::AllFinite(_) = r {
+                    out[pos] = if out[pos] == 0.0 { 1.0 } else { 0.0 };
+                }
+                pos += r.width();
+            }
+            i = j;
+        }
+        Ok(())
+    }
+}

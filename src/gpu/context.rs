@@ -1,0 +1,305 @@
+//! One wgpu instance, adapter, device and queue, created once and shared.
+
+use crate::error::{NsaError, Result};
+use std::sync::{Arc, Mutex};
+
+/// How to choose the adapter.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct GpuOptions {
+    /// Use the first adapter whose name contains this (case-insensitive); `None` picks by
+    /// type: discrete > integrated > virtual > software (CPU) > other. The environment
+    /// variable `NSA_FLOW_ADAPTER` is used when this is `None`.
+    pub adapter_name: Option<String>,
+    /// Accept a software adapter (lavapipe, llvmpipe, WARP, SwiftShader). `backend = gpu`
+    /// sets this; `auto` does not, so it falls back to the CPU path instead.
+    pub allow_software: bool,
+}
+
+/// What an adapter is, for listings and summaries.
+#[derive(Clone, Debug, PartialEq)]
+pub struct AdapterSummary {
+    /// The adapter's name.
+    pub name: String,
+    /// Graphics API (Vulkan, Metal, Dx12, Gl).
+    pub backend: String,
+    /// Discrete, integrated, virtual, CPU (software) or other.
+    pub device_type: String,
+    /// Driver name and version.
+    pub driver: String,
+    /// Whether it is a software rasterizer running on the CPU.
+    pub is_software: bool,
+    /// Whether it supports `f64` in shaders.
+    pub shader_f64: bool,
+    /// Largest storage-buffer binding in bytes.
+    pub max_storage_buffer_binding_size: u64,
+    /// Largest buffer in bytes.
+    pub max_buffer_size: u64,
+    /// Workgroup memory in bytes.
+    pub max_compute_workgroup_storage_size: u32,
+    /// Invocations per workgroup.
+    pub max_compute_invocations_per_workgroup: u32,
+    /// Workgroups per dispatch dimension.
+    pub max_compute_workgroups_per_dimension: u32,
+    /// Storage buffers per shader stage.
+    pub max_storage_buffers_per_shader_stage: u32,
+    /// Feature names.
+    pub features: Vec<String>,
+}
+
+impl AdapterSummary {
+    fn of(info: &wgpu::AdapterInfo, features: wgpu::Features, limits: &wgpu::Limits) -> Self {
+        AdapterSummary {
+            name: info.name.clone(),
+            backend: format!("{:?}", info.backend),
+            device_type: format!("{:?}", info.device_type),
+            driver: format!("{} {}", info.driver, info.driver_info).trim().to_string(),
+            is_software: info.device_type == wgpu::DeviceType::Cpu,
+            shader_f64: features.contains(wgpu::Features::SHADER_F64),
+            max_storage_buffer_binding_size: limits.max_storage_buffer_binding_size,
+            max_buffer_size: limits.max_buffer_size,
+            max_compute_workgroup_storage_size: limits.max_compute_workgroup_storage_size,
+            max_compute_invocations_per_workgroup: limits.max_compute_invocations_per_workgroup,
+            max_compute_workgroups_per_dimension: limits.max_compute_workgroups_per_dimension,
+            max_storage_buffers_per_shader_stage: limits.max_storage_buffers_per_shader_stage,
+            features: features.iter_names().map(|(n, _)| n.to_string()).collect(),
+        }
+    }
+
+    /// `name (backend, type)`.
+    pub fn label(&self) -> String {
+        format!("{} ({}, {})", self.name, self.backend, self.device_type)
+    }
+}
+
+fn type_rank(t: wgpu::DeviceType) -> u8 {
+    match t {
+        wgpu::DeviceType::DiscreteGpu => 0,
+        wgpu::DeviceType::IntegratedGpu => 1,
+        wgpu::DeviceType::VirtualGpu => 2,
+        wgpu::DeviceType::Cpu => 3,
+        wgpu::DeviceType::Other => 4,
+    }
+}
+
+fn backend_rank(b: wgpu::Backend) -> u8 {
+    // prefer the native compute APIs over GL (which has no f64)
+    match b {
+        wgpu::Backend::Vulkan | wgpu::Backend::Metal | wgpu::Backend::Dx12 => 0,
+        _ => 1,
+    }
+}
+
+fn instance() -> wgpu::Instance {
+    // honours WGPU_BACKEND and the WGPU_* debugging flags
+    wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env())
+}
+
+/// Every adapter wgpu can see, best first (the order [`GpuContext::new`] chooses in).
+pub fn list_adapters() -> Vec<AdapterSummary> {
+    let inst = instance();
+    let mut adapters = pollster::block_on(inst.enumerate_adapters(wgpu::Backends::all()));
+    sort_adapters(&mut adapters);
+    adapters
+        .iter()
+        .map(|a| AdapterSummary::of(&a.get_info(), a.features(), &a.limits()))
+        .collect()
+}
+
+fn sort_adapters(adapters: &mut [wgpu::Adapter]) {
+    adapters.sort_by_key(|a| {
+        let i = a.get_info();
+        (
+            type_rank(i.device_type),
+            backend_rank(i.backend),
+            !a.features().contains(wgpu::Features::SHADER_F64),
+        )
+    });
+}
+
+/// Errors wgpu reports asynchronously (validation, out of memory, device loss), kept until
+/// the next readback turns them into an [`NsaError`].
+#[derive(Debug, Default)]
+pub(crate) struct ErrorSink {
+    first: Option<NsaError>,
+}
+
+impl ErrorSink {
+    fn record(&mut self, e: NsaError) {
+        if self.first.is_none() {
+            self.first = Some(e);
+        }
+    }
+}
+
+/// One device and queue, shared by every solve that uses it (clone the `Arc`).
+///
+/// ```no_run
+/// use nsa_flow::gpu::{GpuContext, GpuOptions};
+/// let ctx = GpuContext::new(&GpuOptions::default()).expect("a GPU adapter");
+/// println!("{}", ctx.adapter().label());
+/// ```
+pub struct GpuContext {
+    pub(crate) device: wgpu::Device,
+    pub(crate) queue: wgpu::Queue,
+    adapter: AdapterSummary,
+    pub(crate) limits: wgpu::Limits,
+    pub(crate) features: wgpu::Features,
+    pub(crate) errors: Arc<Mutex<ErrorSink>>,
+}
+
+impl std::fmt::Debug for GpuContext {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GpuContext")
+            .field("adapter", &self.adapter.label())
+            .finish()
+    }
+}
+
+fn no_adapter(reason: String) -> NsaError {
+    NsaError::BackendUnavailable {
+        name: "gpu".into(),
+        reason: format!(
+            "{reason}; install a Vulkan driver (on Debian/Ubuntu: apt-get install mesa-vulkan-drivers \
+             libvulkan1, or your GPU vendor's driver), or use backend = cpu"
+        ),
+    }
+}
+
+impl GpuContext {
+    /// Chooses an adapter (see [`GpuOptions`]) and creates its device with the adapter's own
+    /// limits and `SHADER_F64` where it has it.
+    pub fn new(options: &GpuOptions) -> Result<Arc<GpuContext>> {
+        let inst = instance();
+        let mut adapters = pollster::block_on(inst.enumerate_adapters(wgpu::Backends::all()));
+        if adapters.is_empty() {
+            return Err(no_adapter("no GPU adapter was found".into()));
+        }
+        sort_adapters(&mut adapters);
+        let wanted = options
+            .adapter_name
+            .clone()
+            .or_else(|| std::env::var("NSA_FLOW_ADAPTER").ok().filter(|s| !s.is_empty()));
+        let adapter = match &wanted {
+            Some(name) => {
+                let lower = name.to_lowercase();
+                let found = adapters
+                    .iter()
+                    .position(|a| a.get_info().name.to_lowercase().contains(&lower));
+                match found {
+                    Some(i) => adapters.swap_remove(i),
+                    None => {
+                        let names: Vec<String> =
+                            adapters.iter().map(|a| a.get_info().name).collect();
+                        return Err(NsaError::UnknownName {
+                            kind: "GPU adapter",
+                            name: name.clone(),
+                            expected: names.join(", "),
+                        });
+                    }
+                }
+            }
+            None => {
+                let first = adapters.remove(0);
+                if first.get_info().device_type == wgpu::DeviceType::Cpu && !options.allow_software
+                {
+                    return Err(no_adapter(format!(
+                        "only a software adapter ({}) is present, which is slower than the CPU path",
+                        first.get_info().name
+                    )));
+                }
+                first
+            }
+        };
+        Self::from_adapter(adapter)
+    }
+
+    fn from_adapter(adapter: wgpu::Adapter) -> Result<Arc<GpuContext>> {
+        let info = adapter.get_info();
+        let features = adapter.features() & wgpu::Features::SHADER_F64;
+        let limits = adapter.limits();
+        let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
+            label: Some("nsa-flow"),
+            required_features: features,
+            required_limits: limits.clone(),
+            ..Default::default()
+        }))
+        .map_err(|e| no_adapter(format!("the adapter {} refused a device: {e}", info.name)))?;
+        let summary = AdapterSummary::of(&info, device.features(), &device.limits());
+        Ok(Arc::new(Self::wrap(device, queue, summary)))
+    }
+
+    /// Wraps a device and queue the application already has. `adapter` describes it (from
+    /// `adapter.get_info()`); the device's own features and limits are used.
+    pub fn from_device(
+        device: wgpu::Device,
+        queue: wgpu::Queue,
+        adapter: &wgpu::AdapterInfo,
+    ) -> Arc<GpuContext> {
+        let summary = AdapterSummary::of(adapter, device.features(), &device.limits());
+        Arc::new(Self::wrap(device, queue, summary))
+    }
+
+    fn wrap(device: wgpu::Device, queue: wgpu::Queue, adapter: AdapterSummary) -> GpuContext {
+        let errors = Arc::new(Mutex::new(ErrorSink::default()));
+        let sink = errors.clone();
+        device.on_uncaptured_error(Arc::new(move |e: wgpu::Error| {
+            let err = match &e {
+                wgpu::Error::OutOfMemory { .. } => NsaError::Gpu {
+                    kind: crate::error::GpuErrorKind::OutOfMemory,
+                    message: e.to_string(),
+                },
+                _ => NsaError::Gpu {
+                    kind: crate::error::GpuErrorKind::Validation,
+                    message: e.to_string(),
+                },
+            };
+            if let Ok(mut s) = sink.lock() {
+                s.record(err);
+            }
+        }));
+        let sink = errors.clone();
+        device.set_device_lost_callback(move |reason, message| {
+            if let Ok(mut s) = sink.lock() {
+                s.record(NsaError::Gpu {
+                    kind: crate::error::GpuErrorKind::DeviceLost,
+                    message: format!("{reason:?}: {message}"),
+                });
+            }
+        });
+        let limits = device.limits();
+        let features = device.features();
+        GpuContext {
+            device,
+            queue,
+            adapter,
+            limits,
+            features,
+            errors,
+        }
+    }
+
+    /// The adapter in use.
+    pub fn adapter(&self) -> &AdapterSummary {
+        &self.adapter
+    }
+
+    /// Whether `f64` kernels can run.
+    pub fn supports_f64(&self) -> bool {
+        self.features.contains(wgpu::Features::SHADER_F64)
+    }
+
+    /// The device (for applications that share it).
+    pub fn device(&self) -> &wgpu::Device {
+        &self.device
+    }
+
+    /// The queue.
+    pub fn queue(&self) -> &wgpu::Queue {
+        &self.queue
+    }
+
+    /// The first asynchronous error since the last call, if any.
+    pub(crate) fn take_error(&self) -> Option<NsaError> {
+        self.errors.lock().ok().and_then(|mut s| s.first.take())
+    }
+}

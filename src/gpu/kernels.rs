@@ -1,0 +1,204 @@
+//! Every compute pipeline, built once per device and element type, over one shared bind-group
+//! layout: binding 0 the uniform (dynamic offset into a ring), 1–3 read-only storage, 4–6
+//! read-write storage (the output, the small k×k buffer, the aux partials buffer).
+
+use super::shaders::{self, specialize, ShaderFile};
+use crate::error::{GpuErrorKind, NsaError, Result};
+use crate::params::Precision;
+
+/// A pipeline by what it computes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[allow(missing_docs)]
+pub enum Kernel {
+    Combine,
+    ScaleInPlace,
+    NonnegInPlace,
+    GramPartial,
+    GramReduce,
+    MulSmall,
+    PartialSums,
+    Finalize,
+    GradCoef,
+    GramStats,
+    KkMatmul,
+    BlendMatrix,
+    InvSqrtDiag,
+    NsInit,
+    NsFused,
+    NsStepA,
+    NsStepB,
+    NsCheck,
+    NsFinish,
+    SgdpRows,
+    SgdpDecide,
+    SgdpApply,
+    CopyWords,
+}
+
+impl Kernel {
+    const ALL: [Kernel; 23] = [
+        Kernel::Combine,
+        Kernel::ScaleInPlace,
+        Kernel::NonnegInPlace,
+        Kernel::GramPartial,
+        Kernel::GramReduce,
+        Kernel::MulSmall,
+        Kernel::PartialSums,
+        Kernel::Finalize,
+        Kernel::GradCoef,
+        Kernel::GramStats,
+        Kernel::KkMatmul,
+        Kernel::BlendMatrix,
+        Kernel::InvSqrtDiag,
+        Kernel::NsInit,
+        Kernel::NsFused,
+        Kernel::NsStepA,
+        Kernel::NsStepB,
+        Kernel::NsCheck,
+        Kernel::NsFinish,
+        Kernel::SgdpRows,
+        Kernel::SgdpDecide,
+        Kernel::SgdpApply,
+        Kernel::CopyWords,
+    ];
+
+    fn source(self) -> (ShaderFile, &'static str) {
+        use Kernel::*;
+        match self {
+            Combine => (shaders::ELEMENTWISE, "combine"),
+            ScaleInPlace => (shaders::ELEMENTWISE, "scale_in_place"),
+            NonnegInPlace => (shaders::ELEMENTWISE, "nonneg_in_place"),
+            GramPartial => (shaders::GRAM, "gram_partial"),
+            GramReduce => (shaders::GRAM, "gram_reduce"),
+            MulSmall => (shaders::MATMUL_SMALL, "mul_small"),
+            PartialSums => (shaders::REDUCE, "partial_sums"),
+            Finalize => (shaders::REDUCE, "finalize"),
+            GradCoef => (shaders::SMALL, "grad_coef"),
+            GramStats => (shaders::SMALL, "gram_stats"),
+            KkMatmul => (shaders::SMALL, "kk_matmul"),
+            BlendMatrix => (shaders::SMALL, "blend_matrix"),
+            InvSqrtDiag => (shaders::SMALL, "inv_sqrt_diag"),
+            NsInit => (shaders::INV_SQRT, "ns_init"),
+            NsFused => (shaders::INV_SQRT, "ns_fused"),
+            NsStepA => (shaders::INV_SQRT, "ns_step_a"),
+            NsStepB => (shaders::INV_SQRT, "ns_step_b"),
+            NsCheck => (shaders::INV_SQRT, "ns_check"),
+            NsFinish => (shaders::INV_SQRT, "ns_finish"),
+            SgdpRows => (shaders::OPTIMIZER, "sgdp_rows"),
+            SgdpDecide => (shaders::OPTIMIZER, "sgdp_decide"),
+            SgdpApply => (shaders::OPTIMIZER, "sgdp_apply"),
+            CopyWords => (shaders::BANDWIDTH, "copy_words"),
+        }
+    }
+}
+
+/// The pipelines of one element type, and the layout they share.
+pub struct Kernels {
+    pub(crate) layout: wgpu::BindGroupLayout,
+    pipelines: Vec<wgpu::ComputePipeline>,
+    /// The element type the pipelines compute in.
+    pub precision: Precision,
+}
+
+impl std::fmt::Debug for Kernels {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Kernels")
+            .field("precision", &self.precision)
+            .field("pipelines", &self.pipelines.len())
+            .finish()
+    }
+}
+
+fn storage(binding: u32, read_only: bool) -> wgpu::BindGroupLayoutEntry {
+    wgpu::BindGroupLayoutEntry {
+        binding,
+        visibility: wgpu::ShaderStages::COMPUTE,
+        ty: wgpu::BindingType::Buffer {
+            ty: wgpu::BufferBindingType::Storage { read_only },
+            has_dynamic_offset: false,
+            min_binding_size: None,
+        },
+        count: None,
+    }
+}
+
+impl Kernels {
+    /// Compiles every kernel family for `precision` on `device`.
+    pub fn new(device: &wgpu::Device, precision: Precision) -> Result<Kernels> {
+        if precision == Precision::F64 && !device.features().contains(wgpu::Features::SHADER_F64)
+        {
+            return Err(NsaError::Gpu {
+                kind: GpuErrorKind::MissingFeature,
+                message: "this adapter has no SHADER_F64 (f64 in shaders); use precision = f32, or \
+                          backend = cpu for f64"
+                    .into(),
+            });
+        }
+        let layout = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
+            label: Some("nsa-flow kernels"),
+            entries: &[
+                wgpu::BindGroupLayoutEntry {
+                    binding: 0,
+                    visibility: wgpu::ShaderStages::COMPUTE,
+                    ty: wgpu::BindingType::Buffer {
+                        ty: wgpu::BufferBindingType::Uniform,
+                        has_dynamic_offset: true,
+                        min_binding_size: None,
+                    },
+                    count: None,
+                },
+                storage(1, true),
+                storage(2, true),
+                storage(3, true),
+                storage(4, false),
+                storage(5, false),
+                storage(6, false),
+            ],
+        });
+        let pipeline_layout = device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
+            label: Some("nsa-flow kernels"),
+            bind_group_layouts: &[Some(&layout)],
+            immediate_size: 0,
+        });
+        let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let mut modules: Vec<(&'static str, wgpu::ShaderModule)> = Vec::new();
+        for file in shaders::ALL {
+            let src = specialize(&file, precision);
+            let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
+                label: Some(file.name),
+                source: wgpu::ShaderSource::Wgsl(src.into()),
+            });
+            modules.push((file.name, module));
+        }
+        let mut pipelines = Vec::with_capacity(Kernel::ALL.len());
+        for kernel in Kernel::ALL {
+            let (file, entry) = kernel.source();
+            let module = &modules.iter().find(|(n, _)| *n == file.name).unwrap().1;
+            pipelines.push(device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+                label: Some(entry),
+                layout: Some(&pipeline_layout),
+                module,
+                entry_point: Some(entry),
+                compilation_options: wgpu::PipelineCompilationOptions::default(),
+                cache: None,
+            }));
+        }
+        if let Some(e) = pollster::block_on(scope.pop()) {
+            return Err(NsaError::Gpu {
+                kind: GpuErrorKind::Validation,
+                message: format!("building the {precision} kernels failed: {e}"),
+            });
+        }
+        Ok(Kernels {
+            layout,
+            pipelines,
+            precision,
+        })
+    }
+
+    /// The pipeline of a kernel.
+    pub(crate) fn pipeline(&self, k: Kernel) -> &wgpu::ComputePipeline {
+        let i = Kernel::ALL.iter().position(|x| *x == k).unwrap();
+        &self.pipelines[i]
+    }
+}

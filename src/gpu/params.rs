@@ -1,0 +1,136 @@
+//! The uniform every kernel reads (`struct Params` in each WGSL file), as the host writes it.
+
+use crate::params::Precision;
+use bytemuck::{Pod, Zeroable};
+
+/// A coefficient taken from the uniform's literals only (no device scalar added).
+pub const LITERAL: u32 = u32::MAX;
+
+/// The integer part of `struct Params`: 16 words, then 8 coefficients of the element type at
+/// byte 64 (`array<vec4<T>, 2>`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Pod, Zeroable)]
+pub struct ParamsHeader {
+    /// Rows.
+    pub p: u32,
+    /// Columns (of A; `ka` for Gram products).
+    pub k: u32,
+    /// Entries `p·k` (elementwise and reduction kernels).
+    pub n: u32,
+    /// Kernel-specific mode.
+    pub mode: u32,
+    /// Second column count (`kb`), a flag or a count.
+    pub k2: u32,
+    /// Offsets into the small or aux buffer, in elements.
+    pub off0: u32,
+    /// See `off0`.
+    pub off1: u32,
+    /// See `off0`.
+    pub off2: u32,
+    /// See `off0`.
+    pub off3: u32,
+    /// A scalar slot in the small buffer.
+    pub slot: u32,
+    /// Workgroups along x (the 2-D grid's row length), or a count of partials.
+    pub groups_x: u32,
+    /// Rows per chunk, steps per dispatch or a count of partials.
+    pub chunk: u32,
+    /// Sources of coefficients 0..3: [`LITERAL`] or an index into the small buffer whose
+    /// value is added to the literal.
+    pub src: [u32; 4],
+}
+
+impl ParamsHeader {
+    /// A header with every coefficient literal.
+    pub fn new() -> Self {
+        ParamsHeader {
+            src: [LITERAL; 4],
+            ..Default::default()
+        }
+    }
+}
+
+/// Byte offset of the coefficients.
+pub const COEF_OFFSET: usize = 64;
+
+/// Size of the uniform for an element type.
+pub fn params_size(precision: Precision) -> usize {
+    COEF_OFFSET + 8 * precision.bytes()
+}
+
+/// Writes a header and coefficients into `out` (cleared first) in the uniform's layout.
+pub fn encode(header: &ParamsHeader, coefs: &[f64; 8], precision: Precision, out: &mut Vec<u8>) {
+    out.clear();
+    out.extend_from_slice(bytemuck::bytes_of(header));
+    debug_assert_eq!(out.len(), COEF_OFFSET);
+    match precision {
+        Precision::F32 => {
+            for c in coefs {
+                out.extend_from_slice(&(*c as f32).to_le_bytes());
+            }
+        }
+        Precision::F64 => {
+            for c in coefs {
+                out.extend_from_slice(&c.to_le_bytes());
+            }
+        }
+    }
+}
+
+/// Member names with byte offsets, and the struct size, of the uniform as the host lays it
+/// out (what a test compares with naga's layout of each WGSL file).
+#[derive(Clone, Debug, PartialEq)]
+pub struct ParamsLayout {
+    /// `(name, offset)` of each member, in order.
+    pub members: Vec<(String, u32)>,
+    /// Size in bytes.
+    pub size: u32,
+}
+
+impl ParamsLayout {
+    /// The layout of `struct Params` for an element type.
+    pub fn of(precision: Precision) -> Self {
+        let names = [
+            "p", "k", "n", "mode", "k2", "off0", "off1", "off2", "off3", "slot", "groups_x",
+            "chunk",
+        ];
+        let mut members: Vec<(String, u32)> = names
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (n.to_string(), 4 * i as u32))
+            .collect();
+        members.push(("src".into(), std::mem::offset_of!(ParamsHeader, src) as u32));
+        members.push(("c".into(), COEF_OFFSET as u32));
+        ParamsLayout {
+            members,
+            size: params_size(precision) as u32,
+        }
+    }
+
+    /// The layout of the bandwidth probe's uniform (`BandwidthParams`).
+    pub fn bandwidth() -> Self {
+        ParamsLayout {
+            members: vec![
+                ("n4".into(), 0),
+                ("groups_x".into(), 4),
+                ("pad0".into(), 8),
+                ("pad1".into(), 12),
+            ],
+            size: std::mem::size_of::<BandwidthParams>() as u32,
+        }
+    }
+}
+
+/// The uniform of `bandwidth.wgsl`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Pod, Zeroable)]
+pub struct BandwidthParams {
+    /// vec4 words to copy.
+    pub n4: u32,
+    /// Workgroups along x.
+    pub groups_x: u32,
+    /// Padding to 16 bytes.
+    pub pad0: u32,
+    /// Padding to 16 bytes.
+    pub pad1: u32,
+}
