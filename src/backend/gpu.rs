@@ -914,8 +914,12 @@ impl Backend for GpuBackend {
         self.precision
     }
 
+    /// Up to 16 candidates per readback, fewer when the two p×k matrices each one needs would
+    /// take more than 2 GiB together.
     fn line_search_batch(&self) -> usize {
-        4
+        let Some(ws) = &self.ws else { return 4 };
+        let bytes = 2 * ws.p * ws.k * self.elem();
+        ((2usize << 30) / bytes.max(1)).clamp(4, 16)
     }
 
     fn readbacks(&self) -> Option<u64> {

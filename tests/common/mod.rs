@@ -65,3 +65,44 @@ pub fn randn(p: usize, k: usize, seed: u64) -> DMatrix<f64> {
     let mut rng = nsa_flow::rng::Rng::new(seed);
     DMatrix::from_fn(p, k, |_, _| rng.normal())
 }
+
+/// A GPU context for the GPU tests, or `None` with a printed reason when no adapter is
+/// present; with `NSA_FLOW_REQUIRE_GPU=1` (CI) a missing adapter fails the test instead.
+#[allow(dead_code)]
+pub fn gpu_or_skip(test: &str) -> Option<std::sync::Arc<nsa_flow::gpu::GpuContext>> {
+    use std::sync::{Arc, OnceLock};
+    static CTX: OnceLock<Result<Arc<nsa_flow::gpu::GpuContext>, String>> = OnceLock::new();
+    let got = CTX.get_or_init(|| {
+        nsa_flow::gpu::GpuContext::new(&nsa_flow::gpu::GpuOptions {
+            allow_software: true,
+            ..Default::default()
+        })
+        .map_err(|e| e.to_string())
+    });
+    match got {
+        Ok(ctx) => Some(ctx.clone()),
+        Err(e) => {
+            if std::env::var("NSA_FLOW_REQUIRE_GPU").is_ok_and(|v| v == "1") {
+                panic!("{test}: NSA_FLOW_REQUIRE_GPU=1 but no GPU adapter: {e}");
+            }
+            eprintln!("skipping {test}: no GPU adapter ({e})");
+            None
+        }
+    }
+}
+
+/// The GPU backend in `precision` on the shared context, or `None` (skip) as above; f64 is
+/// skipped with a reason when the adapter has no SHADER_F64 (never under
+/// NSA_FLOW_REQUIRE_GPU=1, where lavapipe has it).
+#[allow(dead_code)]
+pub fn gpu_backend(test: &str, precision: nsa_flow::Precision) -> Option<nsa_flow::backend::gpu::GpuBackend> {
+    let ctx = gpu_or_skip(test)?;
+    if precision == nsa_flow::Precision::F64 && !ctx.supports_f64() {
+        if std::env::var("NSA_FLOW_REQUIRE_GPU").is_ok_and(|v| v == "1") {
+            panic!("{test}: NSA_FLOW_REQUIRE_GPU=1 but the adapter has no SHADER_F64");
+        }
+        eprintln!("skipping {test} (f64): the adapter has no SHADER_F64");
+        return None;
+    }
+    Some(nsa_flow::backend::gpu::GpuBackend::new(ctx, precision).expect("GPU kernels build"))
+}
