@@ -38,6 +38,7 @@ mod result;
 mod retract;
 pub mod rng;
 mod validate;
+mod verify;
 
 pub use element::Element;
 pub use energy::{
@@ -53,6 +54,7 @@ pub use params::{
 pub use result::{
     sparsity, Certificate, Control, IterInfo, NsaResult, Scaling, StopReason, TraceRow,
 };
+pub use verify::{verify, VerifyReport};
 pub use retract::{inv_sqrt_sym, retract, retract_in, RetractOptions};
 
 /// Checks that a matrix is non-empty and finite (the check every entry point applies).

@@ -858,6 +858,68 @@ impl GpuBackend {
         }
     }
 
+    /// The adapter's memory bandwidth in GB/s (bytes read plus bytes written per second) as
+    /// a plain copy kernel of `bytes` bytes achieves it: the reference point of the bandwidth
+    /// bound the benchmarks report. Runs one untimed copy, then `repeats` timed ones.
+    pub fn copy_bandwidth(&mut self, bytes: usize, repeats: usize) -> Result<f64> {
+        let words = (bytes / 16).max(1);
+        let size = (words * 16) as u64;
+        if size > self.ctx.limits.max_storage_buffer_binding_size {
+            return Err(limit_error(format!(
+                "a {size}-byte copy exceeds max_storage_buffer_binding_size ({})",
+                self.ctx.limits.max_storage_buffer_binding_size
+            )));
+        }
+        if self.ws.is_none() {
+            self.ensure_workspace(1, 1)?;
+        }
+        let usage = wgpu::BufferUsages::STORAGE;
+        let src = GpuMat {
+            buffer: self.create_buffer("nsa-flow bandwidth source", size, usage)?,
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+            p: 0,
+            k: 0,
+        };
+        let dst = GpuMat {
+            buffer: self.create_buffer("nsa-flow bandwidth destination", size, usage)?,
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+            p: 0,
+            k: 0,
+        };
+        let (gx, gy) = Self::grid(words.div_ceil(256));
+        let mut h = ParamsHeader::new();
+        // bandwidth.wgsl's uniform is { n4, groups_x, pad, pad }: the first two words
+        h.p = words as u32;
+        h.k = gx;
+        let slots = Slots { a: Some(&src), out: Some(&dst), ..Default::default() };
+        self.dispatch(Kernel::CopyWords, h, [0.0; 8], slots, (gx, gy));
+        self.wait()?;
+        let t0 = std::time::Instant::now();
+        for _ in 0..repeats.max(1) {
+            self.dispatch(Kernel::CopyWords, h, [0.0; 8], slots, (gx, gy));
+        }
+        self.wait()?;
+        let secs = t0.elapsed().as_secs_f64();
+        self.bind_groups.clear();
+        Ok(2.0 * size as f64 * repeats.max(1) as f64 / secs / 1e9)
+    }
+
+    /// Submits what was recorded and waits for the device to finish it (for timing).
+    pub fn wait(&mut self) -> Result<()> {
+        self.flush();
+        let polled = self.ctx.device.poll(wgpu::PollType::wait_indefinitely());
+        if let Some(e) = self.error.take() {
+            return Err(e);
+        }
+        if let Some(e) = self.ctx.take_error() {
+            return Err(e);
+        }
+        polled.map(|_| ()).map_err(|e| NsaError::Gpu {
+            kind: GpuErrorKind::DeviceLost,
+            message: format!("waiting for the device: {e}"),
+        })
+    }
+
     /// Reads the state of the last Newton–Schulz run: (steps, residual ‖I − R‖_F/√k).
     /// One readback; for diagnostics and tests.
     pub fn last_newton_schulz(&mut self) -> Result<(usize, f64)> {
