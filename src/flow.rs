@@ -82,9 +82,9 @@ pub fn gpu_backend_for(params: &Params) -> Result<Option<GpuBackend>> {
     };
     match params.backend {
         BackendChoice::Cpu => Ok(None),
-        BackendChoice::Gpu => Ok(Some(GpuBackend::new(GpuContext::new(&options)?, params.precision)?)),
+        BackendChoice::Gpu => Ok(Some(GpuBackend::new(GpuContext::shared(&options)?, params.precision)?)),
         BackendChoice::Auto => {
-            let ctx = match GpuContext::new(&options) {
+            let ctx = match GpuContext::shared(&options) {
                 Ok(ctx) => ctx,
                 // a named adapter that is missing is an error, not a silent fallback
                 Err(e) if params.gpu_adapter.is_some() => return Err(e),

@@ -15,7 +15,7 @@ use crate::retract::RetractOptions;
 use nalgebra::DMatrix;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::Arc;
 
 /// Largest column count the device kernels take (the single-workgroup k×k kernels loop
 /// ⌈k²/256⌉ times; at k = 1024 that is 4096 trips, far below the Mesa 22.3 loop cap).
@@ -58,6 +58,21 @@ impl GpuMat {
     pub fn ncols(&self) -> usize {
         self.k
     }
+}
+
+/// A single kernel family, for per-kernel benchmarks ([`GpuBackend::record_kernel`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KernelBench {
+    /// `S = YᵀY` (both passes): 2pk² flops, pk elements read.
+    Gram,
+    /// `out = Y·S`: 2pk² flops, 2pk elements moved.
+    MulSmall,
+    /// `out = a·X + b·Y`: 3pk elements moved.
+    Lincomb,
+    /// `‖Y − X‖²` partial sums: 2pk elements read.
+    DistSq,
+    /// `(YᵀY + δI)^{-1/2}` by Newton–Schulz to convergence (k×k only).
+    InvSqrt,
 }
 
 /// Offsets (in elements) of the regions of the small k×k buffer.
@@ -166,18 +181,6 @@ pub struct GpuBackend {
     partial_sums_host: Vec<f64>,
 }
 
-fn kernels_for(ctx: &GpuContext, precision: Precision) -> Result<Arc<Kernels>> {
-    static CACHE: OnceLock<Mutex<Vec<(usize, Precision, Arc<Kernels>)>>> = OnceLock::new();
-    let key = ctx as *const GpuContext as usize;
-    let cache = CACHE.get_or_init(|| Mutex::new(Vec::new()));
-    let mut c = cache.lock().unwrap_or_else(|e| e.into_inner());
-    if let Some((_, _, k)) = c.iter().find(|(c, p, _)| *c == key && *p == precision) {
-        return Ok(k.clone());
-    }
-    let k = Arc::new(Kernels::new(&ctx.device, precision)?);
-    c.push((key, precision, k.clone()));
-    Ok(k)
-}
 
 fn limit_error(message: String) -> NsaError {
     NsaError::Gpu {
@@ -190,7 +193,7 @@ impl GpuBackend {
     /// A backend on `ctx` computing in `precision` (`f64` needs an adapter with
     /// `SHADER_F64`).
     pub fn new(ctx: Arc<GpuContext>, precision: Precision) -> Result<GpuBackend> {
-        let kernels = kernels_for(&ctx, precision)?;
+        let kernels = ctx.kernels(precision)?;
         let device = &ctx.device;
         let ring = device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("nsa-flow params ring"),
@@ -902,6 +905,25 @@ impl GpuBackend {
         let secs = t0.elapsed().as_secs_f64();
         self.bind_groups.clear();
         Ok(2.0 * size as f64 * repeats.max(1) as f64 / secs / 1e9)
+    }
+
+    /// Records one launch of a kernel family on `y` (and `x`, `out`) without reading anything
+    /// back; [`GpuBackend::wait`] submits and waits. For per-kernel benchmarks.
+    pub fn record_kernel(&mut self, which: KernelBench, y: &GpuMat, x: &GpuMat, out: &mut GpuMat) {
+        if !(self.same_shape(y, x) && self.same_shape(y, out)) {
+            return;
+        }
+        let lay = self.ws().layout;
+        match which {
+            KernelBench::Gram => self.gram(y, y, lay.s(), false),
+            KernelBench::MulSmall => self.mul_small(y, lay.s(), None, out, 0, [1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0], [LITERAL; 4]),
+            KernelBench::Lincomb => self.lincomb(1.0, y, -0.5, x, out),
+            KernelBench::DistSq => {
+                let at = self.ws().aux_readback;
+                self.partial_sums(2, y, Some(x), at, 0.0, false)
+            }
+            KernelBench::InvSqrt => self.inv_sqrt_corrected(lay.s(), lay.t(), InvSqrtMethod::Auto, None),
+        }
     }
 
     /// Submits what was recorded and waits for the device to finish it (for timing).

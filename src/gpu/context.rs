@@ -1,7 +1,9 @@
 //! One wgpu instance, adapter, device and queue, created once and shared.
 
+use super::kernels::Kernels;
 use crate::error::{NsaError, Result};
-use std::sync::{Arc, Mutex};
+use crate::params::Precision;
+use std::sync::{Arc, Mutex, OnceLock};
 
 /// How to choose the adapter.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -121,6 +123,7 @@ fn sort_adapters(adapters: &mut [wgpu::Adapter]) {
 #[derive(Debug, Default)]
 pub(crate) struct ErrorSink {
     first: Option<NsaError>,
+    lost: bool,
 }
 
 impl ErrorSink {
@@ -145,6 +148,8 @@ pub struct GpuContext {
     pub(crate) limits: wgpu::Limits,
     pub(crate) features: wgpu::Features,
     pub(crate) errors: Arc<Mutex<ErrorSink>>,
+    /// The pipelines, built on first use per element type and kept with the device.
+    kernels: Mutex<Vec<Arc<Kernels>>>,
 }
 
 impl std::fmt::Debug for GpuContext {
@@ -260,6 +265,7 @@ impl GpuContext {
         let sink = errors.clone();
         device.set_device_lost_callback(move |reason, message| {
             if let Ok(mut s) = sink.lock() {
+                s.lost = true;
                 s.record(NsaError::Gpu {
                     kind: crate::error::GpuErrorKind::DeviceLost,
                     message: format!("{reason:?}: {message}"),
@@ -275,6 +281,7 @@ impl GpuContext {
             limits,
             features,
             errors,
+            kernels: Mutex::new(Vec::new()),
         }
     }
 
@@ -296,6 +303,40 @@ impl GpuContext {
     /// The queue.
     pub fn queue(&self) -> &wgpu::Queue {
         &self.queue
+    }
+
+    /// The pipelines for `precision` (built once per context).
+    pub fn kernels(&self, precision: Precision) -> Result<Arc<Kernels>> {
+        let mut cache = self.kernels.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(k) = cache.iter().find(|k| k.precision == precision) {
+            return Ok(k.clone());
+        }
+        let k = Arc::new(Kernels::new(&self.device, precision)?);
+        cache.push(k.clone());
+        Ok(k)
+    }
+
+    /// A context shared by every caller in this process that asks with the same options
+    /// (what `nsa_flow` uses, so repeated solves do not create devices and compile kernels
+    /// again).
+    pub fn shared(options: &GpuOptions) -> Result<Arc<GpuContext>> {
+        static SHARED: OnceLock<Mutex<Vec<(GpuOptions, Arc<GpuContext>)>>> = OnceLock::new();
+        let cell = SHARED.get_or_init(|| Mutex::new(Vec::new()));
+        let mut list = cell.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((_, ctx)) = list.iter().find(|(o, _)| o == options) {
+            if !ctx.is_lost() {
+                return Ok(ctx.clone());
+            }
+        }
+        let ctx = GpuContext::new(options)?;
+        list.retain(|(o, _)| o != options);
+        list.push((options.clone(), ctx.clone()));
+        Ok(ctx)
+    }
+
+    /// Whether the device was lost (a new context is needed).
+    pub fn is_lost(&self) -> bool {
+        self.errors.lock().map(|s| s.lost).unwrap_or(true)
     }
 
     /// The first asynchronous error since the last call, if any.
