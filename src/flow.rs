@@ -499,8 +499,8 @@ fn solve_reference<B: Backend, F: FnMut(&IterInfo) -> Control>(
                 be.reduce_into(&reqs, &mut vals)?;
             }
             let v = &vals;
-            energy_evals += n;
             for j in 0..n {
+                energy_evals += 1;
                 let terms = EnergyModel::from_slice(&v[4 * j..4 * j + 4]);
                 current = model.eval(&terms).2;
                 count += 1;
@@ -754,6 +754,7 @@ fn solve_corrected<B: Backend, F: FnMut(&IterInfo) -> Control>(
     let mut best_iter = 0usize;
     let mut retracted_steps = 0usize;
     let mut retracted_tries = RETRACTED_TRIES;
+    let mut prev_backtracked = false;
 
     for it in 1..=params.max_iter {
         be.gradient(&y, &x0, &true_rule, &mut grad);
@@ -796,7 +797,10 @@ fn solve_corrected<B: Backend, F: FnMut(&IterInfo) -> Control>(
             if tried >= n_trials {
                 break;
             }
-            let n = batch.min(n_trials - tried);
+            // After an iteration that accepted its first candidate, the first readback
+            // evaluates only that one (no device work wasted when it is accepted again);
+            // after one that backtracked, a whole batch.
+            let n = if first && !prev_backtracked { 1 } else { batch }.min(n_trials - tried);
             for j in 0..n {
                 let (kind, a, plr, _) = trial(&phases, tried + j);
                 match kind {
@@ -843,8 +847,9 @@ fn solve_corrected<B: Backend, F: FnMut(&IterInfo) -> Control>(
                     safe_lr(cur_norm_sq, v[2].sqrt()),
                 ));
             }
-            energy_evals += n;
             for j in 0..n {
+                // candidates examined in order: the same count whatever the batch size
+                energy_evals += 1;
                 let base = off + 5 * j;
                 let terms = EnergyModel::from_slice(&v[base..base + 4]);
                 let step_sq = v[base + 4];
@@ -862,6 +867,7 @@ fn solve_corrected<B: Backend, F: FnMut(&IterInfo) -> Control>(
             }
             tried += n;
         }
+        prev_backtracked = tried > 0 || accepted.is_none();
         if !finite {
             stop = StopReason::NonFiniteGradient;
             break;

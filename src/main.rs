@@ -1,18 +1,25 @@
 //! `nsa-flow`: the command-line tool.
 //!
 //! Exit codes: 0 success, 1 bad input or failed computation (message on stderr, no output
-//! file written), 2 command-line usage error.
+//! file written) or, for `run --verify`, CPU and GPU runs that disagree, 2 command-line usage
+//! error.
 
-use clap::{Args, Parser, Subcommand};
+use clap::error::ErrorKind;
+use clap::{Args, CommandFactory, Parser, Subcommand};
 use nalgebra::DMatrix;
+use nsa_flow::backend::cpu::CpuBackend;
+use nsa_flow::backend::gpu::GpuBackend;
+use nsa_flow::backend::Backend;
+use nsa_flow::gpu::{list_adapters, AdapterSummary};
 use nsa_flow::io::{read_matrix, write_matrix, write_text, NpyDtype};
 use nsa_flow::{
     BackendChoice, Control, InvSqrtMethod, LearningRate, Mode, NonNeg, NsaError, NsaResult,
-    OptimizerKind, Params, Precision, RetractOptions,
+    OptimizerKind, Params, Precision, RetractOptions, VerifyReport,
 };
-use serde_json::json;
+use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::Instant;
 
 #[derive(Parser)]
 #[command(
@@ -30,7 +37,7 @@ enum Command {
     /// Run NSA-Flow from Y0 towards X0 and write the best Y.
     ///
     /// Example: nsa-flow run --y0 Y0.npy --x0 X0.npy --w 0.8 --out Y.npy --summary s.json
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Print the invariant orthogonality defect of a matrix.
     ///
     /// Example: nsa-flow defect Y.npy
@@ -38,10 +45,27 @@ enum Command {
         /// The matrix (.npy or .csv).
         input: PathBuf,
     },
-    /// Time the flow on random data: seconds per iteration on the CPU backend.
+    /// Time the flow on random data: seconds per iteration on the CPU or a GPU, against the
+    /// memory-bandwidth bound.
     ///
-    /// Example: nsa-flow bench --p 10000 --k 32 --mode reference
+    /// A perfect iteration reads Y and X0 and writes Y once: 3·p·k·(4 or 8) bytes. The bound is
+    /// that traffic at the bandwidth a plain copy achieves on the same device (a copy kernel of
+    /// min(256 MiB, max_storage_buffer_binding_size) on a GPU; a parallel copy of a 256 MiB
+    /// buffer on the host), and the ratio measured/bound says how far an iteration is from it.
+    ///
+    /// Example: nsa-flow bench --p 100000 --k 32 --backend gpu --precision f32 --iters 20
     Bench(BenchArgs),
+    /// List the GPU adapters (best first), their limits and features, and which one
+    /// `--backend auto` and `--backend gpu` would use.
+    ///
+    /// Always exits 0: it is informational, also when there is no adapter.
+    ///
+    /// Example: nsa-flow info --json
+    Info {
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
     /// Apply the retraction (nsa_flow_retract_auto) once.
     ///
     /// Example: nsa-flow retract Y.npy --w 0.5 --inv-sqrt ns --ns-iter 10 --out R.npy
@@ -96,12 +120,23 @@ struct RunArgs {
     /// corrected | reference.
     #[arg(long, default_value = "corrected")]
     mode: String,
-    /// auto | cpu | gpu.
+    /// auto | cpu | gpu. auto: a hardware GPU that computes in --precision when present, else
+    /// the CPU; gpu: any adapter, software ones included (an error without one).
     #[arg(long, default_value = "auto")]
     backend: String,
-    /// GPU adapter: a case-insensitive substring of its name (see `nsa-flow info`).
+    /// GPU adapter: a case-insensitive substring of its name (see `nsa-flow info`). A usage
+    /// error with --backend cpu.
     #[arg(long)]
     adapter: Option<String>,
+    /// Run the same problem on the CPU and on the GPU (--adapter is honoured, --backend must
+    /// not be cpu), print how they compare, and exit 0 when they agree (same iteration count,
+    /// same best iteration, Y within 1e-8 relative in f64 or 1e-3 in f32), 1 when not.
+    ///
+    /// --out, --trace and --summary are optional here; those given are written from the GPU
+    /// run, also when the runs disagree (so the disagreement can be inspected), and the summary
+    /// gets a "verify" section. An error in either run writes nothing (exit 1).
+    #[arg(long, conflicts_with = "verbose")]
+    verify: bool,
     /// Seed of the X0 = None perturbation.
     #[arg(long, default_value_t = 42)]
     seed: u64,
@@ -109,13 +144,15 @@ struct RunArgs {
     /// reference run).
     #[arg(long)]
     start: Option<PathBuf>,
-    /// Output: the best Y (.npy in the run's precision, or .csv).
-    #[arg(long)]
-    out: PathBuf,
+    /// Output: the best Y (.npy in the run's precision, or .csv). Required unless --verify.
+    #[arg(long, required_unless_present = "verify")]
+    out: Option<PathBuf>,
     /// Trace output (.csv with header iter,time,fidelity,orthogonality,total_energy, or .json).
     #[arg(long)]
     trace: Option<PathBuf>,
-    /// Summary output (.json).
+    /// Summary output (.json). Besides the run's statistics it holds "readbacks" (device
+    /// round trips; null on the CPU) and "adapter" ({name, api, device_type, software}; null on
+    /// the CPU).
     #[arg(long)]
     summary: Option<PathBuf>,
     /// Print one line per iteration (what the reference's verbose=True printed).
@@ -141,17 +178,59 @@ struct BenchArgs {
     #[arg(long, default_value_t = 3)]
     repeats: usize,
     /// corrected | reference | both.
-    #[arg(long, default_value = "both")]
-    mode: String,
+    #[arg(long, default_value = "both", value_parser = parse_bench_modes)]
+    mode: BenchModes,
     /// f64 | f32.
-    #[arg(long, default_value = "f64")]
-    precision: String,
-    /// auto | cpu | gpu.
-    #[arg(long, default_value = "cpu")]
-    backend: String,
+    #[arg(long, default_value = "f64", value_parser = parse_named::<Precision>)]
+    precision: Precision,
+    /// auto | cpu | gpu (auto: a hardware GPU that computes in --precision, else the CPU;
+    /// gpu: any adapter, software ones included).
+    #[arg(long, default_value = "cpu", value_parser = parse_named::<BackendChoice>)]
+    backend: BackendChoice,
+    /// GPU adapter: a case-insensitive substring of its name (see `nsa-flow info`). A usage
+    /// error with --backend cpu.
+    #[arg(long)]
+    adapter: Option<String>,
     /// Random seed of the data (N(0,1) entries for Y0 and X0, as in the reference's quick start).
     #[arg(long, default_value_t = 1)]
     seed: u64,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+/// The modes `bench --mode` runs.
+#[derive(Clone, Debug)]
+struct BenchModes(Vec<Mode>);
+
+fn parse_bench_modes(s: &str) -> Result<BenchModes, NsaError> {
+    if s == "both" {
+        Ok(BenchModes(vec![Mode::Reference, Mode::Corrected]))
+    } else {
+        s.parse()
+            .map(|m| BenchModes(vec![m]))
+            .map_err(|_| NsaError::UnknownName {
+                kind: "mode",
+                name: s.to_string(),
+                expected: "corrected, reference, both".into(),
+            })
+    }
+}
+
+/// The library's name parsing as a clap value parser: a bad name is a usage error (exit 2)
+/// carrying the library's typed message.
+fn parse_named<T: std::str::FromStr<Err = NsaError>>(s: &str) -> Result<T, NsaError> {
+    s.parse()
+}
+
+/// Reports a usage error of `subcommand` the way clap does (usage line, exit code 2).
+fn usage_error(subcommand: &str, kind: ErrorKind, message: String) -> ! {
+    let mut cmd = Cli::command();
+    cmd.build();
+    match cmd.find_subcommand_mut(subcommand) {
+        Some(sub) => sub.error(kind, message).exit(),
+        None => cmd.error(kind, message).exit(),
+    }
 }
 
 #[derive(Args)]
@@ -267,8 +346,21 @@ fn trace_text(path: &Path, res: &NsaResult) -> Result<String, NsaError> {
     }
 }
 
-fn summary_json(res: &NsaResult, params: &Params) -> String {
-    let v = json!({
+/// The adapter a GPU run used, for summaries: name, graphics API, device type, software or not.
+fn adapter_json(a: Option<&AdapterSummary>) -> Value {
+    match a {
+        Some(a) => json!({
+            "name": a.name,
+            "api": a.backend,
+            "device_type": a.device_type,
+            "software": a.is_software,
+        }),
+        None => Value::Null,
+    }
+}
+
+fn summary_value(res: &NsaResult, params: &Params, adapter: Option<&AdapterSummary>) -> Value {
+    json!({
         "iterations": res.iterations,
         "final_iter": res.final_iter,
         "best_iteration": res.best_iteration,
@@ -278,6 +370,8 @@ fn summary_json(res: &NsaResult, params: &Params) -> String {
         "sparsity": res.sparsity(),
         "seconds": res.seconds,
         "backend": res.backend,
+        "adapter": adapter_json(adapter),
+        "readbacks": res.readbacks,
         "mode": res.mode.as_str(),
         "precision": res.precision.as_str(),
         "certificate": {
@@ -301,11 +395,47 @@ fn summary_json(res: &NsaResult, params: &Params) -> String {
             "g0": res.scaling.g0, "d0": res.scaling.d0, "fid_eta": res.scaling.fid_eta, "c_orth": res.scaling.c_orth,
             "fid_weight": res.scaling.fid_weight, "orth_weight": res.scaling.orth_weight,
         },
-    });
-    serde_json::to_string_pretty(&v).expect("serialisable") + "\n"
+    })
 }
 
-fn cmd_run(a: RunArgs) -> Result<(), NsaError> {
+fn pretty(v: &Value) -> String {
+    serde_json::to_string_pretty(v).expect("serialisable") + "\n"
+}
+
+/// The Y tolerance of `run --verify`: 1e-8 relative in f64, 1e-3 in f32.
+fn verify_tolerance(p: Precision) -> f64 {
+    match p {
+        Precision::F64 => 1e-8,
+        Precision::F32 => 1e-3,
+    }
+}
+
+/// The adapter a finished GPU run used, recovered from its backend name
+/// (`gpu-<precision> (<adapter label>)`) among the listed adapters.
+fn adapter_of_run(res: &NsaResult) -> Option<AdapterSummary> {
+    list_adapters()
+        .into_iter()
+        .find(|a| res.backend == format!("gpu-{} ({})", res.precision, a.label()))
+}
+
+fn cmd_run(a: RunArgs) -> Result<ExitCode, NsaError> {
+    let backend: BackendChoice = a.backend.parse()?;
+    if backend == BackendChoice::Cpu && a.adapter.is_some() {
+        usage_error(
+            "run",
+            ErrorKind::ArgumentConflict,
+            "--adapter names a GPU adapter, but --backend cpu runs on the CPU; drop one of them"
+                .into(),
+        );
+    }
+    if a.verify && backend == BackendChoice::Cpu {
+        usage_error(
+            "run",
+            ErrorKind::ArgumentConflict,
+            "--verify compares the CPU with the GPU, so --backend cpu makes no sense with it"
+                .into(),
+        );
+    }
     let params = Params {
         w: a.w,
         retraction: a.retraction.parse()?,
@@ -321,13 +451,15 @@ fn cmd_run(a: RunArgs) -> Result<(), NsaError> {
         project_full_gradient: a.project_full_gradient,
         precision: a.precision.parse::<Precision>()?,
         mode: a.mode.parse::<Mode>()?,
-        backend: a.backend.parse::<BackendChoice>()?,
+        backend,
         gpu_adapter: a.adapter.clone(),
         perturbed_start: None,
     };
     params.validate()?;
     // check output names before the work, so a typo does not cost a long run
-    check_ext("--out", &a.out, &["npy", "csv"])?;
+    if let Some(o) = &a.out {
+        check_ext("--out", o, &["npy", "csv"])?;
+    }
     if let Some(t) = &a.trace {
         check_ext("--trace", t, &["csv", "json"])?;
     }
@@ -340,8 +472,11 @@ fn cmd_run(a: RunArgs) -> Result<(), NsaError> {
     if let Some(s) = &a.start {
         params.perturbed_start = Some(read_matrix(s)?);
     }
+    if a.verify {
+        return run_verify(&a, &y0, x0.as_ref(), &params);
+    }
     let verbose = a.verbose;
-    let res = nsa_flow::nsa_flow_with_callback(&y0, x0.as_ref(), &params, |i| {
+    let mut callback = |i: &nsa_flow::IterInfo| {
         if verbose {
             eprintln!(
                 "iter {:5}  total_energy {:.8e}  fidelity {:.6e}  orthogonality {:.6e}  lr {:.3e}  backtracks {}",
@@ -349,22 +484,39 @@ fn cmd_run(a: RunArgs) -> Result<(), NsaError> {
             );
         }
         Control::Continue
-    })?;
-    let mut outputs = vec![Output::Matrix(
-        a.out.clone(),
-        res.y.clone(),
-        dtype_of(params.precision),
-    )];
-    if let Some(t) = &a.trace {
-        outputs.push(Output::Text(t.clone(), trace_text(t, &res)?));
-    }
-    if let Some(s) = &a.summary {
-        outputs.push(Output::Text(s.clone(), summary_json(&res, &params)));
-    }
-    write_all(outputs)?;
+    };
+    // the library's nsa_flow_with_callback, spelled out to keep hold of the adapter
+    let (res, adapter) = match nsa_flow::flow::gpu_backend_for(&params)? {
+        Some(mut be) => {
+            let adapter = be.context().adapter().clone();
+            let res = nsa_flow::flow::solve(&mut be, &y0, x0.as_ref(), &params, &mut callback)?;
+            (res, Some(adapter))
+        }
+        None => {
+            let res = match params.precision {
+                Precision::F64 => nsa_flow::flow::solve(
+                    &mut CpuBackend::<f64>::new(),
+                    &y0,
+                    x0.as_ref(),
+                    &params,
+                    &mut callback,
+                )?,
+                Precision::F32 => nsa_flow::flow::solve(
+                    &mut CpuBackend::<f32>::new(),
+                    &y0,
+                    x0.as_ref(),
+                    &params,
+                    &mut callback,
+                )?,
+            };
+            (res, None)
+        }
+    };
+    let summary = summary_value(&res, &params, adapter.as_ref());
+    write_all(outputs_of(&a, &res, &params, summary)?)?;
     if !a.quiet {
         println!(
-            "{} iterations ({}), best energy {} at iteration {}, defect {:.4e}, sparsity {:.3}, certificate {:.2e}, {:.3} s on {}",
+            "{} iterations ({}), best energy {} at iteration {}, defect {:.4e}, sparsity {:.3}, certificate {:.2e}, {:.3} s on {}{}",
             res.iterations,
             res.stop_reason,
             res.best_total_energy.map_or("n/a".to_string(), |e| format!("{e:.6e}")),
@@ -373,10 +525,94 @@ fn cmd_run(a: RunArgs) -> Result<(), NsaError> {
             res.sparsity(),
             res.certificate.value,
             res.seconds,
-            res.backend
+            res.backend,
+            readbacks_note(&res),
         );
     }
-    Ok(())
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `, N readbacks (r per iteration)` for a device run, nothing on the CPU.
+fn readbacks_note(res: &NsaResult) -> String {
+    match res.readbacks {
+        Some(r) => format!(
+            ", {r} readbacks ({:.2} per iteration)",
+            r as f64 / res.iterations.max(1) as f64
+        ),
+        None => String::new(),
+    }
+}
+
+/// The files `run` was asked for, in memory.
+fn outputs_of(
+    a: &RunArgs,
+    res: &NsaResult,
+    params: &Params,
+    summary: Value,
+) -> Result<Vec<Output>, NsaError> {
+    let mut outputs = Vec::new();
+    if let Some(o) = &a.out {
+        outputs.push(Output::Matrix(
+            o.clone(),
+            res.y.clone(),
+            dtype_of(params.precision),
+        ));
+    }
+    if let Some(t) = &a.trace {
+        outputs.push(Output::Text(t.clone(), trace_text(t, res)?));
+    }
+    if let Some(s) = &a.summary {
+        outputs.push(Output::Text(s.clone(), pretty(&summary)));
+    }
+    Ok(outputs)
+}
+
+fn verify_json(r: &VerifyReport, tol: f64, agrees: bool) -> Value {
+    json!({
+        "agrees": agrees,
+        "y_tol": tol,
+        "y_rel_diff": r.y_rel_diff,
+        "max_energy_rel_diff": r.max_energy_rel_diff,
+        "first_divergence": r.first_divergence,
+        "energy_tol": r.energy_tol,
+        "cpu": {
+            "backend": r.cpu.backend,
+            "iterations": r.cpu.iterations,
+            "best_iteration": r.cpu.best_iteration,
+            "stop_reason": r.cpu.stop_reason.as_str(),
+            "seconds": r.cpu.seconds,
+        },
+    })
+}
+
+fn run_verify(
+    a: &RunArgs,
+    y0: &DMatrix<f64>,
+    x0: Option<&DMatrix<f64>>,
+    params: &Params,
+) -> Result<ExitCode, NsaError> {
+    let report = nsa_flow::verify(y0, x0, params)?;
+    let tol = verify_tolerance(params.precision);
+    let agrees = report.agrees(tol);
+    let res = &report.gpu;
+    let adapter = adapter_of_run(res);
+    let mut summary = summary_value(res, params, adapter.as_ref());
+    summary["verify"] = verify_json(&report, tol, agrees);
+    write_all(outputs_of(a, res, params, summary)?)?;
+    if agrees {
+        if !a.quiet {
+            println!("{report}");
+            println!("agree: same iterations and best iteration, Y within {tol:.0e}");
+        }
+        Ok(ExitCode::SUCCESS)
+    } else {
+        println!("{report}");
+        eprintln!(
+            "error: the CPU and GPU runs disagree (iterations {} vs {}, best iteration {} vs {}, Y relative difference {:.3e} against {tol:.0e})",
+            report.cpu.iterations, report.gpu.iterations, report.cpu.best_iteration, report.gpu.best_iteration, report.y_rel_diff
+        );
+        Ok(ExitCode::from(1))
+    }
 }
 
 fn cmd_retract(a: RetractArgs) -> Result<(), NsaError> {
@@ -399,67 +635,429 @@ fn cmd_retract(a: RetractArgs) -> Result<(), NsaError> {
     write_all(vec![Output::Matrix(a.out, r, dtype_of(precision))])
 }
 
-fn cmd_bench(a: BenchArgs) -> Result<(), NsaError> {
-    let modes: Vec<Mode> = if a.mode == "both" {
-        vec![Mode::Reference, Mode::Corrected]
-    } else {
-        vec![a.mode.parse()?]
-    };
-    let precision: Precision = a.precision.parse()?;
-    let backend: BackendChoice = a.backend.parse()?;
-    if a.p == 0 || a.k == 0 || a.iters == 0 || a.repeats == 0 {
-        return Err(NsaError::InvalidParameter {
-            name: "bench sizes",
-            reason: "p, k, iters and repeats must be positive".into(),
-        });
+/// Best-of-`repeats` timing of one mode on one backend.
+struct BenchRun {
+    backend: String,
+    seconds_per_iteration: f64,
+    iterations: usize,
+    energy_evaluations: usize,
+    readbacks: Option<u64>,
+}
+
+fn bench_on<B: Backend>(
+    be: &mut B,
+    y0: &DMatrix<f64>,
+    x0: &DMatrix<f64>,
+    params: &Params,
+    repeats: usize,
+) -> Result<BenchRun, NsaError> {
+    let mut best: Option<BenchRun> = None;
+    for _ in 0..repeats {
+        let before = be.readbacks();
+        let res = nsa_flow::flow::solve(be, y0, Some(x0), params, &mut |_| Control::Continue)?;
+        let per = res.seconds / res.iterations.max(1) as f64;
+        if best.as_ref().is_none_or(|b| per < b.seconds_per_iteration) {
+            best = Some(BenchRun {
+                backend: res.backend.clone(),
+                seconds_per_iteration: per,
+                iterations: res.iterations,
+                energy_evaluations: res.energy_evaluations,
+                readbacks: be.readbacks().map(|r| r - before.unwrap_or(0)),
+            });
+        }
     }
+    Ok(best.expect("repeats ≥ 1"))
+}
+
+/// The bandwidth a plain copy reaches on the host, in GB/s of bytes read plus bytes written
+/// (the GPU probe's convention): a 256 MiB buffer copied in parallel (one chunk per rayon
+/// thread, as the CPU backend's kernels run), once untimed, then `repeats` times.
+fn host_copy_bandwidth(bytes: usize, repeats: usize) -> f64 {
+    use rayon::prelude::*;
+    let src = vec![1u8; bytes];
+    let mut dst = vec![0u8; bytes];
+    let chunk = bytes
+        .div_ceil(rayon::current_num_threads().max(1))
+        .max(4096);
+    let copy = |dst: &mut [u8]| {
+        dst.par_chunks_mut(chunk)
+            .zip(src.par_chunks(chunk))
+            .for_each(|(d, s)| d.copy_from_slice(s));
+    };
+    copy(&mut dst);
+    let t0 = Instant::now();
+    for _ in 0..repeats {
+        copy(&mut dst);
+    }
+    let secs = t0.elapsed().as_secs_f64();
+    std::hint::black_box(&dst);
+    2.0 * bytes as f64 * repeats as f64 / secs / 1e9
+}
+
+/// Where the bandwidth of the bound came from.
+struct Bandwidth {
+    gb_per_s: f64,
+    bytes: usize,
+    method: &'static str,
+}
+
+const MIB: usize = 1 << 20;
+
+fn cmd_bench(a: BenchArgs) -> Result<ExitCode, NsaError> {
+    if a.backend == BackendChoice::Cpu && a.adapter.is_some() {
+        usage_error(
+            "bench",
+            ErrorKind::ArgumentConflict,
+            "--adapter names a GPU adapter, but --backend cpu runs on the CPU; drop one of them"
+                .into(),
+        );
+    }
+    for (name, v) in [
+        ("--p", a.p),
+        ("--k", a.k),
+        ("--iters", a.iters),
+        ("--repeats", a.repeats),
+    ] {
+        if v == 0 {
+            usage_error(
+                "bench",
+                ErrorKind::ValueValidation,
+                format!("invalid value '0' for '{name}': p, k, iters and repeats must be positive"),
+            );
+        }
+    }
+    let precision = a.precision;
+    let base = Params {
+        w: 0.5,
+        max_iter: a.iters,
+        tol: 0.0,
+        precision,
+        backend: a.backend,
+        gpu_adapter: a.adapter.clone(),
+        ..Params::default()
+    };
+    base.validate()?;
     let mut rng = nsa_flow::rng::Rng::new(a.seed);
     let y0 = DMatrix::from_fn(a.p, a.k, |_, _| rng.normal());
     let x0 = DMatrix::from_fn(a.p, a.k, |_, _| rng.normal());
-    for mode in modes {
-        let params = Params {
-            w: 0.5,
-            max_iter: a.iters,
-            tol: 0.0,
+    let gpu: Option<GpuBackend> = nsa_flow::flow::gpu_backend_for(&base)?;
+    let adapter = gpu.as_ref().map(|g| g.context().adapter().clone());
+    if !a.json {
+        match &adapter {
+            Some(ad) => println!(
+                "adapter: {} [{}{}]",
+                ad.label(),
+                ad.driver,
+                if ad.is_software { ", software" } else { "" }
+            ),
+            None if a.backend == BackendChoice::Auto => println!(
+                "adapter: none usable by auto (no hardware GPU that computes in {precision}; see `nsa-flow info`): running on the CPU"
+            ),
+            None => {}
+        }
+    }
+    let (bandwidth, runs) = match gpu {
+        Some(mut be) => {
+            let max = be.context().adapter().max_storage_buffer_binding_size;
+            let bytes = (256 * MIB).min(usize::try_from(max).unwrap_or(usize::MAX)) / 16 * 16;
+            let bw = Bandwidth {
+                gb_per_s: be.copy_bandwidth(bytes, 20)?,
+                bytes,
+                method: "GPU copy kernel",
+            };
+            let mut runs = Vec::new();
+            for &mode in &a.mode.0 {
+                runs.push((
+                    mode,
+                    bench_on(
+                        &mut be,
+                        &y0,
+                        &x0,
+                        &Params {
+                            mode,
+                            ..base.clone()
+                        },
+                        a.repeats,
+                    )?,
+                ));
+            }
+            (bw, runs)
+        }
+        None => {
+            let bytes = 256 * MIB;
+            let bw = Bandwidth {
+                gb_per_s: host_copy_bandwidth(bytes, 5),
+                bytes,
+                method: "host parallel copy",
+            };
+            let mut runs = Vec::new();
+            for &mode in &a.mode.0 {
+                let params = Params {
+                    mode,
+                    ..base.clone()
+                };
+                let run = match precision {
+                    Precision::F64 => {
+                        bench_on(&mut CpuBackend::<f64>::new(), &y0, &x0, &params, a.repeats)?
+                    }
+                    Precision::F32 => {
+                        bench_on(&mut CpuBackend::<f32>::new(), &y0, &x0, &params, a.repeats)?
+                    }
+                };
+                runs.push((mode, run));
+            }
+            (bw, runs)
+        }
+    };
+    let bound_bytes = 3 * a.p * a.k * precision.bytes();
+    let bound_secs = bound_bytes as f64 / (bandwidth.gb_per_s * 1e9);
+    if a.json {
+        let rows: Vec<Value> = runs
+            .iter()
+            .map(|(mode, r)| {
+                json!({
+                    "mode": mode.as_str(),
+                    "backend": r.backend,
+                    "seconds_per_iteration": r.seconds_per_iteration,
+                    "iterations": r.iterations,
+                    "energy_evaluations_per_iteration": r.energy_evaluations as f64 / r.iterations.max(1) as f64,
+                    "readbacks_per_iteration": r.readbacks.map(|n| n as f64 / r.iterations.max(1) as f64),
+                    "ratio_to_bound": r.seconds_per_iteration / bound_secs,
+                })
+            })
+            .collect();
+        let v = json!({
+            "p": a.p,
+            "k": a.k,
+            "iters": a.iters,
+            "repeats": a.repeats,
+            "precision": precision.as_str(),
+            "backend_requested": a.backend.as_str(),
+            "adapter": adapter.as_ref().map(|ad| json!({
+                "name": ad.name, "api": ad.backend, "device_type": ad.device_type,
+                "driver": ad.driver, "software": ad.is_software,
+            })),
+            "bandwidth": {
+                "gb_per_s": bandwidth.gb_per_s,
+                "probe_bytes": bandwidth.bytes,
+                "method": bandwidth.method,
+            },
+            "bound": {
+                "bytes_per_iteration": bound_bytes,
+                "seconds_per_iteration": bound_secs,
+            },
+            "runs": rows,
+        });
+        print!("{}", pretty(&v));
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!(
+        "bandwidth: {:.2} GB/s ({}, {} MiB, read + write)",
+        bandwidth.gb_per_s,
+        bandwidth.method,
+        bandwidth.bytes / MIB
+    );
+    for (mode, r) in &runs {
+        let its = r.iterations.max(1) as f64;
+        let readbacks = r.readbacks.map_or(String::new(), |n| {
+            format!(", {:.2} readbacks/iteration", n as f64 / its)
+        });
+        println!(
+            "{}x{} {} {} {}: {:.3} ms/iteration ({} iterations, {:.2} energy evaluations/iteration{})",
+            a.p,
+            a.k,
             mode,
             precision,
-            backend,
-            ..Params::default()
-        };
-        let mut best = f64::INFINITY;
-        let mut iters = 0;
-        let mut evals = 0;
-        for _ in 0..a.repeats {
-            let res = nsa_flow::nsa_flow(&y0, Some(&x0), &params)?;
-            let per = res.seconds / res.iterations.max(1) as f64;
-            if per < best {
-                best = per;
-                iters = res.iterations;
-                evals = res.energy_evaluations;
-            }
-        }
+            r.backend,
+            r.seconds_per_iteration * 1e3,
+            r.iterations,
+            r.energy_evaluations as f64 / its,
+            readbacks
+        );
         println!(
-            "{}x{} {} {} {}: {:.3} ms/iteration ({} iterations, {:.2} energy evaluations/iteration)",
-            a.p, a.k, mode, precision, backend, best * 1e3, iters, evals as f64 / iters.max(1) as f64
+            "  bandwidth bound: 3·p·k·{} B = {:.3} MB/iteration at {:.2} GB/s = {:.4} ms; measured {:.3} ms; measured/bound = {:.1}",
+            precision.bytes(),
+            bound_bytes as f64 / 1e6,
+            bandwidth.gb_per_s,
+            bound_secs * 1e3,
+            r.seconds_per_iteration * 1e3,
+            r.seconds_per_iteration / bound_secs
         );
     }
-    Ok(())
+    Ok(ExitCode::SUCCESS)
+}
+
+/// What `--backend auto` (in `precision`) or `--backend gpu` would pick among `adapters`
+/// (best first), mirroring `GpuContext::new` and `gpu_backend_for`: an index, or why none.
+fn pick(
+    adapters: &[AdapterSummary],
+    env: Option<&str>,
+    auto: Option<Precision>,
+) -> Result<usize, String> {
+    if adapters.is_empty() {
+        return Err("no GPU adapter was found".into());
+    }
+    let i = match env {
+        Some(name) => {
+            let lower = name.to_lowercase();
+            match adapters
+                .iter()
+                .position(|a| a.name.to_lowercase().contains(&lower))
+            {
+                Some(i) => i,
+                None => return Err(format!("NSA_FLOW_ADAPTER='{name}' matches no adapter")),
+            }
+        }
+        None => {
+            if auto.is_some() && adapters[0].is_software {
+                return Err(format!(
+                    "the best adapter ({}) is a software one, which auto never picks",
+                    adapters[0].name
+                ));
+            }
+            0
+        }
+    };
+    if auto == Some(Precision::F64) && !adapters[i].shader_f64 {
+        return Err(format!("{} has no SHADER_F64", adapters[i].name));
+    }
+    Ok(i)
+}
+
+fn cmd_info(as_json: bool) -> Result<ExitCode, NsaError> {
+    let adapters = list_adapters();
+    let env = std::env::var("NSA_FLOW_ADAPTER")
+        .ok()
+        .filter(|s| !s.is_empty());
+    let env = env.as_deref();
+    let picks = [
+        ("gpu", pick(&adapters, env, None)),
+        ("auto (f64)", pick(&adapters, env, Some(Precision::F64))),
+        ("auto (f32)", pick(&adapters, env, Some(Precision::F32))),
+    ];
+    if as_json {
+        let list: Vec<Value> = adapters
+            .iter()
+            .enumerate()
+            .map(|(i, a)| {
+                json!({
+                    "index": i,
+                    "name": a.name,
+                    "api": a.backend,
+                    "device_type": a.device_type,
+                    "driver": a.driver,
+                    "software": a.is_software,
+                    "shader_f64": a.shader_f64,
+                    "limits": {
+                        "max_storage_buffer_binding_size": a.max_storage_buffer_binding_size,
+                        "max_buffer_size": a.max_buffer_size,
+                        "max_compute_workgroup_storage_size": a.max_compute_workgroup_storage_size,
+                        "max_compute_invocations_per_workgroup": a.max_compute_invocations_per_workgroup,
+                        "max_compute_workgroups_per_dimension": a.max_compute_workgroups_per_dimension,
+                        "max_storage_buffers_per_shader_stage": a.max_storage_buffers_per_shader_stage,
+                    },
+                    "features": a.features,
+                })
+            })
+            .collect();
+        // runs_on: "gpu" (adapter `index`), "cpu" (auto's fallback) or "unavailable" (gpu)
+        let pick_json = |r: &Result<usize, String>, fallback: &str| match r {
+            Ok(i) => {
+                json!({"runs_on": "gpu", "index": i, "name": adapters[*i].name, "api": adapters[*i].backend})
+            }
+            Err(why) => json!({"runs_on": fallback, "index": null, "reason": why}),
+        };
+        let v = json!({
+            "adapters": list,
+            "nsa_flow_adapter": env,
+            "picks": {
+                "gpu": pick_json(&picks[0].1, "unavailable"),
+                "auto_f64": pick_json(&picks[1].1, "cpu"),
+                "auto_f32": pick_json(&picks[2].1, "cpu"),
+            },
+        });
+        print!("{}", pretty(&v));
+        return Ok(ExitCode::SUCCESS);
+    }
+    if adapters.is_empty() {
+        println!(
+            "no GPU adapter found: --backend gpu is unavailable and --backend auto runs on the CPU.\n\
+             To use a GPU, install a Vulkan driver (on Debian/Ubuntu: apt-get install mesa-vulkan-drivers \
+             libvulkan1, or your GPU vendor's driver)."
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    let mib = |b: u64| b as f64 / MIB as f64;
+    println!(
+        "{} GPU adapter{} (best first):",
+        adapters.len(),
+        if adapters.len() == 1 { "" } else { "s" }
+    );
+    for (i, a) in adapters.iter().enumerate() {
+        println!("[{i}] {}", a.name);
+        println!(
+            "    api {}, type {}{}, driver {}",
+            a.backend,
+            a.device_type,
+            if a.is_software { " (software)" } else { "" },
+            if a.driver.is_empty() { "?" } else { &a.driver }
+        );
+        println!(
+            "    SHADER_F64: {}",
+            if a.shader_f64 { "yes" } else { "no (f32 only)" }
+        );
+        println!(
+            "    limits: max_storage_buffer_binding_size {} ({:.0} MiB), max_buffer_size {} ({:.0} MiB), \
+             max_compute_workgroup_storage_size {}, max_compute_invocations_per_workgroup {}, \
+             max_compute_workgroups_per_dimension {}, max_storage_buffers_per_shader_stage {}",
+            a.max_storage_buffer_binding_size,
+            mib(a.max_storage_buffer_binding_size),
+            a.max_buffer_size,
+            mib(a.max_buffer_size),
+            a.max_compute_workgroup_storage_size,
+            a.max_compute_invocations_per_workgroup,
+            a.max_compute_workgroups_per_dimension,
+            a.max_storage_buffers_per_shader_stage
+        );
+        println!(
+            "    features: {}",
+            if a.features.is_empty() {
+                "none".to_string()
+            } else {
+                a.features.join(", ")
+            }
+        );
+    }
+    if let Some(name) = env {
+        println!("NSA_FLOW_ADAPTER = '{name}'");
+    }
+    for (what, r) in &picks {
+        match r {
+            Ok(i) => println!("--backend {what} uses [{i}] {}", adapters[*i].label()),
+            Err(why) if what.starts_with("auto") => {
+                println!("--backend {what} uses the CPU: {why}")
+            }
+            Err(why) => println!("--backend {what} is unavailable: {why}"),
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let res = match cli.command {
-        Command::Run(a) => cmd_run(a),
+        Command::Run(a) => cmd_run(*a),
         Command::Defect { input } => read_matrix(&input).and_then(|y| {
             nsa_flow::validate_matrix("Y", &y)?;
             println!("{:.17e}", nsa_flow::invariant_orthogonality_defect(&y));
-            Ok(())
+            Ok(ExitCode::SUCCESS)
         }),
-        Command::Retract(a) => cmd_retract(a),
+        Command::Retract(a) => cmd_retract(a).map(|()| ExitCode::SUCCESS),
         Command::Bench(a) => cmd_bench(a),
+        Command::Info { json } => cmd_info(json),
     };
     match res {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e}");
             ExitCode::from(1)

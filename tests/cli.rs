@@ -251,8 +251,16 @@ fn errors_exit_nonzero_and_leave_no_output() {
         ),
         (vec!["--y0".into(), s(&garbage)], "malformed"),
         (
-            vec!["--y0".into(), s(&good), "--backend".into(), "gpu".into()],
-            "backend 'gpu' is unavailable",
+            // no adapter at all, or none by this name: an error either way
+            vec![
+                "--y0".into(),
+                s(&good),
+                "--backend".into(),
+                "gpu".into(),
+                "--adapter".into(),
+                "no-such-adapter".into(),
+            ],
+            "adapter",
         ),
         (
             vec![
