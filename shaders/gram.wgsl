@@ -4,7 +4,7 @@
 // adds the partials of every entry in chunk order. Fixed order, no atomics: same input, same
 // bits. Rows are staged through workgroup memory 64 at a time, loaded along the columns'
 // contiguous direction. An invocation loops about `chunk` times in pass 1 (the host keeps
-// chunk ≤ 4096) and ⌈p/chunk⌉ times in pass 2, far below Mesa 22.3's 65 535 cap.
+// chunk ≤ 4096) and ⌈p/chunk⌉/64 times in pass 2, far below Mesa 22.3's 65 535 cap.
 
 alias T = f32;
 
@@ -78,30 +78,48 @@ fn gram_partial(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation
     }
 }
 
-// dispatch: (⌈ka·kb/256⌉); chunks = groups_x. mode 0: small[off1 + e] = Σ_c partial_c[e];
+var<workgroup> tree: array<T, 64>;
+var<workgroup> tree_t: array<T, 64>;
+
+// One workgroup of 64 per output entry (a 2-D grid of ka·kb workgroups whose row length is
+// `chunk`); chunks = groups_x. Each thread adds every 64th partial, then a fixed tree adds
+// the 64 sums: the same order every time. mode 0: small[off1 + e] = Σ_c partial_c[e];
 // mode 1 (ka = kb): the symmetric part ½(P + Pᵀ), each half summed in the same order.
-@compute @workgroup_size(256)
-fn gram_reduce(@builtin(global_invocation_id) gid: vec3<u32>) {
+@compute @workgroup_size(64)
+fn gram_reduce(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid3: vec3<u32>) {
     let ka = params.k;
     let kb = params.k2;
-    let e = gid.x;
-    if (e >= ka * kb) {
-        return;
-    }
     let size = ka * kb;
+    let e = wid.x + wid.y * params.chunk;
+    let lid = lid3.x;
+    let valid = e < size;
+    let ee = min(e, size - 1u);
+    let i = ee % ka;
+    let j = ee / ka;
+    let et = j + i * ka;
     var acc: T = 0.0;
-    for (var c = 0u; c < params.groups_x; c = c + 1u) {
-        acc = acc + aux[params.off0 + c * size + e];
-    }
-    if (params.mode == 1u) {
-        let i = e % ka;
-        let j = e / ka;
-        let et = j + i * ka;
-        var acc_t: T = 0.0;
-        for (var c = 0u; c < params.groups_x; c = c + 1u) {
+    var acc_t: T = 0.0;
+    for (var c = lid; c < params.groups_x; c = c + 64u) {
+        acc = acc + aux[params.off0 + c * size + ee];
+        if (params.mode == 1u) {
             acc_t = acc_t + aux[params.off0 + c * size + et];
         }
-        acc = 0.5 * (acc + acc_t);
     }
-    small[params.off1 + e] = acc;
+    tree[lid] = acc;
+    tree_t[lid] = acc_t;
+    workgroupBarrier();
+    for (var s = 32u; s > 0u; s = s >> 1u) {
+        if (lid < s) {
+            tree[lid] = tree[lid] + tree[lid + s];
+            tree_t[lid] = tree_t[lid] + tree_t[lid + s];
+        }
+        workgroupBarrier();
+    }
+    if (lid == 0u && valid) {
+        var v = tree[0];
+        if (params.mode == 1u) {
+            v = 0.5 * (v + tree_t[0]);
+        }
+        small[params.off1 + e] = v;
+    }
 }

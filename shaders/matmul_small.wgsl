@@ -33,7 +33,42 @@ fn coef(i: u32) -> T {
     return v;
 }
 
-// dispatch: (⌈k/16⌉, ⌈p/256⌉) — column block fastest.
+// The fused epilogue for entry i with product value `prod`, in the oracle's order: the
+// product, the radial term, the accumulated output, then the fidelity term.
+fn epilogue(i: u32, prod: T) {
+    let c1 = coef(1u);
+    let c2 = coef(2u);
+    let c3 = coef(3u);
+    let c4 = params.c[1].x;
+    var v = coef(0u) * prod;
+    if (c1 != 0.0) {
+        v = v + c1 * a[i];
+    }
+    if ((params.mode & 1u) != 0u) {
+        v = v + c4 * out[i];
+    }
+    if (c2 != 0.0) {
+        if ((params.mode & 2u) != 0u) {
+            v = v + c2 * (a[i] - b[i]);
+        } else {
+            v = v + c2 * b[i];
+        }
+    }
+    if (c3 != 0.0) {
+        v = v + c3 * cm[i];
+    }
+    out[i] = v;
+}
+
+// M[l, j] for a column that may lie past k (then 0; the index is clamped to stay in bounds)
+fn m_at(l: u32, j: u32) -> T {
+    let k = params.k;
+    let v = small[params.off0 + l + min(j, k - 1u) * k];
+    return select(T(0.0), v, j < k);
+}
+
+// dispatch: (⌈k/16⌉, ⌈p/256⌉) — column block fastest. Four vec4 accumulators keep the 16
+// partial sums in registers (a dynamically indexed array would spill to local memory).
 @compute @workgroup_size(256)
 fn mul_small(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
     let p = params.p;
@@ -43,46 +78,27 @@ fn mul_small(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id
         return;
     }
     let j0 = wid.x * CB;
-    var acc: array<T, 16>;
-    for (var c = 0u; c < CB; c = c + 1u) {
-        acc[c] = 0.0;
-    }
-    let jn = min(CB, k - j0);
+    var acc0 = vec4<T>(0.0);
+    var acc1 = vec4<T>(0.0);
+    var acc2 = vec4<T>(0.0);
+    var acc3 = vec4<T>(0.0);
     for (var l = 0u; l < k; l = l + 1u) {
         let y = a[r + l * p];
-        let mrow = params.off0 + l + j0 * k;
-        for (var c = 0u; c < CB; c = c + 1u) {
-            if (c < jn) {
-                acc[c] = acc[c] + y * small[mrow + c * k];
-            }
-        }
+        acc0 = acc0 + y * vec4<T>(m_at(l, j0), m_at(l, j0 + 1u), m_at(l, j0 + 2u), m_at(l, j0 + 3u));
+        acc1 = acc1 + y * vec4<T>(m_at(l, j0 + 4u), m_at(l, j0 + 5u), m_at(l, j0 + 6u), m_at(l, j0 + 7u));
+        acc2 = acc2 + y * vec4<T>(m_at(l, j0 + 8u), m_at(l, j0 + 9u), m_at(l, j0 + 10u), m_at(l, j0 + 11u));
+        acc3 = acc3 + y * vec4<T>(m_at(l, j0 + 12u), m_at(l, j0 + 13u), m_at(l, j0 + 14u), m_at(l, j0 + 15u));
     }
-    let c0 = coef(0u);
-    let c1 = coef(1u);
-    let c2 = coef(2u);
-    let c3 = coef(3u);
-    let c4 = params.c[1].x;
+    let jn = min(CB, k - j0);
     for (var c = 0u; c < jn; c = c + 1u) {
-        let i = r + (j0 + c) * p;
-        // the oracle's order: the product, the radial term, the accumulated output, then the
-        // fidelity term
-        var v = c0 * acc[c];
-        if (c1 != 0.0) {
-            v = v + c1 * a[i];
+        var prod: T;
+        switch (c / 4u) {
+            case 0u: { prod = acc0[c % 4u]; }
+            case 1u: { prod = acc1[c % 4u]; }
+            case 2u: { prod = acc2[c % 4u]; }
+            default: { prod = acc3[c % 4u]; }
         }
-        if ((params.mode & 1u) != 0u) {
-            v = v + c4 * out[i];
-        }
-        if (c2 != 0.0) {
-            if ((params.mode & 2u) != 0u) {
-                v = v + c2 * (a[i] - b[i]);
-            } else {
-                v = v + c2 * b[i];
-            }
-        }
-        if (c3 != 0.0) {
-            v = v + c3 * cm[i];
-        }
-        out[i] = v;
+        epilogue(r + (j0 + c) * p, prod);
     }
 }
+

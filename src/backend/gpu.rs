@@ -364,6 +364,24 @@ impl GpuBackend {
         Ok(())
     }
 
+    /// Sizes the workspace for the operand's shape (a backend may hold matrices of several
+    /// shapes; the k×k layout, Gram chunking and partial counts depend on it). A failure is
+    /// kept and returned by the next readback.
+    fn use_shape(&mut self, m: &GpuMat) -> bool {
+        if let Some(ws) = &self.ws {
+            if ws.p == m.p && ws.k == m.k {
+                return true;
+            }
+        }
+        match self.ensure_workspace(m.p, m.k) {
+            Ok(()) => true,
+            Err(e) => {
+                self.error.get_or_insert(e);
+                false
+            }
+        }
+    }
+
     fn ws(&self) -> &Workspace {
         self.ws.as_ref().expect("workspace sized by zeros/upload")
     }
@@ -528,7 +546,9 @@ impl GpuBackend {
         h.off1 = off;
         h.groups_x = chunks as u32;
         h.mode = sym as u32;
-        self.dispatch(Kernel::GramReduce, h, [0.0; 8], Slots::default(), ((k * k).div_ceil(256) as u32, 1));
+        let (gx, gy) = Self::grid(k * k);
+        h.chunk = gx;
+        self.dispatch(Kernel::GramReduce, h, [0.0; 8], Slots::default(), (gx, gy));
     }
 
     /// `out = c0·(A·small[m]) + …` (see matmul_small.wgsl).
@@ -910,7 +930,7 @@ impl GpuBackend {
     /// Records one launch of a kernel family on `y` (and `x`, `out`) without reading anything
     /// back; [`GpuBackend::wait`] submits and waits. For per-kernel benchmarks.
     pub fn record_kernel(&mut self, which: KernelBench, y: &GpuMat, x: &GpuMat, out: &mut GpuMat) {
-        if !(self.same_shape(y, x) && self.same_shape(y, out)) {
+        if !(self.same_shape(y, x) && self.same_shape(y, out) && self.use_shape(y)) {
             return;
         }
         let lay = self.ws().layout;
@@ -1098,11 +1118,14 @@ impl Backend for GpuBackend {
             self.copy(src, dst);
             return;
         }
+        if !self.use_shape(src) {
+            return;
+        }
         self.retract_soft_polar(src, dst, options);
     }
 
     fn gradient(&mut self, y: &GpuMat, x0: &GpuMat, rule: &GradientRule, out: &mut GpuMat) {
-        if !(self.same_shape(y, x0) && self.same_shape(y, out)) {
+        if !(self.same_shape(y, x0) && self.same_shape(y, out) && self.use_shape(y)) {
             return;
         }
         let lay = self.ws().layout;
@@ -1171,6 +1194,9 @@ impl Backend for GpuBackend {
                 wd_ratio,
                 nesterov,
             } => {
+                if !self.use_shape(param) {
+                    return;
+                }
                 let Some(buf) = state.first() else {
                     self.error.get_or_insert(NsaError::InvalidParameter {
                         name: "optimizer state",
@@ -1219,15 +1245,41 @@ impl Backend for GpuBackend {
         if requests.is_empty() {
             return Ok(());
         }
-        let g = self.ws().partials;
-        let base = self.ws().aux_readback;
-        let lay = self.ws().layout;
-        // slots per request: EnergyTerms uses 4, everything else 1
+        fn shape_of(r: &Reduction<'_, GpuMat>) -> (usize, usize) {
+            let m = match *r {
+                Reduction::EnergyTerms { y, .. } => y,
+                Reduction::NormSq(m) | Reduction::AllFinite(m) => m,
+                Reduction::Dot(a, _) | Reduction::DistSq(a, _) => a,
+                Reduction::GradMapSq { y, .. } => y,
+            };
+            (m.p, m.k)
+        }
+        for r in requests {
+            let ok = match *r {
+                Reduction::EnergyTerms { y, target } => self.same_shape(y, target),
+                Reduction::Dot(a, b) | Reduction::DistSq(a, b) => self.same_shape(a, b),
+                Reduction::GradMapSq { y, g, .. } => self.same_shape(y, g),
+                _ => true,
+            };
+            if !ok {
+                return Err(self.error.take().expect("a shape mismatch was recorded"));
+            }
+        }
+        // rounds of one shape each (the partial counts depend on it), ≤ MAX_SLOTS slots;
+        // EnergyTerms uses 4 slots, everything else 1
         let mut i = 0;
         while i < requests.len() {
+            let shape = shape_of(&requests[i]);
+            self.ensure_workspace(shape.0, shape.1)?;
+            let g = self.ws().partials;
+            let base = self.ws().aux_readback;
+            let lay = self.ws().layout;
             let mut used = 0;
             let mut j = i;
-            while j < requests.len() && used + requests[j].width() <= MAX_SLOTS {
+            while j < requests.len()
+                && used + requests[j].width() <= MAX_SLOTS
+                && shape_of(&requests[j]) == shape
+            {
                 let at = base + used * g;
                 match requests[j] {
                     Reduction::EnergyTerms { y, target } => {
