@@ -172,12 +172,17 @@ impl<T: Element> Backend for CpuBackend<T> {
         if orth_active {
             // M = S − Diag(d): the off-diagonal part of the Gram matrix.
             self.small.copy_from(&self.gram);
-            let mut diag_sq = 0.0;
+            // ‖diag S‖² in the working precision, like ‖S‖²: their difference is the
+            // off-diagonal mass, which must be exactly 0 when k = 1 (an f64 ‖diag‖² against
+            // an f32 ‖S‖² leaves a rounding residue that the reference's 1/defect₀ weight
+            // then multiplies by up to 1e8)
+            let mut diag_sq_t = T::zero();
             for j in 0..k {
-                let d = self.small[(j, j)].as_f64();
-                diag_sq += d * d;
+                let d = self.small[(j, j)];
+                diag_sq_t += d * d;
                 self.small[(j, j)] = T::zero();
             }
+            let diag_sq = diag_sq_t.as_f64();
             let (alpha, radial) = match rule.simplified {
                 Some(c) => (c, 0.0),
                 None => {

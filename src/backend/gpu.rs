@@ -663,9 +663,13 @@ impl GpuBackend {
             m => m,
         };
         match method {
-            // eig clamps eigenvalues of S + ε at ε, which is Newton–Schulz run to convergence
+            // eig clamps eigenvalues of S + ε at ε, which is Newton–Schulz run to convergence;
+            // eigenvalues below 16·ε_mach·tr(S)/k are rounding noise to an eigensolver too
+            // (its results there are arbitrary), and would stop Newton–Schulz converging, so
+            // they are lifted to that floor
             InvSqrtMethod::Eig | InvSqrtMethod::Auto => {
-                self.inv_sqrt_ns(s, t, [o.eps, 0.0], 0.0, None, NS_CAP)
+                let rel = 16.0 * self.eps();
+                self.inv_sqrt_ns(s, t, [o.eps, 0.0], rel, None, NS_CAP)
             }
             InvSqrtMethod::NewtonSchulz => {
                 self.inv_sqrt_ns(s, t, [o.eps, o.eps], 0.0, Some(o.ns_iter.unwrap_or(4)), 0)
@@ -1018,12 +1022,13 @@ impl Backend for GpuBackend {
         self.precision
     }
 
-    /// Up to 16 candidates per readback, fewer when the two p×k matrices each one needs would
-    /// take more than 2 GiB together.
+    /// Up to [`crate::flow::MAX_BATCH`] (20, a whole reference backtracking) candidates per
+    /// readback, fewer when the two p×k matrices each one needs would take more than 2 GiB
+    /// together.
     fn line_search_batch(&self) -> usize {
         let Some(ws) = &self.ws else { return 4 };
         let bytes = 2 * ws.p * ws.k * self.elem();
-        ((2usize << 30) / bytes.max(1)).clamp(4, 16)
+        ((2usize << 30) / bytes.max(1)).clamp(4, crate::flow::MAX_BATCH)
     }
 
     fn readbacks(&self) -> Option<u64> {
