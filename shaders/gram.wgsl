@@ -1,8 +1,8 @@
 // Gram products AᵀB of tall column-major matrices (A p×ka, B p×kb; p up to millions), split
 // over the rows: pass 1 (`gram_partial`) gives each workgroup a chunk of `chunk` rows and a
-// 16×16 tile of the output and writes that chunk's partial product; pass 2 (`gram_reduce`)
+// 32×32 tile of the output and writes that chunk's partial product; pass 2 (`gram_reduce`)
 // adds the partials of every entry in chunk order. Fixed order, no atomics: same input, same
-// bits. Rows are staged through workgroup memory 64 at a time, loaded along the columns'
+// bits. Rows are staged through workgroup memory 32 at a time, loaded along the columns'
 // contiguous direction. An invocation loops about `chunk` times in pass 1 (the host keeps
 // chunk ≤ 4096) and ⌈p/chunk⌉/64 times in pass 2, far below Mesa 22.3's 65 535 cap.
 
@@ -22,16 +22,17 @@ struct Params {
 @group(0) @binding(5) var<storage, read_write> small: array<T>;
 @group(0) @binding(6) var<storage, read_write> aux: array<T>;
 
-const TILE: u32 = 16u;
-const SLAB: u32 = 64u;
-// one padding entry per column keeps the 16 columns a warp reads in different banks
-const STRIDE: u32 = 65u;
+const TILE: u32 = 32u;
+const SLAB: u32 = 32u;
+// one padding entry per column keeps the columns a warp reads in different banks
+const STRIDE: u32 = 33u;
 
-var<workgroup> sa: array<T, 1040>;
-var<workgroup> sb: array<T, 1040>;
+var<workgroup> sa: array<T, 1056>;
+var<workgroup> sb: array<T, 1056>;
 
-// dispatch: (chunks, tiles_a · tiles_b); k = ka, k2 = kb; partial (chunk c) at
-// aux[off0 + c·ka·kb], column-major ka×kb.
+// dispatch: (chunks, tiles_a · tiles_b), 32×32 output tiles; 16×16 invocations each own a
+// 2×2 block (one shared-memory load per multiply-add). k = ka, k2 = kb; the partial of chunk
+// c goes to aux[off0 + c·ka·kb], column-major ka×kb.
 @compute @workgroup_size(16, 16)
 fn gram_partial(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
     let p = params.p;
@@ -42,8 +43,15 @@ fn gram_partial(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation
     let tb = wid.y / tiles_a;
     let row0 = wid.x * params.chunk;
     let row_end = min(row0 + params.chunk, p);
-    let lin = lid.x + lid.y * TILE;
-    var acc: T = 0.0;
+    let lin = lid.x + lid.y * 16u;
+    var acc00: T = 0.0;
+    var acc01: T = 0.0;
+    var acc10: T = 0.0;
+    var acc11: T = 0.0;
+    let a0 = (2u * lid.x) * STRIDE;
+    let a1 = a0 + STRIDE;
+    let b0 = (2u * lid.y) * STRIDE;
+    let b1 = b0 + STRIDE;
     for (var r0 = row0; r0 < row_end; r0 = r0 + SLAB) {
         for (var t = 0u; t < 4u; t = t + 1u) {
             let e = lin + t * 256u;
@@ -64,17 +72,32 @@ fn gram_partial(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation
             sb[cc * STRIDE + rr] = vb;
         }
         workgroupBarrier();
-        let ba = lid.x * STRIDE;
-        let bb = lid.y * STRIDE;
         for (var rr = 0u; rr < SLAB; rr = rr + 1u) {
-            acc = acc + sa[ba + rr] * sb[bb + rr];
+            let x0 = sa[a0 + rr];
+            let x1 = sa[a1 + rr];
+            let y0 = sb[b0 + rr];
+            let y1 = sb[b1 + rr];
+            acc00 = acc00 + x0 * y0;
+            acc01 = acc01 + x0 * y1;
+            acc10 = acc10 + x1 * y0;
+            acc11 = acc11 + x1 * y1;
         }
         workgroupBarrier();
     }
-    let ia = ta * TILE + lid.x;
-    let ib = tb * TILE + lid.y;
+    let ia = ta * TILE + 2u * lid.x;
+    let ib = tb * TILE + 2u * lid.y;
+    let base = params.off0 + wid.x * ka * kb;
     if (ia < ka && ib < kb) {
-        aux[params.off0 + wid.x * ka * kb + ia + ib * ka] = acc;
+        aux[base + ia + ib * ka] = acc00;
+    }
+    if (ia < ka && ib + 1u < kb) {
+        aux[base + ia + (ib + 1u) * ka] = acc01;
+    }
+    if (ia + 1u < ka && ib < kb) {
+        aux[base + ia + 1u + ib * ka] = acc10;
+    }
+    if (ia + 1u < ka && ib + 1u < kb) {
+        aux[base + ia + 1u + (ib + 1u) * ka] = acc11;
     }
 }
 

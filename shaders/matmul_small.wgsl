@@ -67,6 +67,18 @@ fn m_at(l: u32, j: u32) -> T {
     return select(T(0.0), v, j < k);
 }
 
+// The workgroup's k×16 block of M, staged once (k ≤ MS_K); every invocation then reads the
+// same entry at the same time, a broadcast.
+const MS_K: u32 = 128u;
+var<workgroup> ms: array<T, 2048>;
+
+fn m_block(l: u32, c: u32, j0: u32, staged: bool) -> T {
+    if (staged) {
+        return ms[l + c * params.k];
+    }
+    return m_at(l, j0 + c);
+}
+
 // dispatch: (⌈k/16⌉, ⌈p/256⌉) — column block fastest. Four vec4 accumulators keep the 16
 // partial sums in registers (a dynamically indexed array would spill to local memory).
 @compute @workgroup_size(256)
@@ -74,20 +86,27 @@ fn mul_small(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id
     let p = params.p;
     let k = params.k;
     let r = wid.y * 256u + lid.x;
+    let j0 = wid.x * CB;
+    let staged = k <= MS_K;
+    if (staged) {
+        for (var idx = lid.x; idx < k * CB; idx = idx + 256u) {
+            ms[idx] = m_at(idx % k, j0 + idx / k);
+        }
+    }
+    workgroupBarrier();
     if (r >= p) {
         return;
     }
-    let j0 = wid.x * CB;
     var acc0 = vec4<T>(0.0);
     var acc1 = vec4<T>(0.0);
     var acc2 = vec4<T>(0.0);
     var acc3 = vec4<T>(0.0);
     for (var l = 0u; l < k; l = l + 1u) {
         let y = a[r + l * p];
-        acc0 = acc0 + y * vec4<T>(m_at(l, j0), m_at(l, j0 + 1u), m_at(l, j0 + 2u), m_at(l, j0 + 3u));
-        acc1 = acc1 + y * vec4<T>(m_at(l, j0 + 4u), m_at(l, j0 + 5u), m_at(l, j0 + 6u), m_at(l, j0 + 7u));
-        acc2 = acc2 + y * vec4<T>(m_at(l, j0 + 8u), m_at(l, j0 + 9u), m_at(l, j0 + 10u), m_at(l, j0 + 11u));
-        acc3 = acc3 + y * vec4<T>(m_at(l, j0 + 12u), m_at(l, j0 + 13u), m_at(l, j0 + 14u), m_at(l, j0 + 15u));
+        acc0 = acc0 + y * vec4<T>(m_block(l, 0u, j0, staged), m_block(l, 1u, j0, staged), m_block(l, 2u, j0, staged), m_block(l, 3u, j0, staged));
+        acc1 = acc1 + y * vec4<T>(m_block(l, 4u, j0, staged), m_block(l, 5u, j0, staged), m_block(l, 6u, j0, staged), m_block(l, 7u, j0, staged));
+        acc2 = acc2 + y * vec4<T>(m_block(l, 8u, j0, staged), m_block(l, 9u, j0, staged), m_block(l, 10u, j0, staged), m_block(l, 11u, j0, staged));
+        acc3 = acc3 + y * vec4<T>(m_block(l, 12u, j0, staged), m_block(l, 13u, j0, staged), m_block(l, 14u, j0, staged), m_block(l, 15u, j0, staged));
     }
     let jn = min(CB, k - j0);
     for (var c = 0u; c < jn; c = c + 1u) {

@@ -525,7 +525,7 @@ impl GpuBackend {
             let ws = self.ws();
             (ws.gram_chunk, ws.gram_chunks)
         };
-        let tiles = k.div_ceil(16);
+        let tiles = k.div_ceil(32);
         let mut h = ParamsHeader::new();
         h.p = p as u32;
         h.k = k as u32;
