@@ -8,9 +8,9 @@
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use nalgebra::DMatrix;
 use nsa_flow::backend::gpu::{GpuBackend, KernelBench};
-use nsa_flow::backend::Backend;
+use nsa_flow::backend::{Backend, GradientRule, Projection, Reduction};
 use nsa_flow::gpu::{GpuContext, GpuOptions};
-use nsa_flow::{nsa_flow, BackendChoice, Mode, Params, Precision};
+use nsa_flow::{nsa_flow, BackendChoice, Mode, Params, Precision, RetractOptions, Retraction};
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
@@ -43,11 +43,11 @@ fn gpu_kernels(c: &mut Criterion) {
         let mut out = be.zeros(p, k).unwrap();
         let pk = (p * k) as u64;
         let flops = 2 * pk * k as u64;
-        let cases: [(KernelBench, &str, Throughput); 6] = [
-            (KernelBench::Gram, "gram_gflops", Throughput::Elements(flops)),
-            (KernelBench::Gram, "gram_bytes", Throughput::Bytes(4 * pk)),
-            (KernelBench::MulSmall, "mul_small_gflops", Throughput::Elements(flops)),
-            (KernelBench::MulSmall, "mul_small_bytes", Throughput::Bytes(8 * pk)),
+        // Throughput::Elements counts flops (criterion prints "elem/s"); GB/s follow from the
+        // time: the Gram reads 4·pk bytes, the product moves 8·pk.
+        let cases: [(KernelBench, &str, Throughput); 4] = [
+            (KernelBench::Gram, "gram_flops", Throughput::Elements(flops)),
+            (KernelBench::MulSmall, "mul_small_flops", Throughput::Elements(flops)),
             (KernelBench::Lincomb, "lincomb_bytes", Throughput::Bytes(12 * pk)),
             (KernelBench::DistSq, "dist_sq_bytes", Throughput::Bytes(8 * pk)),
         ];
@@ -67,8 +67,33 @@ fn gpu_kernels(c: &mut Criterion) {
                 })
             });
         }
+        // whole backend operations, each one read back once (what an iteration is made of)
+        g.throughput(Throughput::Bytes(4 * pk));
+        let rule = GradientRule { fid: 0.5, orth: 0.5, simplified: None, projection: Projection::None };
+        let ropt = RetractOptions::corrected(Retraction::SoftPolar, 0.5);
+        for op in ["gradient", "retract_corrected", "energy_terms", "readback_only"] {
+            g.bench_function(BenchmarkId::new(format!("op_{op}"), format!("{p}x{k}")), |b| {
+                b.iter_custom(|n| {
+                    let t0 = Instant::now();
+                    for _ in 0..n {
+                        match op {
+                            "gradient" => be.gradient(&y, &x, &rule, &mut out),
+                            "retract_corrected" => be.retract(&y, &mut out, &ropt),
+                            "energy_terms" => {
+                                be.reduce(&[Reduction::EnergyTerms { y: &y, target: &x }]).unwrap();
+                            }
+                            _ => {
+                                be.reduce(&[Reduction::NormSq(&y)]).unwrap();
+                            }
+                        }
+                    }
+                    be.wait().unwrap();
+                    t0.elapsed()
+                })
+            });
+        }
         g.throughput(Throughput::Elements(1));
-        g.bench_function(BenchmarkId::new("inv_sqrt_newton_schulz", format!("k{k}")), |b| {
+        g.bench_function(BenchmarkId::new("inv_sqrt_newton_schulz", format!("{p}x{k}")), |b| {
             b.iter_custom(|n| {
                 let t0 = Instant::now();
                 for _ in 0..n {
