@@ -22,7 +22,10 @@ fn randn(p: usize, k: usize, seed: u64) -> DMatrix<f64> {
 }
 
 fn backend() -> Option<GpuBackend> {
-    let ctx = match GpuContext::new(&GpuOptions { allow_software: true, ..Default::default() }) {
+    let ctx = match GpuContext::new(&GpuOptions {
+        allow_software: true,
+        ..Default::default()
+    }) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("gpu benches skipped: {e}");
@@ -36,7 +39,9 @@ fn backend() -> Option<GpuBackend> {
 fn gpu_kernels(c: &mut Criterion) {
     let Some(mut be) = backend() else { return };
     let mut g = c.benchmark_group("gpu_kernels");
-    g.sample_size(10).measurement_time(Duration::from_secs(3)).warm_up_time(Duration::from_secs(1));
+    g.sample_size(10)
+        .measurement_time(Duration::from_secs(3))
+        .warm_up_time(Duration::from_secs(1));
     for (p, k) in SHAPES {
         let y = be.upload(&randn(p, k, 1)).unwrap();
         let x = be.upload(&randn(p, k, 2)).unwrap();
@@ -47,9 +52,21 @@ fn gpu_kernels(c: &mut Criterion) {
         // time: the Gram reads 4·pk bytes, the product moves 8·pk.
         let cases: [(KernelBench, &str, Throughput); 4] = [
             (KernelBench::Gram, "gram_flops", Throughput::Elements(flops)),
-            (KernelBench::MulSmall, "mul_small_flops", Throughput::Elements(flops)),
-            (KernelBench::Lincomb, "lincomb_bytes", Throughput::Bytes(12 * pk)),
-            (KernelBench::DistSq, "dist_sq_bytes", Throughput::Bytes(8 * pk)),
+            (
+                KernelBench::MulSmall,
+                "mul_small_flops",
+                Throughput::Elements(flops),
+            ),
+            (
+                KernelBench::Lincomb,
+                "lincomb_bytes",
+                Throughput::Bytes(12 * pk),
+            ),
+            (
+                KernelBench::DistSq,
+                "dist_sq_bytes",
+                Throughput::Bytes(8 * pk),
+            ),
         ];
         // S must be a valid Gram for the products and the inverse square root
         be.record_kernel(KernelBench::Gram, &y, &x, &mut out);
@@ -69,40 +86,57 @@ fn gpu_kernels(c: &mut Criterion) {
         }
         // whole backend operations, each one read back once (what an iteration is made of)
         g.throughput(Throughput::Bytes(4 * pk));
-        let rule = GradientRule { fid: 0.5, orth: 0.5, simplified: None, projection: Projection::None };
+        let rule = GradientRule {
+            fid: 0.5,
+            orth: 0.5,
+            simplified: None,
+            projection: Projection::None,
+        };
         let ropt = RetractOptions::corrected(Retraction::SoftPolar, 0.5);
-        for op in ["gradient", "retract_corrected", "energy_terms", "readback_only"] {
-            g.bench_function(BenchmarkId::new(format!("op_{op}"), format!("{p}x{k}")), |b| {
+        for op in [
+            "gradient",
+            "retract_corrected",
+            "energy_terms",
+            "readback_only",
+        ] {
+            g.bench_function(
+                BenchmarkId::new(format!("op_{op}"), format!("{p}x{k}")),
+                |b| {
+                    b.iter_custom(|n| {
+                        let t0 = Instant::now();
+                        for _ in 0..n {
+                            match op {
+                                "gradient" => be.gradient(&y, &x, &rule, &mut out),
+                                "retract_corrected" => be.retract(&y, &mut out, &ropt),
+                                "energy_terms" => {
+                                    be.reduce(&[Reduction::EnergyTerms { y: &y, target: &x }])
+                                        .unwrap();
+                                }
+                                _ => {
+                                    be.reduce(&[Reduction::NormSq(&y)]).unwrap();
+                                }
+                            }
+                        }
+                        be.wait().unwrap();
+                        t0.elapsed()
+                    })
+                },
+            );
+        }
+        g.throughput(Throughput::Elements(1));
+        g.bench_function(
+            BenchmarkId::new("inv_sqrt_newton_schulz", format!("{p}x{k}")),
+            |b| {
                 b.iter_custom(|n| {
                     let t0 = Instant::now();
                     for _ in 0..n {
-                        match op {
-                            "gradient" => be.gradient(&y, &x, &rule, &mut out),
-                            "retract_corrected" => be.retract(&y, &mut out, &ropt),
-                            "energy_terms" => {
-                                be.reduce(&[Reduction::EnergyTerms { y: &y, target: &x }]).unwrap();
-                            }
-                            _ => {
-                                be.reduce(&[Reduction::NormSq(&y)]).unwrap();
-                            }
-                        }
+                        be.record_kernel(KernelBench::InvSqrt, &y, &x, &mut out);
                     }
                     be.wait().unwrap();
                     t0.elapsed()
                 })
-            });
-        }
-        g.throughput(Throughput::Elements(1));
-        g.bench_function(BenchmarkId::new("inv_sqrt_newton_schulz", format!("{p}x{k}")), |b| {
-            b.iter_custom(|n| {
-                let t0 = Instant::now();
-                for _ in 0..n {
-                    be.record_kernel(KernelBench::InvSqrt, &y, &x, &mut out);
-                }
-                be.wait().unwrap();
-                t0.elapsed()
-            })
-        });
+            },
+        );
     }
     g.finish();
 }
@@ -113,7 +147,9 @@ fn gpu_flow(c: &mut Criterion) {
         return;
     }
     let mut g = c.benchmark_group("gpu_flow");
-    g.sample_size(10).measurement_time(Duration::from_secs(10)).warm_up_time(Duration::from_secs(1));
+    g.sample_size(10)
+        .measurement_time(Duration::from_secs(10))
+        .warm_up_time(Duration::from_secs(1));
     for (p, k) in SHAPES {
         let y0 = randn(p, k, 1).abs();
         let x0 = randn(p, k, 2).abs();
@@ -134,7 +170,8 @@ fn gpu_flow(c: &mut Criterion) {
                         let mut total = Duration::ZERO;
                         for _ in 0..n {
                             let res = nsa_flow(black_box(&y0), Some(&x0), &params).unwrap();
-                            total += Duration::from_secs_f64(res.seconds / res.iterations.max(1) as f64);
+                            total +=
+                                Duration::from_secs_f64(res.seconds / res.iterations.max(1) as f64);
                         }
                         total
                     })

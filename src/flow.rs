@@ -3,10 +3,10 @@
 
 use crate::backend::cpu::CpuBackend;
 use crate::backend::gpu::GpuBackend;
-use crate::gpu::{GpuContext, GpuOptions};
 use crate::backend::{Backend, GradientRule, Projection, Reduction, UpdateRule};
 use crate::energy::EnergyTerms;
 use crate::error::{NsaError, Result};
+use crate::gpu::{GpuContext, GpuOptions};
 use crate::params::{
     BackendChoice, LearningRate, Mode, NonNeg, OptimizerKind, Params, Precision, Retraction,
 };
@@ -82,7 +82,10 @@ pub fn gpu_backend_for(params: &Params) -> Result<Option<GpuBackend>> {
     };
     match params.backend {
         BackendChoice::Cpu => Ok(None),
-        BackendChoice::Gpu => Ok(Some(GpuBackend::new(GpuContext::shared(&options)?, params.precision)?)),
+        BackendChoice::Gpu => Ok(Some(GpuBackend::new(
+            GpuContext::shared(&options)?,
+            params.precision,
+        )?)),
         BackendChoice::Auto => {
             let ctx = match GpuContext::shared(&options) {
                 Ok(ctx) => ctx,
@@ -428,7 +431,11 @@ fn solve_reference<B: Backend, F: FnMut(&IterInfo) -> Control>(
         // speculatively in the same readback (its candidates depend only on `best` and `ynew`,
         // both known now), so a run that keeps backtracking still reads back once per
         // iteration. The results are identical; only device work is spent.
-        let speculate = if prev_backtracked && batch > 1 { batch.min(MAX_BT) } else { 0 };
+        let speculate = if prev_backtracked && batch > 1 {
+            batch.min(MAX_BT)
+        } else {
+            0
+        };
         for j in 0..speculate {
             let a = 0.5f64.powi((j + 1) as i32);
             be.lerp(&best, &ynew, a, &mut cand[j]);

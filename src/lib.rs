@@ -54,8 +54,8 @@ pub use params::{
 pub use result::{
     sparsity, Certificate, Control, IterInfo, NsaResult, Scaling, StopReason, TraceRow,
 };
-pub use verify::{verify, VerifyReport};
 pub use retract::{inv_sqrt_sym, retract, retract_in, RetractOptions};
+pub use verify::{verify, VerifyReport};
 
 /// Checks that a matrix is non-empty and finite (the check every entry point applies).
 ///

@@ -38,7 +38,15 @@ impl VerifyReport {
 
 impl fmt::Display for VerifyReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        writeln!(f, "cpu: {} ({} iterations, best {}, stop {}, {:.3} s)", self.cpu.backend, self.cpu.iterations, self.cpu.best_iteration, self.cpu.stop_reason, self.cpu.seconds)?;
+        writeln!(
+            f,
+            "cpu: {} ({} iterations, best {}, stop {}, {:.3} s)",
+            self.cpu.backend,
+            self.cpu.iterations,
+            self.cpu.best_iteration,
+            self.cpu.stop_reason,
+            self.cpu.seconds
+        )?;
         writeln!(
             f,
             "gpu: {} ({} iterations, best {}, stop {}, {:.3} s, {} readbacks)",
@@ -50,9 +58,17 @@ impl fmt::Display for VerifyReport {
             self.gpu.readbacks.unwrap_or(0)
         )?;
         writeln!(f, "Y relative difference: {:.3e}", self.y_rel_diff)?;
-        write!(f, "largest energy relative difference: {:.3e}", self.max_energy_rel_diff)?;
+        write!(
+            f,
+            "largest energy relative difference: {:.3e}",
+            self.max_energy_rel_diff
+        )?;
         if let Some(it) = self.first_divergence {
-            write!(f, "\nenergies first differ by more than {:.0e} at iteration {it}", self.energy_tol)?;
+            write!(
+                f,
+                "\nenergies first differ by more than {:.0e} at iteration {it}",
+                self.energy_tol
+            )?;
         }
         Ok(())
     }
@@ -69,9 +85,28 @@ impl fmt::Display for VerifyReport {
 /// println!("{report}");
 /// assert!(report.agrees(1e-8));
 /// ```
-pub fn verify(y0: &DMatrix<f64>, x0: Option<&DMatrix<f64>>, params: &Params) -> Result<VerifyReport> {
-    let cpu = nsa_flow(y0, x0, &Params { backend: BackendChoice::Cpu, gpu_adapter: None, ..params.clone() })?;
-    let gpu = nsa_flow(y0, x0, &Params { backend: BackendChoice::Gpu, ..params.clone() })?;
+pub fn verify(
+    y0: &DMatrix<f64>,
+    x0: Option<&DMatrix<f64>>,
+    params: &Params,
+) -> Result<VerifyReport> {
+    let cpu = nsa_flow(
+        y0,
+        x0,
+        &Params {
+            backend: BackendChoice::Cpu,
+            gpu_adapter: None,
+            ..params.clone()
+        },
+    )?;
+    let gpu = nsa_flow(
+        y0,
+        x0,
+        &Params {
+            backend: BackendChoice::Gpu,
+            ..params.clone()
+        },
+    )?;
     let y_rel_diff = (&gpu.y - &cpu.y).norm() / cpu.y.norm().max(f64::MIN_POSITIVE);
     let energy_tol = match params.precision {
         crate::params::Precision::F64 => 1e-8,
@@ -84,7 +119,8 @@ pub fn verify(y0: &DMatrix<f64>, x0: Option<&DMatrix<f64>>, params: &Params) -> 
             first_divergence.get_or_insert(a.iter.min(b.iter));
             break;
         }
-        let d = (a.total_energy - b.total_energy).abs() / a.total_energy.abs().max(f64::MIN_POSITIVE);
+        let d =
+            (a.total_energy - b.total_energy).abs() / a.total_energy.abs().max(f64::MIN_POSITIVE);
         let d = if d.is_nan() { f64::INFINITY } else { d };
         max_energy_rel_diff = max_energy_rel_diff.max(d);
         if d > energy_tol {

@@ -118,11 +118,19 @@ fn gram_info(y: &M) -> GramInfo {
     let s = y.transpose() * y;
     let tr = s.trace();
     let e = SymmetricEigen::new(s).eigenvalues;
-    let (lo, hi) = e.iter().fold((f64::INFINITY, 0.0f64), |(lo, hi), &v| (lo.min(v), hi.max(v)));
+    let (lo, hi) = e.iter().fold((f64::INFINITY, 0.0f64), |(lo, hi), &v| {
+        (lo.min(v), hi.max(v))
+    });
     if lo <= 0.0 {
-        GramInfo { kappa: f64::INFINITY, reg: f64::INFINITY }
+        GramInfo {
+            kappa: f64::INFINITY,
+            reg: f64::INFINITY,
+        }
     } else {
-        GramInfo { kappa: hi / lo, reg: tr / (k as f64 * lo) }
+        GramInfo {
+            kappa: hi / lo,
+            reg: tr / (k as f64 * lo),
+        }
     }
 }
 
@@ -174,19 +182,32 @@ impl Report {
         self.checks += 1;
         let pass = err <= tol;
         if !pass {
-            self.failures
-                .push(format!("{op} [{case}]: error {err:.3e} > tolerance {tol:.3e}"));
+            self.failures.push(format!(
+                "{op} [{case}]: error {err:.3e} > tolerance {tol:.3e}"
+            ));
         }
         let key = |e: f64| if e.is_nan() { f64::INFINITY } else { e };
         match self.worst.iter_mut().find(|w| w.0 == op) {
             Some(w) => {
                 // keep the case closest to (or furthest past) its tolerance
-                let ratio = |e: f64, t: f64| if t > 0.0 { key(e) / t } else if e == 0.0 { 0.0 } else { f64::INFINITY };
-                if ratio(err, tol) > ratio(w.1, w.2) || (ratio(err, tol) == ratio(w.1, w.2) && key(err) > key(w.1)) {
+                let ratio = |e: f64, t: f64| {
+                    if t > 0.0 {
+                        key(e) / t
+                    } else if e == 0.0 {
+                        0.0
+                    } else {
+                        f64::INFINITY
+                    }
+                };
+                if ratio(err, tol) > ratio(w.1, w.2)
+                    || (ratio(err, tol) == ratio(w.1, w.2) && key(err) > key(w.1))
+                {
                     *w = (op.to_string(), err, tol, case.to_string());
                 }
             }
-            None => self.worst.push((op.to_string(), err, tol, case.to_string())),
+            None => self
+                .worst
+                .push((op.to_string(), err, tol, case.to_string())),
         }
     }
 
@@ -254,16 +275,28 @@ fn reduce_on<B: Backend>(b: &mut B, mats: &[M], reqs: &[R]) -> Vec<f64> {
     let rs: Vec<Reduction<'_, B::Mat>> = reqs
         .iter()
         .map(|r| match *r {
-            R::Energy(y, t) => Reduction::EnergyTerms { y: &dev[y], target: &dev[t] },
+            R::Energy(y, t) => Reduction::EnergyTerms {
+                y: &dev[y],
+                target: &dev[t],
+            },
             R::NormSq(a) => Reduction::NormSq(&dev[a]),
             R::Dot(a, c) => Reduction::Dot(&dev[a], &dev[c]),
             R::AllFinite(a) => Reduction::AllFinite(&dev[a]),
             R::DistSq(a, c) => Reduction::DistSq(&dev[a], &dev[c]),
-            R::GradMap(y, g, t, clamp) => Reduction::GradMapSq { y: &dev[y], g: &dev[g], t, clamp },
+            R::GradMap(y, g, t, clamp) => Reduction::GradMapSq {
+                y: &dev[y],
+                g: &dev[g],
+                t,
+                clamp,
+            },
         })
         .collect();
     let out = b.reduce(&rs).expect("reduce");
-    assert_eq!(out.len(), rs.iter().map(|r| r.width()).sum::<usize>(), "reduce: answer width");
+    assert_eq!(
+        out.len(),
+        rs.iter().map(|r| r.width()).sum::<usize>(),
+        "reduce: answer width"
+    );
     out
 }
 
@@ -310,7 +343,14 @@ fn gradient_on<B: Backend>(b: &mut B, y: &M, x0: &M, rule: &GradientRule) -> M {
 }
 
 /// One optimizer step; returns (out, state[0] after the step).
-fn step_on<B: Backend>(b: &mut B, rule: &UpdateRule, param: &M, grad: &M, state: &M, lr: f64) -> (M, M) {
+fn step_on<B: Backend>(
+    b: &mut B,
+    rule: &UpdateRule,
+    param: &M,
+    grad: &M,
+    state: &M,
+    lr: f64,
+) -> (M, M) {
     let (dp, dg) = (up(b, param), up(b, grad));
     let mut st = vec![up(b, state)];
     let mut d = b.zeros(param.nrows(), param.ncols()).unwrap();
@@ -345,7 +385,13 @@ fn scales(mats: &[M], reqs: &[R], values: &[f64]) -> Vec<f64> {
     let mut at = 0;
     for r in reqs {
         match *r {
-            R::Dot(a, b) => out.push(mats[a].iter().zip(mats[b].iter()).map(|(x, y)| (x * y).abs()).sum()),
+            R::Dot(a, b) => out.push(
+                mats[a]
+                    .iter()
+                    .zip(mats[b].iter())
+                    .map(|(x, y)| (x * y).abs())
+                    .sum(),
+            ),
             R::Energy(..) => out.extend(values[at..at + 4].iter().map(|v| v.abs())),
             _ => out.push(values[at].abs()),
         }
@@ -359,7 +405,13 @@ fn scales(mats: &[M], reqs: &[R], values: &[f64]) -> Vec<f64> {
 
 fn req_name(r: &R, i: usize) -> String {
     match r {
-        R::Energy(..) => ["EnergyTerms.dist_sq", "EnergyTerms.gram_fro_sq", "EnergyTerms.gram_diag_sq", "EnergyTerms.norm_sq"][i].into(),
+        R::Energy(..) => [
+            "EnergyTerms.dist_sq",
+            "EnergyTerms.gram_fro_sq",
+            "EnergyTerms.gram_diag_sq",
+            "EnergyTerms.norm_sq",
+        ][i]
+            .into(),
         R::NormSq(_) => "NormSq".into(),
         R::Dot(..) => "Dot".into(),
         R::AllFinite(_) => "AllFinite".into(),
@@ -370,7 +422,15 @@ fn req_name(r: &R, i: usize) -> String {
 }
 
 /// Compares a GPU reduce batch with the CPU's, entry by entry.
-fn compare_reduce(rep: &mut Report, g: &mut GpuBackend, prec: Precision, mats: &[M], reqs: &[R], case: &str, prefix: &str) -> Vec<f64> {
+fn compare_reduce(
+    rep: &mut Report,
+    g: &mut GpuBackend,
+    prec: Precision,
+    mats: &[M],
+    reqs: &[R],
+    case: &str,
+    prefix: &str,
+) -> Vec<f64> {
     let got = reduce_on(g, mats, reqs);
     let want = on_cpu!(prec, reduce_on(mats, reqs));
     assert_eq!(got.len(), want.len());
@@ -385,9 +445,16 @@ fn compare_reduce(rep: &mut Report, g: &mut GpuBackend, prec: Precision, mats: &
         for i in 0..w {
             let op = format!("{prefix}{}", req_name(r, i));
             if let R::AllFinite(_) = r {
-                rep.expect(&op, case, got[at] == want[at], || format!("gpu {} cpu {}", got[at], want[at]));
+                rep.expect(&op, case, got[at] == want[at], || {
+                    format!("gpu {} cpu {}", got[at], want[at])
+                });
             } else {
-                rep.check(&op, case, scal_err(got[at + i], want[at + i], sc[at + i]), tol(prec, len));
+                rep.check(
+                    &op,
+                    case,
+                    scal_err(got[at + i], want[at + i], sc[at + i]),
+                    tol(prec, len),
+                );
             }
         }
         at += w;
@@ -396,7 +463,9 @@ fn compare_reduce(rep: &mut Report, g: &mut GpuBackend, prec: Precision, mats: &
 }
 
 fn reductions(name: &str, prec: Precision) {
-    let Some(mut g) = common::gpu_backend(name, prec) else { return };
+    let Some(mut g) = common::gpu_backend(name, prec) else {
+        return;
+    };
     let mut rep = Report::new(name, prec);
     let huge = match prec {
         Precision::F64 => 1e308,
@@ -443,14 +512,29 @@ fn reductions(name: &str, prec: Precision) {
         ];
         let mut single_vals = Vec::new();
         for r in singles {
-            single_vals.extend(compare_reduce(&mut rep, &mut g, prec, &mats, &[r], &case, ""));
+            single_vals.extend(compare_reduce(
+                &mut rep,
+                &mut g,
+                prec,
+                &mats,
+                &[r],
+                &case,
+                "",
+            ));
         }
         for (i, what) in [(2, "NaN+Inf+-Inf"), (3, "NaN last"), (4, "-Inf")] {
             let v = reduce_on(&mut g, &mats, &[R::AllFinite(i)]);
-            rep.expect("AllFinite(non-finite planted)", &case, v == vec![0.0], || format!("{what}: gpu {v:?}, want [0]"));
+            rep.expect(
+                "AllFinite(non-finite planted)",
+                &case,
+                v == vec![0.0],
+                || format!("{what}: gpu {v:?}, want [0]"),
+            );
         }
         let v = reduce_on(&mut g, &mats, &[R::AllFinite(5)]);
-        rep.expect("AllFinite(huge finite)", &case, v == vec![1.0], || format!("gpu {v:?}, want [1]"));
+        rep.expect("AllFinite(huge finite)", &case, v == vec![1.0], || {
+            format!("gpu {v:?}, want [1]")
+        });
 
         // all of them in one batch, with the non-finite flags interleaved: the ordering of
         // the concatenated answer must follow the requests
@@ -480,15 +564,24 @@ fn reductions(name: &str, prec: Precision) {
             .iter()
             .zip(&from_singles)
             .all(|(x, y)| (x - y).abs() <= tol(prec, n) * y.abs().max(1e-300));
-        rep.expect("batch vs single requests", &case, same, || format!("batch {from_batch:?}\nsingles {from_singles:?}"));
-        rep.expect("batch/AllFinite(non-finite planted)", &case, got[0] == 0.0 && got[16] == 0.0, || format!("{got:?}"));
+        rep.expect("batch vs single requests", &case, same, || {
+            format!("batch {from_batch:?}\nsingles {from_singles:?}")
+        });
+        rep.expect(
+            "batch/AllFinite(non-finite planted)",
+            &case,
+            got[0] == 0.0 && got[16] == 0.0,
+            || format!("{got:?}"),
+        );
     }
 
     // more requests than one readback holds (192 slots): 60 EnergyTerms (240 numbers) and
     // NormSq in between, answered over several round trips, still in order
     for (p, k) in [(65, 3), (1031, 17)] {
         let case = format!("{} long batch", shape_case(p, k));
-        let mats: Vec<M> = (0..8).map(|i| common::randn(p, k, 100 + i).map(|v| v * (1.0 + i as f64))).collect();
+        let mats: Vec<M> = (0..8)
+            .map(|i| common::randn(p, k, 100 + i).map(|v| v * (1.0 + i as f64)))
+            .collect();
         let mut reqs = Vec::new();
         for i in 0..60 {
             reqs.push(R::Energy(i % 8, (i + 3) % 8));
@@ -519,8 +612,8 @@ fn reductions_f32() {
 /// Entries that exercise softplus's branches: far below −20 (e^x underflowing to 0 in both
 /// precisions at −1000), around the threshold, around 0 (both signs of zero), above 20.
 const SPECIAL: [f64; 22] = [
-    -1000.0, -300.0, -80.0, -45.0, -30.0, -20.5, -20.0, -19.99, -5.0, -1.0, -1e-3, -1e-7, -0.0, 0.0, 1e-7, 1e-3, 0.5,
-    5.0, 19.99, 20.0, 20.0001, 1000.0,
+    -1000.0, -300.0, -80.0, -45.0, -30.0, -20.5, -20.0, -19.99, -5.0, -1.0, -1e-3, -1e-7, -0.0,
+    0.0, 1e-7, 1e-3, 0.5, 5.0, 19.99, 20.0, 20.0001, 1000.0,
 ];
 
 /// The smallest positive normal number of `prec`.
@@ -545,14 +638,24 @@ fn softplus_err(x: &M, got: &M, want: &M, prec: Precision) -> f64 {
     let mut worst = 0.0f64;
     for ((xv, gv), cv) in x.iter().zip(got.iter()).zip(want.iter()) {
         let d = (gv - cv).abs();
-        let e = if d == 0.0 { 0.0 } else { d / cv.abs().max(floor) / (1.0 + xv.abs()) };
-        worst = if e.is_nan() || worst.is_nan() { f64::NAN } else { worst.max(e) };
+        let e = if d == 0.0 {
+            0.0
+        } else {
+            d / cv.abs().max(floor) / (1.0 + xv.abs())
+        };
+        worst = if e.is_nan() || worst.is_nan() {
+            f64::NAN
+        } else {
+            worst.max(e)
+        };
     }
     worst
 }
 
 fn elementwise(name: &str, prec: Precision) {
-    let Some(mut g) = common::gpu_backend(name, prec) else { return };
+    let Some(mut g) = common::gpu_backend(name, prec) else {
+        return;
+    };
     let mut rep = Report::new(name, prec);
     // elementwise results have no reduction: tolerance of a length-1 "sum" (a few roundings)
     let t1 = tol(prec, 1);
@@ -561,7 +664,13 @@ fn elementwise(name: &str, prec: Precision) {
         let n = p * k;
         let x = common::randn(p, k, 21 + n as u64);
         let y = common::randn(p, k, 23 + n as u64).map(|v| 3.0 * v - 1.0);
-        for (a, b) in [(1.0, -0.37), (0.0, 2.5), (-1.25, 0.0), (1e-3, 1e3), (0.5, 0.5)] {
+        for (a, b) in [
+            (1.0, -0.37),
+            (0.0, 2.5),
+            (-1.25, 0.0),
+            (1e-3, 1e3),
+            (0.5, 0.5),
+        ] {
             let c = format!("{case} a={a} b={b}");
             let got = lincomb_on(&mut g, a, &x, b, &y);
             let want = on_cpu!(prec, lincomb_on(a, &x, b, &y));
@@ -591,19 +700,33 @@ fn elementwise(name: &str, prec: Precision) {
         }
         let got = nonneg_on(&mut g, &z, NonNeg::Hard);
         let want = on_cpu!(prec, nonneg_on(&z, NonNeg::Hard));
-        rep.expect("nonneg(hard)", &case, got == want, || "hard clamp differs".into());
+        rep.expect("nonneg(hard)", &case, got == want, || {
+            "hard clamp differs".into()
+        });
         let got = nonneg_on(&mut g, &z, NonNeg::None);
-        rep.expect("nonneg(none)", &case, got == on_cpu!(prec, nonneg_on(&z, NonNeg::None)), || "none changed values".into());
+        rep.expect(
+            "nonneg(none)",
+            &case,
+            got == on_cpu!(prec, nonneg_on(&z, NonNeg::None)),
+            || "none changed values".into(),
+        );
         let got = nonneg_on(&mut g, &z, NonNeg::Softplus);
         let want = on_cpu!(prec, nonneg_on(&z, NonNeg::Softplus));
-        rep.check("nonneg(softplus) entrywise", &case, softplus_err(&z, &got, &want, prec), t1);
+        rep.check(
+            "nonneg(softplus) entrywise",
+            &case,
+            softplus_err(&z, &got, &want, prec),
+            t1,
+        );
         // exact zeros (softplus(−1000) underflows) and signs agree wherever the result is a
         // normal number
         let zero_ok = got
             .iter()
             .zip(want.iter())
             .all(|(a, b)| *a >= 0.0 && (b.abs() < min_normal(prec) || (*a == 0.0) == (*b == 0.0)));
-        rep.expect("nonneg(softplus) zeros/sign", &case, zero_ok, || "zero pattern differs".into());
+        rep.expect("nonneg(softplus) zeros/sign", &case, zero_ok, || {
+            "zero pattern differs".into()
+        });
     }
     rep.finish();
 }
@@ -635,7 +758,9 @@ fn sgdp_cosines(param: &M, grad: &M, eps: f64) -> (f64, f64) {
 }
 
 fn optimizer(name: &str, prec: Precision) {
-    let Some(mut g) = common::gpu_backend(name, prec) else { return };
+    let Some(mut g) = common::gpu_backend(name, prec) else {
+        return;
+    };
     let mut rep = Report::new(name, prec);
     let delta = 0.1;
     let eps = 1e-8;
@@ -686,15 +811,25 @@ fn optimizer(name: &str, prec: Precision) {
         let thr_row = delta / (k as f64).sqrt();
         let thr_all = delta / (n as f64).sqrt();
         let (r_a, w_a) = sgdp_cosines(&param, &g_plain, eps);
-        assert!(r_a > 2.0 * thr_row && w_a > 2.0 * thr_all, "case (a) must not project: {r_a} {w_a}");
+        assert!(
+            r_a > 2.0 * thr_row && w_a > 2.0 * thr_all,
+            "case (a) must not project: {r_a} {w_a}"
+        );
         let (r_b, _) = sgdp_cosines(&param_b, &g_rows, eps);
         assert!(r_b < 1e-3 * thr_row, "case (b) must project per row: {r_b}");
         let (r_c, w_c) = sgdp_cosines(&param, &g_whole, eps);
         if p > 1 {
-            assert!(r_c > 2.0 * thr_row && w_c < 1e-3 * thr_all, "case (c) must project the whole matrix: {r_c} {w_c}");
+            assert!(
+                r_c > 2.0 * thr_row && w_c < 1e-3 * thr_all,
+                "case (c) must project the whole matrix: {r_c} {w_c}"
+            );
         }
 
-        for (branch, pm, gr) in [("plain", &param, &g_plain), ("row-proj", &param_b, &g_rows), ("whole-proj", &param, &g_whole)] {
+        for (branch, pm, gr) in [
+            ("plain", &param, &g_plain),
+            ("row-proj", &param_b, &g_rows),
+            ("whole-proj", &param, &g_whole),
+        ] {
             for nesterov in [false, true] {
                 for weight_decay in [0.0, 1e-2] {
                     for (momentum, dampening) in [(0.9, 0.0), (0.5, 0.1)] {
@@ -702,14 +837,32 @@ fn optimizer(name: &str, prec: Precision) {
                         if p >= P_LONG && (weight_decay == 0.0 || momentum != 0.9) {
                             continue;
                         }
-                        let rule = UpdateRule::Sgdp { momentum, dampening, eps, weight_decay, delta, wd_ratio: 0.1, nesterov };
+                        let rule = UpdateRule::Sgdp {
+                            momentum,
+                            dampening,
+                            eps,
+                            weight_decay,
+                            delta,
+                            wd_ratio: 0.1,
+                            nesterov,
+                        };
                         let c = format!("{case} {branch} nesterov={nesterov} wd={weight_decay} mu={momentum} damp={dampening}");
                         let (got, got_s) = step_on(&mut g, &rule, pm, gr, &state0, lr);
                         let (want, want_s) = on_cpu!(prec, step_on(&rule, pm, gr, &state0, lr));
                         // the projection sums over a row (k) or the whole matrix (p·k)
                         let t = tol(prec, n);
-                        rep.check(&format!("sgdp out ({branch})"), &c, common::rel_fro(&got, &want), t);
-                        rep.check("sgdp state[0]", &c, common::rel_fro(&got_s, &want_s), tol(prec, 1));
+                        rep.check(
+                            &format!("sgdp out ({branch})"),
+                            &c,
+                            common::rel_fro(&got, &want),
+                            t,
+                        );
+                        rep.check(
+                            "sgdp state[0]",
+                            &c,
+                            common::rel_fro(&got_s, &want_s),
+                            tol(prec, 1),
+                        );
                     }
                 }
             }
@@ -754,7 +907,10 @@ fn gradient_scale(y: &M, x0: &M, rule: &GradientRule) -> f64 {
         }
     };
     let mag = rule.fid.abs() * (y - x0).norm() + orth;
-    let lmax = SymmetricEigen::new(s).eigenvalues.iter().fold(0.0f64, |m, &v| m.max(v));
+    let lmax = SymmetricEigen::new(s)
+        .eigenvalues
+        .iter()
+        .fold(0.0f64, |m, &v| m.max(v));
     match rule.projection {
         Projection::None => mag,
         Projection::ReferenceOrthOnly | Projection::ReferenceFull => mag * (1.0 + lmax),
@@ -763,14 +919,21 @@ fn gradient_scale(y: &M, x0: &M, rule: &GradientRule) -> f64 {
 }
 
 fn gradient(name: &str, prec: Precision) {
-    let Some(mut g) = common::gpu_backend(name, prec) else { return };
+    let Some(mut g) = common::gpu_backend(name, prec) else {
+        return;
+    };
     let mut rep = Report::new(name, prec);
-    let projections = [Projection::None, Projection::ReferenceOrthOnly, Projection::ReferenceFull, Projection::PolarFull];
+    let projections = [
+        Projection::None,
+        Projection::ReferenceOrthOnly,
+        Projection::ReferenceFull,
+        Projection::PolarFull,
+    ];
     // (fid, orth, simplified)
     let coefs: [(f64, f64, Option<f64>); 6] = [
         (1.0, 0.5, None),
-        (0.7, 0.0, None),      // orth = 0: the orthogonality part is off
-        (0.0, 2.0, None),      // fid = 0: the orthogonality part alone
+        (0.7, 0.0, None),       // orth = 0: the orthogonality part is off
+        (0.0, 2.0, None),       // fid = 0: the orthogonality part alone
         (1.0, 0.3, Some(0.05)), // simplified: the off-diagonal Gram term with c, orth ignored
         (1.0, 0.0, Some(0.05)),
         (1.0, 0.3, Some(0.0)), // simplified with c = 0: off
@@ -795,7 +958,11 @@ fn gradient(name: &str, prec: Precision) {
             if proj == Projection::PolarFull && k > p {
                 continue;
             }
-            let t = if proj == Projection::PolarFull { inv_sqrt_tol(prec, n, gi, false) } else { tol(prec, n) };
+            let t = if proj == Projection::PolarFull {
+                inv_sqrt_tol(prec, n, gi, false)
+            } else {
+                tol(prec, n)
+            };
             let mut cases: Vec<(f64, f64, Option<f64>, &M, &str)> = Vec::new();
             for (i, &(fid, orth, simplified)) in coefs.iter().enumerate() {
                 if !long || i == 0 || i == 3 {
@@ -806,12 +973,24 @@ fn gradient(name: &str, prec: Precision) {
                 cases.push((1.0, 0.5, None, &tiny, " (|Y|²≤1e-12)"));
             }
             for (fid, orth, simplified, yy, tag) in cases {
-                let rule = GradientRule { fid, orth, simplified, projection: proj };
-                let c = format!("p={p} k={k} fid={fid} orth={orth} simplified={simplified:?} kappa={kappa:.1e}");
+                let rule = GradientRule {
+                    fid,
+                    orth,
+                    simplified,
+                    projection: proj,
+                };
+                let c = format!(
+                    "p={p} k={k} fid={fid} orth={orth} simplified={simplified:?} kappa={kappa:.1e}"
+                );
                 let got = gradient_on(&mut g, yy, &x0, &rule);
                 let want = on_cpu!(prec, gradient_on(yy, &x0, &rule));
                 let scale = want.norm().max(gradient_scale(yy, &x0, &rule));
-                rep.check(&format!("gradient {proj:?}{tag}"), &c, (&got - &want).norm() / scale, t);
+                rep.check(
+                    &format!("gradient {proj:?}{tag}"),
+                    &c,
+                    (&got - &want).norm() / scale,
+                    t,
+                );
             }
         }
     }
@@ -837,39 +1016,82 @@ fn retract_cases() -> Vec<(&'static str, String, RetractOptions, bool)> {
     use InvSqrtMethod::*;
     let mut v = Vec::new();
     for w in [0.3, 1.0] {
-        for (label, m, ns) in [("eig", Eig, None), ("ns4", NewtonSchulz, Some(4)), ("ns10", NewtonSchulz, Some(10)), ("diag", Diag, None), ("auto", Auto, None)] {
+        for (label, m, ns) in [
+            ("eig", Eig, None),
+            ("ns4", NewtonSchulz, Some(4)),
+            ("ns10", NewtonSchulz, Some(10)),
+            ("diag", Diag, None),
+            ("auto", Auto, None),
+        ] {
             v.push((
                 "reference soft_polar",
                 format!("w={w} {label}"),
-                RetractOptions { inv_method: m, ns_iter: ns, ..RetractOptions::reference(Retraction::SoftPolar, w) },
+                RetractOptions {
+                    inv_method: m,
+                    ns_iter: ns,
+                    ..RetractOptions::reference(Retraction::SoftPolar, w)
+                },
                 w == 0.3 && label != "ns10" && label != "auto",
             ));
         }
-        for (label, m) in [("eig", Eig), ("ns", NewtonSchulz), ("diag", Diag), ("auto", Auto)] {
+        for (label, m) in [
+            ("eig", Eig),
+            ("ns", NewtonSchulz),
+            ("diag", Diag),
+            ("auto", Auto),
+        ] {
             v.push((
                 "corrected soft_polar",
                 format!("w={w} {label}"),
-                RetractOptions { inv_method: m, ..RetractOptions::corrected(Retraction::SoftPolar, w) },
+                RetractOptions {
+                    inv_method: m,
+                    ..RetractOptions::corrected(Retraction::SoftPolar, w)
+                },
                 w == 0.3 && label == "ns",
             ));
         }
     }
-    v.push(("reference polar", String::new(), RetractOptions::reference(Retraction::Polar, 1.0), true));
-    for (label, m) in [("eig", Eig), ("ns", NewtonSchulz), ("diag", Diag), ("auto", Auto)] {
+    v.push((
+        "reference polar",
+        String::new(),
+        RetractOptions::reference(Retraction::Polar, 1.0),
+        true,
+    ));
+    for (label, m) in [
+        ("eig", Eig),
+        ("ns", NewtonSchulz),
+        ("diag", Diag),
+        ("auto", Auto),
+    ] {
         v.push((
             "corrected polar",
             label.to_string(),
-            RetractOptions { inv_method: m, ..RetractOptions::corrected(Retraction::Polar, 1.0) },
+            RetractOptions {
+                inv_method: m,
+                ..RetractOptions::corrected(Retraction::Polar, 1.0)
+            },
             label == "auto",
         ));
     }
-    v.push(("identity", "none".into(), RetractOptions::reference(Retraction::None, 1.0), true));
-    v.push(("identity", "soft_polar w=0".into(), RetractOptions::reference(Retraction::SoftPolar, 0.0), true));
+    v.push((
+        "identity",
+        "none".into(),
+        RetractOptions::reference(Retraction::None, 1.0),
+        true,
+    ));
+    v.push((
+        "identity",
+        "soft_polar w=0".into(),
+        RetractOptions::reference(Retraction::SoftPolar, 0.0),
+        true,
+    ));
     v
 }
 
 fn retraction(name: &str, prec: Precision) {
-    let Some(mut g) = common::gpu_backend(name, prec) else { return };
+    let Some(mut g) = common::gpu_backend(name, prec) else {
+        return;
+    };
     let mut rep = Report::new(name, prec);
     let cases = retract_cases();
     for (p, k) in shapes() {
@@ -893,17 +1115,25 @@ fn retraction(name: &str, prec: Precision) {
             let got = retract_on(&mut g, &y, o);
             let want = on_cpu!(prec, retract_on(&y, o));
             if identity {
-                rep.expect("retract identity (none, w=0)", &c, got == want, || "differs".into());
+                rep.expect("retract identity (none, w=0)", &c, got == want, || {
+                    "differs".into()
+                });
                 continue;
             }
             // the diagonal soft-polar inverts nothing ill-conditioned; the others go through
             // (YᵀY)^{-1/2}, the device's reference polar through (YᵀY + δI)^{-1/2}
-            let t = if o.inv_method == InvSqrtMethod::Diag && o.retraction == Retraction::SoftPolar {
+            let t = if o.inv_method == InvSqrtMethod::Diag && o.retraction == Retraction::SoftPolar
+            {
                 tol(prec, n)
             } else {
                 inv_sqrt_tol(prec, n, gi, *group == "reference polar")
             };
-            rep.check(&format!("retract {group}"), &c, common::rel_fro(&got, &want), t);
+            rep.check(
+                &format!("retract {group}"),
+                &c,
+                common::rel_fro(&got, &want),
+                t,
+            );
         }
     }
     rep.finish();
@@ -927,7 +1157,13 @@ fn retraction_f32() {
 fn spd(k: usize, kappa: f64, seed: u64) -> M {
     let q = common::randn(k, k, seed).qr().q();
     let lam: Vec<f64> = (0..k)
-        .map(|i| 3.7 * if k == 1 { 1.0 } else { kappa.powf(-(i as f64) / (k - 1) as f64) })
+        .map(|i| {
+            3.7 * if k == 1 {
+                1.0
+            } else {
+                kappa.powf(-(i as f64) / (k - 1) as f64)
+            }
+        })
         .collect();
     let a = &q * M::from_diagonal(&nalgebra::DVector::from_vec(lam)) * q.transpose();
     (&a + a.transpose()) * 0.5
@@ -944,7 +1180,9 @@ fn inv_sqrt_eig(a: &M) -> M {
 }
 
 fn inv_sqrt(name: &str, prec: Precision) {
-    let Some(mut g) = common::gpu_backend(name, prec) else { return };
+    let Some(mut g) = common::gpu_backend(name, prec) else {
+        return;
+    };
     let mut rep = Report::new(name, prec);
     let u = match prec {
         Precision::F64 => EPS64,
@@ -960,7 +1198,9 @@ fn inv_sqrt(name: &str, prec: Precision) {
             }
             let c = format!("k={k} kappa={kappa:.0e}");
             let a = spd(k, kappa, 71 + k as u64);
-            let (t, steps, residual) = g.inv_sqrt_newton_schulz(&a).expect("inv_sqrt_newton_schulz");
+            let (t, steps, residual) = g
+                .inv_sqrt_newton_schulz(&a)
+                .expect("inv_sqrt_newton_schulz");
             // the reference: the exact A^{-1/2} (in f64) of the matrix the device saw (rounded
             // to its precision)
             let seen = match prec {
@@ -973,16 +1213,32 @@ fn inv_sqrt(name: &str, prec: Precision) {
             // ≤ √k·u at κ = 10 and κ·u/20 to κ·u/10 at κ = 1e4, in both precisions), hence the
             // bound u·√k·(16 + κ/4), at least 15× above what is observed; for f64 at least the
             // common 1e-12 (the bound reaches 6e-12 at k = 130, κ = 1e4).
-            let bound = (u * (k as f64).sqrt() * (16.0 + kappa / 4.0)).max(if prec == Precision::F64 { TOL64 } else { 0.0 });
-            rep.check("inv_sqrt_newton_schulz vs eig", &c, common::rel_fro(&t, &want), bound);
+            let bound = (u * (k as f64).sqrt() * (16.0 + kappa / 4.0))
+                .max(if prec == Precision::F64 { TOL64 } else { 0.0 });
+            rep.check(
+                "inv_sqrt_newton_schulz vs eig",
+                &c,
+                common::rel_fro(&t, &want),
+                bound,
+            );
             // the reported residual ‖I − R‖_F/√k: the iteration stops at 8·u·√k, or when it
             // stalls (no longer halving) below 1e-3; allow 8× the stopping tolerance
             let res_bound = 64.0 * u * (k as f64).sqrt();
             rep.check("inv_sqrt_newton_schulz residual", &c, residual, res_bound);
             // k = 1: R₀ = A/s = 1 exactly (s = |A|), converged before the first step
-            let steps_ok = if k == 1 { steps <= 1 } else { (1..100).contains(&steps) };
-            rep.expect("inv_sqrt_newton_schulz steps", &c, steps_ok, || format!("{steps} steps"));
-            eprintln!("   [{}] {c}: {steps} steps, residual {residual:.2e}, error {:.2e}", rep.name, common::rel_fro(&t, &want));
+            let steps_ok = if k == 1 {
+                steps <= 1
+            } else {
+                (1..100).contains(&steps)
+            };
+            rep.expect("inv_sqrt_newton_schulz steps", &c, steps_ok, || {
+                format!("{steps} steps")
+            });
+            eprintln!(
+                "   [{}] {c}: {steps} steps, residual {residual:.2e}, error {:.2e}",
+                rep.name,
+                common::rel_fro(&t, &want)
+            );
         }
     }
     rep.finish();
@@ -998,7 +1254,6 @@ fn inv_sqrt_newton_schulz_f32() {
     inv_sqrt("inv_sqrt_newton_schulz_f32", Precision::F32);
 }
 
-
 // ---------------------------------------------------------------------------------------
 // the tolerances can fail
 // ---------------------------------------------------------------------------------------
@@ -1012,16 +1267,23 @@ fn inv_sqrt_newton_schulz_f32() {
 #[test]
 fn tolerances_reject_wrong_answers_f32() {
     let prec = Precision::F32;
-    let Some(mut g) = common::gpu_backend("tolerances_reject_wrong_answers_f32", prec) else { return };
+    let Some(mut g) = common::gpu_backend("tolerances_reject_wrong_answers_f32", prec) else {
+        return;
+    };
     let start = Instant::now();
     let mut passed_wrongly: Vec<String> = Vec::new();
     let mut least = f64::INFINITY;
     let mut reject = |what: &str, case: &str, err: f64, tol: f64| {
         if err.is_nan() || err <= 3.0 * tol {
-            passed_wrongly.push(format!("{what} [{case}]: error {err:.3e}, tolerance {tol:.3e}"));
+            passed_wrongly.push(format!(
+                "{what} [{case}]: error {err:.3e}, tolerance {tol:.3e}"
+            ));
         }
         least = least.min(err / tol);
-        eprintln!("   wrong {what:<48} [{case}] error {err:.3e} = {:>7.1} × tolerance", err / tol);
+        eprintln!(
+            "   wrong {what:<48} [{case}] error {err:.3e} = {:>7.1} × tolerance",
+            err / tol
+        );
     };
     for (p, k) in [(65, 3), (1031, 17), (65, 64), (P_LONG, 3)] {
         let case = shape_case(p, k);
@@ -1034,7 +1296,12 @@ fn tolerances_reject_wrong_answers_f32() {
         dropped[n - 1] = 0.0;
         let got = reduce_on(&mut g, &[dropped], &[R::NormSq(0)]);
         let want = on_cpu!(prec, reduce_on(&[a.clone()], &[R::NormSq(0)]));
-        reject("NormSq without its last entry", &case, scal_err(got[0], want[0], want[0]), tol(prec, n));
+        reject(
+            "NormSq without its last entry",
+            &case,
+            scal_err(got[0], want[0], want[0]),
+            tol(prec, n),
+        );
         // one row read from the wrong place (the first row replaced by the second)
         let x = common::randn(p, k, 21 + n as u64);
         let mut shifted = x.clone();
@@ -1043,56 +1310,144 @@ fn tolerances_reject_wrong_answers_f32() {
         }
         let got = lincomb_on(&mut g, 1.0, &shifted, -0.37, &a);
         let want = on_cpu!(prec, lincomb_on(1.0, &x, -0.37, &a));
-        reject("lincomb with one wrong row", &case, common::rel_fro(&got, &want), tol(prec, 1));
+        reject(
+            "lincomb with one wrong row",
+            &case,
+            common::rel_fro(&got, &want),
+            tol(prec, 1),
+        );
         let got = lerp_on(&mut g, &x, &a, 0.33);
         let want = on_cpu!(prec, lerp_on(&x, &a, 0.3));
-        reject("lerp with alpha 10% off", &case, common::rel_fro(&got, &want), tol(prec, 1));
+        reject(
+            "lerp with alpha 10% off",
+            &case,
+            common::rel_fro(&got, &want),
+            tol(prec, 1),
+        );
         if p >= P_LONG {
             continue;
         }
         let y = common::randn(p, k, 51 + n as u64).map(|v| v.abs() + 0.1 * v);
         let x0 = common::randn(p, k, 53 + n as u64).map(f64::abs);
         let gi = gram_info(&y);
-        let rule = GradientRule { fid: 1.0, orth: 0.5, simplified: None, projection: Projection::ReferenceFull };
+        let rule = GradientRule {
+            fid: 1.0,
+            orth: 0.5,
+            simplified: None,
+            projection: Projection::ReferenceFull,
+        };
         let pure_orth = GradientRule { fid: 0.0, ..rule };
         for (what, right, wrong) in [
-            ("gradient with fid 10% off", rule, GradientRule { fid: 1.1, ..rule }),
-            ("gradient (fid=0) with orth 10% off", pure_orth, GradientRule { orth: 0.55, ..pure_orth }),
-            ("gradient ReferenceOrthOnly for ReferenceFull", rule, GradientRule { projection: Projection::ReferenceOrthOnly, ..rule }),
-            ("gradient PolarFull for ReferenceFull", rule, GradientRule { projection: Projection::PolarFull, ..rule }),
-            ("gradient None for PolarFull", GradientRule { projection: Projection::PolarFull, ..rule }, GradientRule { projection: Projection::None, ..rule }),
+            (
+                "gradient with fid 10% off",
+                rule,
+                GradientRule { fid: 1.1, ..rule },
+            ),
+            (
+                "gradient (fid=0) with orth 10% off",
+                pure_orth,
+                GradientRule {
+                    orth: 0.55,
+                    ..pure_orth
+                },
+            ),
+            (
+                "gradient ReferenceOrthOnly for ReferenceFull",
+                rule,
+                GradientRule {
+                    projection: Projection::ReferenceOrthOnly,
+                    ..rule
+                },
+            ),
+            (
+                "gradient PolarFull for ReferenceFull",
+                rule,
+                GradientRule {
+                    projection: Projection::PolarFull,
+                    ..rule
+                },
+            ),
+            (
+                "gradient None for PolarFull",
+                GradientRule {
+                    projection: Projection::PolarFull,
+                    ..rule
+                },
+                GradientRule {
+                    projection: Projection::None,
+                    ..rule
+                },
+            ),
         ] {
             let want = on_cpu!(prec, gradient_on(&y, &x0, &right));
             let scale = want.norm().max(gradient_scale(&y, &x0, &right));
             let got = gradient_on(&mut g, &y, &x0, &wrong);
-            let t = if right.projection == Projection::PolarFull { inv_sqrt_tol(prec, n, gi, false) } else { tol(prec, n) };
+            let t = if right.projection == Projection::PolarFull {
+                inv_sqrt_tol(prec, n, gi, false)
+            } else {
+                tol(prec, n)
+            };
             reject(what, &case, (&got - &want).norm() / scale, t);
         }
 
         let right = RetractOptions::reference(Retraction::SoftPolar, 0.3);
         let want = on_cpu!(prec, retract_on(&y, &right));
         for (what, wrong) in [
-            ("retract corrected style for reference", RetractOptions::corrected(Retraction::SoftPolar, 0.3)),
-            ("retract w 10% off", RetractOptions::reference(Retraction::SoftPolar, 0.33)),
-            ("retract diag for eig", RetractOptions { inv_method: InvSqrtMethod::Diag, ..right.clone() }),
+            (
+                "retract corrected style for reference",
+                RetractOptions::corrected(Retraction::SoftPolar, 0.3),
+            ),
+            (
+                "retract w 10% off",
+                RetractOptions::reference(Retraction::SoftPolar, 0.33),
+            ),
+            (
+                "retract diag for eig",
+                RetractOptions {
+                    inv_method: InvSqrtMethod::Diag,
+                    ..right.clone()
+                },
+            ),
         ] {
             let got = retract_on(&mut g, &y, &wrong);
-            reject(what, &case, common::rel_fro(&got, &want), inv_sqrt_tol(prec, n, gi, false));
+            reject(
+                what,
+                &case,
+                common::rel_fro(&got, &want),
+                inv_sqrt_tol(prec, n, gi, false),
+            );
         }
 
         let param = common::randn(p, k, 31 + n as u64);
         let grad = &common::randn(p, k, 37 + n as u64) + &param * 0.8;
         let state = common::randn(p, k, 41 + n as u64).map(|v| 0.1 * v);
-        let sgdp = |nesterov| UpdateRule::Sgdp { momentum: 0.9, dampening: 0.0, eps: 1e-8, weight_decay: 1e-2, delta: 0.1, wd_ratio: 0.1, nesterov };
+        let sgdp = |nesterov| UpdateRule::Sgdp {
+            momentum: 0.9,
+            dampening: 0.0,
+            eps: 1e-8,
+            weight_decay: 1e-2,
+            delta: 0.1,
+            wd_ratio: 0.1,
+            nesterov,
+        };
         let (want, _) = on_cpu!(prec, step_on(&sgdp(false), &param, &grad, &state, 0.05));
         let (got, _) = step_on(&mut g, &sgdp(true), &param, &grad, &state, 0.05);
-        reject("sgdp Nesterov for plain momentum", &case, common::rel_fro(&got, &want), tol(prec, n));
+        reject(
+            "sgdp Nesterov for plain momentum",
+            &case,
+            common::rel_fro(&got, &want),
+            tol(prec, n),
+        );
     }
     eprintln!(
         "== tolerances_reject_wrong_answers_f32: every wrong answer at least {least:.1}× its tolerance ({:.2} s)",
         start.elapsed().as_secs_f64()
     );
-    assert!(passed_wrongly.is_empty(), "wrong answers within (3×) tolerance:\n{}", passed_wrongly.join("\n"));
+    assert!(
+        passed_wrongly.is_empty(),
+        "wrong answers within (3×) tolerance:\n{}",
+        passed_wrongly.join("\n")
+    );
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1107,9 +1462,15 @@ fn tolerances_reject_wrong_answers_f32() {
 #[test]
 fn interleaved_shapes_f64() {
     let prec = Precision::F64;
-    let Some(mut g) = common::gpu_backend("interleaved_shapes_f64", prec) else { return };
+    let Some(mut g) = common::gpu_backend("interleaved_shapes_f64", prec) else {
+        return;
+    };
     let mut rep = Report::new("interleaved_shapes_f64", prec);
-    for ((pa, ka), (pb, kb)) in [((65, 64), (1031, 3)), ((1031, 3), (65, 64)), ((63, 17), (1031, 17))] {
+    for ((pa, ka), (pb, kb)) in [
+        ((65, 64), (1031, 3)),
+        ((1031, 3), (65, 64)),
+        ((63, 17), (1031, 17)),
+    ] {
         let case = format!("A = {pa}×{ka} used after B = {pb}×{kb} was created");
         let n = pa * ka;
         let y = common::randn(pa, ka, 81).map(|v| v.abs() + 0.1 * v);
@@ -1123,37 +1484,91 @@ fn interleaved_shapes_f64() {
         g.reduce(&[Reduction::NormSq(&other)]).unwrap();
 
         let got = g.reduce(&[
-            Reduction::EnergyTerms { y: &dy, target: &dx },
+            Reduction::EnergyTerms {
+                y: &dy,
+                target: &dx,
+            },
             Reduction::NormSq(&dy),
-            Reduction::GradMapSq { y: &dy, g: &dx, t: 0.3, clamp: true },
+            Reduction::GradMapSq {
+                y: &dy,
+                g: &dx,
+                t: 0.3,
+                clamp: true,
+            },
         ]);
-        let want = reduce_on(&mut CpuBackend::<f64>::new(), &[y.clone(), x0.clone()], &[R::Energy(0, 1), R::NormSq(0), R::GradMap(0, 1, 0.3, true)]);
+        let want = reduce_on(
+            &mut CpuBackend::<f64>::new(),
+            &[y.clone(), x0.clone()],
+            &[R::Energy(0, 1), R::NormSq(0), R::GradMap(0, 1, 0.3, true)],
+        );
         match got {
             Ok(got) => {
-                let err = got.iter().zip(&want).map(|(a, b)| scal_err(*a, *b, b.abs())).fold(0.0, f64::max);
-                rep.check("reduce (EnergyTerms, NormSq, GradMapSq)", &case, err, tol(prec, n));
+                let err = got
+                    .iter()
+                    .zip(&want)
+                    .map(|(a, b)| scal_err(*a, *b, b.abs()))
+                    .fold(0.0, f64::max);
+                rep.check(
+                    "reduce (EnergyTerms, NormSq, GradMapSq)",
+                    &case,
+                    err,
+                    tol(prec, n),
+                );
             }
             Err(e) => eprintln!("   [{case}] reduce failed loudly: {e}"),
         }
         for proj in [Projection::ReferenceFull, Projection::PolarFull] {
-            let rule = GradientRule { fid: 1.0, orth: 0.5, simplified: None, projection: proj };
+            let rule = GradientRule {
+                fid: 1.0,
+                orth: 0.5,
+                simplified: None,
+                projection: proj,
+            };
             g.gradient(&dy, &dx, &rule, &mut out);
             let want = gradient_on(&mut CpuBackend::<f64>::new(), &y, &x0, &rule);
             if let Ok(got) = g.download(&out) {
                 let scale = want.norm().max(gradient_scale(&y, &x0, &rule));
-                rep.check(&format!("gradient {proj:?}"), &case, (&got - &want).norm() / scale, inv_sqrt_tol(prec, n, gram_info(&y), false));
+                rep.check(
+                    &format!("gradient {proj:?}"),
+                    &case,
+                    (&got - &want).norm() / scale,
+                    inv_sqrt_tol(prec, n, gram_info(&y), false),
+                );
             }
         }
-        for o in [RetractOptions::reference(Retraction::SoftPolar, 0.5), RetractOptions::corrected(Retraction::SoftPolar, 0.5)] {
+        for o in [
+            RetractOptions::reference(Retraction::SoftPolar, 0.5),
+            RetractOptions::corrected(Retraction::SoftPolar, 0.5),
+        ] {
             g.retract(&dy, &mut out, &o);
             let want = retract_on(&mut CpuBackend::<f64>::new(), &y, &o);
             if let Ok(got) = g.download(&out) {
-                rep.check(&format!("retract {:?} soft_polar", o.style), &case, common::rel_fro(&got, &want), inv_sqrt_tol(prec, n, gram_info(&y), false));
+                rep.check(
+                    &format!("retract {:?} soft_polar", o.style),
+                    &case,
+                    common::rel_fro(&got, &want),
+                    inv_sqrt_tol(prec, n, gram_info(&y), false),
+                );
             }
         }
-        let rule = UpdateRule::Sgdp { momentum: 0.9, dampening: 0.0, eps: 1e-8, weight_decay: 1e-2, delta: 0.1, wd_ratio: 0.1, nesterov: false };
+        let rule = UpdateRule::Sgdp {
+            momentum: 0.9,
+            dampening: 0.0,
+            eps: 1e-8,
+            weight_decay: 1e-2,
+            delta: 0.1,
+            wd_ratio: 0.1,
+            nesterov: false,
+        };
         g.optimizer_step(&rule, &dy, &dx, &mut state, 0.05, &mut out);
-        let (want, _) = step_on(&mut CpuBackend::<f64>::new(), &rule, &y, &x0, &M::zeros(pa, ka), 0.05);
+        let (want, _) = step_on(
+            &mut CpuBackend::<f64>::new(),
+            &rule,
+            &y,
+            &x0,
+            &M::zeros(pa, ka),
+            0.05,
+        );
         if let Ok(got) = g.download(&out) {
             rep.check("sgdp", &case, common::rel_fro(&got, &want), tol(prec, n));
         }

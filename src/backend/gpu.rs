@@ -181,7 +181,6 @@ pub struct GpuBackend {
     partial_sums_host: Vec<f64>,
 }
 
-
 fn limit_error(message: String) -> NsaError {
     NsaError::Gpu {
         kind: GpuErrorKind::Limit,
@@ -279,7 +278,12 @@ impl GpuBackend {
     }
 
     /// Creates a buffer, turning an allocation failure into an error rather than an abort.
-    fn create_buffer(&self, label: &str, size: u64, usage: wgpu::BufferUsages) -> Result<wgpu::Buffer> {
+    fn create_buffer(
+        &self,
+        label: &str,
+        size: u64,
+        usage: wgpu::BufferUsages,
+    ) -> Result<wgpu::Buffer> {
         let device = &self.ctx.device;
         let oom = device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
         let val = device.push_error_scope(wgpu::ErrorFilter::Validation);
@@ -298,7 +302,9 @@ impl GpuBackend {
             });
         }
         if let Some(e) = v {
-            return Err(limit_error(format!("allocating {size} bytes for {label}: {e}")));
+            return Err(limit_error(format!(
+                "allocating {size} bytes for {label}: {e}"
+            )));
         }
         Ok(buffer)
     }
@@ -339,8 +345,11 @@ impl GpuBackend {
                 )));
             }
         }
-        let storage = wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST;
-        let small = self.create_buffer("nsa-flow k×k workspace", layout.len() as u64 * e, storage)?;
+        let storage = wgpu::BufferUsages::STORAGE
+            | wgpu::BufferUsages::COPY_SRC
+            | wgpu::BufferUsages::COPY_DST;
+        let small =
+            self.create_buffer("nsa-flow k×k workspace", layout.len() as u64 * e, storage)?;
         let aux = self.create_buffer("nsa-flow partial sums", aux_len as u64 * e, storage)?;
         let staging = self.create_buffer(
             "nsa-flow readback",
@@ -388,13 +397,11 @@ impl GpuBackend {
 
     fn encoder(&mut self) -> &mut wgpu::CommandEncoder {
         if self.encoder.is_none() {
-            self.encoder = Some(
-                self.ctx
-                    .device
-                    .create_command_encoder(&wgpu::CommandEncoderDescriptor {
-                        label: Some("nsa-flow"),
-                    }),
-            );
+            self.encoder = Some(self.ctx.device.create_command_encoder(
+                &wgpu::CommandEncoderDescriptor {
+                    label: Some("nsa-flow"),
+                },
+            ));
         }
         self.encoder.as_mut().unwrap()
     }
@@ -404,7 +411,9 @@ impl GpuBackend {
         if let Some(enc) = self.encoder.take() {
             if self.ring_used > 0 {
                 let used = self.ring_used * RING_STRIDE as usize;
-                self.ctx.queue.write_buffer(&self.ring, 0, &self.ring_bytes[..used]);
+                self.ctx
+                    .queue
+                    .write_buffer(&self.ring, 0, &self.ring_bytes[..used]);
             }
             self.ctx.queue.submit([enc.finish()]);
             self.ring_used = 0;
@@ -466,17 +475,27 @@ impl GpuBackend {
                 resource: ws.aux.as_entire_binding(),
             },
         ];
-        let bg = self.ctx.device.create_bind_group(&wgpu::BindGroupDescriptor {
-            label: None,
-            layout: &self.kernels.layout,
-            entries: &entries,
-        });
+        let bg = self
+            .ctx
+            .device
+            .create_bind_group(&wgpu::BindGroupDescriptor {
+                label: None,
+                layout: &self.kernels.layout,
+                entries: &entries,
+            });
         self.bind_groups.insert(ids, bg.clone());
         bg
     }
 
     /// Records one dispatch.
-    fn dispatch(&mut self, kernel: Kernel, header: ParamsHeader, coefs: [f64; 8], slots: Slots, groups: (u32, u32)) {
+    fn dispatch(
+        &mut self,
+        kernel: Kernel,
+        header: ParamsHeader,
+        coefs: [f64; 8],
+        slots: Slots,
+        groups: (u32, u32),
+    ) {
         if groups.0 == 0 || groups.1 == 0 {
             return;
         }
@@ -508,7 +527,15 @@ impl GpuBackend {
         (x as u32, groups.div_ceil(x) as u32)
     }
 
-    fn elementwise(&mut self, kernel: Kernel, mode: u32, coefs: [f64; 8], src0: u32, slots: Slots, n: usize) {
+    fn elementwise(
+        &mut self,
+        kernel: Kernel,
+        mode: u32,
+        coefs: [f64; 8],
+        src0: u32,
+        slots: Slots,
+        n: usize,
+    ) {
         let (gx, gy) = Self::grid(n.div_ceil(256));
         let mut h = ParamsHeader::new();
         h.n = n as u32;
@@ -536,7 +563,11 @@ impl GpuBackend {
             Kernel::GramPartial,
             h,
             [0.0; 8],
-            Slots { a: Some(a), b: Some(b), ..Default::default() },
+            Slots {
+                a: Some(a),
+                b: Some(b),
+                ..Default::default()
+            },
             (chunks as u32, (tiles * tiles) as u32),
         );
         let mut h = ParamsHeader::new();
@@ -553,7 +584,16 @@ impl GpuBackend {
 
     /// `out = c0·(A·small[m]) + …` (see matmul_small.wgsl).
     #[allow(clippy::too_many_arguments)]
-    fn mul_small(&mut self, a: &GpuMat, m: u32, b: Option<&GpuMat>, out: &GpuMat, mode: u32, coefs: [f64; 8], src: [u32; 4]) {
+    fn mul_small(
+        &mut self,
+        a: &GpuMat,
+        m: u32,
+        b: Option<&GpuMat>,
+        out: &GpuMat,
+        mode: u32,
+        coefs: [f64; 8],
+        src: [u32; 4],
+    ) {
         let (p, k) = (a.p, a.k);
         let mut h = ParamsHeader::new();
         h.p = p as u32;
@@ -566,7 +606,12 @@ impl GpuBackend {
             Kernel::MulSmall,
             h,
             coefs,
-            Slots { a: Some(a), b, out: Some(out), ..Default::default() },
+            Slots {
+                a: Some(a),
+                b,
+                out: Some(out),
+                ..Default::default()
+            },
             (k.div_ceil(16) as u32, p.div_ceil(256) as u32),
         );
     }
@@ -579,12 +624,26 @@ impl GpuBackend {
         h.off1 = b;
         h.off2 = c;
         h.mode = sym as u32;
-        self.dispatch(Kernel::KkMatmul, h, [0.0; 8], Slots::default(), ((k * k).div_ceil(256) as u32, 1));
+        self.dispatch(
+            Kernel::KkMatmul,
+            h,
+            [0.0; 8],
+            Slots::default(),
+            ((k * k).div_ceil(256) as u32, 1),
+        );
     }
 
     /// `small[out] = (small[s] + shift)^{-1/2}` by Newton–Schulz. `fixed` = Some(steps): the
     /// reference's unconverged iteration (Frobenius scaling); None: run to the residual.
-    fn inv_sqrt_ns(&mut self, s: u32, out: u32, abs_shift: [f64; 2], rel_shift: f64, fixed: Option<usize>, cap: usize) {
+    fn inv_sqrt_ns(
+        &mut self,
+        s: u32,
+        out: u32,
+        abs_shift: [f64; 2],
+        rel_shift: f64,
+        fixed: Option<usize>,
+        cap: usize,
+    ) {
         let lay = self.ws().layout;
         let k = lay.k;
         let slot = lay.scalar(SC_NS);
@@ -598,7 +657,16 @@ impl GpuBackend {
         h.off2 = out;
         h.slot = slot;
         h.mode = if residual_mode { 3 } else { 0 };
-        let coefs = [abs_shift[0], abs_shift[1], rel_shift, tol, steps as f64, 0.0, 0.0, 0.0];
+        let coefs = [
+            abs_shift[0],
+            abs_shift[1],
+            rel_shift,
+            tol,
+            steps as f64,
+            0.0,
+            0.0,
+            0.0,
+        ];
         self.dispatch(Kernel::NsInit, h, coefs, Slots::default(), (1, 1));
         let kk = (k * k).div_ceil(256);
         if k <= 64 {
@@ -622,7 +690,15 @@ impl GpuBackend {
         self.dispatch(Kernel::NsFinish, h, coefs, Slots::default(), (kk as u32, 1));
     }
 
-    fn inv_sqrt_diag(&mut self, s: u32, out: u32, abs_shift: f64, rel_shift: f64, floor: f64, rel_floor: f64) {
+    fn inv_sqrt_diag(
+        &mut self,
+        s: u32,
+        out: u32,
+        abs_shift: f64,
+        rel_shift: f64,
+        floor: f64,
+        rel_floor: f64,
+    ) {
         let k = self.ws().k;
         let mut h = ParamsHeader::new();
         h.k = k as u32;
@@ -679,7 +755,15 @@ impl GpuBackend {
     }
 
     /// Partial sums of one reduction into aux[at .. at + G].
-    fn partial_sums(&mut self, mode: u32, a: &GpuMat, b: Option<&GpuMat>, at: usize, t: f64, clamp: bool) {
+    fn partial_sums(
+        &mut self,
+        mode: u32,
+        a: &GpuMat,
+        b: Option<&GpuMat>,
+        at: usize,
+        t: f64,
+        clamp: bool,
+    ) {
         let g = self.ws().partials;
         let mut h = ParamsHeader::new();
         h.n = (a.p * a.k) as u32;
@@ -691,7 +775,11 @@ impl GpuBackend {
             Kernel::PartialSums,
             h,
             [t, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0],
-            Slots { a: Some(a), b, ..Default::default() },
+            Slots {
+                a: Some(a),
+                b,
+                ..Default::default()
+            },
             (g as u32, 1),
         );
     }
@@ -714,12 +802,14 @@ impl GpuBackend {
         let raw = self.map_read(&staging, bytes)?;
         self.partial_sums_host.clear();
         match self.precision {
-            Precision::F32 => self
-                .partial_sums_host
-                .extend(raw.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap()) as f64)),
-            Precision::F64 => self
-                .partial_sums_host
-                .extend(raw.chunks_exact(8).map(|c| f64::from_le_bytes(c.try_into().unwrap()))),
+            Precision::F32 => self.partial_sums_host.extend(
+                raw.chunks_exact(4)
+                    .map(|c| f32::from_le_bytes(c.try_into().unwrap()) as f64),
+            ),
+            Precision::F64 => self.partial_sums_host.extend(
+                raw.chunks_exact(8)
+                    .map(|c| f64::from_le_bytes(c.try_into().unwrap())),
+            ),
         }
         for s in 0..slots {
             out.push(self.partial_sums_host[s * g..(s + 1) * g].iter().sum());
@@ -796,7 +886,9 @@ impl GpuBackend {
         let buffer = self.create_buffer(
             "nsa-flow matrix",
             (p * k * self.elem()) as u64,
-            wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST,
+            wgpu::BufferUsages::STORAGE
+                | wgpu::BufferUsages::COPY_SRC
+                | wgpu::BufferUsages::COPY_DST,
         )?;
         Ok(GpuMat {
             buffer,
@@ -859,7 +951,15 @@ impl GpuBackend {
             Slots::default(),
             (1, 1),
         );
-        self.mul_small(src, lay.tmp2(), None, dst, 0, [1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0], [LITERAL; 4]);
+        self.mul_small(
+            src,
+            lay.tmp2(),
+            None,
+            dst,
+            0,
+            [1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0],
+            [LITERAL; 4],
+        );
         if reference {
             // renormalise to ‖Y‖ from the product itself, on the device
             let (fin, g) = {
@@ -879,7 +979,10 @@ impl GpuBackend {
                 0,
                 [0.0; 8],
                 lay.scalar(SC_FACTOR),
-                Slots { out: Some(dst), ..Default::default() },
+                Slots {
+                    out: Some(dst),
+                    ..Default::default()
+                },
                 src.p * src.k,
             );
         }
@@ -918,7 +1021,11 @@ impl GpuBackend {
         // bandwidth.wgsl's uniform is { n4, groups_x, pad, pad }: the first two words
         h.p = words as u32;
         h.k = gx;
-        let slots = Slots { a: Some(&src), out: Some(&dst), ..Default::default() };
+        let slots = Slots {
+            a: Some(&src),
+            out: Some(&dst),
+            ..Default::default()
+        };
         self.dispatch(Kernel::CopyWords, h, [0.0; 8], slots, (gx, gy));
         self.wait()?;
         let t0 = std::time::Instant::now();
@@ -940,13 +1047,23 @@ impl GpuBackend {
         let lay = self.ws().layout;
         match which {
             KernelBench::Gram => self.gram(y, y, lay.s(), false),
-            KernelBench::MulSmall => self.mul_small(y, lay.s(), None, out, 0, [1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0], [LITERAL; 4]),
+            KernelBench::MulSmall => self.mul_small(
+                y,
+                lay.s(),
+                None,
+                out,
+                0,
+                [1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0],
+                [LITERAL; 4],
+            ),
             KernelBench::Lincomb => self.lincomb(1.0, y, -0.5, x, out),
             KernelBench::DistSq => {
                 let at = self.ws().aux_readback;
                 self.partial_sums(2, y, Some(x), at, 0.0, false)
             }
-            KernelBench::InvSqrt => self.inv_sqrt_corrected(lay.s(), lay.t(), InvSqrtMethod::Auto, None),
+            KernelBench::InvSqrt => {
+                self.inv_sqrt_corrected(lay.s(), lay.t(), InvSqrtMethod::Auto, None)
+            }
         }
     }
 
@@ -978,13 +1095,24 @@ impl GpuBackend {
             wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
         )?;
         let small = self.ws().small.clone();
-        self.encoder()
-            .copy_buffer_to_buffer(&small, lay.scalar(SC_NS) as u64 * e, &staging, 0, bytes);
+        self.encoder().copy_buffer_to_buffer(
+            &small,
+            lay.scalar(SC_NS) as u64 * e,
+            &staging,
+            0,
+            bytes,
+        );
         self.flush();
         let raw = self.map_read(&staging, bytes)?;
         let vals: Vec<f64> = match self.precision {
-            Precision::F32 => raw.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap()) as f64).collect(),
-            Precision::F64 => raw.chunks_exact(8).map(|c| f64::from_le_bytes(c.try_into().unwrap())).collect(),
+            Precision::F32 => raw
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes(c.try_into().unwrap()) as f64)
+                .collect(),
+            Precision::F64 => raw
+                .chunks_exact(8)
+                .map(|c| f64::from_le_bytes(c.try_into().unwrap()))
+                .collect(),
         };
         Ok((vals[2] as usize, vals[3]))
     }
@@ -992,19 +1120,32 @@ impl GpuBackend {
     /// `A^{-1/2}` of a symmetric positive definite k×k matrix on the device, by Newton–Schulz
     /// run to its residual (spectral scaling, no shift), with the steps taken and the final
     /// residual `‖I − R‖_F/√k`.
-    pub fn inv_sqrt_newton_schulz(&mut self, a: &DMatrix<f64>) -> Result<(DMatrix<f64>, usize, f64)> {
+    pub fn inv_sqrt_newton_schulz(
+        &mut self,
+        a: &DMatrix<f64>,
+    ) -> Result<(DMatrix<f64>, usize, f64)> {
         let k = a.nrows();
         // a k×k "matrix" uploaded as p = k rows to size the workspace, then placed in S
         let m = self.upload(a)?;
         let lay = self.ws().layout;
         let e = self.elem() as u64;
         let small = self.ws().small.clone();
-        self.encoder()
-            .copy_buffer_to_buffer(&m.buffer, 0, &small, lay.s() as u64 * e, (k * k) as u64 * e);
+        self.encoder().copy_buffer_to_buffer(
+            &m.buffer,
+            0,
+            &small,
+            lay.s() as u64 * e,
+            (k * k) as u64 * e,
+        );
         self.inv_sqrt_ns(lay.s(), lay.t(), [0.0, 0.0], 0.0, None, NS_CAP);
         let out = self.zeros(k, k)?;
-        self.encoder()
-            .copy_buffer_to_buffer(&small, lay.t() as u64 * e, &out.buffer, 0, (k * k) as u64 * e);
+        self.encoder().copy_buffer_to_buffer(
+            &small,
+            lay.t() as u64 * e,
+            &out.buffer,
+            0,
+            (k * k) as u64 * e,
+        );
         let t = self.download(&out)?;
         let (steps, residual) = self.last_newton_schulz()?;
         Ok((t, steps, residual))
@@ -1049,12 +1190,19 @@ impl Backend for GpuBackend {
             bytes,
             wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
         )?;
-        self.encoder().copy_buffer_to_buffer(&m.buffer, 0, &staging, 0, bytes);
+        self.encoder()
+            .copy_buffer_to_buffer(&m.buffer, 0, &staging, 0, bytes);
         self.flush();
         let raw = self.map_read(&staging, bytes)?;
         let vals: Vec<f64> = match self.precision {
-            Precision::F32 => raw.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap()) as f64).collect(),
-            Precision::F64 => raw.chunks_exact(8).map(|c| f64::from_le_bytes(c.try_into().unwrap())).collect(),
+            Precision::F32 => raw
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes(c.try_into().unwrap()) as f64)
+                .collect(),
+            Precision::F64 => raw
+                .chunks_exact(8)
+                .map(|c| f64::from_le_bytes(c.try_into().unwrap()))
+                .collect(),
         };
         Ok(DMatrix::from_vec(m.p, m.k, vals))
     }
@@ -1068,7 +1216,8 @@ impl Backend for GpuBackend {
             return;
         }
         let bytes = (src.p * src.k * self.elem()) as u64;
-        self.encoder().copy_buffer_to_buffer(&src.buffer, 0, &dst.buffer, 0, bytes);
+        self.encoder()
+            .copy_buffer_to_buffer(&src.buffer, 0, &dst.buffer, 0, bytes);
     }
 
     fn lincomb(&mut self, a: f64, x: &GpuMat, b: f64, y: &GpuMat, dst: &mut GpuMat) {
@@ -1080,7 +1229,12 @@ impl Backend for GpuBackend {
             0,
             [a, b, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0],
             LITERAL,
-            Slots { a: Some(x), b: Some(y), out: Some(dst), ..Default::default() },
+            Slots {
+                a: Some(x),
+                b: Some(y),
+                out: Some(dst),
+                ..Default::default()
+            },
             x.p * x.k,
         );
     }
@@ -1094,7 +1248,12 @@ impl Backend for GpuBackend {
             1,
             [alpha, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0],
             LITERAL,
-            Slots { a: Some(base), b: Some(toward), out: Some(dst), ..Default::default() },
+            Slots {
+                a: Some(base),
+                b: Some(toward),
+                out: Some(dst),
+                ..Default::default()
+            },
             base.p * base.k,
         );
     }
@@ -1110,7 +1269,10 @@ impl Backend for GpuBackend {
             kind,
             [0.0; 8],
             LITERAL,
-            Slots { out: Some(m), ..Default::default() },
+            Slots {
+                out: Some(m),
+                ..Default::default()
+            },
             m.p * m.k,
         );
     }
@@ -1146,24 +1308,62 @@ impl Backend for GpuBackend {
         self.dispatch(
             Kernel::GradCoef,
             h,
-            [rule.orth, rule.simplified.unwrap_or(0.0), 0.0, 0.0, 0.0, 0.0, 0.0, 0.0],
+            [
+                rule.orth,
+                rule.simplified.unwrap_or(0.0),
+                0.0,
+                0.0,
+                0.0,
+                0.0,
+                0.0,
+                0.0,
+            ],
             Slots::default(),
             (1, 1),
         );
-        let dev = [lay.scalar(SC_ALPHA), lay.scalar(SC_RADIAL), LITERAL, LITERAL];
+        let dev = [
+            lay.scalar(SC_ALPHA),
+            lay.scalar(SC_RADIAL),
+            LITERAL,
+            LITERAL,
+        ];
         if rule.projection == Projection::ReferenceOrthOnly {
             // project the orthogonality part alone, then add the fidelity part
             self.mul_small(y, m, None, out, 0, [0.0; 8], dev);
             self.gram(y, out, lay.tmp(), true);
-            self.mul_small(y, lay.tmp(), Some(x0), out, 3, [-1.0, 0.0, rule.fid, 0.0, 1.0, 0.0, 0.0, 0.0], [LITERAL; 4]);
+            self.mul_small(
+                y,
+                lay.tmp(),
+                Some(x0),
+                out,
+                3,
+                [-1.0, 0.0, rule.fid, 0.0, 1.0, 0.0, 0.0, 0.0],
+                [LITERAL; 4],
+            );
             return;
         }
-        self.mul_small(y, m, Some(x0), out, 2, [0.0, 0.0, rule.fid, 0.0, 0.0, 0.0, 0.0, 0.0], dev);
+        self.mul_small(
+            y,
+            m,
+            Some(x0),
+            out,
+            2,
+            [0.0, 0.0, rule.fid, 0.0, 0.0, 0.0, 0.0, 0.0],
+            dev,
+        );
         match rule.projection {
             Projection::None | Projection::ReferenceOrthOnly => {}
             Projection::ReferenceFull => {
                 self.gram(y, out, lay.tmp(), true);
-                self.mul_small(y, lay.tmp(), None, out, 1, [-1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0], [LITERAL; 4]);
+                self.mul_small(
+                    y,
+                    lay.tmp(),
+                    None,
+                    out,
+                    1,
+                    [-1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0],
+                    [LITERAL; 4],
+                );
             }
             Projection::PolarFull => {
                 let t = lay.t();
@@ -1171,7 +1371,15 @@ impl Backend for GpuBackend {
                 self.gram(y, out, lay.tmp(), false);
                 self.kk_matmul(t, lay.tmp(), lay.tmp2(), true);
                 self.kk_matmul(t, lay.tmp2(), lay.tmp(), false);
-                self.mul_small(y, lay.tmp(), None, out, 1, [-1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0], [LITERAL; 4]);
+                self.mul_small(
+                    y,
+                    lay.tmp(),
+                    None,
+                    out,
+                    1,
+                    [-1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0],
+                    [LITERAL; 4],
+                );
             }
         }
     }
@@ -1215,7 +1423,16 @@ impl Backend for GpuBackend {
                 };
                 let (p, k) = (param.p, param.k);
                 let rows = p.div_ceil(256);
-                let coefs = [momentum, dampening, eps, weight_decay, delta, wd_ratio, lr, 0.0];
+                let coefs = [
+                    momentum,
+                    dampening,
+                    eps,
+                    weight_decay,
+                    delta,
+                    wd_ratio,
+                    lr,
+                    0.0,
+                ];
                 let mut h = ParamsHeader::new();
                 h.p = p as u32;
                 h.k = k as u32;
@@ -1227,7 +1444,12 @@ impl Backend for GpuBackend {
                     Kernel::SgdpRows,
                     h,
                     coefs,
-                    Slots { a: Some(param), b: Some(grad), out: Some(buf), ..Default::default() },
+                    Slots {
+                        a: Some(param),
+                        b: Some(grad),
+                        out: Some(buf),
+                        ..Default::default()
+                    },
                     (rows as u32, 1),
                 );
                 self.dispatch(Kernel::SgdpDecide, h, coefs, Slots::default(), (1, 1));
@@ -1235,14 +1457,23 @@ impl Backend for GpuBackend {
                     Kernel::SgdpApply,
                     h,
                     coefs,
-                    Slots { a: Some(param), b: Some(grad), c: Some(buf), out: Some(out) },
+                    Slots {
+                        a: Some(param),
+                        b: Some(grad),
+                        c: Some(buf),
+                        out: Some(out),
+                    },
                     (rows as u32, 1),
                 );
             }
         }
     }
 
-    fn reduce_into(&mut self, requests: &[Reduction<'_, GpuMat>], out: &mut Vec<f64>) -> Result<()> {
+    fn reduce_into(
+        &mut self,
+        requests: &[Reduction<'_, GpuMat>],
+        out: &mut Vec<f64>,
+    ) -> Result<()> {
         out.clear();
         if let Some(e) = self.error.take() {
             return Err(e);
@@ -1301,9 +1532,12 @@ impl Backend for GpuBackend {
                     Reduction::NormSq(m) => self.partial_sums(0, m, None, at, 0.0, false),
                     Reduction::Dot(a, b) => self.partial_sums(1, a, Some(b), at, 0.0, false),
                     Reduction::DistSq(a, b) => self.partial_sums(2, a, Some(b), at, 0.0, false),
-                    Reduction::GradMapSq { y, g: grad, t, clamp } => {
-                        self.partial_sums(3, y, Some(grad), at, t, clamp)
-                    }
+                    Reduction::GradMapSq {
+                        y,
+                        g: grad,
+                        t,
+                        clamp,
+                    } => self.partial_sums(3, y, Some(grad), at, t, clamp),
                     Reduction::AllFinite(m) => self.partial_sums(4, m, None, at, 0.0, false),
                 }
                 used += requests[j].width();

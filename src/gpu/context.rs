@@ -54,7 +54,9 @@ impl AdapterSummary {
             name: info.name.clone(),
             backend: format!("{:?}", info.backend),
             device_type: format!("{:?}", info.device_type),
-            driver: format!("{} {}", info.driver, info.driver_info).trim().to_string(),
+            driver: format!("{} {}", info.driver, info.driver_info)
+                .trim()
+                .to_string(),
             is_software: info.device_type == wgpu::DeviceType::Cpu,
             shader_f64: features.contains(wgpu::Features::SHADER_F64),
             max_storage_buffer_binding_size: limits.max_storage_buffer_binding_size,
@@ -180,10 +182,11 @@ impl GpuContext {
             return Err(no_adapter("no GPU adapter was found".into()));
         }
         sort_adapters(&mut adapters);
-        let wanted = options
-            .adapter_name
-            .clone()
-            .or_else(|| std::env::var("NSA_FLOW_ADAPTER").ok().filter(|s| !s.is_empty()));
+        let wanted = options.adapter_name.clone().or_else(|| {
+            std::env::var("NSA_FLOW_ADAPTER")
+                .ok()
+                .filter(|s| !s.is_empty())
+        });
         let adapter = match &wanted {
             Some(name) => {
                 let lower = name.to_lowercase();
@@ -320,7 +323,8 @@ impl GpuContext {
     /// (what `nsa_flow` uses, so repeated solves do not create devices and compile kernels
     /// again).
     pub fn shared(options: &GpuOptions) -> Result<Arc<GpuContext>> {
-        static SHARED: OnceLock<Mutex<Vec<(GpuOptions, Arc<GpuContext>)>>> = OnceLock::new();
+        type Shared = Mutex<Vec<(GpuOptions, Arc<GpuContext>)>>;
+        static SHARED: OnceLock<Shared> = OnceLock::new();
         let cell = SHARED.get_or_init(|| Mutex::new(Vec::new()));
         let mut list = cell.lock().unwrap_or_else(|e| e.into_inner());
         if let Some((_, ctx)) = list.iter().find(|(o, _)| o == options) {

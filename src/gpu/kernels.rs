@@ -125,13 +125,13 @@ fn storage(binding: u32, read_only: bool) -> wgpu::BindGroupLayoutEntry {
 impl Kernels {
     /// Compiles every kernel family for `precision` on `device`.
     pub fn new(device: &wgpu::Device, precision: Precision) -> Result<Kernels> {
-        if precision == Precision::F64 && !device.features().contains(wgpu::Features::SHADER_F64)
-        {
+        if precision == Precision::F64 && !device.features().contains(wgpu::Features::SHADER_F64) {
             return Err(NsaError::Gpu {
                 kind: GpuErrorKind::MissingFeature,
-                message: "this adapter has no SHADER_F64 (f64 in shaders); use precision = f32, or \
+                message:
+                    "this adapter has no SHADER_F64 (f64 in shaders); use precision = f32, or \
                           backend = cpu for f64"
-                    .into(),
+                        .into(),
             });
         }
         let layout = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
@@ -174,14 +174,16 @@ impl Kernels {
         for kernel in Kernel::ALL {
             let (file, entry) = kernel.source();
             let module = &modules.iter().find(|(n, _)| *n == file.name).unwrap().1;
-            pipelines.push(device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
-                label: Some(entry),
-                layout: Some(&pipeline_layout),
-                module,
-                entry_point: Some(entry),
-                compilation_options: wgpu::PipelineCompilationOptions::default(),
-                cache: None,
-            }));
+            pipelines.push(
+                device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+                    label: Some(entry),
+                    layout: Some(&pipeline_layout),
+                    module,
+                    entry_point: Some(entry),
+                    compilation_options: wgpu::PipelineCompilationOptions::default(),
+                    cache: None,
+                }),
+            );
         }
         if let Some(e) = pollster::block_on(scope.pop()) {
             return Err(NsaError::Gpu {

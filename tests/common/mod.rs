@@ -95,7 +95,10 @@ pub fn gpu_or_skip(test: &str) -> Option<std::sync::Arc<nsa_flow::gpu::GpuContex
 /// skipped with a reason when the adapter has no SHADER_F64 (never under
 /// NSA_FLOW_REQUIRE_GPU=1, where lavapipe has it).
 #[allow(dead_code)]
-pub fn gpu_backend(test: &str, precision: nsa_flow::Precision) -> Option<nsa_flow::backend::gpu::GpuBackend> {
+pub fn gpu_backend(
+    test: &str,
+    precision: nsa_flow::Precision,
+) -> Option<nsa_flow::backend::gpu::GpuBackend> {
     let ctx = gpu_or_skip(test)?;
     if precision == nsa_flow::Precision::F64 && !ctx.supports_f64() {
         if std::env::var("NSA_FLOW_REQUIRE_GPU").is_ok_and(|v| v == "1") {
