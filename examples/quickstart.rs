@@ -2,7 +2,8 @@
 //! `Y = randn(50, 10)`, `X0 = randn(50, 10)`, `w = 0.8`, soft-polar retraction, the SGDP
 //! optimizer, 50 iterations, learning rate 1e-2.
 //!
-//! Run: `cargo run --release --example quickstart`
+//! Run: `cargo run --release --example quickstart`. It runs on the best backend present
+//! (`backend = auto`): a hardware GPU when there is one, else the CPU.
 
 use nalgebra::DMatrix;
 use nsa_flow::rng::Rng;
@@ -34,7 +35,8 @@ fn main() -> Result<(), nsa_flow::NsaError> {
         let rel_err = (&res.y - &res.target).norm() / res.target.norm();
         println!(
             "\n[{mode} mode]\n  final orthogonality defect: {:.6e}\n  iterations: {} (stop: {}), best at iteration {}\n  \
-             best total energy: {:.6e}\n  ‖Y − X0‖/‖X0‖: {:.4}   zeros: {:.1} %   certificate: {:.2e}   time: {:.2} ms",
+             best total energy: {:.6e}\n  ‖Y − X0‖/‖X0‖: {:.4}   zeros: {:.1} %   certificate: {:.2e}   time: {:.2} ms\n  \
+             backend: {}{}",
             res.defect(),
             res.iterations,
             res.stop_reason,
@@ -43,7 +45,10 @@ fn main() -> Result<(), nsa_flow::NsaError> {
             rel_err,
             100.0 * res.sparsity(),
             res.certificate.value,
-            1e3 * res.seconds
+            1e3 * res.seconds,
+            res.backend,
+            res.readbacks
+                .map_or(String::new(), |r| format!(" ({r} readbacks)"))
         );
     }
     println!(
