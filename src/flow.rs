@@ -376,7 +376,9 @@ fn solve_reference<B: Backend, F: FnMut(&IterInfo) -> Control>(
     let mut acc = be.zeros(p, k)?;
     let mut best = be.zeros(p, k)?;
     be.copy(&y, &mut best);
-    let mut cand: Vec<B::Mat> = (0..batch).map(|_| be.zeros(p, k)).collect::<Result<_>>()?;
+    // one scratch matrix for the pre-retraction candidates: backends run operations in order,
+    // so each candidate is retracted before the next one overwrites it
+    let mut cand = be.zeros(p, k)?;
     let mut evals: Vec<B::Mat> = (0..batch + 1)
         .map(|_| be.zeros(p, k))
         .collect::<Result<_>>()?;
@@ -438,8 +440,8 @@ fn solve_reference<B: Backend, F: FnMut(&IterInfo) -> Control>(
         };
         for j in 0..speculate {
             let a = 0.5f64.powi((j + 1) as i32);
-            be.lerp(&best, &ynew, a, &mut cand[j]);
-            be.retract(&cand[j], &mut evals[j + 1], &ropt);
+            be.lerp(&best, &ynew, a, &mut cand);
+            be.retract(&cand, &mut evals[j + 1], &ropt);
             if clamp {
                 be.nonneg(&mut evals[j + 1], NonNeg::Hard);
             }
@@ -491,8 +493,8 @@ fn solve_reference<B: Backend, F: FnMut(&IterInfo) -> Control>(
             } else {
                 for j in 0..n {
                     let a = 0.5f64.powi((count + j + 1) as i32);
-                    be.lerp(&best, &ynew, a, &mut cand[j]);
-                    be.retract(&cand[j], &mut evals[j + 1], &ropt);
+                    be.lerp(&best, &ynew, a, &mut cand);
+                    be.retract(&cand, &mut evals[j + 1], &ropt);
                     if clamp {
                         be.nonneg(&mut evals[j + 1], NonNeg::Hard);
                     }
@@ -711,7 +713,9 @@ fn solve_corrected<B: Backend, F: FnMut(&IterInfo) -> Control>(
     let mut grad = be.zeros(p, k)?;
     let mut dir = be.zeros(p, k)?;
     let mut prop = be.zeros(p, k)?;
-    let mut cand: Vec<B::Mat> = (0..batch).map(|_| be.zeros(p, k)).collect::<Result<_>>()?;
+    // one scratch matrix for the pre-retraction candidates: backends run operations in order,
+    // so each candidate is retracted before the next one overwrites it
+    let mut cand = be.zeros(p, k)?;
     let mut evals: Vec<B::Mat> = (0..batch).map(|_| be.zeros(p, k)).collect::<Result<_>>()?;
     let mut state: Vec<B::Mat> = (0..state_len(&opt_rule))
         .map(|_| be.zeros(p, k))
@@ -813,8 +817,8 @@ fn solve_corrected<B: Backend, F: FnMut(&IterInfo) -> Control>(
                 let (kind, a, plr, _) = trial(&phases, tried + j);
                 match kind {
                     Candidate::Retracted => {
-                        be.lerp(&y, &prop, a, &mut cand[j]);
-                        be.retract(&cand[j], &mut evals[j], &ropt);
+                        be.lerp(&y, &prop, a, &mut cand);
+                        be.retract(&cand, &mut evals[j], &ropt);
                     }
                     Candidate::AlongProposal => be.lerp(&y, &prop, a, &mut evals[j]),
                     Candidate::AlongGradient => be.lincomb(1.0, &y, -a * plr, &grad, &mut evals[j]),

@@ -1164,12 +1164,13 @@ impl Backend for GpuBackend {
     }
 
     /// Up to [`crate::flow::MAX_BATCH`] (20, a whole reference backtracking) candidates per
-    /// readback, fewer when the two p×k matrices each one needs would take more than 2 GiB
-    /// together.
+    /// readback, fewer when their p×k matrices would take more than 4 GiB together (2 GiB on
+    /// a software adapter, whose memory is the host's).
     fn line_search_batch(&self) -> usize {
         let Some(ws) = &self.ws else { return 4 };
-        let bytes = 2 * ws.p * ws.k * self.elem();
-        ((2usize << 30) / bytes.max(1)).clamp(4, crate::flow::MAX_BATCH)
+        let bytes = ws.p * ws.k * self.elem();
+        let budget: usize = if self.ctx.adapter().is_software { 2 << 30 } else { 4 << 30 };
+        (budget / bytes.max(1)).clamp(4, crate::flow::MAX_BATCH)
     }
 
     fn readbacks(&self) -> Option<u64> {
