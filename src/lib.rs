@@ -33,6 +33,7 @@ pub mod flow;
 pub mod gpu;
 pub mod io;
 pub mod linalg;
+mod on_backend;
 mod params;
 mod result;
 mod retract;
@@ -47,6 +48,7 @@ pub use energy::{
 };
 pub use error::{GpuErrorKind, NsaError, Result};
 pub use flow::{nsa_flow, nsa_flow_with_callback};
+pub use on_backend::{compute_energy_on, invariant_orthogonality_defect_on, retract_on};
 pub use params::{
     BackendChoice, InvSqrtMethod, LearningRate, Mode, NonNeg, OptimizerKind, Params, Precision,
     Retraction,

@@ -40,10 +40,16 @@ enum Command {
     Run(Box<RunArgs>),
     /// Print the invariant orthogonality defect of a matrix.
     ///
-    /// Example: nsa-flow defect Y.npy
+    /// Example: nsa-flow defect Y.npy [--backend gpu --precision f32]
     Defect {
         /// The matrix (.npy or .csv).
         input: PathBuf,
+        /// cpu | gpu | auto.
+        #[arg(long, default_value = "cpu")]
+        backend: String,
+        /// f64 | f32 (the device's arithmetic; the CPU path always uses f64 here).
+        #[arg(long, default_value = "f64")]
+        precision: String,
     },
     /// Time the flow on random data: seconds per iteration on the CPU or a GPU, against the
     /// memory-bandwidth bound.
@@ -257,6 +263,10 @@ struct RetractArgs {
     /// f64 | f32.
     #[arg(long, default_value = "f64")]
     precision: String,
+    /// cpu | gpu | auto (where the retraction runs; the result is the same to working
+    /// precision).
+    #[arg(long, default_value = "cpu")]
+    backend: String,
     /// Output (.npy or .csv).
     #[arg(long)]
     out: PathBuf,
@@ -627,10 +637,17 @@ fn cmd_retract(a: RetractArgs) -> Result<(), NsaError> {
     };
     let precision: Precision = a.precision.parse()?;
     check_ext("--out", &a.out, &["npy", "csv"])?;
+    let backend: BackendChoice = a.backend.parse()?;
     let y = read_matrix(&a.input)?;
-    let r = match precision {
-        Precision::F64 => nsa_flow::retract_in::<f64>(&y, &opts)?,
-        Precision::F32 => nsa_flow::retract_in::<f32>(&y, &opts)?,
+    let gpu = nsa_flow::flow::gpu_backend_for(&Params {
+        backend,
+        precision,
+        ..Params::default()
+    })?;
+    let r = match (gpu, precision) {
+        (Some(mut be), _) => nsa_flow::retract_on(&mut be, &y, &opts)?,
+        (None, Precision::F64) => nsa_flow::retract_in::<f64>(&y, &opts)?,
+        (None, Precision::F32) => nsa_flow::retract_in::<f32>(&y, &opts)?,
     };
     write_all(vec![Output::Matrix(a.out, r, dtype_of(precision))])
 }
@@ -1047,11 +1064,27 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let res = match cli.command {
         Command::Run(a) => cmd_run(*a),
-        Command::Defect { input } => read_matrix(&input).and_then(|y| {
+        Command::Defect {
+            input,
+            backend,
+            precision,
+        } => (|| {
+            let backend: BackendChoice = backend.parse()?;
+            let precision: Precision = precision.parse()?;
+            let y = read_matrix(&input)?;
             nsa_flow::validate_matrix("Y", &y)?;
-            println!("{:.17e}", nsa_flow::invariant_orthogonality_defect(&y));
+            let gpu = nsa_flow::flow::gpu_backend_for(&Params {
+                backend,
+                precision,
+                ..Params::default()
+            })?;
+            let d = match gpu {
+                Some(mut be) => nsa_flow::invariant_orthogonality_defect_on(&mut be, &y)?,
+                None => nsa_flow::invariant_orthogonality_defect(&y),
+            };
+            println!("{d:.17e}");
             Ok(ExitCode::SUCCESS)
-        }),
+        })(),
         Command::Retract(a) => cmd_retract(a).map(|()| ExitCode::SUCCESS),
         Command::Bench(a) => cmd_bench(a),
         Command::Info { json } => cmd_info(json),

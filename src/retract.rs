@@ -72,7 +72,7 @@ impl RetractOptions {
         }
     }
 
-    fn validate(&self) -> Result<()> {
+    pub(crate) fn validate(&self) -> Result<()> {
         if !self.w.is_finite() {
             return Err(NsaError::InvalidWeight(self.w));
         }

@@ -1169,7 +1169,11 @@ impl Backend for GpuBackend {
     fn line_search_batch(&self) -> usize {
         let Some(ws) = &self.ws else { return 4 };
         let bytes = ws.p * ws.k * self.elem();
-        let budget: usize = if self.ctx.adapter().is_software { 2 << 30 } else { 4 << 30 };
+        let budget: usize = if self.ctx.adapter().is_software {
+            2 << 30
+        } else {
+            4 << 30
+        };
         (budget / bytes.max(1)).clamp(4, crate::flow::MAX_BATCH)
     }
 

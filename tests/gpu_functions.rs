@@ -1,0 +1,121 @@
+//! The single-call functions (retraction, defect, energy) on the GPU agree with the CPU ones,
+//! and the command line runs them there.
+
+mod common;
+
+use common::*;
+use nalgebra::DMatrix;
+use nsa_flow::*;
+
+#[test]
+fn single_calls_on_the_gpu_match_the_cpu() {
+    for precision in [Precision::F64, Precision::F32] {
+        let Some(mut be) = gpu_backend("single_calls_on_the_gpu_match_the_cpu", precision) else {
+            return;
+        };
+        // f32: the products sum ≤ p terms in a different order than the CPU oracle
+        let tol = match precision {
+            Precision::F64 => 1e-12,
+            Precision::F32 => 2e-5,
+        };
+        for (p, k) in [(1, 1), (63, 3), (65, 17), (1031, 5)] {
+            let y = randn(p, k, 11).abs();
+            let x = randn(p, k, 12);
+            for opts in [
+                RetractOptions::reference(Retraction::SoftPolar, 0.5),
+                RetractOptions::corrected(Retraction::SoftPolar, 0.8),
+                RetractOptions::corrected(Retraction::Polar, 1.0),
+            ] {
+                if k > p {
+                    continue;
+                }
+                let want = match precision {
+                    Precision::F64 => retract_in::<f64>(&y, &opts).unwrap(),
+                    Precision::F32 => retract_in::<f32>(&y, &opts).unwrap(),
+                };
+                let got = retract_on(&mut be, &y, &opts).unwrap();
+                let e = rel_fro(&got, &want);
+                assert!(e < 10.0 * tol, "{precision} {p}x{k} {opts:?}: {e:e}");
+            }
+            let d_cpu = invariant_orthogonality_defect(&y);
+            let d_gpu = invariant_orthogonality_defect_on(&mut be, &y).unwrap();
+            assert!(
+                (d_gpu - d_cpu).abs() <= tol * d_cpu.max(1e-12) + 1e-15,
+                "{p}x{k}: {d_gpu} vs {d_cpu}"
+            );
+            for ft in [
+                FidelityType::Basic,
+                FidelityType::ScaleInvariant,
+                FidelityType::Symmetric,
+            ] {
+                for ot in [OrthType::Basic, OrthType::ScaleInvariant] {
+                    let a = compute_energy(&y, &x, ft, ot, 0.7, 1.3).unwrap();
+                    let b = compute_energy_on(&mut be, &y, &x, ft, ot, 0.7, 1.3).unwrap();
+                    // ‖YᵀY − I‖² comes from ‖S‖² − 2‖Y‖² + k on the device: cancellation
+                    // costs up to ε·(‖S‖² + 2‖Y‖² + k) absolutely
+                    let n2 = y.norm_squared();
+                    let slack = tol * (n2 * n2 + 2.0 * n2 + k as f64);
+                    assert!((a.fidelity - b.fidelity).abs() <= tol * a.fidelity.abs() + 1e-300);
+                    assert!(
+                        (a.orthogonality - b.orthogonality).abs()
+                            <= tol * a.orthogonality.abs() + slack,
+                        "{ft:?} {ot:?}: {a:?} {b:?}"
+                    );
+                }
+            }
+        }
+        // bad input is still a typed error on the device path
+        let bad = DMatrix::from_element(3, 2, f64::NAN);
+        assert!(matches!(
+            retract_on(&mut be, &bad, &RetractOptions::default()),
+            Err(NsaError::NonFinite { .. })
+        ));
+    }
+}
+
+#[test]
+fn cli_retract_and_defect_run_on_the_gpu() {
+    if gpu_or_skip("cli_retract_and_defect_run_on_the_gpu").is_none() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("y.csv");
+    let y = randn(40, 4, 5).abs();
+    let mut text = String::new();
+    for i in 0..40 {
+        let row: Vec<String> = (0..4).map(|j| format!("{:.17e}", y[(i, j)])).collect();
+        text.push_str(&row.join(","));
+        text.push('\n');
+    }
+    std::fs::write(&input, text).unwrap();
+    let bin = env!("CARGO_BIN_EXE_nsa-flow");
+    let out_gpu = dir.path().join("r_gpu.csv");
+    let out_cpu = dir.path().join("r_cpu.csv");
+    for (backend, out) in [("gpu", &out_gpu), ("cpu", &out_cpu)] {
+        let o = std::process::Command::new(bin)
+            .args([
+                "retract",
+                input.to_str().unwrap(),
+                "--w",
+                "0.5",
+                "--backend",
+                backend,
+                "--out",
+            ])
+            .arg(out)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    }
+    let a = nsa_flow::io::read_matrix(&out_gpu).unwrap();
+    let b = nsa_flow::io::read_matrix(&out_cpu).unwrap();
+    assert!(rel_fro(&a, &b) < 1e-12);
+    let o = std::process::Command::new(bin)
+        .args(["defect", input.to_str().unwrap(), "--backend", "gpu"])
+        .output()
+        .unwrap();
+    assert!(o.status.success());
+    let d: f64 = String::from_utf8_lossy(&o.stdout).trim().parse().unwrap();
+    let want = invariant_orthogonality_defect(&y);
+    assert!((d - want).abs() < 1e-12 * want);
+}
