@@ -8,7 +8,8 @@
 // the host encodes a bounded number of dispatches and reads nothing back: dispatches after
 // convergence return at once.
 //
-// Small k (≤ 64): `ns_fused` runs several steps in one workgroup. Larger k: `ns_step_a`,
+// k ≤ 32: `ns_shared` keeps R and Q in workgroup memory and runs many steps per dispatch;
+// k ≤ 64: `ns_fused` runs several steps in one workgroup. Larger k: `ns_step_a`,
 // `ns_step_b` spread each step's products over many workgroups and `ns_check` updates the
 // state. Every invocation's loop trips per dispatch stay far below 65 535.
 //
@@ -289,4 +290,137 @@ fn ns_finish(@builtin(global_invocation_id) gid: vec3<u32>) {
         return;
     }
     small[params.off2 + e] = small[q_at(e)] / sqrt(small[params.slot]);
+}
+
+// k ≤ 32: R, Q and a scratch matrix live in workgroup memory for the whole dispatch, which
+// runs up to `chunk` steps; only the state scalars and the final R, Q go back to the small
+// buffer. Each invocation owns the entries lid + 256·t, t < 4.
+var<workgroup> wr: array<T, 1024>;
+var<workgroup> wq: array<T, 1024>;
+var<workgroup> ww: array<T, 1024>;
+var<workgroup> st_prev: T;
+var<workgroup> st_best: T;
+var<workgroup> st_steps: T;
+var<workgroup> st_done: u32;
+
+fn zs(i: u32, j: u32) -> T {
+    let r = wr[i + j * params.k];
+    return select(T(-0.5) * r, T(0.5) * (3.0 - r), i == j);
+}
+
+@compute @workgroup_size(256)
+fn ns_shared(@builtin(local_invocation_id) lid3: vec3<u32>) {
+    let lid = lid3.x;
+    let k = params.k;
+    let kk = k * k;
+    let by_residual = (params.mode & 1u) != 0u;
+    let cap = params.c[1].x;
+    for (var e = lid; e < kk; e = e + 256u) {
+        wr[e] = small[r_at(e)];
+        wq[e] = small[q_at(e)];
+    }
+    if (lid == 0u) {
+        st_done = select(0u, 1u, small[params.slot + 1u] != 0.0);
+        st_steps = small[params.slot + 2u];
+        st_prev = small[params.slot + 3u];
+        st_best = small[params.slot + 4u];
+    }
+    workgroupBarrier();
+    for (var step = 0u; step < params.chunk; step = step + 1u) {
+        if (workgroupUniformLoad(&st_done) != 0u) {
+            break;
+        }
+        var q_new: array<T, 4>;
+        var r_new: array<T, 4>;
+        // W = Z·R, Qn = Q·Z
+        for (var t = 0u; t < 4u; t = t + 1u) {
+            let e = lid + 256u * t;
+            if (e < kk) {
+                let i = e % k;
+                let j = e / k;
+                var w: T = 0.0;
+                var q: T = 0.0;
+                for (var l = 0u; l < k; l = l + 1u) {
+                    w = w + zs(i, l) * wr[l + j * k];
+                    q = q + wq[i + l * k] * zs(l, j);
+                }
+                ww[e] = w;
+                q_new[t] = q;
+            }
+        }
+        workgroupBarrier();
+        // Rn = W·Z
+        for (var t = 0u; t < 4u; t = t + 1u) {
+            let e = lid + 256u * t;
+            if (e < kk) {
+                let i = e % k;
+                let j = e / k;
+                var acc: T = 0.0;
+                for (var l = 0u; l < k; l = l + 1u) {
+                    acc = acc + ww[i + l * k] * zs(l, j);
+                }
+                r_new[t] = acc;
+            }
+        }
+        workgroupBarrier();
+        for (var t = 0u; t < 4u; t = t + 1u) {
+            let e = lid + 256u * t;
+            if (e < kk) {
+                ww[e] = r_new[t];
+            }
+        }
+        workgroupBarrier();
+        // R = sym(Rn) and the residual
+        var res: T = 0.0;
+        for (var t = 0u; t < 4u; t = t + 1u) {
+            let e = lid + 256u * t;
+            if (e < kk) {
+                let i = e % k;
+                let j = e / k;
+                let v = 0.5 * (ww[e] + ww[j + i * k]);
+                let d = v - select(T(0.0), T(1.0), i == j);
+                res = res + d * d;
+                r_new[t] = v;
+            }
+        }
+        let rr = reduce2(lid, res, 0.0);
+        let residual = sqrt(rr.x) / sqrt(T(k));
+        let prev = st_prev;
+        let best = st_best;
+        let steps = st_steps + 1.0;
+        let diverged = by_residual && (!is_finite(residual) || residual > prev);
+        if (!diverged) {
+            for (var t = 0u; t < 4u; t = t + 1u) {
+                let e = lid + 256u * t;
+                if (e < kk) {
+                    wr[e] = r_new[t];
+                    wq[e] = q_new[t];
+                }
+            }
+        }
+        workgroupBarrier();
+        if (lid == 0u) {
+            var done = steps >= cap || diverged;
+            if (by_residual) {
+                done = done || residual <= params.c[0].w || (residual > 0.5 * best && best < 1e-3);
+            }
+            st_done = select(0u, 1u, done);
+            if (!diverged) {
+                st_steps = steps;
+                st_prev = residual;
+                st_best = min(best, residual);
+            }
+        }
+        workgroupBarrier();
+    }
+    for (var e = lid; e < kk; e = e + 256u) {
+        small[r_at(e)] = wr[e];
+        small[q_at(e)] = wq[e];
+    }
+    if (lid == 0u) {
+        small[params.slot + 1u] = select(T(0.0), T(1.0), st_done != 0u);
+        small[params.slot + 2u] = st_steps;
+        small[params.slot + 3u] = st_prev;
+        small[params.slot + 4u] = st_best;
+    }
 }

@@ -669,7 +669,18 @@ impl GpuBackend {
         ];
         self.dispatch(Kernel::NsInit, h, coefs, Slots::default(), (1, 1));
         let kk = (k * k).div_ceil(256);
-        if k <= 64 {
+        if k <= 32 {
+            // everything in workgroup memory: ~3·4·k loop trips per step
+            let per = (TRIP_BUDGET / (12 * k + 48)).max(1);
+            let mut left = steps;
+            while left > 0 {
+                let now = left.min(per);
+                let mut hs = h;
+                hs.chunk = now as u32;
+                self.dispatch(Kernel::NsShared, hs, coefs, Slots::default(), (1, 1));
+                left -= now;
+            }
+        } else if k <= 64 {
             let trips = 2 * kk * k + 2 * kk + 16;
             let per = (TRIP_BUDGET / trips).max(1);
             let mut left = steps;

@@ -25,6 +25,7 @@ pub enum Kernel {
     InvSqrtDiag,
     NsInit,
     NsFused,
+    NsShared,
     NsStepA,
     NsStepB,
     NsCheck,
@@ -36,7 +37,7 @@ pub enum Kernel {
 }
 
 impl Kernel {
-    const ALL: [Kernel; 23] = [
+    const ALL: [Kernel; 24] = [
         Kernel::Combine,
         Kernel::ScaleInPlace,
         Kernel::NonnegInPlace,
@@ -52,6 +53,7 @@ impl Kernel {
         Kernel::InvSqrtDiag,
         Kernel::NsInit,
         Kernel::NsFused,
+        Kernel::NsShared,
         Kernel::NsStepA,
         Kernel::NsStepB,
         Kernel::NsCheck,
@@ -80,6 +82,7 @@ impl Kernel {
             InvSqrtDiag => (shaders::SMALL, "inv_sqrt_diag"),
             NsInit => (shaders::INV_SQRT, "ns_init"),
             NsFused => (shaders::INV_SQRT, "ns_fused"),
+            NsShared => (shaders::INV_SQRT, "ns_shared"),
             NsStepA => (shaders::INV_SQRT, "ns_step_a"),
             NsStepB => (shaders::INV_SQRT, "ns_step_b"),
             NsCheck => (shaders::INV_SQRT, "ns_check"),
