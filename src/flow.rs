@@ -706,10 +706,11 @@ fn solve_corrected<B: Backend, F: FnMut(&IterInfo) -> Control>(
     let ropt = RetractOptions::corrected(params.retraction, w);
     let opt_rule = update_rule(params.optimizer);
 
-    let batch = be.line_search_batch().clamp(1, MAX_BATCH);
     let eps = be_eps(be);
     let mut y = be.upload(&start_n)?;
     let x0 = be.upload(&target_n)?;
+    // asked after the uploads: a device sizes its batch by the problem's shape
+    let batch = be.line_search_batch().clamp(1, MAX_BATCH);
     let mut grad = be.zeros(p, k)?;
     let mut dir = be.zeros(p, k)?;
     let mut prop = be.zeros(p, k)?;

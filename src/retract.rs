@@ -131,7 +131,15 @@ fn inv_sqrt_reference<T: Element>(a: &DMatrix<T>, o: &RetractOptions) -> DMatrix
         m => m,
     };
     match method {
-        InvSqrtMethod::Eig | InvSqrtMethod::Auto => linalg::inv_sqrt_eig(a, eps),
+        // Eigenvalues below 16·ε_mach·tr(A)/k are rounding noise from the eigensolver (in f32
+        // they are ~1e-7·λ_max): inverting them gives arbitrary results, so they are clamped
+        // there as well as at ε. In f64 at ordinary scales the floor is far below ε and
+        // changes nothing; the GPU lifts them the same way.
+        InvSqrtMethod::Eig | InvSqrtMethod::Auto => {
+            let k = a.nrows().max(1);
+            let floor = (16.0 * T::EPS * linalg::trace(a) / k as f64).max(o.eps);
+            linalg::inv_sqrt_eig(a, T::of(floor))
+        }
         InvSqrtMethod::NewtonSchulz => {
             linalg::inv_sqrt_ns_reference(a, eps, o.ns_iter.unwrap_or(4))
                 .unwrap_or_else(|| linalg::inv_sqrt_eig(a, eps))
