@@ -814,18 +814,18 @@ fn solve_corrected<B: Backend, F: FnMut(&IterInfo) -> Control>(
             // evaluates only that one (no device work wasted when it is accepted again);
             // after one that backtracked, a whole batch.
             let n = if first && !prev_backtracked { 1 } else { batch }.min(n_trials - tried);
-            for j in 0..n {
+            for (j, eval) in evals.iter_mut().enumerate().take(n) {
                 let (kind, a, plr, _) = trial(&phases, tried + j);
                 match kind {
                     Candidate::Retracted => {
                         be.lerp(&y, &prop, a, &mut cand);
-                        be.retract(&cand, &mut evals[j], &ropt);
+                        be.retract(&cand, eval, &ropt);
                     }
-                    Candidate::AlongProposal => be.lerp(&y, &prop, a, &mut evals[j]),
-                    Candidate::AlongGradient => be.lincomb(1.0, &y, -a * plr, &grad, &mut evals[j]),
+                    Candidate::AlongProposal => be.lerp(&y, &prop, a, eval),
+                    Candidate::AlongGradient => be.lincomb(1.0, &y, -a * plr, &grad, eval),
                 }
                 if clamp {
-                    be.nonneg(&mut evals[j], NonNeg::Hard);
+                    be.nonneg(eval, NonNeg::Hard);
                 }
             }
             let mut reqs: Requests<'_, B::Mat> = SmallVec::new();
