@@ -7,7 +7,12 @@
 //!     CPU's own eigendecomposition is accurate only to about ε·κ, to max(1e-8, 16·ε·κ), κ of
 //!     YᵀY + 1e-8·I at the start or the answer, printed when it applies). A failure is
 //!     diagnosed (first differing decision, its margins in f64 ulps, how far the tied step
-//!     moves `Y`) but not excused.
+//!     moves `Y`). One exception, corrected mode only: a line-search branch that the rule of
+//!     [`compare`] shows to be a rounding tie (each run's decision is the mirrored rule's for
+//!     its own numbers, the inputs agree, both margins within the tie window), with the same
+//!     iteration count, best iterations at most one apart and `Y` within twice the tied step
+//!     (‖c − Y‖/‖c‖) + 1e-8, is allowed, printed and counted; at most [`MAX_F64_TIES`] such
+//!     pairs in the file. The pairs run on two workers, each with a GPU context of its own.
 //!   - f32 (the f32 cases, and every f64 case rounded to f32), first 20 iterations: energies
 //!     agree to 1e-3 on every iteration both ran with the same decisions, and `Y` agrees to
 //!     1e-3 when the paths are the same. A path may part only through a decision that was a
@@ -61,6 +66,9 @@ const F32_ITERS: usize = 20;
 const F32_TOL: f64 = 1e-3;
 /// f64: relative agreement of `Y`.
 const F64_Y_TOL: f64 = 1e-8;
+/// The most f64 corrected-mode pairs that may part through an allowed rounding tie at the
+/// noise threshold (see `golden_cases_f64_gpu_matches_cpu_in_both_modes`).
+const MAX_F64_TIES: usize = 3;
 /// The corrected line search's sufficient-decrease constant (`C1` in src/flow.rs), mirrored
 /// here to recompute a decision's threshold when a branch diverges.
 const C1: f64 = 1e-4;
@@ -788,8 +796,22 @@ enum Verdict {
     Fail(String),
 }
 
+/// A line-search branch shown to be a rounding tie ([`branch`]): where it was, the two margins
+/// in units of the compared precision's roundoff, and how far the candidate decided
+/// differently moves `Y` (`‖c − Y‖/‖c‖`, the larger of the two runs'; corrected mode only,
+/// NaN in reference mode, where the solver does not report a candidate's step).
+#[derive(Clone, Copy, Debug)]
+struct TieStep {
+    iter: usize,
+    margin_cpu_u: f64,
+    margin_gpu_u: f64,
+    step_rel: f64,
+}
+
 struct Comparison {
     verdict: Verdict,
+    /// set when the verdict is a line-search branch shown to be a rounding tie
+    tie_step: Option<TieStep>,
     /// largest energy difference over the iterations run with the same decisions, relative to
     /// `|E| + floor/tol` ([`Ctx::energy_diff`])
     max_e: f64,
@@ -867,6 +889,7 @@ fn compare(cx: &Ctx, c: &Spied, g: &Spied) -> Comparison {
     let mut max_e = 0.0f64;
     let done = |verdict, max_e, at| Comparison {
         verdict,
+        tie_step: None,
         max_e,
         dy,
         at,
@@ -891,8 +914,11 @@ fn compare(cx: &Ctx, c: &Spied, g: &Spied) -> Comparison {
     for i in 1..=n_common {
         let (a, b) = (&c.infos[i - 1], &g.infos[i - 1]);
         if a.backtracks != b.backtracks {
-            let v = branch(cx, c, g, &model, &gmodel, i);
-            return done(v, max_e, Some(i));
+            let (v, t) = branch(cx, c, g, &model, &gmodel, i);
+            return Comparison {
+                tie_step: t,
+                ..done(v, max_e, Some(i))
+            };
         }
         let mg = mag(c, &model, i).max(mag(g, &gmodel, i));
         let d = cx.energy_diff(a.total_energy, b.total_energy, mg);
@@ -920,8 +946,11 @@ fn compare(cx: &Ctx, c: &Spied, g: &Spied) -> Comparison {
         if (stalled(c) && c.infos.len() == n_common && g.infos.len() > n_common)
             || (stalled(g) && g.infos.len() == n_common && c.infos.len() > n_common)
         {
-            let v = branch(cx, c, g, &model, &gmodel, i);
-            return done(v, max_e, Some(i));
+            let (v, t) = branch(cx, c, g, &model, &gmodel, i);
+            return Comparison {
+                tie_step: t,
+                ..done(v, max_e, Some(i))
+            };
         }
         let v = stop_tie(cx, c, g);
         return done(v, max_e, Some(n_common));
@@ -969,8 +998,57 @@ fn compare(cx: &Ctx, c: &Spied, g: &Spied) -> Comparison {
     done(Verdict::Agree, max_e, None)
 }
 
-/// Diagnoses the first line-search decision taken differently, at iteration `i`.
-fn branch(cx: &Ctx, c: &Spied, g: &Spied, model: &Model, gmodel: &Model, i: usize) -> Verdict {
+/// Diagnoses the first line-search decision taken differently, at iteration `i`; with a
+/// [`TieStep`] when it was a rounding tie.
+fn branch(
+    cx: &Ctx,
+    c: &Spied,
+    g: &Spied,
+    model: &Model,
+    gmodel: &Model,
+    i: usize,
+) -> (Verdict, Option<TieStep>) {
+    let v = branch_verdict(cx, c, g, model, gmodel, i);
+    let Verdict::Tie(_) = v else {
+        return (v, None);
+    };
+    let mode = cx.params.mode;
+    let seg = |s: &Spied, m: &Model| {
+        s.segments
+            .get(i - 1)
+            .and_then(|x| candidates(x, mode, m))
+            .map(|(c, _)| c)
+            .unwrap_or_default()
+    };
+    let (cc, gc) = (seg(c, model), seg(g, gmodel));
+    let (ta, tb) = (stopped_at(c, i), stopped_at(g, i));
+    let d = ta.unwrap_or(usize::MAX).min(tb.unwrap_or(usize::MAX));
+    let (x, y) = (cc[d], gc[d]);
+    let (thr_c, _) = decision(mode, &x, anchor(c, i, mode, model), c.eps);
+    let (thr_g, _) = decision(mode, &y, anchor(g, i, mode, gmodel), g.eps);
+    let scale = thr_c.abs().max(thr_g.abs());
+    let step_rel = |z: &Cand| (z.step_sq / z.norm_sq).sqrt();
+    let (sx, sy) = (step_rel(&x), step_rel(&y));
+    let t = TieStep {
+        iter: i,
+        margin_cpu_u: (x.e - thr_c) / scale / cx.u,
+        margin_gpu_u: (y.e - thr_g) / scale / cx.u,
+        step_rel: match mode {
+            Mode::Corrected if !sx.is_nan() && !sy.is_nan() => sx.max(sy),
+            _ => f64::NAN,
+        },
+    };
+    (v, Some(t))
+}
+
+fn branch_verdict(
+    cx: &Ctx,
+    c: &Spied,
+    g: &Spied,
+    model: &Model,
+    gmodel: &Model,
+    i: usize,
+) -> Verdict {
     let mode = cx.params.mode;
     for (who, s, m) in [("cpu", c, model), ("gpu", g, gmodel)] {
         if let Err(e) = mirror_check(s, i, mode, m) {
@@ -1351,6 +1429,195 @@ fn retraction_check(params: &Params, case: &Case, j: usize) -> String {
 // ---------------------------------------------------------------------------------------
 // 1a. f64: the same path, the same answer
 
+/// What one f64 case×mode pair gave: its table row, its failure (if any), and its allowed
+/// rounding tie (if any).
+#[derive(Default)]
+struct PairOutcome {
+    table: Vec<String>,
+    failures: Vec<String>,
+    allowed_ties: Vec<String>,
+}
+
+/// Runs one f64 golden case in one mode on the CPU and on the GPU (`own`), and compares.
+fn f64_pair(case: &Case, mode: Mode, own: &Arc<GpuContext>, software: bool) -> PairOutcome {
+    let (p, k) = case.y0.shape();
+    let PairOutcome {
+        mut table,
+        mut failures,
+        mut allowed_ties,
+    } = PairOutcome::default();
+    let cap = software_cap(software, k, mode);
+    let max_iter = cap.map_or(case.params.max_iter, |c| c.min(case.params.max_iter));
+    let capped = if max_iter < case.params.max_iter {
+        format!(" [capped at {max_iter} of {}]", case.params.max_iter)
+    } else {
+        String::new()
+    };
+    let params = Params {
+        mode,
+        max_iter,
+        ..case.params.clone()
+    };
+    let cpu = cpu_run(Precision::F64, &case.y0, case.x0.as_ref(), &params);
+    let gpu = spied_run(
+        gpu_on(own, Precision::F64),
+        &case.y0,
+        case.x0.as_ref(),
+        &params,
+    );
+    let tag = format!("{} {} f64", case.name, mode_name(mode));
+    let name = &case.name;
+    let mn = mode_name(mode);
+    match (cpu, gpu) {
+        (Err(ec), Err(eg)) => {
+            // e.g. corrected mode refuses k > p; the GPU path must refuse it too
+            table.push(format!("{name:<34} {mn:>4}  both refuse: {ec}"));
+            if std::mem::discriminant(&ec) != std::mem::discriminant(&eg) {
+                failures.push(format!("{tag}: different errors: cpu {ec} / gpu {eg}"));
+            }
+        }
+        (Ok(_), Err(e)) | (Err(e), Ok(_)) => {
+            table.push(format!("{name:<34} {mn:>4}  FAIL: one backend failed: {e}"));
+            failures.push(format!("{tag}: one backend failed: {e}"));
+        }
+        (Ok(c), Ok(g)) => {
+            let mut errs = Vec::new();
+            let dy = rel_fro_safe(&g.res.y, &c.res.y);
+            // k > p: YᵀY is singular and the CPU oracle's own eigendecomposition of
+            // YᵀY + 1e-8·I is accurate only to about ε·κ, so Y is asked to agree to
+            // that (κ the larger of the start's and the CPU answer's)
+            let mut note = String::new();
+            let y_tol = if k > p {
+                let kap = kappa(start_of(case)).max(kappa(&c.res.y));
+                let t = 16.0 * f64::EPSILON * kap;
+                if t > F64_Y_TOL {
+                    eprintln!(
+                        "{tag}: k = {k} > p = {p}: κ(YᵀY + 1e-8·I) = {kap:.2e} (start {:.2e}, CPU answer {:.2e}), so Y is compared to 16·ε·κ = {t:.2e} instead of {F64_Y_TOL:e}",
+                        kappa(start_of(case)),
+                        kappa(&c.res.y)
+                    );
+                    note = format!(" [k > p: Y tol 16·ε·κ = {t:.1e}]");
+                    t
+                } else {
+                    F64_Y_TOL
+                }
+            } else {
+                F64_Y_TOL
+            };
+            if c.res.iterations != g.res.iterations {
+                errs.push(format!(
+                    "iterations {} != {}",
+                    g.res.iterations, c.res.iterations
+                ));
+            }
+            if c.res.best_iteration != g.res.best_iteration {
+                errs.push(format!(
+                    "best iteration {} != {}",
+                    g.res.best_iteration, c.res.best_iteration
+                ));
+            }
+            if !(dy <= y_tol) {
+                errs.push(format!("Y rel {dy:.3e} > {y_tol:.1e}"));
+            }
+            if !g.res.backend.starts_with("gpu") {
+                errs.push(format!("ran on '{}'", g.res.backend));
+            }
+            let mut allowed = None;
+            if !errs.is_empty() {
+                // diagnose with the f32 machinery at f64's unit roundoff
+                let cx = Ctx {
+                    params: &params,
+                    p,
+                    k,
+                    u: U64,
+                    tol: F64_Y_TOL,
+                };
+                let cmp = compare(&cx, &c, &g);
+                let kappa = kappa(&c.res.y);
+                let same_path = cmp.at.is_none();
+                // Corrected mode, near convergence, a candidate's energy can land
+                // within a few ulps of the noise threshold E_cur − 16ε|E_cur|, and the
+                // two backends' roundings then decide it differently. Such a split is
+                // allowed exactly when the tie rule of [`compare`] holds (each run's
+                // decision is the mirrored rule's for its own numbers, the inputs
+                // agree, both margins lie within the f32 tie window), the runs end
+                // after the same number of iterations, their best iterations differ
+                // by at most one, and Y differs by at most twice the tied step
+                // (‖c − Y‖/‖c‖ of the candidate one run took and the other did not)
+                // + 1e-8. Every allowance is printed and counted (at most
+                // `MAX_F64_TIES` over the file).
+                if let (Mode::Corrected, Verdict::Tie(r), Some(t)) =
+                    (mode, &cmp.verdict, cmp.tie_step)
+                {
+                    let bound = 2.0 * t.step_rel + F64_Y_TOL;
+                    let best_gap = c.res.best_iteration.abs_diff(g.res.best_iteration);
+                    if c.res.iterations == g.res.iterations
+                        && best_gap <= 1
+                        && dy <= bound
+                        && g.res.backend.starts_with("gpu")
+                    {
+                        let line = format!(
+                            "{tag}: f64 rounding tie allowed at iteration {}: margins cpu {:+.1} u / gpu {:+.1} u, tied step ‖ΔY‖/‖Y‖ = {:.2e}, Y rel {dy:.3e} ≤ 2·step + 1e-8 = {bound:.2e}, best iteration cpu {} / gpu {}",
+                            t.iter,
+                            t.margin_cpu_u,
+                            t.margin_gpu_u,
+                            t.step_rel,
+                            c.res.best_iteration,
+                            g.res.best_iteration
+                        );
+                        eprintln!("{line}\n  diagnosis: {r}");
+                        allowed = Some(format!(
+                            "tie allowed: it {}, margins {:+.1}/{:+.1} u, step {:.2e}, Y rel ≤ {bound:.2e}",
+                            t.iter, t.margin_cpu_u, t.margin_gpu_u, t.step_rel
+                        ));
+                        allowed_ties.push(line);
+                    }
+                }
+                if allowed.is_none() {
+                    errs.push(match cmp.verdict {
+                        Verdict::Agree => format!(
+                            "same decisions throughout, energies within {:.1e}",
+                            cmp.max_e
+                        ),
+                        Verdict::Tie(r) => {
+                            format!("diagnosis: a rounding tie in f64: {r}")
+                        }
+                        Verdict::Fail(r) => format!("diagnosis: {r}"),
+                    });
+                    if same_path {
+                        // the same path and still apart: how ill-conditioned the
+                        // answer is
+                        errs.push(format!("κ(YᵀY + 1e-8·I) of the CPU's Y = {kappa:.2e}"));
+                    }
+                }
+            }
+            table.push(format!(
+                "{name:<34} {mn:>4} {:>4}/{:<4} {:>4}/{:<4} {dy:>9.2e} {:>6.2}  {}{capped}{note}",
+                c.res.iterations,
+                g.res.iterations,
+                c.res.best_iteration,
+                g.res.best_iteration,
+                g.seconds,
+                if errs.is_empty() {
+                    format!("ok ({})", c.res.stop_reason)
+                } else if let Some(a) = &allowed {
+                    format!("{a} ({})", c.res.stop_reason)
+                } else {
+                    format!("FAIL ({}): {}", c.res.stop_reason, errs.join("; "))
+                }
+            ));
+            if !errs.is_empty() && allowed.is_none() {
+                failures.push(format!("{tag}: {}", errs.join("; ")));
+            }
+        }
+    }
+    PairOutcome {
+        table,
+        failures,
+        allowed_ties,
+    }
+}
+
 #[test]
 fn golden_cases_f64_gpu_matches_cpu_in_both_modes() {
     let t0 = Instant::now();
@@ -1374,138 +1641,58 @@ fn golden_cases_f64_gpu_matches_cpu_in_both_modes() {
         "case (f64)", "mode", "iters c/g", "best c/g", "Y rel", "gpu s", "status"
     )];
     let mut failures = Vec::new();
-    let mut runs = 0;
-    for case in cases.iter().filter(|c| c.precision == Precision::F64) {
-        let (p, k) = case.y0.shape();
-        for mode in [Mode::Reference, Mode::Corrected] {
-            let cap = software_cap(software, k, mode);
-            let max_iter = cap.map_or(case.params.max_iter, |c| c.min(case.params.max_iter));
-            let capped = if max_iter < case.params.max_iter {
-                format!(" [capped at {max_iter} of {}]", case.params.max_iter)
+    // corrected-mode pairs whose paths parted through an allowed rounding tie (see f64_pair)
+    let mut allowed_ties = Vec::new();
+    // the pairs run on two workers, each with a GPU context of its own (on lavapipe, one
+    // run rarely keeps both cores busy); the table keeps the (case, mode) order
+    let pairs: Vec<(&Case, Mode)> = cases
+        .iter()
+        .filter(|c| c.precision == Precision::F64)
+        .flat_map(|c| [(c, Mode::Reference), (c, Mode::Corrected)])
+        .collect();
+    let runs = pairs.len();
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let outcomes: std::sync::Mutex<Vec<Option<PairOutcome>>> =
+        std::sync::Mutex::new((0..runs).map(|_| None).collect());
+    std::thread::scope(|scope| {
+        for w in 0..2 {
+            let ctx_w = if w == 0 {
+                own.clone()
             } else {
-                String::new()
+                own_context(&ctx)
             };
-            let params = Params {
-                mode,
-                max_iter,
-                ..case.params.clone()
-            };
-            let cpu = cpu_run(Precision::F64, &case.y0, case.x0.as_ref(), &params);
-            let gpu = spied_run(
-                gpu_on(&own, Precision::F64),
-                &case.y0,
-                case.x0.as_ref(),
-                &params,
-            );
-            runs += 1;
-            let tag = format!("{} {} f64", case.name, mode_name(mode));
-            let name = &case.name;
-            let mn = mode_name(mode);
-            match (cpu, gpu) {
-                (Err(ec), Err(eg)) => {
-                    // e.g. corrected mode refuses k > p; the GPU path must refuse it too
-                    table.push(format!("{name:<34} {mn:>4}  both refuse: {ec}"));
-                    if std::mem::discriminant(&ec) != std::mem::discriminant(&eg) {
-                        failures.push(format!("{tag}: different errors: cpu {ec} / gpu {eg}"));
-                    }
-                }
-                (Ok(_), Err(e)) | (Err(e), Ok(_)) => {
-                    table.push(format!("{name:<34} {mn:>4}  FAIL: one backend failed: {e}"));
-                    failures.push(format!("{tag}: one backend failed: {e}"));
-                }
-                (Ok(c), Ok(g)) => {
-                    let mut errs = Vec::new();
-                    let dy = rel_fro_safe(&g.res.y, &c.res.y);
-                    // k > p: YᵀY is singular and the CPU oracle's own eigendecomposition of
-                    // YᵀY + 1e-8·I is accurate only to about ε·κ, so Y is asked to agree to
-                    // that (κ the larger of the start's and the CPU answer's)
-                    let mut note = String::new();
-                    let y_tol = if k > p {
-                        let kap = kappa(start_of(case)).max(kappa(&c.res.y));
-                        let t = 16.0 * f64::EPSILON * kap;
-                        if t > F64_Y_TOL {
-                            eprintln!(
-                                "{tag}: k = {k} > p = {p}: κ(YᵀY + 1e-8·I) = {kap:.2e} (start {:.2e}, CPU answer {:.2e}), so Y is compared to 16·ε·κ = {t:.2e} instead of {F64_Y_TOL:e}",
-                                kappa(start_of(case)),
-                                kappa(&c.res.y)
-                            );
-                            note = format!(" [k > p: Y tol 16·ε·κ = {t:.1e}]");
-                            t
-                        } else {
-                            F64_Y_TOL
-                        }
-                    } else {
-                        F64_Y_TOL
-                    };
-                    if c.res.iterations != g.res.iterations {
-                        errs.push(format!(
-                            "iterations {} != {}",
-                            g.res.iterations, c.res.iterations
-                        ));
-                    }
-                    if c.res.best_iteration != g.res.best_iteration {
-                        errs.push(format!(
-                            "best iteration {} != {}",
-                            g.res.best_iteration, c.res.best_iteration
-                        ));
-                    }
-                    if !(dy <= y_tol) {
-                        errs.push(format!("Y rel {dy:.3e} > {y_tol:.1e}"));
-                    }
-                    if !g.res.backend.starts_with("gpu") {
-                        errs.push(format!("ran on '{}'", g.res.backend));
-                    }
-                    if !errs.is_empty() {
-                        // diagnose with the f32 machinery at f64's unit roundoff
-                        let cx = Ctx {
-                            params: &params,
-                            p,
-                            k,
-                            u: U64,
-                            tol: F64_Y_TOL,
-                        };
-                        let cmp = compare(&cx, &c, &g);
-                        let kappa = kappa(&c.res.y);
-                        let same_path = cmp.at.is_none();
-                        errs.push(match cmp.verdict {
-                            Verdict::Agree => format!(
-                                "same decisions throughout, energies within {:.1e}",
-                                cmp.max_e
-                            ),
-                            Verdict::Tie(r) => format!("diagnosis: a rounding tie in f64: {r}"),
-                            Verdict::Fail(r) => format!("diagnosis: {r}"),
-                        });
-                        if same_path {
-                            // the same path and still apart: how ill-conditioned the answer is
-                            errs.push(format!("κ(YᵀY + 1e-8·I) of the CPU's Y = {kappa:.2e}"));
-                        }
-                    }
-                    table.push(format!(
-                        "{name:<34} {mn:>4} {:>4}/{:<4} {:>4}/{:<4} {dy:>9.2e} {:>6.2}  {}{capped}{note}",
-                        c.res.iterations,
-                        g.res.iterations,
-                        c.res.best_iteration,
-                        g.res.best_iteration,
-                        g.seconds,
-                        if errs.is_empty() {
-                            format!("ok ({})", c.res.stop_reason)
-                        } else {
-                            format!("FAIL ({}): {}", c.res.stop_reason, errs.join("; "))
-                        }
-                    ));
-                    if !errs.is_empty() {
-                        failures.push(format!("{tag}: {}", errs.join("; ")));
-                    }
-                }
-            }
+            let (pairs, next, outcomes) = (&pairs, &next, &outcomes);
+            scope.spawn(move || loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let Some(&(case, mode)) = pairs.get(i) else {
+                    break;
+                };
+                let o = f64_pair(case, mode, &ctx_w, software);
+                outcomes.lock().unwrap()[i] = Some(o);
+            });
         }
+    });
+    for o in outcomes.into_inner().unwrap() {
+        let o = o.expect("every pair ran");
+        table.extend(o.table);
+        failures.extend(o.failures);
+        allowed_ties.extend(o.allowed_ties);
     }
     eprintln!(
-        "\n{}\n{runs} f64 case×mode pairs in {:.1} s\n",
+        "\n{}\n{runs} f64 case×mode pairs ({} rounding ties allowed) in {:.1} s\n",
         table.join("\n"),
+        allowed_ties.len(),
         t0.elapsed().as_secs_f64()
     );
     assert!(runs >= 2 * 25, "only {runs} f64 runs");
+    // a systematic problem (e.g. a backend's energies biased against the threshold) would
+    // show as many ties: a few are rounding, more are a bug
+    assert!(
+        allowed_ties.len() <= MAX_F64_TIES,
+        "{} f64 rounding ties allowed, more than {MAX_F64_TIES} of {runs} pairs:\n{}",
+        allowed_ties.len(),
+        allowed_ties.join("\n")
+    );
     assert!(
         failures.is_empty(),
         "{} f64 GPU/CPU mismatches:\n{}",
