@@ -209,20 +209,46 @@ fn gpu_limits_are_typed_errors() {
         return;
     };
     let e = be.zeros(10, 1025).unwrap_err();
-    assert!(matches!(e, NsaError::Gpu { kind: GpuErrorKind::Limit, .. }), "{e}");
+    assert!(
+        matches!(
+            e,
+            NsaError::Gpu {
+                kind: GpuErrorKind::Limit,
+                ..
+            }
+        ),
+        "{e}"
+    );
     assert!(e.to_string().contains("1024"), "{e}");
     let e = be.zeros(20_000_000, 1).unwrap_err();
-    assert!(matches!(e, NsaError::Gpu { kind: GpuErrorKind::Limit, .. }), "{e}");
+    assert!(
+        matches!(
+            e,
+            NsaError::Gpu {
+                kind: GpuErrorKind::Limit,
+                ..
+            }
+        ),
+        "{e}"
+    );
     let binding = be.context().adapter().max_storage_buffer_binding_size;
     let rows = (binding / 4 / 1000 + 1) as usize;
     if rows <= 16_776_960 {
         let e = be.zeros(rows, 1000).unwrap_err();
-        assert!(e.to_string().contains("max_storage_buffer_binding_size"), "{e}");
+        assert!(
+            e.to_string().contains("max_storage_buffer_binding_size"),
+            "{e}"
+        );
     }
-    assert!(matches!(be.zeros(0, 3).unwrap_err(), NsaError::Empty { .. }));
+    assert!(matches!(
+        be.zeros(0, 3).unwrap_err(),
+        NsaError::Empty { .. }
+    ));
     // the error is returned, and the backend still works afterwards
     let y = be.upload(&randn(33, 3, 1)).unwrap();
-    let n = be.reduce(&[nsa_flow::backend::Reduction::NormSq(&y)]).unwrap()[0];
+    let n = be
+        .reduce(&[nsa_flow::backend::Reduction::NormSq(&y)])
+        .unwrap()[0];
     assert!((n - randn(33, 3, 1).norm_squared()).abs() < 1e-3 * n);
 }
 

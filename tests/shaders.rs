@@ -28,8 +28,16 @@ fn every_shader_validates_in_both_precisions() {
         for precision in [Precision::F32, Precision::F64] {
             let src = specialize(&file, precision);
             if precision == Precision::F64 && file.source.contains("alias T = f32;") {
-                assert!(src.contains("alias T = f64;"), "{}: no f64 alias", file.name);
-                assert!(!src.contains("f32"), "{}: f32 left in the f64 source", file.name);
+                assert!(
+                    src.contains("alias T = f64;"),
+                    "{}: no f64 alias",
+                    file.name
+                );
+                assert!(
+                    !src.contains("f32"),
+                    "{}: f32 left in the f64 source",
+                    file.name
+                );
             }
             validate(&src, &format!("{} ({precision})", file.name));
         }
@@ -47,7 +55,10 @@ fn shader_files_on_disk_match_the_compiled_in_sources() {
     on_disk.sort();
     let mut known: Vec<String> = shaders::ALL.iter().map(|f| f.name.to_string()).collect();
     known.sort();
-    assert_eq!(on_disk, known, "every file under shaders/ is compiled in and tested");
+    assert_eq!(
+        on_disk, known,
+        "every file under shaders/ is compiled in and tested"
+    );
     for file in shaders::ALL {
         let text = std::fs::read_to_string(dir.join(file.name)).unwrap();
         assert_eq!(text, file.source, "{}", file.name);
@@ -81,7 +92,11 @@ fn uniform_layouts_agree() {
                     .iter()
                     .map(|m| (m.name.clone().unwrap_or_default(), m.offset))
                     .collect();
-                assert_eq!(got, want.members, "{} ({precision}): member offsets", file.name);
+                assert_eq!(
+                    got, want.members,
+                    "{} ({precision}): member offsets",
+                    file.name
+                );
                 assert_eq!(*span, want.size, "{} ({precision}): struct size", file.name);
                 assert_eq!(layouter[handle].size, want.size);
             }
