@@ -7,71 +7,17 @@ mod common;
 use common::*;
 use nalgebra::DMatrix;
 use nsa_flow::{
-    inv_sqrt_sym, invariant_orthogonality_defect, nsa_flow, retract, InvSqrtMethod, LearningRate,
-    Mode, NonNeg, OptimizerKind, Params, Precision, RetractOptions, Retraction,
+    inv_sqrt_sym, invariant_orthogonality_defect, nsa_flow, retract, InvSqrtMethod, Mode,
+    Precision, RetractOptions, Retraction,
 };
-use serde_json::Value;
 use std::path::Path;
-
-fn params_of(case: &Path) -> (Params, bool, Precision) {
-    let pj = json(case.join("params.json"));
-    let get = |k: &str| -> Option<Value> {
-        pj.get(k).cloned().or_else(|| {
-            pj.get("defaults_of_unset_args")
-                .and_then(|d| d.get(k).cloned())
-        })
-    };
-    let nonneg = match get("apply_nonneg").unwrap() {
-        Value::Bool(true) => NonNeg::Hard,
-        Value::Bool(false) => NonNeg::None,
-        other => panic!("apply_nonneg {other}"),
-    };
-    let lr = match get("initial_learning_rate").unwrap() {
-        Value::String(s) if s == "default" => LearningRate::Default,
-        Value::Number(n) => LearningRate::Value(n.as_f64().unwrap()),
-        other => panic!("lr {other}"),
-    };
-    let precision = match pj["dtype"].as_str().unwrap() {
-        "float32" => Precision::F32,
-        _ => Precision::F64,
-    };
-    let p = Params {
-        w: get("w").unwrap().as_f64().unwrap(),
-        retraction: get("retraction")
-            .unwrap()
-            .as_str()
-            .unwrap()
-            .parse::<Retraction>()
-            .unwrap(),
-        max_iter: get("max_iter").unwrap().as_u64().unwrap() as usize,
-        tol: get("tol").unwrap().as_f64().unwrap(),
-        seed: get("seed").unwrap().as_u64().unwrap(),
-        nonneg,
-        optimizer: get("optimizer")
-            .unwrap()
-            .as_str()
-            .unwrap()
-            .parse::<OptimizerKind>()
-            .unwrap(),
-        learning_rate: lr,
-        record_every: get("record_every").unwrap().as_u64().unwrap() as usize,
-        window_size: get("window_size").unwrap().as_u64().unwrap() as usize,
-        simplified: get("simplified").unwrap().as_bool().unwrap(),
-        project_full_gradient: get("project_full_gradient").unwrap().as_bool().unwrap(),
-        // the reference ignores `precision` and runs in the input dtype
-        precision,
-        mode: Mode::Reference,
-        ..Params::default()
-    };
-    (p, pj["X0_is_None"].as_bool().unwrap(), precision)
-}
 
 fn close(a: f64, b: f64, rel: f64) -> bool {
     (a - b).abs() <= rel * b.abs().max(1e-6)
 }
 
 fn check_flow_case(case: &Path) -> Result<String, String> {
-    let (mut params, x0_none, precision) = params_of(case);
+    let (mut params, x0_none, precision) = golden_params(case);
     let y0 = read(case.join("Y0.npy"));
     let x0 = if x0_none {
         params.perturbed_start = Some(read(case.join("Y_start.npy")));

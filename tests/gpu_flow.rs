@@ -45,13 +45,12 @@ use nsa_flow::backend::{Backend, GradientRule, Projection, Reduction, UpdateRule
 use nsa_flow::flow::solve;
 use nsa_flow::gpu::{GpuContext, GpuOptions};
 use nsa_flow::{
-    verify, Control, EnergyTerms, IterInfo, LearningRate, Mode, NonNeg, NsaResult, OptimizerKind,
-    Params, Precision, RetractOptions, Retraction, StopReason,
+    verify, Control, EnergyTerms, IterInfo, Mode, NonNeg, NsaResult, Params, Precision,
+    RetractOptions, Retraction, StopReason,
 };
-use serde_json::Value;
 use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Instant;
@@ -81,59 +80,6 @@ const NOISE_EPS: f64 = 16.0;
 
 // ---------------------------------------------------------------------------------------
 // golden cases
-
-/// The parameters of a golden flow case, as tests/golden.rs reads them.
-fn params_of(case: &Path) -> (Params, bool, Precision) {
-    let pj = json(case.join("params.json"));
-    let get = |k: &str| -> Option<Value> {
-        pj.get(k).cloned().or_else(|| {
-            pj.get("defaults_of_unset_args")
-                .and_then(|d| d.get(k).cloned())
-        })
-    };
-    let nonneg = match get("apply_nonneg").unwrap() {
-        Value::Bool(true) => NonNeg::Hard,
-        Value::Bool(false) => NonNeg::None,
-        other => panic!("apply_nonneg {other}"),
-    };
-    let lr = match get("initial_learning_rate").unwrap() {
-        Value::String(s) if s == "default" => LearningRate::Default,
-        Value::Number(n) => LearningRate::Value(n.as_f64().unwrap()),
-        other => panic!("lr {other}"),
-    };
-    let precision = match pj["dtype"].as_str().unwrap() {
-        "float32" => Precision::F32,
-        _ => Precision::F64,
-    };
-    let p = Params {
-        w: get("w").unwrap().as_f64().unwrap(),
-        retraction: get("retraction")
-            .unwrap()
-            .as_str()
-            .unwrap()
-            .parse::<Retraction>()
-            .unwrap(),
-        max_iter: get("max_iter").unwrap().as_u64().unwrap() as usize,
-        tol: get("tol").unwrap().as_f64().unwrap(),
-        seed: get("seed").unwrap().as_u64().unwrap(),
-        nonneg,
-        optimizer: get("optimizer")
-            .unwrap()
-            .as_str()
-            .unwrap()
-            .parse::<OptimizerKind>()
-            .unwrap(),
-        learning_rate: lr,
-        record_every: get("record_every").unwrap().as_u64().unwrap() as usize,
-        window_size: get("window_size").unwrap().as_u64().unwrap() as usize,
-        simplified: get("simplified").unwrap().as_bool().unwrap(),
-        project_full_gradient: get("project_full_gradient").unwrap().as_bool().unwrap(),
-        precision,
-        mode: Mode::Reference,
-        ..Params::default()
-    };
-    (p, pj["X0_is_None"].as_bool().unwrap(), precision)
-}
 
 struct Case {
     name: String,
@@ -165,7 +111,7 @@ fn golden_cases() -> Vec<Case> {
     }
     seen.into_iter()
         .map(|(name, dir)| {
-            let (mut params, x0_none, precision) = params_of(&dir);
+            let (mut params, x0_none, precision) = golden_params(&dir);
             let y0 = read(dir.join("Y0.npy"));
             let x0 = if x0_none {
                 params.perturbed_start = Some(read(dir.join("Y_start.npy")));

@@ -810,27 +810,20 @@ impl GpuBackend {
         }
         self.flush();
         let staging = self.ws().staging.clone();
-        let raw = self.map_read(&staging, bytes)?;
-        self.partial_sums_host.clear();
-        match self.precision {
-            Precision::F32 => self.partial_sums_host.extend(
-                raw.chunks_exact(4)
-                    .map(|c| f32::from_le_bytes(c.try_into().unwrap()) as f64),
-            ),
-            Precision::F64 => self.partial_sums_host.extend(
-                raw.chunks_exact(8)
-                    .map(|c| f64::from_le_bytes(c.try_into().unwrap())),
-            ),
-        }
+        let mut host = std::mem::take(&mut self.partial_sums_host);
+        let read = self.map_values(&staging, bytes, &mut host);
+        self.partial_sums_host = host;
+        read?;
         for s in 0..slots {
             out.push(self.partial_sums_host[s * g..(s + 1) * g].iter().sum());
         }
         Ok(())
     }
 
-    /// Maps `bytes` of a MAP_READ buffer after the work submitted so far, surfacing any
-    /// deferred or asynchronous error before a value is used.
-    fn map_read(&mut self, buffer: &wgpu::Buffer, bytes: u64) -> Result<Vec<u8>> {
+    /// Maps `bytes` of a MAP_READ buffer after the work submitted so far and decodes its
+    /// elements into `out` (cleared first) as f64, surfacing any deferred or asynchronous
+    /// error before a value is used.
+    fn map_values(&mut self, buffer: &wgpu::Buffer, bytes: u64, out: &mut Vec<f64>) -> Result<()> {
         self.readbacks += 1;
         let slice = buffer.slice(0..bytes);
         let (tx, rx) = std::sync::mpsc::channel();
@@ -866,15 +859,25 @@ impl GpuBackend {
                 })
             }
         }
-        let data = {
+        out.clear();
+        {
             let view = slice.get_mapped_range().map_err(|e| NsaError::Gpu {
                 kind: GpuErrorKind::Validation,
                 message: format!("mapping the readback: {e}"),
             })?;
-            view.to_vec()
-        };
+            match self.precision {
+                Precision::F32 => out.extend(
+                    view.chunks_exact(4)
+                        .map(|c| f32::from_le_bytes(c.try_into().unwrap()) as f64),
+                ),
+                Precision::F64 => out.extend(
+                    view.chunks_exact(8)
+                        .map(|c| f64::from_le_bytes(c.try_into().unwrap())),
+                ),
+            }
+        }
         buffer.unmap();
-        Ok(data)
+        Ok(())
     }
 
     fn to_bytes(&self, m: &DMatrix<f64>) -> Vec<u8> {
@@ -1114,17 +1117,8 @@ impl GpuBackend {
             bytes,
         );
         self.flush();
-        let raw = self.map_read(&staging, bytes)?;
-        let vals: Vec<f64> = match self.precision {
-            Precision::F32 => raw
-                .chunks_exact(4)
-                .map(|c| f32::from_le_bytes(c.try_into().unwrap()) as f64)
-                .collect(),
-            Precision::F64 => raw
-                .chunks_exact(8)
-                .map(|c| f64::from_le_bytes(c.try_into().unwrap()))
-                .collect(),
-        };
+        let mut vals = Vec::new();
+        self.map_values(&staging, bytes, &mut vals)?;
         Ok((vals[2] as usize, vals[3]))
     }
 
@@ -1209,17 +1203,8 @@ impl Backend for GpuBackend {
         self.encoder()
             .copy_buffer_to_buffer(&m.buffer, 0, &staging, 0, bytes);
         self.flush();
-        let raw = self.map_read(&staging, bytes)?;
-        let vals: Vec<f64> = match self.precision {
-            Precision::F32 => raw
-                .chunks_exact(4)
-                .map(|c| f32::from_le_bytes(c.try_into().unwrap()) as f64)
-                .collect(),
-            Precision::F64 => raw
-                .chunks_exact(8)
-                .map(|c| f64::from_le_bytes(c.try_into().unwrap()))
-                .collect(),
-        };
+        let mut vals = Vec::with_capacity(m.p * m.k);
+        self.map_values(&staging, bytes, &mut vals)?;
         Ok(DMatrix::from_vec(m.p, m.k, vals))
     }
 

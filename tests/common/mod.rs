@@ -109,3 +109,61 @@ pub fn gpu_backend(
     }
     Some(nsa_flow::backend::gpu::GpuBackend::new(ctx, precision).expect("GPU kernels build"))
 }
+
+/// The parameters of a golden flow case (its params.json), whether its X0 was None, and its
+/// precision: reference mode, as the real reference ran it.
+#[allow(dead_code)]
+pub fn golden_params(case: &std::path::Path) -> (nsa_flow::Params, bool, nsa_flow::Precision) {
+    use nsa_flow::*;
+    use serde_json::Value;
+    let pj = json(case.join("params.json"));
+    let get = |k: &str| -> Option<Value> {
+        pj.get(k).cloned().or_else(|| {
+            pj.get("defaults_of_unset_args")
+                .and_then(|d| d.get(k).cloned())
+        })
+    };
+    let nonneg = match get("apply_nonneg").unwrap() {
+        Value::Bool(true) => NonNeg::Hard,
+        Value::Bool(false) => NonNeg::None,
+        other => panic!("apply_nonneg {other}"),
+    };
+    let lr = match get("initial_learning_rate").unwrap() {
+        Value::String(s) if s == "default" => LearningRate::Default,
+        Value::Number(n) => LearningRate::Value(n.as_f64().unwrap()),
+        other => panic!("lr {other}"),
+    };
+    let precision = match pj["dtype"].as_str().unwrap() {
+        "float32" => Precision::F32,
+        _ => Precision::F64,
+    };
+    let p = Params {
+        w: get("w").unwrap().as_f64().unwrap(),
+        retraction: get("retraction")
+            .unwrap()
+            .as_str()
+            .unwrap()
+            .parse::<Retraction>()
+            .unwrap(),
+        max_iter: get("max_iter").unwrap().as_u64().unwrap() as usize,
+        tol: get("tol").unwrap().as_f64().unwrap(),
+        seed: get("seed").unwrap().as_u64().unwrap(),
+        nonneg,
+        optimizer: get("optimizer")
+            .unwrap()
+            .as_str()
+            .unwrap()
+            .parse::<OptimizerKind>()
+            .unwrap(),
+        learning_rate: lr,
+        record_every: get("record_every").unwrap().as_u64().unwrap() as usize,
+        window_size: get("window_size").unwrap().as_u64().unwrap() as usize,
+        simplified: get("simplified").unwrap().as_bool().unwrap(),
+        project_full_gradient: get("project_full_gradient").unwrap().as_bool().unwrap(),
+        // the reference ignores `precision` and runs in the input dtype
+        precision,
+        mode: Mode::Reference,
+        ..Params::default()
+    };
+    (p, pj["X0_is_None"].as_bool().unwrap(), precision)
+}
