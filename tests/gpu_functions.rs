@@ -119,3 +119,58 @@ fn cli_retract_and_defect_run_on_the_gpu() {
     let want = invariant_orthogonality_defect(&y);
     assert!((d - want).abs() < 1e-12 * want);
 }
+
+/// An application's own device (requested with wgpu's default limits, no f64) runs the flow
+/// through `GpuContext::from_device`; f64 is then a typed error, not a crash.
+#[test]
+fn an_applications_own_device_can_be_shared() {
+    if gpu_or_skip("an_applications_own_device_can_be_shared").is_none() {
+        return;
+    }
+    let instance =
+        wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
+    let adapter = pollster::block_on(instance.request_adapter(&wgpu::RequestAdapterOptions {
+        force_fallback_adapter: false,
+        ..Default::default()
+    }))
+    .expect("an adapter (gpu_or_skip found one)");
+    let (device, queue) =
+        pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor::default())).unwrap();
+    let ctx = nsa_flow::gpu::GpuContext::from_device(device, queue, &adapter.get_info());
+    assert!(!ctx.supports_f64());
+    let err = nsa_flow::backend::gpu::GpuBackend::new(ctx.clone(), Precision::F64).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            NsaError::Gpu {
+                kind: GpuErrorKind::MissingFeature,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    let mut be = nsa_flow::backend::gpu::GpuBackend::new(ctx, Precision::F32).unwrap();
+    let x0 = randn(64, 4, 3).abs();
+    let params = Params {
+        precision: Precision::F32,
+        max_iter: 20,
+        ..Params::default()
+    };
+    let gpu = nsa_flow::flow::solve(&mut be, &x0, Some(&x0), &params, &mut |_| Control::Continue)
+        .unwrap();
+    let cpu = nsa_flow(
+        &x0,
+        Some(&x0),
+        &Params {
+            backend: BackendChoice::Cpu,
+            ..params
+        },
+    )
+    .unwrap();
+    assert!(gpu.readbacks.unwrap() > 0);
+    assert!(
+        rel_fro(&gpu.y, &cpu.y) < 1e-3,
+        "{}",
+        rel_fro(&gpu.y, &cpu.y)
+    );
+}

@@ -188,6 +188,17 @@ fn limit_error(message: String) -> NsaError {
     }
 }
 
+impl std::fmt::Debug for GpuBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GpuBackend")
+            .field("adapter", &self.ctx.adapter().label())
+            .field("precision", &self.precision)
+            .field("shape", &self.ws.as_ref().map(|w| (w.p, w.k)))
+            .field("readbacks", &self.readbacks)
+            .finish()
+    }
+}
+
 impl GpuBackend {
     /// A backend on `ctx` computing in `precision` (`f64` needs an adapter with
     /// `SHADER_F64`).
