@@ -29,6 +29,7 @@ struct Params {
 }
 
 @group(0) @binding(0) var<uniform> params: Params;
+@group(0) @binding(4) var<storage, read_write> step_args: array<u32>;
 @group(0) @binding(5) var<storage, read_write> small: array<T>;
 
 var<workgroup> tree: array<T, 256>;
@@ -149,6 +150,7 @@ fn ns_init(@builtin(local_invocation_id) lid3: vec3<u32>) {
         small[params.slot + 2u] = 0.0;
         small[params.slot + 3u] = select(residual, T(-1.0), !usable);
         small[params.slot + 4u] = residual;
+        write_step_args();
     }
 }
 
@@ -228,6 +230,15 @@ fn products_b(e: u32) {
     small[rn_at(e)] = acc;
 }
 
+// The workgroup counts of the next multi-workgroup step (k > 64): none once converged, so
+// the remaining indirect dispatches launch nothing.
+fn write_step_args() {
+    let groups = (params.k * params.k + 255u) / 256u;
+    step_args[0] = select(groups, 0u, small[params.slot + 1u] != 0.0);
+    step_args[1] = 1u;
+    step_args[2] = 1u;
+}
+
 // Up to `chunk` steps in one workgroup (k ≤ 64).
 @compute @workgroup_size(256)
 fn ns_fused(@builtin(local_invocation_id) lid3: vec3<u32>) {
@@ -280,6 +291,9 @@ fn ns_check(@builtin(local_invocation_id) lid3: vec3<u32>) {
         return;
     }
     finish_step(lid3.x);
+    if (lid3.x == 0u) {
+        write_step_args();
+    }
 }
 
 // T (off2) = Q/√s.

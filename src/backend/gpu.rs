@@ -139,6 +139,8 @@ struct Workspace {
     aux_finalize: usize,
     aux_sgdp: usize,
     partials: usize,
+    /// Workgroup counts of the next Newton–Schulz step (k > 64), written by the device.
+    ns_args: GpuMat,
 }
 
 /// Where the bytes of one dispatch go.
@@ -367,6 +369,16 @@ impl GpuBackend {
             (MAX_SLOTS * partials) as u64 * e,
             wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
         )?;
+        let ns_args = GpuMat {
+            buffer: self.create_buffer(
+                "nsa-flow Newton–Schulz step counts",
+                16,
+                wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::INDIRECT,
+            )?,
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+            p: 0,
+            k: 0,
+        };
         self.ws = Some(Workspace {
             p,
             k,
@@ -380,6 +392,7 @@ impl GpuBackend {
             aux_finalize,
             aux_sgdp,
             partials,
+            ns_args,
         });
         Ok(())
     }
@@ -510,6 +523,30 @@ impl GpuBackend {
         if groups.0 == 0 || groups.1 == 0 {
             return;
         }
+        self.record(kernel, header, coefs, slots, Some(groups), None);
+    }
+
+    /// Records one dispatch whose workgroup counts the device wrote into `args` (so a
+    /// converged iteration's remaining steps launch nothing).
+    fn dispatch_indirect(
+        &mut self,
+        kernel: Kernel,
+        header: ParamsHeader,
+        coefs: [f64; 8],
+        args: &wgpu::Buffer,
+    ) {
+        self.record(kernel, header, coefs, Slots::default(), None, Some(args));
+    }
+
+    fn record(
+        &mut self,
+        kernel: Kernel,
+        header: ParamsHeader,
+        coefs: [f64; 8],
+        slots: Slots,
+        groups: Option<(u32, u32)>,
+        indirect: Option<&wgpu::Buffer>,
+    ) {
         if self.ring_used == RING_SLOTS {
             self.flush();
         }
@@ -529,7 +566,11 @@ impl GpuBackend {
         });
         pass.set_pipeline(kernels.pipeline(kernel));
         pass.set_bind_group(0, &bg, &[(slot as u64 * RING_STRIDE) as u32]);
-        pass.dispatch_workgroups(groups.0, groups.1, 1);
+        match (groups, indirect) {
+            (Some((x, y)), _) => pass.dispatch_workgroups(x, y, 1),
+            (None, Some(args)) => pass.dispatch_workgroups_indirect(args, 0),
+            (None, None) => {}
+        }
     }
 
     /// A 2-D grid of `groups` workgroups (65 535 per dimension).
@@ -678,7 +719,20 @@ impl GpuBackend {
             0.0,
             0.0,
         ];
-        self.dispatch(Kernel::NsInit, h, coefs, Slots::default(), (1, 1));
+        let args = {
+            let a = &self.ws().ns_args;
+            GpuMat {
+                buffer: a.buffer.clone(),
+                id: a.id,
+                p: 0,
+                k: 0,
+            }
+        };
+        let with_args = Slots {
+            out: Some(&args),
+            ..Default::default()
+        };
+        self.dispatch(Kernel::NsInit, h, coefs, with_args, (1, 1));
         let kk = (k * k).div_ceil(256);
         if k <= 32 {
             // everything in workgroup memory: ~3·4·k loop trips per step
@@ -704,9 +758,9 @@ impl GpuBackend {
             }
         } else {
             for _ in 0..steps {
-                self.dispatch(Kernel::NsStepA, h, coefs, Slots::default(), (kk as u32, 1));
-                self.dispatch(Kernel::NsStepB, h, coefs, Slots::default(), (kk as u32, 1));
-                self.dispatch(Kernel::NsCheck, h, coefs, Slots::default(), (1, 1));
+                self.dispatch_indirect(Kernel::NsStepA, h, coefs, &args.buffer);
+                self.dispatch_indirect(Kernel::NsStepB, h, coefs, &args.buffer);
+                self.dispatch(Kernel::NsCheck, h, coefs, with_args, (1, 1));
             }
         }
         self.dispatch(Kernel::NsFinish, h, coefs, Slots::default(), (kk as u32, 1));
