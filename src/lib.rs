@@ -34,6 +34,7 @@ pub mod gpu;
 pub mod io;
 pub mod linalg;
 mod on_backend;
+pub mod optim;
 mod params;
 mod result;
 mod retract;

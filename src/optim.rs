@@ -1,0 +1,281 @@
+//! The optimizers of the reference's `get_torch_optimizer`, on the host (f64): torch 2.x and
+//! torch_optimizer 0.3.0 update rules with the reference's constructor choices. Work in
+//! progress for issue 4: the torch.optim family, LARS (momentum 0: plain SGD, as the
+//! reference constructs it) and SGDP; yogi, adabound, qhadam, pid, qhm, adamp, lookahead and
+//! lbfgs follow.
+
+use crate::error::{NsaError, Result};
+use nalgebra::DMatrix;
+
+/// Every name `get_torch_optimizer` lists, sorted as its `return_list=True` answer.
+pub const OPTIMIZER_NAMES: [&str; 22] = [
+    "adabound",
+    "adagrad",
+    "adam",
+    "adamax",
+    "adamp",
+    "adamw",
+    "asgd",
+    "lars",
+    "lbfgs",
+    "lookahead",
+    "nadam",
+    "padam",
+    "pid",
+    "qhadam",
+    "qhm",
+    "radam",
+    "rmsprop",
+    "rprop",
+    "sgd",
+    "sgd_nesterov",
+    "sgdp",
+    "yogi",
+];
+
+/// One optimizer with its state, stepping a p×k parameter with a given gradient.
+#[derive(Clone, Debug)]
+pub struct TorchOptimizer {
+    kind: Kind,
+    lr: f64,
+    step: u64,
+    a: Option<DMatrix<f64>>,
+    b: Option<DMatrix<f64>>,
+    c: Option<DMatrix<f64>>,
+    scalars: [f64; 2],
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Kind {
+    Sgd { momentum: f64, nesterov: bool },
+    Adam { weight_decay: f64 },
+    Adamax,
+    Adagrad,
+    Rmsprop,
+    Asgd,
+    Nadam,
+    Radam,
+    Rprop,
+}
+
+const B1: f64 = 0.9;
+const B2: f64 = 0.999;
+
+impl TorchOptimizer {
+    /// The optimizer `get_torch_optimizer(name, [P], lr)` builds. `padam` is an error (the
+    /// reference raises: torch_optimizer 0.3.0 has no PAdam), and so is a name not yet
+    /// implemented here.
+    pub fn new(name: &str, lr: f64) -> Result<TorchOptimizer> {
+        let kind = match name {
+            "sgd" => Kind::Sgd { momentum: 0.9, nesterov: false },
+            "sgd_nesterov" => Kind::Sgd { momentum: 0.9, nesterov: true },
+            "lars" => Kind::Sgd { momentum: 0.0, nesterov: false },
+            "adam" => Kind::Adam { weight_decay: 0.0 },
+            "adamw" => Kind::Adam { weight_decay: 1e-2 },
+            "adamax" => Kind::Adamax,
+            "adagrad" => Kind::Adagrad,
+            "rmsprop" => Kind::Rmsprop,
+            "asgd" => Kind::Asgd,
+            "nadam" => Kind::Nadam,
+            "radam" => Kind::Radam,
+            "rprop" => Kind::Rprop,
+            "padam" => {
+                return Err(NsaError::InvalidParameter {
+                    name: "optimizer",
+                    reason: "padam does not exist in torch_optimizer 0.3.0 (the reference raises AttributeError)".into(),
+                })
+            }
+            other => {
+                return Err(NsaError::UnknownName {
+                    kind: "optimizer (implemented so far)",
+                    name: other.into(),
+                    expected: "sgd, sgd_nesterov, lars, adam, adamw, adamax, adagrad, rmsprop, asgd, nadam, radam, rprop".into(),
+                })
+            }
+        };
+        Ok(TorchOptimizer {
+            kind,
+            lr,
+            step: 0,
+            a: None,
+            b: None,
+            c: None,
+            scalars: [0.0; 2],
+        })
+    }
+
+    /// One `optimizer.step()` with `p.grad = g`.
+    pub fn step(&mut self, p: &mut DMatrix<f64>, g: &DMatrix<f64>) {
+        self.step += 1;
+        let t = self.step as f64;
+        let lr = self.lr;
+        let (rows, cols) = p.shape();
+        let zeros = || DMatrix::zeros(rows, cols);
+        match self.kind {
+            Kind::Sgd { momentum, nesterov } => {
+                if momentum == 0.0 {
+                    p.zip_apply(g, |x, gv| *x -= lr * gv);
+                    return;
+                }
+                let buf = match self.a.as_mut() {
+                    None => {
+                        self.a = Some(g.clone());
+                        self.a.as_mut().unwrap()
+                    }
+                    Some(b) => {
+                        b.zip_apply(g, |bv, gv| *bv = *bv * momentum + gv);
+                        b
+                    }
+                };
+                if nesterov {
+                    p.zip_zip_apply(g, buf, |x, gv, bv| *x += -lr * (gv + momentum * bv));
+                } else {
+                    p.zip_apply(buf, |x, bv| *x += -lr * bv);
+                }
+            }
+            Kind::Adam { weight_decay } => {
+                if weight_decay != 0.0 {
+                    p.apply(|x| *x *= 1.0 - lr * weight_decay);
+                }
+                let m = self.a.get_or_insert_with(zeros);
+                m.zip_apply(g, |mv, gv| *mv += (gv - *mv) * (1.0 - B1));
+                let v = self.b.get_or_insert_with(zeros);
+                v.zip_apply(g, |vv, gv| *vv = *vv * B2 + (1.0 - B2) * gv * gv);
+                let bc1 = 1.0 - B1.powf(t);
+                let bc2 = 1.0 - B2.powf(t);
+                let step_size = lr / bc1;
+                let bc2_sqrt = bc2.sqrt();
+                let (m, v) = (self.a.as_ref().unwrap(), self.b.as_ref().unwrap());
+                p.zip_zip_apply(m, v, |x, mv, vv| {
+                    let denom = vv.sqrt() / bc2_sqrt + 1e-8;
+                    *x += -step_size * (mv / denom);
+                });
+            }
+            Kind::Adamax => {
+                let m = self.a.get_or_insert_with(zeros);
+                m.zip_apply(g, |mv, gv| *mv += (gv - *mv) * (1.0 - B1));
+                let u = self.b.get_or_insert_with(zeros);
+                u.zip_apply(g, |uv, gv| *uv = (*uv * B2).max(gv.abs() + 1e-8));
+                let clr = lr / (1.0 - B1.powf(t));
+                let (m, u) = (self.a.as_ref().unwrap(), self.b.as_ref().unwrap());
+                p.zip_zip_apply(m, u, |x, mv, uv| *x += -clr * (mv / uv));
+            }
+            Kind::Adagrad => {
+                let s = self.a.get_or_insert_with(zeros);
+                s.zip_apply(g, |sv, gv| *sv += gv * gv);
+                let s = self.a.as_ref().unwrap();
+                p.zip_zip_apply(g, s, |x, gv, sv| *x += -lr * (gv / (sv.sqrt() + 1e-10)));
+            }
+            Kind::Rmsprop => {
+                let alpha = 0.99;
+                let s = self.a.get_or_insert_with(zeros);
+                s.zip_apply(g, |sv, gv| *sv = *sv * alpha + (1.0 - alpha) * gv * gv);
+                let s = self.a.as_ref().unwrap();
+                p.zip_zip_apply(g, s, |x, gv, sv| *x += -lr * (gv / (sv.sqrt() + 1e-8)));
+            }
+            Kind::Asgd => {
+                let (lambd, alpha, t0) = (1e-4, 0.75, 1e6);
+                if self.step == 1 {
+                    self.scalars = [lr, 1.0]; // eta, mu
+                }
+                let eta = self.scalars[0];
+                p.apply(|x| *x *= 1.0 - lambd * eta);
+                p.zip_apply(g, |x, gv| *x += -eta * gv);
+                // the averaged iterate ax (not returned by step) is kept for completeness
+                let mu = self.scalars[1];
+                match self.a.as_mut() {
+                    Some(ax) if mu != 1.0 => ax.zip_apply(p, |a, x| *a += (x - *a) * mu),
+                    Some(ax) => ax.copy_from(p),
+                    None => self.a = Some(p.clone()),
+                }
+                self.scalars[0] = lr / (1.0 + lambd * lr * t).powf(alpha);
+                self.scalars[1] = 1.0 / (t - t0).max(1.0);
+            }
+            Kind::Nadam => {
+                let psi = 4e-3;
+                if self.step == 1 {
+                    self.scalars[0] = 1.0; // mu_product
+                }
+                let bc2 = 1.0 - B2.powf(t);
+                let mu = B1 * (1.0 - 0.5 * 0.96f64.powf(t * psi));
+                let mu_next = B1 * (1.0 - 0.5 * 0.96f64.powf((t + 1.0) * psi));
+                self.scalars[0] *= mu;
+                let mu_product = self.scalars[0];
+                let mu_product_next = mu_product * mu_next;
+                let m = self.a.get_or_insert_with(zeros);
+                m.zip_apply(g, |mv, gv| *mv += (gv - *mv) * (1.0 - B1));
+                let v = self.b.get_or_insert_with(zeros);
+                v.zip_apply(g, |vv, gv| *vv = *vv * B2 + (1.0 - B2) * gv * gv);
+                let (m, v) = (self.a.as_ref().unwrap(), self.b.as_ref().unwrap());
+                let c1 = -lr * (1.0 - mu) / (1.0 - mu_product);
+                let c2 = -lr * mu_next / (1.0 - mu_product_next);
+                for i in 0..p.len() {
+                    let denom = (v[i] / bc2).sqrt() + 1e-8;
+                    p[i] += c1 * (g[i] / denom);
+                    p[i] += c2 * (m[i] / denom);
+                }
+            }
+            Kind::Radam => {
+                let m = self.a.get_or_insert_with(zeros);
+                m.zip_apply(g, |mv, gv| *mv += (gv - *mv) * (1.0 - B1));
+                let v = self.b.get_or_insert_with(zeros);
+                v.zip_apply(g, |vv, gv| *vv = *vv * B2 + (1.0 - B2) * gv * gv);
+                let bc1 = 1.0 - B1.powf(t);
+                let bc2 = 1.0 - B2.powf(t);
+                let rho_inf = 2.0 / (1.0 - B2) - 1.0;
+                let rho_t = rho_inf - 2.0 * t * B2.powf(t) / bc2;
+                let (m, v) = (self.a.as_ref().unwrap(), self.b.as_ref().unwrap());
+                if rho_t > 5.0 {
+                    let rect = ((rho_t - 4.0) * (rho_t - 2.0) * rho_inf
+                        / ((rho_inf - 4.0) * (rho_inf - 2.0) * rho_t))
+                        .sqrt();
+                    let sbc2 = bc2.sqrt();
+                    p.zip_zip_apply(m, v, |x, mv, vv| {
+                        let adaptive = sbc2 / (vv.sqrt() + 1e-8);
+                        *x -= mv / bc1 * lr * adaptive * rect;
+                    });
+                } else {
+                    p.zip_apply(m, |x, mv| *x -= mv / bc1 * lr);
+                }
+            }
+            Kind::Rprop => {
+                let (etaminus, etaplus, smin, smax) = (0.5, 1.2, 1e-6, 50.0);
+                let prev = self.a.get_or_insert_with(zeros);
+                let step_size = self
+                    .b
+                    .get_or_insert_with(|| DMatrix::from_element(rows, cols, lr));
+                for i in 0..p.len() {
+                    let s = (g[i] * prev[i]).signum_or_zero();
+                    let factor = if s > 0.0 {
+                        etaplus
+                    } else if s < 0.0 {
+                        etaminus
+                    } else {
+                        1.0
+                    };
+                    step_size[i] = (step_size[i] * factor).clamp(smin, smax);
+                    let gi = if factor == etaminus { 0.0 } else { g[i] };
+                    p[i] += -(gi.signum_or_zero() * step_size[i]);
+                    prev[i] = gi;
+                }
+            }
+        }
+    }
+}
+
+trait SignumOrZero {
+    fn signum_or_zero(self) -> f64;
+}
+
+impl SignumOrZero for f64 {
+    /// torch's `sign`: 0 at 0 (Rust's `signum` gives ±1 there).
+    fn signum_or_zero(self) -> f64 {
+        if self > 0.0 {
+            1.0
+        } else if self < 0.0 {
+            -1.0
+        } else {
+            0.0
+        }
+    }
+}
