@@ -56,6 +56,9 @@ enum Kind {
     Nadam,
     Radam,
     Rprop,
+    Yogi,
+    Qhm,
+    Qhadam,
 }
 
 const B1: f64 = 0.9;
@@ -79,6 +82,9 @@ impl TorchOptimizer {
             "nadam" => Kind::Nadam,
             "radam" => Kind::Radam,
             "rprop" => Kind::Rprop,
+            "yogi" => Kind::Yogi,
+            "qhm" => Kind::Qhm,
+            "qhadam" => Kind::Qhadam,
             "padam" => {
                 return Err(NsaError::InvalidParameter {
                     name: "optimizer",
@@ -89,7 +95,7 @@ impl TorchOptimizer {
                 return Err(NsaError::UnknownName {
                     kind: "optimizer (implemented so far)",
                     name: other.into(),
-                    expected: "sgd, sgd_nesterov, lars, adam, adamw, adamax, adagrad, rmsprop, asgd, nadam, radam, rprop".into(),
+                    expected: "sgd, sgd_nesterov, lars, adam, adamw, adamax, adagrad, rmsprop, asgd, nadam, radam, rprop, yogi, qhm, qhadam".into(),
                 })
             }
         };
@@ -237,6 +243,48 @@ impl TorchOptimizer {
                 } else {
                     p.zip_apply(m, |x, mv| *x -= mv / bc1 * lr);
                 }
+            }
+            Kind::Yogi => {
+                // torch_optimizer 0.3.0 defaults: eps 1e-3, initial accumulator 1e-6
+                let init = || DMatrix::from_element(rows, cols, 1e-6);
+                let m = self.a.get_or_insert_with(init);
+                m.zip_apply(g, |mv, gv| *mv = *mv * B1 + gv * (1.0 - B1));
+                let v = self.b.get_or_insert_with(init);
+                v.zip_apply(g, |vv, gv| {
+                    let g2 = gv * gv;
+                    *vv += (*vv - g2).signum_or_zero() * g2 * -(1.0 - B2);
+                });
+                let bc1 = 1.0 - B1.powf(t);
+                let sbc2 = (1.0 - B2.powf(t)).sqrt();
+                let step_size = lr / bc1;
+                let (m, v) = (self.a.as_ref().unwrap(), self.b.as_ref().unwrap());
+                p.zip_zip_apply(m, v, |x, mv, vv| {
+                    *x += -step_size * (mv / (vv.sqrt() / sbc2 + 1e-3))
+                });
+            }
+            Kind::Qhm => {
+                // momentum 0, nu 0.7 (torch_optimizer defaults)
+                let (momentum, nu) = (0.0, 0.7);
+                let buf = self.a.get_or_insert_with(zeros);
+                buf.zip_apply(g, |bv, gv| *bv = *bv * momentum + gv * (1.0 - momentum));
+                let buf = self.a.as_ref().unwrap();
+                p.zip_apply(buf, |x, bv| *x += bv * (-lr * nu));
+                p.zip_apply(g, |x, gv| *x += gv * (-lr * (1.0 - nu)));
+            }
+            Kind::Qhadam => {
+                // nus (1, 1), eps 1e-8
+                self.scalars[0] = 1.0 + B1 * self.scalars[0];
+                self.scalars[1] = 1.0 + B2 * self.scalars[1];
+                let b1_adj = 1.0 - 1.0 / self.scalars[0];
+                let b2_adj = 1.0 - 1.0 / self.scalars[1];
+                let m = self.a.get_or_insert_with(zeros);
+                m.zip_apply(g, |mv, gv| *mv = *mv * b1_adj + gv * (1.0 - b1_adj));
+                let v = self.b.get_or_insert_with(zeros);
+                v.zip_apply(g, |vv, gv| *vv = *vv * b2_adj + (gv * gv) * (1.0 - b2_adj));
+                let (m, v) = (self.a.as_ref().unwrap(), self.b.as_ref().unwrap());
+                p.zip_zip_apply(m, v, |x, mv, vv| {
+                    *x += -lr * ((mv * 1.0) / ((vv * 1.0).sqrt() + 1e-8))
+                });
             }
             Kind::Rprop => {
                 let (etaminus, etaplus, smin, smax) = (0.5, 1.2, 1e-6, 50.0);

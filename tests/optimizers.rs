@@ -33,6 +33,9 @@ fn trajectories_match_torch() {
         "nadam",
         "radam",
         "rprop",
+        "yogi",
+        "qhm",
+        "qhadam",
     ] {
         let traj = nsa_flow::io::read_batch(dir.join(format!("{name}_traj.npy"))).unwrap();
         let mut opt = TorchOptimizer::new(name, lr).unwrap();
