@@ -59,6 +59,8 @@ enum Kind {
     Yogi,
     Qhm,
     Qhadam,
+    Adabound,
+    Adamp,
 }
 
 const B1: f64 = 0.9;
@@ -85,6 +87,10 @@ impl TorchOptimizer {
             "yogi" => Kind::Yogi,
             "qhm" => Kind::Qhm,
             "qhadam" => Kind::Qhadam,
+            "adabound" => Kind::Adabound,
+            "adamp" => Kind::Adamp,
+            // PID with torch_optimizer's default momentum 0 uses neither buffer: plain SGD
+            "pid" => Kind::Sgd { momentum: 0.0, nesterov: false },
             "padam" => {
                 return Err(NsaError::InvalidParameter {
                     name: "optimizer",
@@ -95,7 +101,7 @@ impl TorchOptimizer {
                 return Err(NsaError::UnknownName {
                     kind: "optimizer (implemented so far)",
                     name: other.into(),
-                    expected: "sgd, sgd_nesterov, lars, adam, adamw, adamax, adagrad, rmsprop, asgd, nadam, radam, rprop, yogi, qhm, qhadam".into(),
+                    expected: "sgd, sgd_nesterov, lars, adam, adamw, adamax, adagrad, rmsprop, asgd, nadam, radam, rprop, yogi, qhm, qhadam, adabound, adamp, pid".into(),
                 })
             }
         };
@@ -285,6 +291,75 @@ impl TorchOptimizer {
                 p.zip_zip_apply(m, v, |x, mv, vv| {
                     *x += -lr * ((mv * 1.0) / ((vv * 1.0).sqrt() + 1e-8))
                 });
+            }
+            Kind::Adabound => {
+                // final_lr 0.1 (scaled by lr / base_lr = 1), gamma 1e-3, eps 1e-8
+                let (final_lr, gamma) = (0.1, 1e-3);
+                let m = self.a.get_or_insert_with(zeros);
+                m.zip_apply(g, |mv, gv| *mv = *mv * B1 + gv * (1.0 - B1));
+                let v = self.b.get_or_insert_with(zeros);
+                v.zip_apply(g, |vv, gv| *vv = *vv * B2 + gv * gv * (1.0 - B2));
+                let bc1 = 1.0 - B1.powf(t);
+                let bc2 = 1.0 - B2.powf(t);
+                let step_size = lr * bc2.sqrt() / bc1;
+                let lower = final_lr * (1.0 - 1.0 / (gamma * t + 1.0));
+                let upper = final_lr * (1.0 + 1.0 / (gamma * t));
+                let (m, v) = (self.a.as_ref().unwrap(), self.b.as_ref().unwrap());
+                p.zip_zip_apply(m, v, |x, mv, vv| {
+                    let s = (step_size / (vv.sqrt() + 1e-8)).clamp(lower, upper) * mv;
+                    *x += -s;
+                });
+            }
+            Kind::Adamp => {
+                let (eps, delta) = (1e-8, 0.1);
+                let m = self.a.get_or_insert_with(zeros);
+                m.zip_apply(g, |mv, gv| *mv = *mv * B1 + gv * (1.0 - B1));
+                let v = self.b.get_or_insert_with(zeros);
+                v.zip_apply(g, |vv, gv| *vv = *vv * B2 + gv * gv * (1.0 - B2));
+                let bc1 = 1.0 - B1.powf(t);
+                let sbc2 = (1.0 - B2.powf(t)).sqrt();
+                let step_size = lr / bc1;
+                let (m, v) = (self.a.as_ref().unwrap(), self.b.as_ref().unwrap());
+                let mut perturb = m.zip_map(v, |mv, vv| mv / (vv.sqrt() / sbc2 + eps));
+                // the projection of torch_optimizer's AdamP/SGDP: per row (channel view), else
+                // the whole matrix (layer view), when the gradient is nearly orthogonal to p
+                let cos = |gs: &[f64], ps: &[f64]| {
+                    let gn = gs.iter().map(|x| x * x).sum::<f64>().sqrt() + eps;
+                    let pn = ps.iter().map(|x| x * x).sum::<f64>().sqrt() + eps;
+                    let dot: f64 = gs.iter().zip(ps).map(|(a, b)| a * b).sum();
+                    dot.abs() / gn / pn
+                };
+                let rows: Vec<(Vec<f64>, Vec<f64>)> = (0..rows)
+                    .map(|i| {
+                        (
+                            g.row(i).iter().copied().collect(),
+                            p.row(i).iter().copied().collect(),
+                        )
+                    })
+                    .collect();
+                let max_row = rows
+                    .iter()
+                    .map(|(gr, pr)| cos(gr, pr))
+                    .fold(0.0f64, f64::max);
+                if max_row < delta / (cols as f64).sqrt() {
+                    for (i, (_, pr)) in rows.iter().enumerate() {
+                        let pn = pr.iter().map(|x| x * x).sum::<f64>().sqrt() + eps;
+                        let s: f64 = (0..cols).map(|j| pr[j] / pn * perturb[(i, j)]).sum();
+                        for j in 0..cols {
+                            perturb[(i, j)] -= pr[j] / pn * s;
+                        }
+                    }
+                } else {
+                    let gs: Vec<f64> = g.transpose().iter().copied().collect();
+                    let ps: Vec<f64> = p.transpose().iter().copied().collect();
+                    if cos(&gs, &ps) < delta / ((rows.len() * cols) as f64).sqrt() {
+                        let pn = ps.iter().map(|x| x * x).sum::<f64>().sqrt() + eps;
+                        let s: f64 = p.iter().zip(perturb.iter()).map(|(a, b)| a / pn * b).sum();
+                        let pc = p.clone();
+                        perturb.zip_apply(&pc, |d, x| *d -= x / pn * s);
+                    }
+                }
+                p.zip_apply(&perturb, |x, d| *x += -step_size * d);
             }
             Kind::Rprop => {
                 let (etaminus, etaplus, smin, smax) = (0.5, 1.2, 1e-6, 50.0);

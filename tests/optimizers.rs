@@ -36,6 +36,9 @@ fn trajectories_match_torch() {
         "yogi",
         "qhm",
         "qhadam",
+        "adabound",
+        "adamp",
+        "pid",
     ] {
         let traj = nsa_flow::io::read_batch(dir.join(format!("{name}_traj.npy"))).unwrap();
         let mut opt = TorchOptimizer::new(name, lr).unwrap();
