@@ -61,6 +61,8 @@ enum Kind {
     Qhadam,
     Adabound,
     Adamp,
+    Lookahead,
+    Sgdp,
 }
 
 const B1: f64 = 0.9;
@@ -89,6 +91,8 @@ impl TorchOptimizer {
             "qhadam" => Kind::Qhadam,
             "adabound" => Kind::Adabound,
             "adamp" => Kind::Adamp,
+            "lookahead" => Kind::Lookahead,
+            "sgdp" => Kind::Sgdp,
             // PID with torch_optimizer's default momentum 0 uses neither buffer: plain SGD
             "pid" => Kind::Sgd { momentum: 0.0, nesterov: false },
             "padam" => {
@@ -101,7 +105,7 @@ impl TorchOptimizer {
                 return Err(NsaError::UnknownName {
                     kind: "optimizer (implemented so far)",
                     name: other.into(),
-                    expected: "sgd, sgd_nesterov, lars, adam, adamw, adamax, adagrad, rmsprop, asgd, nadam, radam, rprop, yogi, qhm, qhadam, adabound, adamp, pid".into(),
+                    expected: "sgd, sgd_nesterov, lars, adam, adamw, adamax, adagrad, rmsprop, asgd, nadam, radam, rprop, yogi, qhm, qhadam, adabound, adamp, pid, lookahead, sgdp".into(),
                 })
             }
         };
@@ -146,22 +150,43 @@ impl TorchOptimizer {
                 }
             }
             Kind::Adam { weight_decay } => {
-                if weight_decay != 0.0 {
-                    p.apply(|x| *x *= 1.0 - lr * weight_decay);
+                adam_update(p, g, &mut self.a, &mut self.b, t, lr, weight_decay)
+            }
+            Kind::Lookahead => {
+                // torch_optimizer Lookahead(Adam, k = 5, alpha = 0.5): after the inner step,
+                // every k-th step (the first included) blends with the slow weights
+                let (k_steps, alpha) = (5.0, 0.5);
+                adam_update(p, g, &mut self.a, &mut self.b, t, lr, 0.0);
+                if self.scalars[0] == 0.0 {
+                    let slow = self.c.get_or_insert_with(|| p.clone());
+                    p.zip_apply(slow, |x, sv| *x = *x * alpha + sv * (1.0 - alpha));
+                    slow.copy_from(p);
                 }
-                let m = self.a.get_or_insert_with(zeros);
-                m.zip_apply(g, |mv, gv| *mv += (gv - *mv) * (1.0 - B1));
-                let v = self.b.get_or_insert_with(zeros);
-                v.zip_apply(g, |vv, gv| *vv = *vv * B2 + (1.0 - B2) * gv * gv);
-                let bc1 = 1.0 - B1.powf(t);
-                let bc2 = 1.0 - B2.powf(t);
-                let step_size = lr / bc1;
-                let bc2_sqrt = bc2.sqrt();
-                let (m, v) = (self.a.as_ref().unwrap(), self.b.as_ref().unwrap());
-                p.zip_zip_apply(m, v, |x, mv, vv| {
-                    let denom = vv.sqrt() / bc2_sqrt + 1e-8;
-                    *x += -step_size * (mv / denom);
-                });
+                self.scalars[0] = (self.scalars[0] + 1.0) % k_steps;
+            }
+            Kind::Sgdp => {
+                // torch_optimizer defaults; the arithmetic is the backends' own SGDP rule
+                use crate::backend::{cpu::CpuBackend, Backend, UpdateRule};
+                let rule = UpdateRule::Sgdp {
+                    momentum: 0.0,
+                    dampening: 0.0,
+                    eps: 1e-8,
+                    weight_decay: 0.0,
+                    delta: 0.1,
+                    wd_ratio: 0.1,
+                    nesterov: false,
+                };
+                let buf = self.a.get_or_insert_with(zeros);
+                let mut out = DMatrix::zeros(rows, cols);
+                CpuBackend::<f64>::new().optimizer_step(
+                    &rule,
+                    p,
+                    g,
+                    std::slice::from_mut(buf),
+                    lr,
+                    &mut out,
+                );
+                p.copy_from(&out);
             }
             Kind::Adamax => {
                 let m = self.a.get_or_insert_with(zeros);
@@ -384,6 +409,33 @@ impl TorchOptimizer {
             }
         }
     }
+}
+
+/// torch.optim.Adam (betas 0.9, 0.999, eps 1e-8), with AdamW's decoupled decay when
+/// `weight_decay` is not 0.
+fn adam_update(
+    p: &mut DMatrix<f64>,
+    g: &DMatrix<f64>,
+    m: &mut Option<DMatrix<f64>>,
+    v: &mut Option<DMatrix<f64>>,
+    t: f64,
+    lr: f64,
+    weight_decay: f64,
+) {
+    if weight_decay != 0.0 {
+        p.apply(|x| *x *= 1.0 - lr * weight_decay);
+    }
+    let (rows, cols) = p.shape();
+    let m = m.get_or_insert_with(|| DMatrix::zeros(rows, cols));
+    m.zip_apply(g, |mv, gv| *mv += (gv - *mv) * (1.0 - B1));
+    let v = v.get_or_insert_with(|| DMatrix::zeros(rows, cols));
+    v.zip_apply(g, |vv, gv| *vv = *vv * B2 + (1.0 - B2) * gv * gv);
+    let step_size = lr / (1.0 - B1.powf(t));
+    let bc2_sqrt = (1.0 - B2.powf(t)).sqrt();
+    p.zip_zip_apply(m, v, |x, mv, vv| {
+        let denom = vv.sqrt() / bc2_sqrt + 1e-8;
+        *x += -step_size * (mv / denom);
+    });
 }
 
 trait SignumOrZero {

@@ -39,6 +39,8 @@ fn trajectories_match_torch() {
         "adabound",
         "adamp",
         "pid",
+        "lookahead",
+        "sgdp",
     ] {
         let traj = nsa_flow::io::read_batch(dir.join(format!("{name}_traj.npy"))).unwrap();
         let mut opt = TorchOptimizer::new(name, lr).unwrap();
