@@ -1,8 +1,8 @@
 //! The optimizers of the reference's `get_torch_optimizer`, on the host (f64): torch 2.x and
 //! torch_optimizer 0.3.0 update rules with the reference's constructor choices. Work in
-//! progress for issue 4: the torch.optim family, LARS (momentum 0: plain SGD, as the
-//! reference constructs it) and SGDP; yogi, adabound, qhadam, pid, qhm, adamp, lookahead and
-//! lbfgs follow.
+//! progress for issue 4 (host side of the registry): every name but padam (an error, as in the
+//! reference) matches torch's trajectories; [`Lbfgs`] takes a closure. Device kernels, the
+//! wiring into `nsa_flow` and `optimizers()` follow.
 
 use crate::error::{NsaError, Result};
 use nalgebra::DMatrix;
@@ -452,5 +452,157 @@ impl SignumOrZero for f64 {
         } else {
             0.0
         }
+    }
+}
+
+/// torch.optim.LBFGS as the reference constructs it (`max_iter = 10`, so at most 12
+/// evaluations per step; no line search: a fixed step `lr`, the first scaled by
+/// `min(1, 1/‖g‖₁)`; history 100; tolerances 1e-7 on the gradient and 1e-9 on changes),
+/// stepped with a closure that re-evaluates the loss and its gradient, as LBFGS requires.
+#[derive(Clone, Debug)]
+pub struct Lbfgs {
+    lr: f64,
+    n_iter: usize,
+    d: Vec<f64>,
+    t: f64,
+    old_dirs: Vec<Vec<f64>>,
+    old_stps: Vec<Vec<f64>>,
+    ro: Vec<f64>,
+    h_diag: f64,
+    prev_flat_grad: Option<Vec<f64>>,
+}
+
+fn dot(a: &[f64], b: &[f64]) -> f64 {
+    a.iter().zip(b).map(|(x, y)| x * y).sum()
+}
+
+/// Row-major flattening (torch's `view(-1)` of a p×k tensor).
+fn flat(m: &DMatrix<f64>) -> Vec<f64> {
+    m.transpose().iter().copied().collect()
+}
+
+impl Lbfgs {
+    /// A new optimizer with learning rate `lr`.
+    pub fn new(lr: f64) -> Lbfgs {
+        Lbfgs {
+            lr,
+            n_iter: 0,
+            d: Vec::new(),
+            t: 0.0,
+            old_dirs: Vec::new(),
+            old_stps: Vec::new(),
+            ro: Vec::new(),
+            h_diag: 1.0,
+            prev_flat_grad: None,
+        }
+    }
+
+    /// One `optimizer.step(closure)`; `closure(p)` returns the loss and its gradient at `p`.
+    /// Returns the loss at the start of the step.
+    pub fn step<F: FnMut(&DMatrix<f64>) -> (f64, DMatrix<f64>)>(
+        &mut self,
+        p: &mut DMatrix<f64>,
+        mut closure: F,
+    ) -> f64 {
+        const MAX_ITER: usize = 10;
+        const MAX_EVAL: usize = 12;
+        const TOL_GRAD: f64 = 1e-7;
+        const TOL_CHANGE: f64 = 1e-9;
+        const HISTORY: usize = 100;
+        let (rows, cols) = p.shape();
+        let (orig_loss, g) = closure(p);
+        let mut loss = orig_loss;
+        let mut flat_grad = flat(&g);
+        let mut current_evals = 1;
+        let max_abs = |v: &[f64]| v.iter().fold(0.0f64, |m, x| m.max(x.abs()));
+        if max_abs(&flat_grad) <= TOL_GRAD {
+            return orig_loss;
+        }
+        let mut n_iter = 0;
+        while n_iter < MAX_ITER {
+            n_iter += 1;
+            self.n_iter += 1;
+            if self.n_iter == 1 {
+                self.d = flat_grad.iter().map(|x| -x).collect();
+                self.old_dirs.clear();
+                self.old_stps.clear();
+                self.ro.clear();
+                self.h_diag = 1.0;
+            } else {
+                let prev = self
+                    .prev_flat_grad
+                    .as_ref()
+                    .expect("set after the first iteration");
+                let y: Vec<f64> = flat_grad.iter().zip(prev).map(|(a, b)| a - b).collect();
+                let s: Vec<f64> = self.d.iter().map(|x| x * self.t).collect();
+                let ys = dot(&y, &s);
+                if ys > 1e-10 {
+                    if self.old_dirs.len() == HISTORY {
+                        self.old_dirs.remove(0);
+                        self.old_stps.remove(0);
+                        self.ro.remove(0);
+                    }
+                    self.h_diag = ys / dot(&y, &y);
+                    self.old_dirs.push(y);
+                    self.old_stps.push(s);
+                    self.ro.push(1.0 / ys);
+                }
+                let num_old = self.old_dirs.len();
+                let mut al = vec![0.0; num_old];
+                let mut q: Vec<f64> = flat_grad.iter().map(|x| -x).collect();
+                for i in (0..num_old).rev() {
+                    al[i] = dot(&self.old_stps[i], &q) * self.ro[i];
+                    for (qv, yv) in q.iter_mut().zip(&self.old_dirs[i]) {
+                        *qv += -al[i] * yv;
+                    }
+                }
+                let mut r: Vec<f64> = q.iter().map(|x| x * self.h_diag).collect();
+                let history = self.old_dirs.iter().zip(&self.old_stps).zip(&self.ro);
+                for (((y_i, s_i), ro_i), al_i) in history.zip(&al) {
+                    let be_i = dot(y_i, &r) * ro_i;
+                    for (rv, sv) in r.iter_mut().zip(s_i) {
+                        *rv += (al_i - be_i) * sv;
+                    }
+                }
+                self.d = r;
+            }
+            self.prev_flat_grad = Some(flat_grad.clone());
+            let prev_loss = loss;
+            self.t = if self.n_iter == 1 {
+                (1.0f64).min(1.0 / flat_grad.iter().map(|x| x.abs()).sum::<f64>()) * self.lr
+            } else {
+                self.lr
+            };
+            let gtd = dot(&flat_grad, &self.d);
+            if gtd > -TOL_CHANGE {
+                break;
+            }
+            // p += t·d (d is row-major)
+            for i in 0..rows {
+                for j in 0..cols {
+                    p[(i, j)] += self.t * self.d[i * cols + j];
+                }
+            }
+            let mut opt_cond = false;
+            let mut ls_evals = 0;
+            if n_iter != MAX_ITER {
+                let (l, g) = closure(p);
+                loss = l;
+                flat_grad = flat(&g);
+                opt_cond = max_abs(&flat_grad) <= TOL_GRAD;
+                ls_evals = 1;
+            }
+            current_evals += ls_evals;
+            if n_iter == MAX_ITER || current_evals >= MAX_EVAL || opt_cond {
+                break;
+            }
+            if self.d.iter().fold(0.0f64, |m, x| m.max((x * self.t).abs())) <= TOL_CHANGE {
+                break;
+            }
+            if (loss - prev_loss).abs() < TOL_CHANGE {
+                break;
+            }
+        }
+        orig_loss
     }
 }
