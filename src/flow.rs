@@ -87,11 +87,26 @@ pub fn gpu_backend_for(params: &Params) -> Result<Option<GpuBackend>> {
             params.precision,
         )?)),
         BackendChoice::Auto => {
+            // Without a usable adapter, auto answers the CPU for the rest of the process rather
+            // than enumerating adapters again on every solve (which costs tens of ms and starts
+            // driver threads).
+            static NO_ADAPTER: std::sync::Mutex<Vec<GpuOptions>> =
+                std::sync::Mutex::new(Vec::new());
+            let known_absent =
+                |o: &GpuOptions| NO_ADAPTER.lock().map(|v| v.contains(o)).unwrap_or(false);
+            if params.gpu_adapter.is_none() && known_absent(&options) {
+                return Ok(None);
+            }
             let ctx = match GpuContext::shared(&options) {
                 Ok(ctx) => ctx,
                 // a named adapter that is missing is an error, not a silent fallback
                 Err(e) if params.gpu_adapter.is_some() => return Err(e),
-                Err(_) => return Ok(None),
+                Err(_) => {
+                    if let Ok(mut v) = NO_ADAPTER.lock() {
+                        v.push(options);
+                    }
+                    return Ok(None);
+                }
             };
             if params.precision == Precision::F64 && !ctx.supports_f64() {
                 return Ok(None);
@@ -438,14 +453,23 @@ fn solve_reference<B: Backend, F: FnMut(&IterInfo) -> Control>(
         } else {
             0
         };
-        for j in 0..speculate {
-            let a = 0.5f64.powi((j + 1) as i32);
-            be.lerp(&best, &ynew, a, &mut cand);
-            be.retract(&cand, &mut evals[j + 1], &ropt);
-            if clamp {
-                be.nonneg(&mut evals[j + 1], NonNeg::Hard);
+        let halvings = |be: &mut B,
+                        from: usize,
+                        n: usize,
+                        best: &B::Mat,
+                        ynew: &B::Mat,
+                        cand: &mut B::Mat,
+                        evals: &mut [B::Mat]| {
+            // candidate j: R(best + 2^-(from+j+1)·(ynew − best)), clamped, into evals[j + 1]
+            for (j, eval) in evals[1..=n].iter_mut().enumerate() {
+                be.lerp(best, ynew, 0.5f64.powi((from + j + 1) as i32), cand);
+                be.retract(cand, eval, &ropt);
+                if clamp {
+                    be.nonneg(eval, NonNeg::Hard);
+                }
             }
-        }
+        };
+        halvings(be, 0, speculate, &best, &ynew, &mut cand, &mut evals);
         {
             let mut reqs: Requests<'_, B::Mat> = smallvec::smallvec![
                 Reduction::NormSq(&grad),
@@ -491,14 +515,7 @@ fn solve_reference<B: Backend, F: FnMut(&IterInfo) -> Control>(
                 vals.clear();
                 vals.extend_from_slice(&pre);
             } else {
-                for j in 0..n {
-                    let a = 0.5f64.powi((count + j + 1) as i32);
-                    be.lerp(&best, &ynew, a, &mut cand);
-                    be.retract(&cand, &mut evals[j + 1], &ropt);
-                    if clamp {
-                        be.nonneg(&mut evals[j + 1], NonNeg::Hard);
-                    }
-                }
+                halvings(be, count, n, &best, &ynew, &mut cand, &mut evals);
                 let reqs: Requests<'_, B::Mat> = (0..n)
                     .map(|j| Reduction::EnergyTerms {
                         y: &evals[j + 1],

@@ -8,7 +8,8 @@ mod common;
 
 use common::randn;
 use nsa_flow::{
-    nsa_flow_with_callback, Control, Mode, NonNeg, OptimizerKind, Params, Precision, Retraction,
+    nsa_flow_with_callback, BackendChoice, Control, Mode, NonNeg, OptimizerKind, Params, Precision,
+    Retraction,
 };
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -67,6 +68,9 @@ fn no_p_sized_allocation_inside_the_loop() {
                             nonneg,
                             max_iter: 25,
                             tol: 0.0,
+                            // the CPU loop is what this measures (auto could take a GPU, and
+                            // enumerating adapters starts driver threads that allocate)
+                            backend: BackendChoice::Cpu,
                             ..Params::default()
                         };
                         let elem = if precision == Precision::F64 { 8 } else { 4 };

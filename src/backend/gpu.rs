@@ -734,26 +734,21 @@ impl GpuBackend {
         };
         self.dispatch(Kernel::NsInit, h, coefs, with_args, (1, 1));
         let kk = (k * k).div_ceil(256);
-        if k <= 32 {
-            // everything in workgroup memory: ~3·4·k loop trips per step
-            let per = (TRIP_BUDGET / (12 * k + 48)).max(1);
+        if k <= 64 {
+            // one workgroup runs as many steps per dispatch as the loop-trip budget allows:
+            // in workgroup memory (~3·4·k trips a step) for k ≤ 32, on the small buffer above
+            let (kernel, trips) = if k <= 32 {
+                (Kernel::NsShared, 12 * k + 48)
+            } else {
+                (Kernel::NsFused, 2 * kk * k + 2 * kk + 16)
+            };
+            let per = (TRIP_BUDGET / trips).max(1);
             let mut left = steps;
             while left > 0 {
                 let now = left.min(per);
                 let mut hs = h;
                 hs.chunk = now as u32;
-                self.dispatch(Kernel::NsShared, hs, coefs, Slots::default(), (1, 1));
-                left -= now;
-            }
-        } else if k <= 64 {
-            let trips = 2 * kk * k + 2 * kk + 16;
-            let per = (TRIP_BUDGET / trips).max(1);
-            let mut left = steps;
-            while left > 0 {
-                let now = left.min(per);
-                let mut hf = h;
-                hf.chunk = now as u32;
-                self.dispatch(Kernel::NsFused, hf, coefs, Slots::default(), (1, 1));
+                self.dispatch(kernel, hs, coefs, Slots::default(), (1, 1));
                 left -= now;
             }
         } else {
