@@ -25,6 +25,7 @@
 //! ```
 #![warn(missing_docs)]
 
+pub mod autograd;
 pub mod backend;
 mod element;
 mod energy;

@@ -3,6 +3,7 @@
 
 use super::{Backend, GradientRule, Projection, Reduction, UpdateRule};
 use crate::element::{cast_from_f64, cast_to_f64, Element};
+use crate::autograd::EnergySpec;
 use crate::energy::{nonneg_in_place, EnergyTerms};
 use crate::error::Result;
 use crate::linalg;
@@ -296,6 +297,34 @@ impl<T: Element> Backend for CpuBackend<T> {
                 out.zip_apply(param, |o, p| *o = p * decay - lr_t * *o);
             }
         }
+    }
+
+    fn energy_gradient(
+        &mut self,
+        y: &DMatrix<T>,
+        x0: &DMatrix<T>,
+        spec: &EnergySpec,
+        terms: &EnergyTerms,
+        x0_norm_sq: f64,
+        out: &mut DMatrix<T>,
+    ) {
+        self.size_for(y.ncols());
+        let coefs = spec.gradient_coefficients(terms, x0_norm_sq);
+        crate::autograd::grad::energy_grad_into(y, x0, &coefs, &mut self.gram, out);
+    }
+
+    fn nonneg_backward(&mut self, pre: &DMatrix<T>, mode: NonNeg, g: &mut DMatrix<T>) {
+        crate::autograd::grad::nonneg_backward_in_place(pre, mode, g);
+    }
+
+    fn retract_backward(
+        &mut self,
+        y: &DMatrix<T>,
+        options: &RetractOptions,
+        g: &DMatrix<T>,
+        out: &mut DMatrix<T>,
+    ) {
+        out.copy_from(&crate::autograd::grad::retract_backward_in(y, options, g));
     }
 
     fn reduce_into(

@@ -8,7 +8,10 @@
 
 pub mod cpu;
 pub mod gpu;
+mod gpu_autograd;
 
+use crate::autograd::EnergySpec;
+use crate::energy::EnergyTerms;
 use crate::error::Result;
 use crate::params::{NonNeg, Precision};
 use crate::retract::RetractOptions;
@@ -178,6 +181,29 @@ pub trait Backend {
         requests: &[Reduction<'_, Self::Mat>],
         out: &mut Vec<f64>,
     ) -> Result<()>;
+
+    /// `out ← ∇E(Y)`, the gradient of the energy `spec` at `y` against `x0`, given `terms`
+    /// (the [`Reduction::EnergyTerms`] of `y` against `x0`, already read) and `‖X0‖²`.
+    #[allow(clippy::too_many_arguments)]
+    fn energy_gradient(
+        &mut self,
+        y: &Self::Mat,
+        x0: &Self::Mat,
+        spec: &EnergySpec,
+        terms: &EnergyTerms,
+        x0_norm_sq: f64,
+        out: &mut Self::Mat,
+    );
+    /// `g ← g ∘ J(pre)`: the backward of the non-negativity map `mode` applied to `pre`.
+    fn nonneg_backward(&mut self, pre: &Self::Mat, mode: NonNeg, g: &mut Self::Mat);
+    /// `out ← J_R(y)ᵀ·g`: the backward of the retraction `options` at `y`.
+    fn retract_backward(
+        &mut self,
+        y: &Self::Mat,
+        options: &RetractOptions,
+        g: &Self::Mat,
+        out: &mut Self::Mat,
+    );
 
     /// [`Backend::reduce_into`] returning a new vector.
     fn reduce(&mut self, requests: &[Reduction<'_, Self::Mat>]) -> Result<Vec<f64>> {

@@ -1,0 +1,125 @@
+//! The exact backward against torch autograd (../shared/golden/autograd_grads), a
+//! finite-difference check on random shapes, and whole `nsa_flow_autograd` runs against the
+//! reference's traces (../shared/golden/autograd_runs).
+
+mod common;
+
+use common::*;
+use nalgebra::DMatrix;
+use nsa_flow::autograd::{composite_energy_and_grad, CompositeSpec};
+use nsa_flow::{FidelityType, Mode, NonNeg, OrthType, Retraction};
+use std::path::PathBuf;
+
+fn grads_dir() -> Option<PathBuf> {
+    golden_roots()
+        .into_iter()
+        .map(|r| r.join("autograd_grads"))
+        .find(|d| d.join("index.json").is_file())
+}
+
+pub fn golden_spec(case: &serde_json::Value) -> CompositeSpec {
+    CompositeSpec {
+        w: case["w"].as_f64().unwrap(),
+        retraction: case["retraction"].as_str().unwrap().parse().unwrap(),
+        nonneg: case["nonneg"].as_str().unwrap().parse().unwrap(),
+        style: Mode::Reference,
+        fidelity_type: case["fidelity_type"].as_str().unwrap().parse().unwrap(),
+        orth_type: case["orth_type"].as_str().unwrap().parse().unwrap(),
+        fid_eta: case["fid_eta"].as_f64().unwrap(),
+        c_orth: case["c_orth"].as_f64().unwrap(),
+    }
+}
+
+#[test]
+fn cpu_f64_gradients_match_torch_autograd() {
+    let Some(dir) = grads_dir() else {
+        eprintln!("skipped: no autograd_grads golden data");
+        return;
+    };
+    let index = json(dir.join("index.json"));
+    let z = read(dir.join(index["Z"].as_str().unwrap()));
+    let x0 = read(dir.join(index["X0"].as_str().unwrap()));
+    let cases = index["cases"].as_array().unwrap();
+    assert_eq!(cases.len(), 54);
+    let mut worst = (0.0f64, String::new());
+    for case in cases {
+        let name = case["name"].as_str().unwrap();
+        let spec = golden_spec(case);
+        let want = read(dir.join(format!("{name}_grad.npy")));
+        let (e, g) = composite_energy_and_grad(&z, &x0, &spec).unwrap();
+        let te = case["total"].as_f64().unwrap();
+        assert!((e.total - te).abs() <= 1e-12 * te.abs().max(1.0), "{name}: energy {} vs {te}", e.total);
+        let r = rel_fro(&g, &want);
+        if r > worst.0 {
+            worst = (r, name.to_string());
+        }
+        assert!(r <= 1e-9, "{name}: gradient relative error {r:.3e}");
+    }
+    println!("worst relative gradient error vs torch: {:.2e} ({})", worst.0, worst.1);
+}
+
+/// Central differences on random shapes, for every branch (both styles, the NS and diag
+/// inverse square roots too), in f64.
+#[test]
+fn gradients_agree_with_finite_differences() {
+    use nsa_flow::InvSqrtMethod;
+    let shapes = [(1usize, 1usize), (7, 1), (9, 3), (12, 5), (4, 6)];
+    let mut count = 0;
+    for (si, &(p, k)) in shapes.iter().enumerate() {
+        let z = randn(p, k, 100 + si as u64).map(|v| v + 0.3);
+        let x0 = randn(p, k, 200 + si as u64).map(|v: f64| v.abs());
+        for style in [Mode::Reference, Mode::Corrected] {
+            for &retraction in Retraction::ALL {
+                for nonneg in [NonNeg::None, NonNeg::Softplus] {
+                    for (fidelity_type, orth_type) in [
+                        (FidelityType::Basic, OrthType::Basic),
+                        (FidelityType::ScaleInvariant, OrthType::ScaleInvariant),
+                        (FidelityType::Symmetric, OrthType::ScaleInvariant),
+                    ] {
+                        for inv in [InvSqrtMethod::Eig, InvSqrtMethod::NewtonSchulz, InvSqrtMethod::Diag] {
+                            if k > p && style == Mode::Corrected {
+                                continue;
+                            }
+                            let spec = CompositeSpec {
+                                w: 0.7, retraction, nonneg, style, fidelity_type, orth_type, fid_eta: 0.9, c_orth: 2.0,
+                            };
+                            let mut o = spec.retract_options();
+                            o.inv_method = inv;
+                            let f = |zz: &DMatrix<f64>| -> f64 {
+                                let r = nsa_flow::retract(zz, &o).unwrap();
+                                let y = nsa_flow::apply_nonnegativity(&r, nonneg);
+                                nsa_flow::compute_energy(&y, &x0, fidelity_type, orth_type, 0.9, 2.0).unwrap().total
+                            };
+                            let r = nsa_flow::retract(&z, &o).unwrap();
+                            let y = nsa_flow::apply_nonnegativity(&r, nonneg);
+                            let (_, gy) = nsa_flow::autograd::energy_and_grad(&y, &x0, &spec.energy_spec()).unwrap();
+                            let gy = nsa_flow::autograd::nonneg_backward(&r, nonneg, &gy).unwrap();
+                            let g = nsa_flow::autograd::retract_backward(&z, &o, &gy).unwrap();
+                            let h = 1e-6;
+                            let mut fd = DMatrix::zeros(p, k);
+                            for i in 0..p {
+                                for j in 0..k {
+                                    let mut zp = z.clone();
+                                    zp[(i, j)] += h;
+                                    let mut zm = z.clone();
+                                    zm[(i, j)] -= h;
+                                    fd[(i, j)] = (f(&zp) - f(&zm)) / (2.0 * h);
+                                }
+                            }
+                            let err = (&g - &fd).norm() / fd.norm().max(1e-3);
+                            // k > p: YᵀY is singular and its εI-lifted null space makes central
+                            // differences themselves inaccurate (T has entries ~1e4)
+                            let tol = if k > p && retraction == Retraction::SoftPolar { 1e-4 } else { 2e-6 };
+                            assert!(
+                                err < tol,
+                                "{p}x{k} {style:?} {retraction:?} {nonneg:?} {fidelity_type:?}/{orth_type:?} {inv:?}: FD relative error {err:.2e}\n{g}\n{fd}"
+                            );
+                            count += 1;
+                        }
+                    }
+                }
+            }
+        }
+    }
+    println!("{count} finite-difference checks");
+}
