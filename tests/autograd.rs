@@ -123,3 +123,76 @@ fn gradients_agree_with_finite_differences() {
     }
     println!("{count} finite-difference checks");
 }
+
+fn runs_dir() -> Option<PathBuf> {
+    golden_roots()
+        .into_iter()
+        .map(|r| r.join("autograd_runs"))
+        .find(|d| d.is_dir())
+}
+
+/// The reference's parameters of an autograd_runs case.
+pub fn run_params(out: &serde_json::Value) -> nsa_flow::autograd::AutogradParams {
+    let p = &out["params"];
+    let s = &out["settings"];
+    let mut params = nsa_flow::autograd::AutogradParams {
+        mode: Mode::Reference,
+        backend: nsa_flow::BackendChoice::Cpu,
+        tol: 1e-12,
+        w: p["w"].as_f64().unwrap(),
+        max_iter: p["max_iter"].as_u64().unwrap() as usize,
+        optimizer: s["optimizer"].as_str().unwrap().into(),
+        retraction: s["retraction"].as_str().unwrap().parse().unwrap(),
+        fidelity_type: s["fidelity_type"].as_str().unwrap().parse().unwrap(),
+        orth_type: s["orth_type"].as_str().unwrap().parse().unwrap(),
+        ..Default::default()
+    };
+    if let Some(lr) = p["initial_learning_rate"].as_f64() {
+        params.learning_rate = Some(lr);
+    }
+    if let Some(nn) = p["apply_nonneg"].as_str() {
+        params.nonneg = nn.parse().unwrap();
+    }
+    params
+}
+
+#[test]
+fn reference_runs_reproduce_the_traces() {
+    let Some(dir) = runs_dir() else {
+        eprintln!("skipped: no autograd_runs golden data");
+        return;
+    };
+    let mut n = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let case = entry.unwrap().path();
+        let name = case.file_name().unwrap().to_string_lossy().to_string();
+        let out = json(case.join("outputs.json"));
+        let params = run_params(&out);
+        let y0 = read(case.join("Y0.npy"));
+        let x0 = read(case.join("X0.npy"));
+        let res = nsa_flow::autograd::nsa_flow_autograd(&y0, Some(&x0), &params).unwrap();
+        let (_, rows) = csv_rows(case.join("traces.csv"));
+        assert_eq!(res.traces.len(), rows.len(), "{name}: trace rows");
+        let mut worst = 0.0f64;
+        for (t, r) in res.traces.iter().zip(&rows) {
+            assert_eq!(t.iter, r[0].parse::<usize>().unwrap());
+            for (got, col) in [(t.fidelity, 2), (t.orthogonality, 3), (t.total_energy, 4)] {
+                let want: f64 = r[col].parse().unwrap();
+                let rel = (got - want).abs() / want.abs().max(1e-300);
+                let rel = if want == 0.0 { got.abs() } else { rel };
+                worst = worst.max(rel);
+                assert!(rel <= 1e-8, "{name} iter {}: column {col}: {got} vs {want} (rel {rel:.2e})", t.iter);
+            }
+        }
+        let want_y = read(case.join("Y_out.npy"));
+        let ry = rel_fro(&res.y, &want_y);
+        assert!(ry <= 1e-8, "{name}: Y relative error {ry:.2e}");
+        assert_eq!(res.best_iteration as f64, out["best_Y_iteration"].as_f64().unwrap());
+        let be = out["best_total_energy"].as_f64().unwrap();
+        assert!((res.best_total_energy - be).abs() <= 1e-8 * be.abs());
+        assert_eq!(res.learning_rate, out["settings"]["learning_rate"].as_f64().unwrap());
+        println!("{name}: {} rows, worst trace relative error {worst:.2e}, Y {ry:.2e}", rows.len());
+        n += 1;
+    }
+    assert!(n >= 3);
+}

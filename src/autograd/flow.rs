@@ -32,9 +32,9 @@ pub struct AutogradParams {
     pub tol: f64,
     /// Seed of the `X0 = None` perturbation and of any random learning-rate strategy.
     pub seed: u64,
-    /// Non-negativity map after the retraction. Reference mode: `none` is the reference's
-    /// `apply_nonneg=False` (X0 not clamped); `hard` and `softplus` clamp X0 (the reference
-    /// clamps it for any truthy value).
+    /// Non-negativity map after the retraction. Reference mode clamps X0 whatever the map
+    /// (the reference passes the strings `"hard"`, `"softplus"`, `"none"`, all truthy, to a
+    /// truthiness test); corrected mode clamps X0 only when a map is asked for.
     pub nonneg: NonNeg,
     /// Optimizer name from [`crate::optimizers`] (default `asgd`).
     pub optimizer: String,
@@ -290,8 +290,9 @@ fn setup(y0: &DMatrix<f64>, x0: Option<&DMatrix<f64>>, params: &AutogradParams) 
         });
     }
     let clamp = match params.mode {
-        // the reference clamps X0 for any truthy apply_nonneg, "softplus" included
-        Mode::Reference => params.nonneg != NonNeg::None,
+        // the reference clamps X0 for any truthy apply_nonneg, the strings "softplus" and
+        // "none" included (Q16)
+        Mode::Reference => true,
         Mode::Corrected => params.nonneg != NonNeg::None,
     };
     let clamp_m = |m: &DMatrix<f64>| if clamp { m.map(|v| v.max(0.0)) } else { m.clone() };
