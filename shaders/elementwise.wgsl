@@ -115,3 +115,23 @@ fn nonneg_in_place(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocat
         out[i] = softplus(x);
     }
 }
+
+// The backward of nonneg_in_place at pre = a: out ← out ∘ J(a). Mode 0 the clamp (0 where
+// a < 0, torch's clamp rule), mode 1 softplus: σ(a) from e^{−|a|}, the identity above 20.
+@compute @workgroup_size(256)
+fn nonneg_backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    let i = linear_id(wid, lid);
+    if (i >= params.n) {
+        return;
+    }
+    let x = a[i];
+    if (params.mode == 0u) {
+        if (x < 0.0) {
+            out[i] = 0.0;
+        }
+    } else if (x <= 20.0) {
+        let z = exp_nonpositive(-abs(x));
+        let sig = select(z / (1.0 + z), 1.0 / (1.0 + z), x >= 0.0);
+        out[i] = out[i] * sig;
+    }
+}

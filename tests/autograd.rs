@@ -48,14 +48,21 @@ fn cpu_f64_gradients_match_torch_autograd() {
         let want = read(dir.join(format!("{name}_grad.npy")));
         let (e, g) = composite_energy_and_grad(&z, &x0, &spec).unwrap();
         let te = case["total"].as_f64().unwrap();
-        assert!((e.total - te).abs() <= 1e-12 * te.abs().max(1.0), "{name}: energy {} vs {te}", e.total);
+        assert!(
+            (e.total - te).abs() <= 1e-12 * te.abs().max(1.0),
+            "{name}: energy {} vs {te}",
+            e.total
+        );
         let r = rel_fro(&g, &want);
         if r > worst.0 {
             worst = (r, name.to_string());
         }
         assert!(r <= 1e-9, "{name}: gradient relative error {r:.3e}");
     }
-    println!("worst relative gradient error vs torch: {:.2e} ({})", worst.0, worst.1);
+    println!(
+        "worst relative gradient error vs torch: {:.2e} ({})",
+        worst.0, worst.1
+    );
 }
 
 /// Central differences on random shapes, for every branch (both styles, the NS and diag
@@ -76,23 +83,45 @@ fn gradients_agree_with_finite_differences() {
                         (FidelityType::ScaleInvariant, OrthType::ScaleInvariant),
                         (FidelityType::Symmetric, OrthType::ScaleInvariant),
                     ] {
-                        for inv in [InvSqrtMethod::Eig, InvSqrtMethod::NewtonSchulz, InvSqrtMethod::Diag] {
+                        for inv in [
+                            InvSqrtMethod::Eig,
+                            InvSqrtMethod::NewtonSchulz,
+                            InvSqrtMethod::Diag,
+                        ] {
                             if k > p && style == Mode::Corrected {
                                 continue;
                             }
                             let spec = CompositeSpec {
-                                w: 0.7, retraction, nonneg, style, fidelity_type, orth_type, fid_eta: 0.9, c_orth: 2.0,
+                                w: 0.7,
+                                retraction,
+                                nonneg,
+                                style,
+                                fidelity_type,
+                                orth_type,
+                                fid_eta: 0.9,
+                                c_orth: 2.0,
                             };
                             let mut o = spec.retract_options();
                             o.inv_method = inv;
                             let f = |zz: &DMatrix<f64>| -> f64 {
                                 let r = nsa_flow::retract(zz, &o).unwrap();
                                 let y = nsa_flow::apply_nonnegativity(&r, nonneg);
-                                nsa_flow::compute_energy(&y, &x0, fidelity_type, orth_type, 0.9, 2.0).unwrap().total
+                                nsa_flow::compute_energy(
+                                    &y,
+                                    &x0,
+                                    fidelity_type,
+                                    orth_type,
+                                    0.9,
+                                    2.0,
+                                )
+                                .unwrap()
+                                .total
                             };
                             let r = nsa_flow::retract(&z, &o).unwrap();
                             let y = nsa_flow::apply_nonnegativity(&r, nonneg);
-                            let (_, gy) = nsa_flow::autograd::energy_and_grad(&y, &x0, &spec.energy_spec()).unwrap();
+                            let (_, gy) =
+                                nsa_flow::autograd::energy_and_grad(&y, &x0, &spec.energy_spec())
+                                    .unwrap();
                             let gy = nsa_flow::autograd::nonneg_backward(&r, nonneg, &gy).unwrap();
                             let g = nsa_flow::autograd::retract_backward(&z, &o, &gy).unwrap();
                             let h = 1e-6;
@@ -109,7 +138,11 @@ fn gradients_agree_with_finite_differences() {
                             let err = (&g - &fd).norm() / fd.norm().max(1e-3);
                             // k > p: YᵀY is singular and its εI-lifted null space makes central
                             // differences themselves inaccurate (T has entries ~1e4)
-                            let tol = if k > p && retraction == Retraction::SoftPolar { 1e-4 } else { 2e-6 };
+                            let tol = if k > p && retraction == Retraction::SoftPolar {
+                                1e-4
+                            } else {
+                                2e-6
+                            };
                             assert!(
                                 err < tol,
                                 "{p}x{k} {style:?} {retraction:?} {nonneg:?} {fidelity_type:?}/{orth_type:?} {inv:?}: FD relative error {err:.2e}\n{g}\n{fd}"
@@ -181,17 +214,30 @@ fn reference_runs_reproduce_the_traces() {
                 let rel = (got - want).abs() / want.abs().max(1e-300);
                 let rel = if want == 0.0 { got.abs() } else { rel };
                 worst = worst.max(rel);
-                assert!(rel <= 1e-8, "{name} iter {}: column {col}: {got} vs {want} (rel {rel:.2e})", t.iter);
+                assert!(
+                    rel <= 1e-8,
+                    "{name} iter {}: column {col}: {got} vs {want} (rel {rel:.2e})",
+                    t.iter
+                );
             }
         }
         let want_y = read(case.join("Y_out.npy"));
         let ry = rel_fro(&res.y, &want_y);
         assert!(ry <= 1e-8, "{name}: Y relative error {ry:.2e}");
-        assert_eq!(res.best_iteration as f64, out["best_Y_iteration"].as_f64().unwrap());
+        assert_eq!(
+            res.best_iteration as f64,
+            out["best_Y_iteration"].as_f64().unwrap()
+        );
         let be = out["best_total_energy"].as_f64().unwrap();
         assert!((res.best_total_energy - be).abs() <= 1e-8 * be.abs());
-        assert_eq!(res.learning_rate, out["settings"]["learning_rate"].as_f64().unwrap());
-        println!("{name}: {} rows, worst trace relative error {worst:.2e}, Y {ry:.2e}", rows.len());
+        assert_eq!(
+            res.learning_rate,
+            out["settings"]["learning_rate"].as_f64().unwrap()
+        );
+        println!(
+            "{name}: {} rows, worst trace relative error {worst:.2e}, Y {ry:.2e}",
+            rows.len()
+        );
         n += 1;
     }
     assert!(n >= 3);

@@ -2,12 +2,12 @@
 //! registry, the gradient by the exact backward of [`super::grad`].
 
 use super::grad::{self, EnergySpec};
+use super::stepper::Stepper;
 use super::CompositeSpec;
 use crate::backend::cpu::CpuBackend;
 use crate::backend::{Backend, Reduction};
 use crate::energy::{EnergyTerms, FidelityType, OrthType};
 use crate::error::{NsaError, Result};
-use super::stepper::Stepper;
 use crate::params::{BackendChoice, Mode, NonNeg, Precision, Retraction};
 use crate::result::{Control, IterInfo, StopReason, TraceRow};
 use crate::rng::Rng;
@@ -263,8 +263,12 @@ pub fn nsa_flow_autograd_with_callback<F: FnMut(&IterInfo) -> Control>(
         return solve_autograd(&mut be, y0, x0, params, &mut callback);
     }
     match params.precision {
-        Precision::F64 => solve_autograd(&mut CpuBackend::<f64>::new(), y0, x0, params, &mut callback),
-        Precision::F32 => solve_autograd(&mut CpuBackend::<f32>::new(), y0, x0, params, &mut callback),
+        Precision::F64 => {
+            solve_autograd(&mut CpuBackend::<f64>::new(), y0, x0, params, &mut callback)
+        }
+        Precision::F32 => {
+            solve_autograd(&mut CpuBackend::<f32>::new(), y0, x0, params, &mut callback)
+        }
     }
 }
 
@@ -295,7 +299,13 @@ fn setup(y0: &DMatrix<f64>, x0: Option<&DMatrix<f64>>, params: &AutogradParams) 
         Mode::Reference => true,
         Mode::Corrected => params.nonneg != NonNeg::None,
     };
-    let clamp_m = |m: &DMatrix<f64>| if clamp { m.map(|v| v.max(0.0)) } else { m.clone() };
+    let clamp_m = |m: &DMatrix<f64>| {
+        if clamp {
+            m.map(|v| v.max(0.0))
+        } else {
+            m.clone()
+        }
+    };
     let (mut z, mut target) = match x0 {
         Some(x) => {
             validate::finite_nonempty("X0", x)?;
@@ -342,15 +352,31 @@ fn setup(y0: &DMatrix<f64>, x0: Option<&DMatrix<f64>>, params: &AutogradParams) 
             let unit = params.composite(1.0, 1.0);
             let r = crate::retract::retract(&z, &unit.retract_options())?;
             let y = crate::energy::apply_nonnegativity(&r, params.nonneg);
-            let e = crate::compute_energy(&y, &target, params.fidelity_type, params.orth_type, 1.0, 1.0)?;
+            let e = crate::compute_energy(
+                &y,
+                &target,
+                params.fidelity_type,
+                params.orth_type,
+                1.0,
+                1.0,
+            )?;
             // floors relative to the problem's scale (‖X0‖² = pk after normalisation)
-            let f0 = e.fidelity.max(1e-8 * fid_floor_scale(params.fidelity_type, pk));
-            let o0 = e.orthogonality.max(1e-8 * orth_floor_scale(params.orth_type, k));
+            let f0 = e
+                .fidelity
+                .max(1e-8 * fid_floor_scale(params.fidelity_type, pk));
+            let o0 = e
+                .orthogonality
+                .max(1e-8 * orth_floor_scale(params.orth_type, k));
             ((1.0 - params.w) / f0, params.w / o0)
         }
     };
     let spec = params.composite(fid_eta, c_orth);
-    Ok(Setup { z0: z, target, scale, spec })
+    Ok(Setup {
+        z0: z,
+        target,
+        scale,
+        spec,
+    })
 }
 
 fn fid_floor_scale(t: FidelityType, pk: f64) -> f64 {
@@ -389,7 +415,10 @@ fn forward<B: Backend>(
     be.copy(&ev.retracted, &mut ev.y);
     be.nonneg(&mut ev.y, spec.nonneg);
     // the gradient's and the parameter's norms ride along in the same readback
-    let mut req = vec![Reduction::EnergyTerms { y: &ev.y, target }, Reduction::AllFinite(&ev.y)];
+    let mut req = vec![
+        Reduction::EnergyTerms { y: &ev.y, target },
+        Reduction::AllFinite(&ev.y),
+    ];
     if let Some(g) = g_z {
         req.push(Reduction::NormSq(g));
         req.push(Reduction::NormSq(z));
@@ -437,17 +466,38 @@ pub fn solve_autograd<B: Backend, F: FnMut(&IterInfo) -> Control>(
     callback: &mut F,
 ) -> Result<AutogradResult> {
     params.validate()?;
-    let Setup { z0, target: target_h, scale, spec } = setup(y0, x0, params)?;
+    let Setup {
+        z0,
+        target: target_h,
+        scale,
+        spec,
+    } = setup(y0, x0, params)?;
     let (p, k) = z0.shape();
     let x0n = target_h.norm_squared();
 
     // learning rate
-    let (lr, lr_source) = match (params.learning_rate, params.lr_strategy.as_str(), params.mode) {
+    let (lr, lr_source) = match (
+        params.learning_rate,
+        params.lr_strategy.as_str(),
+        params.mode,
+    ) {
         (Some(v), _, _) => (v, "given".to_string()),
         (None, "auto", Mode::Reference) => (1e-3, "default".to_string()),
         (None, strategy, mode) => {
-            let strategy = if strategy == "auto" { "armijo" } else { strategy };
-            let est = estimate_lr(&z0, &target_h, &spec, strategy, params.aggression, mode, params.seed)?;
+            let strategy = if strategy == "auto" {
+                "armijo"
+            } else {
+                strategy
+            };
+            let est = estimate_lr(
+                &z0,
+                &target_h,
+                &spec,
+                strategy,
+                params.aggression,
+                mode,
+                params.seed,
+            )?;
             (est, strategy.to_string())
         }
     };
@@ -456,7 +506,10 @@ pub fn solve_autograd<B: Backend, F: FnMut(&IterInfo) -> Control>(
     let target = be.upload(&target_h)?;
     let mut z = be.zeros(p, k)?;
     be.copy(&z_init, &mut z);
-    let mut ev = Eval { retracted: be.zeros(p, k)?, y: be.zeros(p, k)? };
+    let mut ev = Eval {
+        retracted: be.zeros(p, k)?,
+        y: be.zeros(p, k)?,
+    };
     let mut best = be.zeros(p, k)?;
     let mut g_y = be.zeros(p, k)?;
     let mut g_z = be.zeros(p, k)?;
@@ -488,7 +541,17 @@ pub fn solve_autograd<B: Backend, F: FnMut(&IterInfo) -> Control>(
         };
         stepper.step(be, &mut z, &g_z, e_cur.total, &mut scratch, &mut closure)?;
         // the post-step evaluation is also the next iteration's forward pass
-        let (e_new, t_new) = match forward(be, &z, Some(&g_z), &mut ev, &target, &spec, x0n, k, &mut out) {
+        let (e_new, t_new) = match forward(
+            be,
+            &z,
+            Some(&g_z),
+            &mut ev,
+            &target,
+            &spec,
+            x0n,
+            k,
+            &mut out,
+        ) {
             Ok(v) => v,
             Err(NsaError::NonFiniteComputation { .. }) => {
                 stop = StopReason::NonFiniteGradient;
@@ -543,11 +606,12 @@ pub fn solve_autograd<B: Backend, F: FnMut(&IterInfo) -> Control>(
                 break;
             }
         }
-        if params.mode == Mode::Corrected && gn.is_finite() {
-            if gn * zn <= params.tol * e_cur.total.abs() {
-                stop = StopReason::Certificate;
-                break;
-            }
+        if params.mode == Mode::Corrected
+            && gn.is_finite()
+            && gn * zn <= params.tol * e_cur.total.abs()
+        {
+            stop = StopReason::Certificate;
+            break;
         }
     }
     if best_it == 0 {

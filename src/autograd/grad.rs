@@ -143,7 +143,11 @@ pub(crate) fn energy_grad_into<T: Element>(
 /// `g ← g ∘ J(pre)` for the non-negativity map applied to `pre`: the clamp passes the gradient
 /// where `pre ≥ 0` (torch's `clamp` rule), softplus multiplies by the logistic `σ(pre)` (with
 /// torch's threshold: the identity above 20).
-pub(crate) fn nonneg_backward_in_place<T: Element>(pre: &DMatrix<T>, mode: NonNeg, g: &mut DMatrix<T>) {
+pub(crate) fn nonneg_backward_in_place<T: Element>(
+    pre: &DMatrix<T>,
+    mode: NonNeg,
+    g: &mut DMatrix<T>,
+) {
     match mode {
         NonNeg::None => {}
         NonNeg::Hard => g.zip_apply(pre, |gv, x| {
@@ -204,10 +208,11 @@ fn sym<T: Element>(m: &DMatrix<T>) -> DMatrix<T> {
 /// `−1/(√λ_i·√λ_j·(√λ_i + √λ_j))`, which has no cancellation for close eigenvalues.
 fn inv_sqrt_backward_eig<T: Element>(a: &DMatrix<T>, floor: f64, g_t: &DMatrix<T>) -> DMatrix<T> {
     let k = a.nrows();
-    let eig = match nalgebra::SymmetricEigen::try_new(a.clone(), T::default_epsilon(), 1000 * k.max(1)) {
-        Some(e) => e,
-        None => return DMatrix::from_element(k, k, T::of(f64::NAN)),
-    };
+    let eig =
+        match nalgebra::SymmetricEigen::try_new(a.clone(), T::default_epsilon(), 1000 * k.max(1)) {
+            Some(e) => e,
+            None => return DMatrix::from_element(k, k, T::of(f64::NAN)),
+        };
     let v = &eig.eigenvectors;
     let lam: Vec<f64> = eig.eigenvalues.iter().map(|l| l.as_f64()).collect();
     let clamped: Vec<bool> = lam.iter().map(|&l| l <= floor).collect();
@@ -239,7 +244,12 @@ fn inv_sqrt_backward_eig<T: Element>(a: &DMatrix<T>, floor: f64, g_t: &DMatrix<T
 /// Backward of the reference's fixed-step coupled Newton–Schulz
 /// (`A' = A + εI`, `c = ‖A'‖_F`, `Y₀ = A'/c`, `Z₀ = I`, `T_j = ½(3I − Z_j·Y_j)`,
 /// `Y ← Y·T_j`, `Z ← T_j·Z`, result `Z/√c`), through every step and the scaling.
-fn inv_sqrt_backward_ns<T: Element>(a: &DMatrix<T>, eps: f64, iters: usize, g_out: &DMatrix<T>) -> DMatrix<T> {
+fn inv_sqrt_backward_ns<T: Element>(
+    a: &DMatrix<T>,
+    eps: f64,
+    iters: usize,
+    g_out: &DMatrix<T>,
+) -> DMatrix<T> {
     let k = a.nrows();
     let eye = DMatrix::<T>::identity(k, k);
     let ap = a + &eye * T::of(eps);
@@ -304,7 +314,10 @@ fn inv_sqrt_backward<T: Element>(
 /// `(T, backward rule, floor)` of the reference's inverse square root of `A = YᵀY + εI`,
 /// mirroring [`crate::retract`]'s choice (including its fallback to eig when Newton–Schulz
 /// does not give a finite result).
-fn reference_inv_sqrt<T: Element>(a: &DMatrix<T>, o: &RetractOptions) -> (DMatrix<T>, InvSqrtBackward, f64) {
+fn reference_inv_sqrt<T: Element>(
+    a: &DMatrix<T>,
+    o: &RetractOptions,
+) -> (DMatrix<T>, InvSqrtBackward, f64) {
     let k = a.nrows();
     let method = match o.inv_method {
         InvSqrtMethod::Auto if k <= o.eig_thresh => InvSqrtMethod::Eig,
@@ -317,17 +330,33 @@ fn reference_inv_sqrt<T: Element>(a: &DMatrix<T>, o: &RetractOptions) -> (DMatri
             let iters = o.ns_iter.unwrap_or(4);
             match linalg::inv_sqrt_ns_reference(a, T::of(o.eps), iters) {
                 Some(t) => (t, InvSqrtBackward::NewtonSchulz { iters }, o.eps),
-                None => (linalg::inv_sqrt_eig(a, T::of(o.eps)), InvSqrtBackward::Eig, o.eps),
+                None => (
+                    linalg::inv_sqrt_eig(a, T::of(o.eps)),
+                    InvSqrtBackward::Eig,
+                    o.eps,
+                ),
             }
         }
-        InvSqrtMethod::Diag => (linalg::inv_sqrt_diag(a, T::of(o.eps)), InvSqrtBackward::Diag, o.eps),
-        _ => (linalg::inv_sqrt_eig(a, T::of(eig_floor)), InvSqrtBackward::Eig, eig_floor),
+        InvSqrtMethod::Diag => (
+            linalg::inv_sqrt_diag(a, T::of(o.eps)),
+            InvSqrtBackward::Diag,
+            o.eps,
+        ),
+        _ => (
+            linalg::inv_sqrt_eig(a, T::of(eig_floor)),
+            InvSqrtBackward::Eig,
+            eig_floor,
+        ),
     }
 }
 
 /// `gY` of the reference-style retraction `out = M·‖Y‖/‖M‖`, `M = Y·T_w` (polar: `T_w = T` the
 /// exact `(YᵀY)^{-1/2}`), given `gout`.
-fn reference_backward<T: Element>(y: &DMatrix<T>, o: &RetractOptions, g: &DMatrix<T>) -> DMatrix<T> {
+fn reference_backward<T: Element>(
+    y: &DMatrix<T>,
+    o: &RetractOptions,
+    g: &DMatrix<T>,
+) -> DMatrix<T> {
     let (p, k) = y.shape();
     if o.retraction == Retraction::Polar && p < k {
         // polar(Y) = polar(Yᵀ)ᵀ, and both norms are transpose-invariant
@@ -377,7 +406,11 @@ fn reference_backward<T: Element>(y: &DMatrix<T>, o: &RetractOptions, g: &DMatri
 
 /// `gY` of the corrected retraction `out = Y·((1−w)I + w·c·T)`, `T = (S + δI)^{-1/2}`,
 /// `S = YᵀY`, `δ = 16·ε·tr(S)/k`, `c = tr(T·S)/tr(T·S·T)`.
-fn corrected_backward<T: Element>(y: &DMatrix<T>, o: &RetractOptions, g: &DMatrix<T>) -> DMatrix<T> {
+fn corrected_backward<T: Element>(
+    y: &DMatrix<T>,
+    o: &RetractOptions,
+    g: &DMatrix<T>,
+) -> DMatrix<T> {
     let k = y.ncols();
     let s = linalg::gram(y, y);
     let tr = linalg::trace(&s);
@@ -395,7 +428,11 @@ fn corrected_backward<T: Element>(y: &DMatrix<T>, o: &RetractOptions, g: &DMatri
     let a_tr = linalg::trace(&ts);
     let b_tr = linalg::trace(&(&ts * &t));
     let c = if b_tr > 0.0 { a_tr / b_tr } else { 0.0 };
-    let w = if o.retraction == Retraction::Polar { 1.0 } else { o.w };
+    let w = if o.retraction == Retraction::Polar {
+        1.0
+    } else {
+        o.w
+    };
     let mut tw = &t * T::of(w * c);
     for j in 0..k {
         tw[(j, j)] += T::of(1.0 - w);
@@ -430,7 +467,11 @@ fn corrected_backward<T: Element>(y: &DMatrix<T>, o: &RetractOptions, g: &DMatri
 }
 
 /// `gY = J_R(Y)ᵀ·g` for the retraction `R` described by `o` (identity for `none` and `w ≤ 0`).
-pub(crate) fn retract_backward_in<T: Element>(y: &DMatrix<T>, o: &RetractOptions, g: &DMatrix<T>) -> DMatrix<T> {
+pub(crate) fn retract_backward_in<T: Element>(
+    y: &DMatrix<T>,
+    o: &RetractOptions,
+    g: &DMatrix<T>,
+) -> DMatrix<T> {
     if o.retraction == Retraction::None || o.w <= 0.0 {
         return g.clone();
     }

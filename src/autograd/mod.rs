@@ -13,7 +13,8 @@ pub(crate) mod grad;
 mod stepper;
 
 pub use flow::{
-    nsa_flow_autograd, nsa_flow_autograd_with_callback, solve_autograd, AutogradParams, AutogradResult,
+    nsa_flow_autograd, nsa_flow_autograd_with_callback, solve_autograd, AutogradParams,
+    AutogradResult,
 };
 pub use grad::EnergySpec;
 
@@ -37,7 +38,11 @@ use nalgebra::DMatrix;
 /// assert_eq!(e.total, 3.0); // ½‖Y − X0‖²
 /// assert_eq!(g, &y - &x0);
 /// ```
-pub fn energy_and_grad(y: &DMatrix<f64>, x0: &DMatrix<f64>, spec: &EnergySpec) -> Result<(Energy, DMatrix<f64>)> {
+pub fn energy_and_grad(
+    y: &DMatrix<f64>,
+    x0: &DMatrix<f64>,
+    spec: &EnergySpec,
+) -> Result<(Energy, DMatrix<f64>)> {
     validate::finite_nonempty("Y", y)?;
     validate::finite_nonempty("X0", x0)?;
     validate::same_shape("X0", x0, y.shape())?;
@@ -47,7 +52,13 @@ pub fn energy_and_grad(y: &DMatrix<f64>, x0: &DMatrix<f64>, spec: &EnergySpec) -
     let x0n = crate::linalg::sum_sq(x0.as_slice());
     let energy = spec.energy(&terms, x0n, y.ncols());
     let mut out = DMatrix::zeros(y.nrows(), y.ncols());
-    grad::energy_grad_into(y, x0, &spec.gradient_coefficients(&terms, x0n), &mut gram, &mut out);
+    grad::energy_grad_into(
+        y,
+        x0,
+        &spec.gradient_coefficients(&terms, x0n),
+        &mut gram,
+        &mut out,
+    );
     Ok((energy, out))
 }
 
@@ -65,7 +76,11 @@ pub fn energy_and_grad(y: &DMatrix<f64>, x0: &DMatrix<f64>, spec: &EnergySpec) -
 /// let soft = retract_backward(&y, &RetractOptions::reference(Retraction::SoftPolar, 0.5), &g).unwrap();
 /// assert!(soft.iter().all(|v| v.is_finite()));
 /// ```
-pub fn retract_backward(y: &DMatrix<f64>, options: &RetractOptions, g: &DMatrix<f64>) -> Result<DMatrix<f64>> {
+pub fn retract_backward(
+    y: &DMatrix<f64>,
+    options: &RetractOptions,
+    g: &DMatrix<f64>,
+) -> Result<DMatrix<f64>> {
     validate::finite_nonempty("Y", y)?;
     validate::finite_nonempty("gradient", g)?;
     validate::same_shape("gradient", g, y.shape())?;

@@ -22,7 +22,13 @@ impl Stepper {
         }
     }
 
-    pub(crate) fn new<B: Backend>(_be: &mut B, name: &str, lr: f64, _p: usize, _k: usize) -> Result<Stepper> {
+    pub(crate) fn new<B: Backend>(
+        _be: &mut B,
+        name: &str,
+        lr: f64,
+        _p: usize,
+        _k: usize,
+    ) -> Result<Stepper> {
         Stepper::host(name, lr)
     }
 

@@ -2,8 +2,8 @@
 //! other backend is tested against, and the fallback when no GPU is present.
 
 use super::{Backend, GradientRule, Projection, Reduction, UpdateRule};
-use crate::element::{cast_from_f64, cast_to_f64, Element};
 use crate::autograd::EnergySpec;
+use crate::element::{cast_from_f64, cast_to_f64, Element};
 use crate::energy::{nonneg_in_place, EnergyTerms};
 use crate::error::Result;
 use crate::linalg;

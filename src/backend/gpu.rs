@@ -24,7 +24,7 @@ pub const MAX_K: usize = 1024;
 pub const MAX_P: usize = 65_535 * 256;
 /// Newton–Schulz steps when the residual decides (the reference's eig, the corrected
 /// retraction); the iteration converges from any start in about log₂.₂₅(κ) + 6 steps.
-const NS_CAP: usize = 100;
+pub(super) const NS_CAP: usize = 100;
 /// Entries per thread in the readback reductions (G = ⌈n / (256·this)⌉ partials, at most
 /// `MAX_PARTIALS`).
 const ENTRIES_PER_THREAD: usize = 16;
@@ -50,6 +50,16 @@ pub struct GpuMat {
 }
 
 impl GpuMat {
+    /// Another handle on the same device buffer (for workspace matrices held by the backend).
+    pub(super) fn handle(&self) -> GpuMat {
+        GpuMat {
+            buffer: self.buffer.clone(),
+            id: self.id,
+            p: self.p,
+            k: self.k,
+        }
+    }
+
     /// Rows.
     pub fn nrows(&self) -> usize {
         self.p
@@ -77,37 +87,37 @@ pub enum KernelBench {
 
 /// Offsets (in elements) of the regions of the small k×k buffer.
 #[derive(Clone, Copy, Debug)]
-struct SmallLayout {
-    k: usize,
+pub(super) struct SmallLayout {
+    pub(super) k: usize,
 }
 
 impl SmallLayout {
-    fn mat(&self, i: usize) -> u32 {
+    pub(super) fn mat(&self, i: usize) -> u32 {
         (i * self.k * self.k) as u32
     }
     /// S = YᵀY
-    fn s(&self) -> u32 {
+    pub(super) fn s(&self) -> u32 {
         self.mat(0)
     }
     /// M, a second Gram, scratch
-    fn m(&self) -> u32 {
+    pub(super) fn m(&self) -> u32 {
         self.mat(1)
     }
     /// T (an inverse square root)
-    fn t(&self) -> u32 {
+    pub(super) fn t(&self) -> u32 {
         self.mat(2)
     }
-    fn tmp(&self) -> u32 {
+    pub(super) fn tmp(&self) -> u32 {
         self.mat(3)
     }
-    fn tmp2(&self) -> u32 {
+    pub(super) fn tmp2(&self) -> u32 {
         self.mat(4)
     }
     /// the Newton–Schulz workspace (5 blocks)
-    fn ns(&self) -> u32 {
+    pub(super) fn ns(&self) -> u32 {
         self.mat(5)
     }
-    fn scalar(&self, i: usize) -> u32 {
+    pub(super) fn scalar(&self, i: usize) -> u32 {
         (10 * self.k * self.k + i) as u32
     }
     fn len(&self) -> usize {
@@ -116,40 +126,42 @@ impl SmallLayout {
 }
 
 // scalar slots
-const SC_ALPHA: usize = 0;
-const SC_RADIAL: usize = 1;
-const SC_TRACE: usize = 2;
+pub(super) const SC_ALPHA: usize = 0;
+pub(super) const SC_RADIAL: usize = 1;
+pub(super) const SC_TRACE: usize = 2;
 const SC_FACTOR: usize = 3;
 const SC_NS: usize = 8; // 5 values
 const SC_SGDP: usize = 16; // 4 values
 
 /// Per-shape device storage.
-struct Workspace {
+pub(super) struct Workspace {
     p: usize,
-    k: usize,
+    pub(super) k: usize,
     small: wgpu::Buffer,
     aux: wgpu::Buffer,
     staging: wgpu::Buffer,
-    layout: SmallLayout,
+    pub(super) layout: SmallLayout,
     /// Gram chunking: rows per chunk and chunk count.
     gram_chunk: usize,
     gram_chunks: usize,
     /// aux regions (elements)
     aux_readback: usize,
-    aux_finalize: usize,
+    pub(super) aux_finalize: usize,
     aux_sgdp: usize,
-    partials: usize,
+    pub(super) partials: usize,
     /// Workgroup counts of the next Newton–Schulz step (k > 64), written by the device.
     ns_args: GpuMat,
+    /// p×k scratch of the autograd backward, made on first use.
+    pub(super) ag_scratch: Option<GpuMat>,
 }
 
 /// Where the bytes of one dispatch go.
 #[derive(Clone, Copy, Default)]
-struct Slots<'a> {
-    a: Option<&'a GpuMat>,
-    b: Option<&'a GpuMat>,
-    c: Option<&'a GpuMat>,
-    out: Option<&'a GpuMat>,
+pub(super) struct Slots<'a> {
+    pub(super) a: Option<&'a GpuMat>,
+    pub(super) b: Option<&'a GpuMat>,
+    pub(super) c: Option<&'a GpuMat>,
+    pub(super) out: Option<&'a GpuMat>,
 }
 
 /// The wgpu backend (see the module documentation).
@@ -179,7 +191,7 @@ pub struct GpuBackend {
     dummy_write: wgpu::Buffer,
     dummy_id: [u64; 2],
     readbacks: u64,
-    error: Option<NsaError>,
+    pub(super) error: Option<NsaError>,
     partial_sums_host: Vec<f64>,
 }
 
@@ -393,6 +405,7 @@ impl GpuBackend {
             aux_sgdp,
             partials,
             ns_args,
+            ag_scratch: None,
         });
         Ok(())
     }
@@ -400,7 +413,7 @@ impl GpuBackend {
     /// Sizes the workspace for the operand's shape (a backend may hold matrices of several
     /// shapes; the k×k layout, Gram chunking and partial counts depend on it). A failure is
     /// kept and returned by the next readback.
-    fn use_shape(&mut self, m: &GpuMat) -> bool {
+    pub(super) fn use_shape(&mut self, m: &GpuMat) -> bool {
         if let Some(ws) = &self.ws {
             if ws.p == m.p && ws.k == m.k {
                 return true;
@@ -415,8 +428,12 @@ impl GpuBackend {
         }
     }
 
-    fn ws(&self) -> &Workspace {
+    pub(super) fn ws(&self) -> &Workspace {
         self.ws.as_ref().expect("workspace sized by zeros/upload")
+    }
+
+    pub(super) fn ws_mut(&mut self) -> &mut Workspace {
+        self.ws.as_mut().expect("workspace sized by zeros/upload")
     }
 
     fn encoder(&mut self) -> &mut wgpu::CommandEncoder {
@@ -512,7 +529,7 @@ impl GpuBackend {
     }
 
     /// Records one dispatch.
-    fn dispatch(
+    pub(super) fn dispatch(
         &mut self,
         kernel: Kernel,
         header: ParamsHeader,
@@ -574,12 +591,12 @@ impl GpuBackend {
     }
 
     /// A 2-D grid of `groups` workgroups (65 535 per dimension).
-    fn grid(groups: usize) -> (u32, u32) {
+    pub(super) fn grid(groups: usize) -> (u32, u32) {
         let x = groups.clamp(1, 65_535);
         (x as u32, groups.div_ceil(x) as u32)
     }
 
-    fn elementwise(
+    pub(super) fn elementwise(
         &mut self,
         kernel: Kernel,
         mode: u32,
@@ -598,7 +615,7 @@ impl GpuBackend {
     }
 
     /// `small[off] = AᵀB` (symmetrised when `sym`).
-    fn gram(&mut self, a: &GpuMat, b: &GpuMat, off: u32, sym: bool) {
+    pub(super) fn gram(&mut self, a: &GpuMat, b: &GpuMat, off: u32, sym: bool) {
         let (p, k) = (a.p, a.k);
         let (chunk, chunks) = {
             let ws = self.ws();
@@ -636,7 +653,7 @@ impl GpuBackend {
 
     /// `out = c0·(A·small[m]) + …` (see matmul_small.wgsl).
     #[allow(clippy::too_many_arguments)]
-    fn mul_small(
+    pub(super) fn mul_small(
         &mut self,
         a: &GpuMat,
         m: u32,
@@ -668,7 +685,7 @@ impl GpuBackend {
         );
     }
 
-    fn kk_matmul(&mut self, a: u32, b: u32, c: u32, sym: bool) {
+    pub(super) fn kk_matmul(&mut self, a: u32, b: u32, c: u32, sym: bool) {
         let k = self.ws().k;
         let mut h = ParamsHeader::new();
         h.k = k as u32;
@@ -687,7 +704,7 @@ impl GpuBackend {
 
     /// `small[out] = (small[s] + shift)^{-1/2}` by Newton–Schulz. `fixed` = Some(steps): the
     /// reference's unconverged iteration (Frobenius scaling); None: run to the residual.
-    fn inv_sqrt_ns(
+    pub(super) fn inv_sqrt_ns(
         &mut self,
         s: u32,
         out: u32,
@@ -761,7 +778,7 @@ impl GpuBackend {
         self.dispatch(Kernel::NsFinish, h, coefs, Slots::default(), (kk as u32, 1));
     }
 
-    fn inv_sqrt_diag(
+    pub(super) fn inv_sqrt_diag(
         &mut self,
         s: u32,
         out: u32,
@@ -784,7 +801,7 @@ impl GpuBackend {
         );
     }
 
-    fn eps(&self) -> f64 {
+    pub(super) fn eps(&self) -> f64 {
         match self.precision {
             Precision::F32 => f32::EPSILON as f64,
             Precision::F64 => f64::EPSILON,
@@ -793,7 +810,13 @@ impl GpuBackend {
 
     /// `small[t] = inverse square root` of `small[s]` as the corrected retraction computes it:
     /// `(S + δI)^{-1/2}`, `δ = 16·ε·tr(S)/k`.
-    fn inv_sqrt_corrected(&mut self, s: u32, t: u32, method: InvSqrtMethod, cap: Option<usize>) {
+    pub(super) fn inv_sqrt_corrected(
+        &mut self,
+        s: u32,
+        t: u32,
+        method: InvSqrtMethod,
+        cap: Option<usize>,
+    ) {
         let rel = 16.0 * self.eps();
         match method {
             InvSqrtMethod::Diag => self.inv_sqrt_diag(s, t, 0.0, rel, f64::MIN_POSITIVE, rel),
@@ -802,7 +825,7 @@ impl GpuBackend {
     }
 
     /// `small[t]` = the reference's `inv_sqrt_sym_adaptive(S + εI)`.
-    fn inv_sqrt_reference(&mut self, s: u32, t: u32, o: &RetractOptions) {
+    pub(super) fn inv_sqrt_reference(&mut self, s: u32, t: u32, o: &RetractOptions) {
         let k = self.ws().k;
         let method = match o.inv_method {
             InvSqrtMethod::Auto if k <= o.eig_thresh => InvSqrtMethod::Eig,
@@ -826,7 +849,7 @@ impl GpuBackend {
     }
 
     /// Partial sums of one reduction into aux[at .. at + G].
-    fn partial_sums(
+    pub(super) fn partial_sums(
         &mut self,
         mode: u32,
         a: &GpuMat,
@@ -947,7 +970,7 @@ impl GpuBackend {
         }
     }
 
-    fn new_mat(&mut self, p: usize, k: usize) -> Result<GpuMat> {
+    pub(super) fn new_mat(&mut self, p: usize, k: usize) -> Result<GpuMat> {
         if p == 0 || k == 0 {
             return Err(NsaError::Empty {
                 what: "GPU matrix",
@@ -972,7 +995,7 @@ impl GpuBackend {
         })
     }
 
-    fn same_shape(&mut self, a: &GpuMat, b: &GpuMat) -> bool {
+    pub(super) fn same_shape(&mut self, a: &GpuMat, b: &GpuMat) -> bool {
         if a.p != b.p || a.k != b.k {
             if self.error.is_none() {
                 self.error = Some(NsaError::ShapeMismatch {

@@ -34,10 +34,19 @@ pub enum Kernel {
     SgdpDecide,
     SgdpApply,
     CopyWords,
+    NonnegBackward,
+    KkAffine,
+    RefCoefs,
+    CorrectedCoefs,
+    SylInit,
+    SylProducts,
+    SylUpdate,
+    SylCheck,
+    BackwardFinish,
 }
 
 impl Kernel {
-    const ALL: [Kernel; 24] = [
+    const ALL: [Kernel; 33] = [
         Kernel::Combine,
         Kernel::ScaleInPlace,
         Kernel::NonnegInPlace,
@@ -62,6 +71,15 @@ impl Kernel {
         Kernel::SgdpDecide,
         Kernel::SgdpApply,
         Kernel::CopyWords,
+        Kernel::NonnegBackward,
+        Kernel::KkAffine,
+        Kernel::RefCoefs,
+        Kernel::CorrectedCoefs,
+        Kernel::SylInit,
+        Kernel::SylProducts,
+        Kernel::SylUpdate,
+        Kernel::SylCheck,
+        Kernel::BackwardFinish,
     ];
 
     fn source(self) -> (ShaderFile, &'static str) {
@@ -91,6 +109,15 @@ impl Kernel {
             SgdpDecide => (shaders::OPTIMIZER, "sgdp_decide"),
             SgdpApply => (shaders::OPTIMIZER, "sgdp_apply"),
             CopyWords => (shaders::BANDWIDTH, "copy_words"),
+            NonnegBackward => (shaders::ELEMENTWISE, "nonneg_backward"),
+            KkAffine => (shaders::AUTOGRAD, "kk_affine"),
+            RefCoefs => (shaders::AUTOGRAD, "ref_coefs"),
+            CorrectedCoefs => (shaders::AUTOGRAD, "corrected_coefs"),
+            SylInit => (shaders::AUTOGRAD, "syl_init"),
+            SylProducts => (shaders::AUTOGRAD, "syl_products"),
+            SylUpdate => (shaders::AUTOGRAD, "syl_update"),
+            SylCheck => (shaders::AUTOGRAD, "syl_check"),
+            BackwardFinish => (shaders::AUTOGRAD, "backward_finish"),
         }
     }
 }

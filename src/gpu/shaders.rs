@@ -58,8 +58,14 @@ pub const BANDWIDTH: ShaderFile = ShaderFile {
     source: include_str!("../../shaders/bandwidth.wgsl"),
 };
 
+/// The k×k work of the autograd backward (the Sylvester sign iteration and its coefficients).
+pub const AUTOGRAD: ShaderFile = ShaderFile {
+    name: "autograd.wgsl",
+    source: include_str!("../../shaders/autograd.wgsl"),
+};
+
 /// Every kernel family.
-pub const ALL: [ShaderFile; 8] = [
+pub const ALL: [ShaderFile; 9] = [
     ELEMENTWISE,
     GRAM,
     MATMUL_SMALL,
@@ -68,6 +74,7 @@ pub const ALL: [ShaderFile; 8] = [
     INV_SQRT,
     OPTIMIZER,
     BANDWIDTH,
+    AUTOGRAD,
 ];
 
 const F32_ALIAS: &str = "alias T = f32;";
