@@ -34,6 +34,7 @@ pub mod flow;
 pub mod gpu;
 pub mod io;
 pub mod linalg;
+pub mod lr_estimate;
 mod on_backend;
 pub mod optim;
 mod params;
@@ -50,6 +51,9 @@ pub use energy::{
 };
 pub use error::{GpuErrorKind, NsaError, Result};
 pub use flow::{nsa_flow, nsa_flow_with_callback};
+pub use lr_estimate::{
+    estimate_learning_rate_for_nsa_flow, lr_strategies, LrEstimate, LrEstimateParams, LrStrategy,
+};
 pub use on_backend::{compute_energy_on, invariant_orthogonality_defect_on, retract_on};
 pub use params::{
     BackendChoice, InvSqrtMethod, LearningRate, Mode, NonNeg, OptimizerKind, Params, Precision,
