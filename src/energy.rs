@@ -148,6 +148,39 @@ impl std::str::FromStr for OrthType {
     }
 }
 
+impl FidelityType {
+    /// The name the reference uses (`basic`, `scale_invariant`, `symmetric`).
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Self::Basic => "basic",
+            Self::ScaleInvariant => "scale_invariant",
+            Self::Symmetric => "symmetric",
+        }
+    }
+}
+
+impl OrthType {
+    /// The name the reference uses (`basic`, `scale_invariant`).
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Self::Basic => "basic",
+            Self::ScaleInvariant => "scale_invariant",
+        }
+    }
+}
+
+impl std::fmt::Display for FidelityType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::fmt::Display for OrthType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// The three numbers [`compute_energy`] returns.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Energy {

@@ -23,7 +23,7 @@
 //!
 //! | strategy | n | candidates | rule |
 //! |---|---|---|---|
-//! | armijo | 20 | `logspace(−4+3.5a, 1+1.5a)` | 0.9-quantile of the lrs passing Armijo with `c = 1e-4+1e-3a`, else argmin |
+//! | armijo | 20 | `logspace(−4+3.5a, 1+1.5a)` | 0.9-quantile of the lrs passing Armijo with `c = 1e-4+1e-3a` (corrected: the passing candidate of lowest energy), else argmin |
 //! | armijo_aggressive | 20 | `logspace(−4+4.2a, 2+1.8a)` | same with `c = 1e-4+5e-3a` |
 //! | exponential | 25 | `10^linspace(−6+2a, a)` | argmin |
 //! | linear | 25 | `linspace(1e-5, 0.1+10a)` | argmin |
@@ -54,7 +54,8 @@ use std::str::FromStr;
 /// A learning-rate estimation strategy (the reference's `strategy` names).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
 pub enum LrStrategy {
-    /// Armijo sufficient decrease, then the 0.9-quantile of the accepted lrs. The default.
+    /// Armijo sufficient decrease, then the 0.9-quantile of the accepted lrs (corrected mode:
+    /// the accepted candidate with the lowest energy). The default.
     #[default]
     Armijo,
     /// Armijo on a grid shifted up, with a stricter constant.
@@ -409,16 +410,33 @@ pub(crate) fn estimate_for_spec(
             } else {
                 1e-4 + 1e-3 * a
             };
+            let accepted = |(&lr, &f): (&f64, &f64)| f <= f_ref - c * lr * grad_norm * grad_norm;
             let good: Vec<f64> = candidates
                 .iter()
                 .zip(&losses)
-                .filter(|&(&lr, &f)| f <= f_ref - c * lr * grad_norm * grad_norm)
+                .filter(|&pair| accepted(pair))
                 .map(|(&lr, _)| lr)
                 .collect();
             if good.is_empty() {
                 candidates[argmin(&losses)]
-            } else {
+            } else if mode == Mode::Reference {
                 quantile_linear(&good, 0.9)
+            } else {
+                // the 0.9-quantile interpolates between accepted lrs and may pick one that was
+                // never evaluated (and fails the test); corrected: the accepted candidate with
+                // the lowest energy
+                let masked: Vec<f64> = candidates
+                    .iter()
+                    .zip(&losses)
+                    .map(|pair| {
+                        if accepted(pair) {
+                            *pair.1
+                        } else {
+                            f64::INFINITY
+                        }
+                    })
+                    .collect();
+                candidates[argmin(&masked)]
             }
         }
         LrStrategy::Entropy => {

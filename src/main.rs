@@ -1,12 +1,13 @@
 //! `nsa-flow`: the command-line tool.
 //!
 //! Exit codes: 0 success, 1 bad input or failed computation (message on stderr, no output
-//! file written) or, for `run --verify`, CPU and GPU runs that disagree, 2 command-line usage
+//! file written) or, for `run --verify` and `autograd --verify`, CPU and GPU runs that disagree, 2 command-line usage
 //! error.
 
 use clap::error::ErrorKind;
 use clap::{Args, CommandFactory, Parser, Subcommand};
 use nalgebra::DMatrix;
+use nsa_flow::autograd::{solve_autograd, AutogradParams, AutogradResult};
 use nsa_flow::backend::cpu::CpuBackend;
 use nsa_flow::backend::gpu::GpuBackend;
 use nsa_flow::backend::Backend;
@@ -72,6 +73,12 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Differentiable NSA-Flow (nsa_flow_autograd): minimise E(nonneg(R_w(Z))) over Z with an
+    /// optimizer, the gradient by the exact backward through the retraction.
+    ///
+    /// Example: nsa-flow autograd --y0 Y0.npy --x0 X0.npy --w 0.5 --optimizer adam --lr 1e-2
+    /// --fidelity-type basic --orth-type scale_invariant --out Y.npy --trace t.csv
+    Autograd(Box<AutogradArgs>),
     /// Apply the retraction (nsa_flow_retract_auto) once.
     ///
     /// Example: nsa-flow retract Y.npy --w 0.5 --inv-sqrt ns --ns-iter 10 --out R.npy
@@ -162,6 +169,103 @@ struct RunArgs {
     #[arg(long)]
     summary: Option<PathBuf>,
     /// Print one line per iteration (what the reference's verbose=True printed).
+    #[arg(long, short)]
+    verbose: bool,
+    /// Print nothing on success.
+    #[arg(long, short, conflicts_with = "verbose")]
+    quiet: bool,
+}
+
+#[derive(Args)]
+struct AutogradArgs {
+    /// Start matrix Y0 (p×k, .npy or .csv).
+    #[arg(long)]
+    y0: PathBuf,
+    /// Target X0 (p×k); without it the target is Y0's non-negative part and the start a 5 %
+    /// perturbation of Y0 drawn with --seed.
+    #[arg(long)]
+    x0: Option<PathBuf>,
+    /// Weight in [0, 1]: 0 = fidelity only, 1 = orthogonality only.
+    #[arg(long, default_value_t = 0.5)]
+    w: f64,
+    /// soft_polar | polar | none.
+    #[arg(long, default_value = "soft_polar")]
+    retraction: String,
+    /// Maximum number of iterations.
+    #[arg(long, default_value_t = 500)]
+    max_iter: usize,
+    /// Threshold of the energy-window test (corrected mode: also of the stationarity test).
+    #[arg(long, default_value_t = 1e-6)]
+    tol: f64,
+    /// hard | softplus | none (the map after the retraction).
+    #[arg(long, default_value = "hard")]
+    nonneg: String,
+    /// An optimizer of the registry (see `nsa-flow optimizers`).
+    #[arg(long, default_value = "asgd")]
+    optimizer: String,
+    /// Initial learning rate: 'default' (let --lr-strategy choose) or a positive number.
+    #[arg(long, default_value = "default")]
+    lr: String,
+    /// auto | armijo | armijo_aggressive | exponential | linear | adaptive | poly_decay |
+    /// momentum_boost | random | entropy | bayes | grid. Reference mode: auto = 1e-3.
+    #[arg(long, default_value = "auto")]
+    lr_strategy: String,
+    /// Aggression of the learning-rate strategy, in [0, 1].
+    #[arg(long, default_value_t = 0.5)]
+    aggression: f64,
+    /// basic | scale_invariant | symmetric.
+    #[arg(long, default_value = "scale_invariant")]
+    fidelity_type: String,
+    /// basic | scale_invariant.
+    #[arg(long, default_value = "scale_invariant")]
+    orth_type: String,
+    /// Record a trace row every N iterations.
+    #[arg(long, default_value_t = 1)]
+    record_every: usize,
+    /// Length of the energy window of the stopping test.
+    #[arg(long, default_value_t = 5)]
+    window_size: usize,
+    /// nsa_flow's off-diagonal penalty: not part of the autograd energy (use --orth-type); an
+    /// error here.
+    #[arg(long, hide = true)]
+    simplified: bool,
+    /// nsa_flow's tangent projection: the autograd gradient is exact, so this is an error here.
+    #[arg(long, hide = true)]
+    project_full_gradient: bool,
+    /// f64 | f32.
+    #[arg(long, default_value = "f64")]
+    precision: String,
+    /// corrected | reference.
+    #[arg(long, default_value = "corrected")]
+    mode: String,
+    /// auto | cpu | gpu (as for `run`).
+    #[arg(long, default_value = "auto")]
+    backend: String,
+    /// GPU adapter: a case-insensitive substring of its name (see `nsa-flow info`).
+    #[arg(long)]
+    adapter: Option<String>,
+    /// Run on the CPU and on the GPU, print how they compare, exit 0 when they agree (same
+    /// iterations and best iteration, Y within 1e-8 relative in f64, 1e-3 in f32), 1 when not.
+    /// The outputs given are written from the GPU run.
+    #[arg(long, conflicts_with = "verbose")]
+    verify: bool,
+    /// Seed of the X0 = None perturbation and of random learning-rate strategies.
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    /// With no --x0: the perturbed start to use instead of drawing one.
+    #[arg(long)]
+    start: Option<PathBuf>,
+    /// Output: the best Y (.npy in the run's precision, or .csv). Required unless --verify.
+    #[arg(long, required_unless_present = "verify")]
+    out: Option<PathBuf>,
+    /// Trace output (.csv or .json; orthogonality is the weighted term, as the reference's
+    /// autograd traces record it).
+    #[arg(long)]
+    trace: Option<PathBuf>,
+    /// Summary output (.json).
+    #[arg(long)]
+    summary: Option<PathBuf>,
+    /// Print one line per iteration.
     #[arg(long, short)]
     verbose: bool,
     /// Print nothing on success.
@@ -332,16 +436,19 @@ fn check_ext(flag: &'static str, path: &Path, exts: &[&str]) -> Result<(), NsaEr
 }
 
 fn trace_text(path: &Path, res: &NsaResult) -> Result<String, NsaError> {
+    trace_rows_text(path, &res.traces)
+}
+
+fn trace_rows_text(path: &Path, traces: &[nsa_flow::TraceRow]) -> Result<String, NsaError> {
     if ext_is(path, "json") {
-        let rows: Vec<_> = res
-            .traces
+        let rows: Vec<_> = traces
             .iter()
             .map(|t| json!({"iter": t.iter, "time": t.time, "fidelity": t.fidelity, "orthogonality": t.orthogonality, "total_energy": t.total_energy}))
             .collect();
         Ok(serde_json::to_string_pretty(&rows).expect("serialisable") + "\n")
     } else if ext_is(path, "csv") {
         let mut s = String::from("iter,time,fidelity,orthogonality,total_energy\n");
-        for t in &res.traces {
+        for t in traces {
             s.push_str(&format!(
                 "{},{:?},{:?},{:?},{:?}\n",
                 t.iter, t.time, t.fidelity, t.orthogonality, t.total_energy
@@ -540,6 +647,249 @@ fn cmd_run(a: RunArgs) -> Result<ExitCode, NsaError> {
         );
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn autograd_summary(
+    res: &AutogradResult,
+    params: &AutogradParams,
+    adapter: Option<&AdapterSummary>,
+) -> Value {
+    json!({
+        "iterations": res.iterations,
+        "best_iteration": res.best_iteration,
+        "final_iter": res.best_iteration,
+        "best_total_energy": res.best_total_energy,
+        "stop_reason": res.stop_reason.as_str(),
+        "defect": nsa_flow::invariant_orthogonality_defect(&res.y),
+        "sparsity": nsa_flow::sparsity(&res.y),
+        "seconds": res.seconds,
+        "backend": res.backend,
+        "adapter": adapter_json(adapter),
+        "readbacks": res.readbacks,
+        "mode": res.mode.as_str(),
+        "precision": res.precision.as_str(),
+        "p": res.y.nrows(),
+        "k": res.y.ncols(),
+        "w": params.w,
+        "nonneg": params.nonneg.as_str(),
+        "gradient_evaluations": res.gradient_evaluations,
+        "final_grad_norm": res.final_grad_norm,
+        "scale": res.scale,
+        "fid_eta": res.fid_eta,
+        "c_orth": res.c_orth,
+        "settings": {
+            "fidelity_type": res.fidelity_type.to_string(),
+            "orth_type": res.orth_type.to_string(),
+            "retraction": res.retraction.as_str(),
+            "optimizer": res.optimizer,
+            "learning_rate": res.learning_rate,
+            "learning_rate_source": res.learning_rate_source,
+            "lr_strategy": params.lr_strategy,
+            "aggression": params.aggression,
+        },
+    })
+}
+
+fn autograd_on(
+    params: &AutogradParams,
+    y0: &DMatrix<f64>,
+    x0: Option<&DMatrix<f64>>,
+    verbose: bool,
+) -> Result<(AutogradResult, Option<AdapterSummary>), NsaError> {
+    let mut callback = |i: &nsa_flow::IterInfo| {
+        if verbose {
+            eprintln!(
+                "iter {:5}  total_energy {:.8e}  fidelity {:.6e}  orthogonality {:.6e}  |grad| {:.3e}",
+                i.iter, i.total_energy, i.fidelity, i.orthogonality, i.stationarity
+            );
+        }
+        Control::Continue
+    };
+    let flow_params = Params {
+        backend: params.backend,
+        gpu_adapter: params.gpu_adapter.clone(),
+        precision: params.precision,
+        ..Params::default()
+    };
+    Ok(match nsa_flow::flow::gpu_backend_for(&flow_params)? {
+        Some(mut be) => {
+            let adapter = be.context().adapter().clone();
+            (
+                solve_autograd(&mut be, y0, x0, params, &mut callback)?,
+                Some(adapter),
+            )
+        }
+        None => {
+            let res = match params.precision {
+                Precision::F64 => {
+                    solve_autograd(&mut CpuBackend::<f64>::new(), y0, x0, params, &mut callback)?
+                }
+                Precision::F32 => {
+                    solve_autograd(&mut CpuBackend::<f32>::new(), y0, x0, params, &mut callback)?
+                }
+            };
+            (res, None)
+        }
+    })
+}
+
+fn cmd_autograd(a: AutogradArgs) -> Result<ExitCode, NsaError> {
+    let backend: BackendChoice = a.backend.parse()?;
+    for (given, flag, why) in [
+        (
+            a.simplified,
+            "--simplified",
+            "the autograd energy's orthogonality term is chosen with --orth-type",
+        ),
+        (
+            a.project_full_gradient,
+            "--project-full-gradient",
+            "the autograd gradient is the exact gradient, never projected",
+        ),
+    ] {
+        if given {
+            usage_error(
+                "autograd",
+                ErrorKind::ArgumentConflict,
+                format!("{flag} is a flag of `run` only: {why}"),
+            );
+        }
+    }
+    if backend == BackendChoice::Cpu && a.adapter.is_some() {
+        usage_error(
+            "autograd",
+            ErrorKind::ArgumentConflict,
+            "--adapter names a GPU adapter, but --backend cpu runs on the CPU; drop one of them"
+                .into(),
+        );
+    }
+    if a.verify && backend == BackendChoice::Cpu {
+        usage_error(
+            "autograd",
+            ErrorKind::ArgumentConflict,
+            "--verify compares the CPU with the GPU, so --backend cpu makes no sense with it"
+                .into(),
+        );
+    }
+    let learning_rate = match a.lr.as_str() {
+        "default" => None,
+        s => match s.parse::<f64>() {
+            Ok(v) => Some(v),
+            Err(_) => {
+                return Err(NsaError::InvalidParameter {
+                    name: "--lr",
+                    reason: format!("{s:?} is neither 'default' nor a number"),
+                })
+            }
+        },
+    };
+    let mut params = AutogradParams {
+        w: a.w,
+        retraction: a.retraction.parse()?,
+        max_iter: a.max_iter,
+        tol: a.tol,
+        seed: a.seed,
+        nonneg: a.nonneg.parse()?,
+        optimizer: a.optimizer.clone(),
+        learning_rate,
+        lr_strategy: a.lr_strategy.clone(),
+        aggression: a.aggression,
+        fidelity_type: a.fidelity_type.parse()?,
+        orth_type: a.orth_type.parse()?,
+        record_every: a.record_every,
+        window_size: a.window_size,
+        precision: a.precision.parse()?,
+        mode: a.mode.parse()?,
+        backend,
+        gpu_adapter: a.adapter.clone(),
+        perturbed_start: None,
+    };
+    params.validate()?;
+    if let Some(o) = &a.out {
+        check_ext("--out", o, &["npy", "csv"])?;
+    }
+    if let Some(t) = &a.trace {
+        check_ext("--trace", t, &["csv", "json"])?;
+    }
+    if let Some(p) = &a.summary {
+        check_ext("--summary", p, &["json"])?;
+    }
+    let y0 = read_matrix(&a.y0)?;
+    let x0 = a.x0.as_ref().map(read_matrix).transpose()?;
+    if let Some(s) = &a.start {
+        params.perturbed_start = Some(read_matrix(s)?);
+    }
+    let mut exit = ExitCode::SUCCESS;
+    let (res, adapter, verify) = if a.verify {
+        let cpu_params = AutogradParams {
+            backend: BackendChoice::Cpu,
+            gpu_adapter: None,
+            ..params.clone()
+        };
+        let (cpu, _) = autograd_on(&cpu_params, &y0, x0.as_ref(), false)?;
+        let gpu_params = AutogradParams {
+            backend: BackendChoice::Gpu,
+            ..params.clone()
+        };
+        let (gpu, adapter) = autograd_on(&gpu_params, &y0, x0.as_ref(), false)?;
+        let tol = verify_tolerance(params.precision);
+        let rel = (&gpu.y - &cpu.y).norm() / cpu.y.norm().max(f64::MIN_POSITIVE);
+        let agrees = cpu.iterations == gpu.iterations
+            && cpu.best_iteration == gpu.best_iteration
+            && rel <= tol;
+        if !a.quiet {
+            println!(
+                "verify: cpu {} iterations (best {}), gpu {} iterations (best {}), Y relative difference {rel:.3e} (tol {tol:.0e}): {}",
+                cpu.iterations, cpu.best_iteration, gpu.iterations, gpu.best_iteration,
+                if agrees { "agree" } else { "DISAGREE" }
+            );
+        }
+        if !agrees {
+            exit = ExitCode::from(1);
+        }
+        let v = json!({"agrees": agrees, "y_tol": tol, "y_rel_diff": rel, "cpu": {"backend": cpu.backend, "iterations": cpu.iterations, "best_iteration": cpu.best_iteration, "seconds": cpu.seconds}});
+        (gpu, adapter, Some(v))
+    } else {
+        let (res, adapter) = autograd_on(&params, &y0, x0.as_ref(), a.verbose)?;
+        (res, adapter, None)
+    };
+    let mut summary = autograd_summary(&res, &params, adapter.as_ref());
+    if let Some(v) = verify {
+        summary["verify"] = v;
+    }
+    let mut outputs = Vec::new();
+    if let Some(o) = &a.out {
+        outputs.push(Output::Matrix(
+            o.clone(),
+            res.y.clone(),
+            dtype_of(params.precision),
+        ));
+    }
+    if let Some(t) = &a.trace {
+        outputs.push(Output::Text(t.clone(), trace_rows_text(t, &res.traces)?));
+    }
+    if let Some(s) = &a.summary {
+        outputs.push(Output::Text(s.clone(), pretty(&summary)));
+    }
+    write_all(outputs)?;
+    if !a.quiet {
+        println!(
+            "{} iterations ({}), best energy {:.6e} at iteration {}, defect {:.4e}, sparsity {:.3}, lr {:.3e} ({}), {} {}, {:.3} s on {}",
+            res.iterations,
+            res.stop_reason,
+            res.best_total_energy,
+            res.best_iteration,
+            nsa_flow::invariant_orthogonality_defect(&res.y),
+            nsa_flow::sparsity(&res.y),
+            res.learning_rate,
+            res.learning_rate_source,
+            res.optimizer,
+            res.mode,
+            res.seconds,
+            res.backend,
+        );
+    }
+    Ok(exit)
 }
 
 /// `, N readbacks (r per iteration)` for a device run, nothing on the CPU.
@@ -1086,6 +1436,7 @@ fn main() -> ExitCode {
             Ok(ExitCode::SUCCESS)
         })(),
         Command::Retract(a) => cmd_retract(a).map(|()| ExitCode::SUCCESS),
+        Command::Autograd(a) => cmd_autograd(*a),
         Command::Bench(a) => cmd_bench(a),
         Command::Info { json } => cmd_info(json),
     };

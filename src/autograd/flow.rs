@@ -649,21 +649,37 @@ pub fn solve_autograd<B: Backend, F: FnMut(&IterInfo) -> Control>(
 }
 
 fn check_lr_strategy(name: &str) -> Result<()> {
-    Err(NsaError::UnknownName {
-        kind: "learning-rate strategy",
-        name: name.into(),
-        expected: "auto".into(),
-    })
+    name.parse::<crate::lr_estimate::LrStrategy>().map(|_| ())
 }
 
+/// The learning rate a strategy picks. Reference mode calls the estimator as the reference
+/// does: at a random start (`randn_like(X0)`) with the estimator's default (scale-invariant)
+/// functionals, where its zero gradient makes the choice a fixed grid point; corrected mode
+/// at the actual start with the actual objective and its true gradient.
 fn estimate_lr(
-    _z: &DMatrix<f64>,
-    _x0: &DMatrix<f64>,
-    _spec: &CompositeSpec,
+    z: &DMatrix<f64>,
+    x0: &DMatrix<f64>,
+    spec: &CompositeSpec,
     strategy: &str,
-    _aggression: f64,
-    _mode: Mode,
-    _seed: u64,
+    aggression: f64,
+    mode: Mode,
+    seed: u64,
 ) -> Result<f64> {
-    check_lr_strategy(strategy).map(|_| 0.0)
+    let strategy: crate::lr_estimate::LrStrategy = strategy.parse()?;
+    let est = match mode {
+        Mode::Reference => {
+            let mut rng = Rng::new(seed);
+            let start = DMatrix::from_fn(z.nrows(), z.ncols(), |_, _| rng.normal());
+            let spec = CompositeSpec {
+                fidelity_type: FidelityType::ScaleInvariant,
+                orth_type: OrthType::ScaleInvariant,
+                ..*spec
+            };
+            crate::lr_estimate::estimate_for_spec(&start, x0, &spec, strategy, aggression, seed)?
+        }
+        Mode::Corrected => {
+            crate::lr_estimate::estimate_for_spec(z, x0, spec, strategy, aggression, seed)?
+        }
+    };
+    Ok(est.best_lr)
 }
