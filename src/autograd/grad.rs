@@ -350,22 +350,28 @@ fn reference_inv_sqrt<T: Element>(
     }
 }
 
-/// `gY` of the reference-style retraction `out = M·‖Y‖/‖M‖`, `M = Y·T_w` (polar: `T_w = T` the
-/// exact `(YᵀY)^{-1/2}`), given `gout`.
+/// `out ← gY` of the reference-style retraction `out = M·‖Y‖/‖M‖`, `M = Y·T_w` (polar:
+/// `T_w = T` the exact `(YᵀY)^{-1/2}`), given `gout`.
 fn reference_backward<T: Element>(
     y: &DMatrix<T>,
     o: &RetractOptions,
     g: &DMatrix<T>,
-) -> DMatrix<T> {
+    out: &mut DMatrix<T>,
+) {
     let (p, k) = y.shape();
     if o.retraction == Retraction::Polar && p < k {
         // polar(Y) = polar(Yᵀ)ᵀ, and both norms are transpose-invariant
-        return reference_backward(&y.transpose(), o, &g.transpose()).transpose();
+        let mut t_out = DMatrix::zeros(k, p);
+        reference_backward(&y.transpose(), o, &g.transpose(), &mut t_out);
+        out.copy_from(&t_out.transpose());
+        return;
     }
     let gram = linalg::gram(y, y);
-    let n = linalg::fro(y).as_f64();
+    // ‖Y‖ = √tr(YᵀY): no pass over Y
+    let n = linalg::trace(&gram).max(0.0).sqrt();
     if n < 1e-12 {
-        return g.clone();
+        out.copy_from(g);
+        return;
     }
     let (a, t, how, floor, w) = if o.retraction == Retraction::Polar {
         // U·Vᵀ = Y·(YᵀY)^{-1/2} for full column rank
@@ -384,38 +390,43 @@ fn reference_backward<T: Element>(
     for j in 0..k {
         tw[(j, j)] += T::of(1.0 - w);
     }
-    let m = linalg::mul_small(y, &tw);
-    let mn = linalg::fro(&m).as_f64();
-    let (g_m, mut g_y) = if mn > 1e-12 {
-        let gm_dot = linalg::dot(g.as_slice(), m.as_slice()).as_f64();
-        let mut g_m = g * T::of(n / mn);
-        g_m.zip_apply(&m, |gv, mv| *gv -= T::of(n * gm_dot / (mn * mn * mn)) * mv);
-        (g_m, y * T::of(gm_dot / (mn * n)))
+    // gM overwrites M
+    let mut g_m = linalg::mul_small(y, &tw);
+    let mn = linalg::fro(&g_m).as_f64();
+    let c_y = if mn > 1e-12 {
+        let gm_dot = linalg::dot(g.as_slice(), g_m.as_slice()).as_f64();
+        let (cg, cm) = (T::of(n / mn), T::of(-n * gm_dot / (mn * mn * mn)));
+        g_m.zip_apply(g, |mv, gv| *mv = cg * gv + cm * *mv);
+        gm_dot / (mn * n)
     } else {
-        (g.clone(), DMatrix::zeros(p, k))
+        g_m.copy_from(g);
+        0.0
     };
-    // M = Y·T_w
-    linalg::mul_small_into(&g_m, &tw, T::one(), T::one(), &mut g_y);
+    // M = Y·T_w: gY = gM·T_w + Y·(gA + gAᵀ + c_Y·I), the last term from ‖Y‖
+    linalg::mul_small_into(&g_m, &tw, T::one(), T::zero(), out);
     let g_t = linalg::gram(y, &g_m) * T::of(w);
     let g_a = inv_sqrt_backward(&a, how, floor, &g_t);
-    // A = YᵀY (+ εI): gY += Y·(gA + gAᵀ)
-    let g_s = &g_a + g_a.transpose();
-    linalg::mul_small_into(y, &g_s, T::one(), T::one(), &mut g_y);
-    g_y
+    let mut g_s = &g_a + g_a.transpose();
+    for j in 0..k {
+        g_s[(j, j)] += T::of(c_y);
+    }
+    linalg::mul_small_into(y, &g_s, T::one(), T::one(), out);
 }
 
-/// `gY` of the corrected retraction `out = Y·((1−w)I + w·c·T)`, `T = (S + δI)^{-1/2}`,
+/// `out ← gY` of the corrected retraction `out = Y·((1−w)I + w·c·T)`, `T = (S + δI)^{-1/2}`,
 /// `S = YᵀY`, `δ = 16·ε·tr(S)/k`, `c = tr(T·S)/tr(T·S·T)`.
 fn corrected_backward<T: Element>(
     y: &DMatrix<T>,
     o: &RetractOptions,
     g: &DMatrix<T>,
-) -> DMatrix<T> {
+    out: &mut DMatrix<T>,
+) {
     let k = y.ncols();
     let s = linalg::gram(y, y);
     let tr = linalg::trace(&s);
     if tr == 0.0 {
-        return g.clone();
+        out.copy_from(g);
+        return;
     }
     let delta = 16.0 * T::EPS * tr / k as f64;
     let t = inv_sqrt_corrected(&s, o.inv_method, o.eig_thresh, o.ns_iter);
@@ -437,7 +448,7 @@ fn corrected_backward<T: Element>(
     for j in 0..k {
         tw[(j, j)] += T::of(1.0 - w);
     }
-    let mut g_y = linalg::mul_small(g, &tw);
+    linalg::mul_small_into(g, &tw, T::one(), T::zero(), out);
     let g_tw = linalg::gram(y, g);
     let g_c = w * linalg::dot(g_tw.as_slice(), t.as_slice()).as_f64();
     let mut g_t = &g_tw * T::of(w * c);
@@ -462,21 +473,33 @@ fn corrected_backward<T: Element>(
         g_s[(j, j)] += shift;
     }
     let g_s2 = &g_s + g_s.transpose();
-    linalg::mul_small_into(y, &g_s2, T::one(), T::one(), &mut g_y);
-    g_y
+    linalg::mul_small_into(y, &g_s2, T::one(), T::one(), out);
 }
 
-/// `gY = J_R(Y)ᵀ·g` for the retraction `R` described by `o` (identity for `none` and `w ≤ 0`).
+/// `out ← J_R(Y)ᵀ·g` for the retraction `R` described by `o` (identity for `none` and `w ≤ 0`).
+pub(crate) fn retract_backward_into<T: Element>(
+    y: &DMatrix<T>,
+    o: &RetractOptions,
+    g: &DMatrix<T>,
+    out: &mut DMatrix<T>,
+) {
+    if o.retraction == Retraction::None || o.w <= 0.0 {
+        out.copy_from(g);
+        return;
+    }
+    match o.style {
+        Mode::Reference => reference_backward(y, o, g, out),
+        Mode::Corrected => corrected_backward(y, o, g, out),
+    }
+}
+
+/// [`retract_backward_into`] into a new matrix.
 pub(crate) fn retract_backward_in<T: Element>(
     y: &DMatrix<T>,
     o: &RetractOptions,
     g: &DMatrix<T>,
 ) -> DMatrix<T> {
-    if o.retraction == Retraction::None || o.w <= 0.0 {
-        return g.clone();
-    }
-    match o.style {
-        Mode::Reference => reference_backward(y, o, g),
-        Mode::Corrected => corrected_backward(y, o, g),
-    }
+    let mut out = DMatrix::zeros(y.nrows(), y.ncols());
+    retract_backward_into(y, o, g, &mut out);
+    out
 }

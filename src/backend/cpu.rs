@@ -324,7 +324,7 @@ impl<T: Element> Backend for CpuBackend<T> {
         g: &DMatrix<T>,
         out: &mut DMatrix<T>,
     ) {
-        out.copy_from(&crate::autograd::grad::retract_backward_in(y, options, g));
+        crate::autograd::grad::retract_backward_into(y, options, g, out);
     }
 
     fn reduce_into(
