@@ -246,10 +246,7 @@ fn update_rule(kind: OptimizerKind) -> UpdateRule {
 }
 
 fn state_len(rule: &UpdateRule) -> usize {
-    match rule {
-        UpdateRule::Sgd => 0,
-        UpdateRule::Sgdp { .. } => 1,
-    }
+    rule.state_len()
 }
 
 struct Recorder<'a, F> {

@@ -50,6 +50,7 @@ pub use energy::{
 pub use error::{GpuErrorKind, NsaError, Result};
 pub use flow::{nsa_flow, nsa_flow_with_callback};
 pub use on_backend::{compute_energy_on, invariant_orthogonality_defect_on, retract_on};
+pub use optim::optimizers;
 pub use params::{
     BackendChoice, InvSqrtMethod, LearningRate, Mode, NonNeg, OptimizerKind, Params, Precision,
     Retraction,

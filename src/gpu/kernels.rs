@@ -34,10 +34,13 @@ pub enum Kernel {
     SgdpDecide,
     SgdpApply,
     CopyWords,
+    TorchElem,
+    AdampRows,
+    AdampApply,
 }
 
 impl Kernel {
-    const ALL: [Kernel; 24] = [
+    const ALL: [Kernel; 27] = [
         Kernel::Combine,
         Kernel::ScaleInPlace,
         Kernel::NonnegInPlace,
@@ -62,6 +65,9 @@ impl Kernel {
         Kernel::SgdpDecide,
         Kernel::SgdpApply,
         Kernel::CopyWords,
+        Kernel::TorchElem,
+        Kernel::AdampRows,
+        Kernel::AdampApply,
     ];
 
     fn source(self) -> (ShaderFile, &'static str) {
@@ -91,6 +97,9 @@ impl Kernel {
             SgdpDecide => (shaders::OPTIMIZER, "sgdp_decide"),
             SgdpApply => (shaders::OPTIMIZER, "sgdp_apply"),
             CopyWords => (shaders::BANDWIDTH, "copy_words"),
+            TorchElem => (shaders::TORCH_OPTIM, "torch_elem"),
+            AdampRows => (shaders::TORCH_OPTIM, "adamp_rows"),
+            AdampApply => (shaders::TORCH_OPTIM, "adamp_apply"),
         }
     }
 }

@@ -52,6 +52,11 @@ pub const OPTIMIZER: ShaderFile = ShaderFile {
     name: "optimizer.wgsl",
     source: include_str!("../../shaders/optimizer.wgsl"),
 };
+/// The elementwise passes of the torch / torch_optimizer optimizers and AdamP's projection.
+pub const TORCH_OPTIM: ShaderFile = ShaderFile {
+    name: "torch_optim.wgsl",
+    source: include_str!("../../shaders/torch_optim.wgsl"),
+};
 /// A copy kernel used only to measure the adapter's memory bandwidth.
 pub const BANDWIDTH: ShaderFile = ShaderFile {
     name: "bandwidth.wgsl",
@@ -59,7 +64,7 @@ pub const BANDWIDTH: ShaderFile = ShaderFile {
 };
 
 /// Every kernel family.
-pub const ALL: [ShaderFile; 8] = [
+pub const ALL: [ShaderFile; 9] = [
     ELEMENTWISE,
     GRAM,
     MATMUL_SMALL,
@@ -67,6 +72,7 @@ pub const ALL: [ShaderFile; 8] = [
     SMALL,
     INV_SQRT,
     OPTIMIZER,
+    TORCH_OPTIM,
     BANDWIDTH,
 ];
 
