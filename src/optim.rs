@@ -1,8 +1,14 @@
-//! The optimizers of the reference's `get_torch_optimizer`, on the host (f64): torch 2.x and
-//! torch_optimizer 0.3.0 update rules with the reference's constructor choices. Work in
-//! progress for issue 4 (host side of the registry): every name but padam (an error, as in the
-//! reference) matches torch's trajectories; [`Lbfgs`] takes a closure. Device kernels, the
-//! wiring into `nsa_flow` and `optimizers()` follow.
+//! The optimizer registry of the reference's `get_torch_optimizer`: torch 2.x and
+//! torch_optimizer 0.3.0 update rules with the reference's constructor choices.
+//!
+//! * [`Schedule`]: the host side of every name but lbfgs (its step count and scalars); each
+//!   step is an [`UpdateRule`] that a [`Backend`] runs on its resident matrices, so the CPU
+//!   (f32/f64) and the GPU share one description of every optimizer.
+//! * [`TorchOptimizer`]: a [`Schedule`] on the f64 CPU backend, stepping host matrices (its
+//!   trajectories match torch's to about 1e-17 relative).
+//! * [`BackendLbfgs`] (any backend) and [`Lbfgs`] (host): LBFGS with a closure.
+//! * [`optimizers`]: the 22 names; padam is listed, as the reference lists it, but is an
+//!   error (torch_optimizer 0.3.0 has no PAdam, so the reference raises).
 
 use crate::backend::{cpu::CpuBackend, Backend, Reduction, UpdateRule};
 use crate::error::{NsaError, Result};
