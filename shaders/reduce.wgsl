@@ -51,13 +51,20 @@ fn term(i: u32) -> T {
             let d = z - y;
             return d * d;
         }
+        case 5u: {
+            return abs(a[i]);
+        }
+        case 6u: {
+            return select(T(0.0), T(1.0), abs(a[i] * params.c[0].x) > params.c[0].y);
+        }
         default: {
             return select(T(1.0), T(0.0), is_finite(a[i]));
         }
     }
 }
 
-// mode: 0 ‖a‖², 1 ⟨a,b⟩, 2 ‖a−b‖², 3 gradient mapping, 4 count of non-finite entries.
+// mode: 0 ‖a‖², 1 ⟨a,b⟩, 2 ‖a−b‖², 3 gradient mapping, 4 count of non-finite entries,
+// 5 Σ|a|, 6 count of |c0·a| > c1.
 // Writes aux[off0 + wid] for wid < G = groups_x.
 @compute @workgroup_size(256)
 fn partial_sums(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {

@@ -7,6 +7,7 @@ use crate::backend::{Backend, GradientRule, Projection, Reduction, UpdateRule};
 use crate::energy::EnergyTerms;
 use crate::error::{NsaError, Result};
 use crate::gpu::{GpuContext, GpuOptions};
+use crate::optim::{BackendLbfgs, Schedule};
 use crate::params::{
     BackendChoice, LearningRate, Mode, NonNeg, OptimizerKind, Params, Precision, Retraction,
 };
@@ -230,25 +231,65 @@ impl EnergyModel {
     }
 }
 
-fn update_rule(kind: OptimizerKind) -> UpdateRule {
-    match kind {
-        OptimizerKind::Fast => UpdateRule::Sgd,
-        OptimizerKind::Sgdp => UpdateRule::Sgdp {
-            momentum: 0.0,
-            dampening: 0.0,
-            eps: 1e-8,
-            weight_decay: 0.0,
-            delta: 0.1,
-            wd_ratio: 0.1,
-            nesterov: false,
-        },
-    }
+/// The optimizer of one solve with its state, allocated once before the loop.
+enum Stepper<M> {
+    /// "fast": `Y − lr·g`.
+    Plain,
+    /// A registry optimizer: its host schedule and its state matrices on the backend.
+    Rule { schedule: Schedule, state: Vec<M> },
+    /// LBFGS, whose closure re-evaluates the mode's energy and direction.
+    Lbfgs(Box<BackendLbfgs<M>>),
 }
 
-fn state_len(rule: &UpdateRule) -> usize {
-    match rule {
-        UpdateRule::Sgd => 0,
-        UpdateRule::Sgdp { .. } => 1,
+impl<M> Stepper<M> {
+    fn new<B: Backend<Mat = M>>(
+        be: &mut B,
+        kind: OptimizerKind,
+        lr: f64,
+        p: usize,
+        k: usize,
+    ) -> Result<Self> {
+        Ok(match kind {
+            OptimizerKind::Fast => Stepper::Plain,
+            OptimizerKind::Lbfgs => Stepper::Lbfgs(Box::new(BackendLbfgs::new(lr))),
+            other => {
+                let schedule = Schedule::new(other.as_str(), lr)?;
+                let state = (0..schedule.state_len())
+                    .map(|_| be.zeros(p, k))
+                    .collect::<Result<_>>()?;
+                Stepper::Rule { schedule, state }
+            }
+        })
+    }
+
+    /// `out ←` one optimizer step from `y` along `grad` at learning rate `lr`; LBFGS calls
+    /// `eval(be, x, g)` (the energy at `x`, its direction written into `g`) at its trial
+    /// points.
+    #[allow(clippy::too_many_arguments)]
+    fn step<B, F>(
+        &mut self,
+        be: &mut B,
+        y: &M,
+        grad: &M,
+        lr: f64,
+        out: &mut M,
+        shape: (usize, usize),
+        eval: F,
+    ) -> Result<()>
+    where
+        B: Backend<Mat = M>,
+        F: FnMut(&mut B, &M, &mut M) -> Result<f64>,
+    {
+        match self {
+            Stepper::Plain => be.optimizer_step(&UpdateRule::Sgd, y, grad, &mut [], lr, out),
+            Stepper::Rule { schedule, state } => schedule.step(be, y, grad, state, lr, out),
+            Stepper::Lbfgs(opt) => {
+                be.copy(y, out);
+                opt.set_lr(lr);
+                opt.step(be, out, shape.0, shape.1, eval)?;
+            }
+        }
+        Ok(())
     }
 }
 
@@ -382,7 +423,6 @@ fn solve_reference<B: Backend, F: FnMut(&IterInfo) -> Control>(
         LearningRate::Value(v) => v,
     };
     let lr0 = lr;
-    let opt_rule = update_rule(params.optimizer);
 
     let batch = be.line_search_batch().clamp(1, MAX_BATCH);
     let mut grad = be.zeros(p, k)?;
@@ -397,9 +437,7 @@ fn solve_reference<B: Backend, F: FnMut(&IterInfo) -> Control>(
     let mut evals: Vec<B::Mat> = (0..batch + 1)
         .map(|_| be.zeros(p, k))
         .collect::<Result<_>>()?;
-    let mut state: Vec<B::Mat> = (0..state_len(&opt_rule))
-        .map(|_| be.zeros(p, k))
-        .collect::<Result<_>>()?;
+    let mut stepper = Stepper::new(be, params.optimizer, lr, p, k)?;
 
     be.gradient(&y, &x0, &rule, &mut grad);
     let init_grad_norm = be.reduce(&[Reduction::NormSq(&grad)])?[0].sqrt() + 1e-8;
@@ -431,7 +469,21 @@ fn solve_reference<B: Backend, F: FnMut(&IterInfo) -> Control>(
         match params.optimizer {
             OptimizerKind::Fast => be.lincomb(1.0, &y, -lr, &grad, &mut prop),
             // Q3: the reference's optimizer holds the original tensor, so it steps once.
-            _ if it == 1 => be.optimizer_step(&opt_rule, &y, &grad, &mut state, lr, &mut prop),
+            // LBFGS (which the reference calls without a closure, so it raises there) runs
+            // properly: its closure evaluates the reference's energy and its "rgrad".
+            _ if it == 1 => stepper.step(
+                be,
+                &y,
+                &grad,
+                lr,
+                &mut prop,
+                (p, k),
+                |be: &mut B, x: &B::Mat, g: &mut B::Mat| {
+                    be.gradient(x, &x0, &rule, g);
+                    let t = be.reduce(&[Reduction::EnergyTerms { y: x, target: &x0 }])?;
+                    Ok(model.eval(&EnergyModel::from_slice(&t)).2)
+                },
+            )?,
             _ => be.copy(&y, &mut prop),
         }
         be.retract(&prop, &mut ynew, &ropt);
@@ -721,7 +773,6 @@ fn solve_corrected<B: Backend, F: FnMut(&IterInfo) -> Control>(
         projection == Projection::None && params.optimizer == OptimizerKind::Fast;
     let use_retraction = params.retraction != Retraction::None && w > 0.0;
     let ropt = RetractOptions::corrected(params.retraction, w);
-    let opt_rule = update_rule(params.optimizer);
 
     let eps = be_eps(be);
     let mut y = be.upload(&start_n)?;
@@ -735,9 +786,6 @@ fn solve_corrected<B: Backend, F: FnMut(&IterInfo) -> Control>(
     // so each candidate is retracted before the next one overwrites it
     let mut cand = be.zeros(p, k)?;
     let mut evals: Vec<B::Mat> = (0..batch).map(|_| be.zeros(p, k)).collect::<Result<_>>()?;
-    let mut state: Vec<B::Mat> = (0..state_len(&opt_rule))
-        .map(|_| be.zeros(p, k))
-        .collect::<Result<_>>()?;
 
     let v = be.reduce(&[Reduction::EnergyTerms { y: &y, target: &x0 }])?;
     let t_init = EnergyModel::from_slice(&v);
@@ -761,6 +809,8 @@ fn solve_corrected<B: Backend, F: FnMut(&IterInfo) -> Control>(
         LearningRate::Default => safe_lr(t_init.norm_sq, init_grad_norm_n),
         LearningRate::Value(v) => v / (scale * scale),
     };
+    // the optimizer's state lives across iterations (allocated once)
+    let mut stepper = Stepper::new(be, params.optimizer, lr, p, k)?;
     let lr0 = lr;
     // The plateau test only catches stagnation at working precision: convergence itself is
     // judged by the certificate.
@@ -793,7 +843,20 @@ fn solve_corrected<B: Backend, F: FnMut(&IterInfo) -> Control>(
         } else {
             be.copy(&grad, &mut dir);
         }
-        be.optimizer_step(&opt_rule, &y, &dir, &mut state, lr, &mut prop);
+        // LBFGS's closure: the corrected energy and the direction the other optimizers get
+        stepper.step(
+            be,
+            &y,
+            &dir,
+            lr,
+            &mut prop,
+            (p, k),
+            |be: &mut B, x: &B::Mat, g: &mut B::Mat| {
+                be.gradient(x, &x0, &dir_rule, g);
+                let t = be.reduce(&[Reduction::EnergyTerms { y: x, target: &x0 }])?;
+                Ok(model.eval(&EnergyModel::from_slice(&t)).2)
+            },
+        )?;
 
         // The candidates, in order: through the retraction along the proposal, then plain along
         // the proposal, then plain along the true gradient (when the proposal is not it), and

@@ -55,6 +55,7 @@ pub use lr_estimate::{
     estimate_learning_rate_for_nsa_flow, lr_strategies, LrEstimate, LrEstimateParams, LrStrategy,
 };
 pub use on_backend::{compute_energy_on, invariant_orthogonality_defect_on, retract_on};
+pub use optim::optimizers;
 pub use params::{
     BackendChoice, InvSqrtMethod, LearningRate, Mode, NonNeg, OptimizerKind, Params, Precision,
     Retraction,

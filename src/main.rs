@@ -83,6 +83,12 @@ enum Command {
     ///
     /// Example: nsa-flow retract Y.npy --w 0.5 --inv-sqrt ns --ns-iter 10 --out R.npy
     Retract(RetractArgs),
+    /// Print the optimizer registry (the reference's get_torch_optimizer names), one name per
+    /// line. Every name but padam (which the reference cannot construct) is accepted by
+    /// `--optimizer`, as is "fast", the default plain gradient step.
+    ///
+    /// Example: nsa-flow optimizers
+    Optimizers,
 }
 
 #[derive(Args)]
@@ -109,7 +115,9 @@ struct RunArgs {
     /// hard | softplus | none.
     #[arg(long, default_value = "hard")]
     nonneg: String,
-    /// fast | sgdp.
+    /// fast (the plain gradient step) or a registry name: adabound, adagrad, adam, adamax,
+    /// adamp, adamw, asgd, lars, lbfgs, lookahead, nadam, pid, qhadam, qhm, radam, rmsprop,
+    /// rprop, sgd, sgd_nesterov, sgdp, yogi (see `nsa-flow optimizers`; padam is an error).
     #[arg(long, default_value = "fast")]
     optimizer: String,
     /// Initial learning rate: 'default' or a positive number.
@@ -1439,6 +1447,12 @@ fn main() -> ExitCode {
         Command::Autograd(a) => cmd_autograd(*a),
         Command::Bench(a) => cmd_bench(a),
         Command::Info { json } => cmd_info(json),
+        Command::Optimizers => {
+            for name in nsa_flow::optimizers() {
+                println!("{name}");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
     };
     match res {
         Ok(code) => code,

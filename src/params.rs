@@ -130,10 +130,17 @@ named_enum!(
     }
 );
 
-/// The optimizers `nsa_flow` accepts.
+/// The optimizers `nsa_flow` accepts: "fast" and every name of the reference's
+/// `get_torch_optimizer` registry ([`crate::optimizers`]) but padam, which the reference
+/// cannot construct (an error here too).
 ///
-/// The registry is open for growth (the reference lists 22 names); every variant here is
-/// implemented with its exact semantics, and an unknown name is an error listing these.
+/// Reference mode reproduces the reference's Q3 defect for every registry optimizer: one
+/// optimizer step at iteration 1, then `Y_proposed = Y`. Corrected mode steps the optimizer
+/// every iteration from the accepted iterate, keeping its state. LBFGS, which the reference
+/// calls without a closure (so it raises), runs properly: its closure re-evaluates the mode's
+/// energy and direction at each trial point (reference: the reference's energy and its
+/// "rgrad"; corrected: the corrected energy and its (projected) gradient), without the
+/// retraction or the non-negativity map.
 #[derive(Clone, Copy, Debug, PartialEq, Default)]
 pub enum OptimizerKind {
     /// Plain gradient step `Y − lr·g` (the reference's "fast").
@@ -142,16 +149,45 @@ pub enum OptimizerKind {
     /// SGDP of torch_optimizer 0.3.0 with its defaults (momentum 0, δ = 0.1, ε = 1e-8,
     /// no weight decay, no Nesterov).
     Sgdp,
+    /// torch.optim.LBFGS as the reference constructs it (`max_iter = 10`), with a closure.
+    Lbfgs,
+    /// Any other registry optimizer, by its canonical name (see [`crate::optim::Schedule`]).
+    Torch(&'static str),
 }
 
 impl OptimizerKind {
     /// Every optimizer name accepted.
-    pub const NAMES: &'static [&'static str] = &["fast", "sgdp"];
+    pub const NAMES: &'static [&'static str] = &[
+        "fast",
+        "adabound",
+        "adagrad",
+        "adam",
+        "adamax",
+        "adamp",
+        "adamw",
+        "asgd",
+        "lars",
+        "lbfgs",
+        "lookahead",
+        "nadam",
+        "pid",
+        "qhadam",
+        "qhm",
+        "radam",
+        "rmsprop",
+        "rprop",
+        "sgd",
+        "sgd_nesterov",
+        "sgdp",
+        "yogi",
+    ];
     /// The canonical name.
     pub fn as_str(&self) -> &'static str {
         match self {
             OptimizerKind::Fast => "fast",
             OptimizerKind::Sgdp => "sgdp",
+            OptimizerKind::Lbfgs => "lbfgs",
+            OptimizerKind::Torch(name) => name,
         }
     }
 }
@@ -162,11 +198,12 @@ impl FromStr for OptimizerKind {
         match s {
             "fast" => Ok(OptimizerKind::Fast),
             "sgdp" => Ok(OptimizerKind::Sgdp),
-            _ => Err(NsaError::UnknownName {
-                kind: "optimizer",
-                name: s.into(),
-                expected: Self::NAMES.join(", "),
-            }),
+            "lbfgs" => Ok(OptimizerKind::Lbfgs),
+            "padam" => Err(crate::optim::padam_error()),
+            _ => match Self::NAMES.iter().find(|n| **n == s) {
+                Some(name) => Ok(OptimizerKind::Torch(name)),
+                None => Err(crate::optim::unknown_optimizer(s, &["fast"])),
+            },
         }
     }
 }

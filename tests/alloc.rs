@@ -58,7 +58,12 @@ fn no_p_sized_allocation_inside_the_loop() {
     for mode in [Mode::Reference, Mode::Corrected] {
         for precision in [Precision::F64, Precision::F32] {
             for retraction in [Retraction::SoftPolar, Retraction::None] {
-                for optimizer in [OptimizerKind::Fast, OptimizerKind::Sgdp] {
+                for optimizer in [
+                    OptimizerKind::Fast,
+                    OptimizerKind::Sgdp,
+                    OptimizerKind::Torch("adamp"),
+                    OptimizerKind::Torch("lookahead"),
+                ] {
                     for nonneg in [NonNeg::Hard, NonNeg::None] {
                         let params = Params {
                             mode,

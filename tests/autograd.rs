@@ -242,3 +242,48 @@ fn reference_runs_reproduce_the_traces() {
     }
     assert!(n >= 3);
 }
+
+#[test]
+fn every_registry_optimizer_runs_in_both_modes() {
+    let y0 = randn(25, 3, 5).map(|v: f64| v.abs());
+    let x0 = randn(25, 3, 6).map(|v: f64| v.abs());
+    for &name in nsa_flow::optimizers() {
+        for mode in [Mode::Reference, Mode::Corrected] {
+            let params = nsa_flow::autograd::AutogradParams {
+                optimizer: name.into(),
+                mode,
+                learning_rate: Some(1e-2),
+                max_iter: 12,
+                backend: nsa_flow::BackendChoice::Cpu,
+                ..Default::default()
+            };
+            let res = nsa_flow::autograd::nsa_flow_autograd(&y0, Some(&x0), &params);
+            if name == "padam" {
+                let e = res.unwrap_err().to_string();
+                assert!(e.contains("padam"), "{e}");
+                continue;
+            }
+            let res = res.unwrap_or_else(|e| panic!("{name} {mode:?}: {e}"));
+            assert!(res.best_total_energy.is_finite(), "{name} {mode:?}");
+            assert!(res.y.iter().all(|&v| v >= 0.0));
+            assert!(
+                res.best_total_energy <= res.traces[0].total_energy,
+                "{name} {mode:?}"
+            );
+            if name == "lbfgs" {
+                assert!(
+                    res.gradient_evaluations > res.iterations,
+                    "lbfgs re-evaluates through its closure"
+                );
+            }
+        }
+    }
+    let bad = nsa_flow::autograd::AutogradParams {
+        optimizer: "fast".into(),
+        ..Default::default()
+    };
+    assert!(
+        nsa_flow::autograd::nsa_flow_autograd(&y0, Some(&x0), &bad).is_err(),
+        "fast is not a registry optimizer"
+    );
+}

@@ -233,9 +233,18 @@ fn errors_exit_nonzero_and_leave_no_output() {
                 "--y0".into(),
                 s(&good),
                 "--optimizer".into(),
-                "adamw".into(),
+                "adamx".into(),
             ],
             "unknown optimizer",
+        ),
+        (
+            vec![
+                "--y0".into(),
+                s(&good),
+                "--optimizer".into(),
+                "padam".into(),
+            ],
+            "PAdam",
         ),
         (
             vec!["--y0".into(), s(&good), "--mode".into(), "fixed".into()],

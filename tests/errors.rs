@@ -256,8 +256,11 @@ fn gpu_limits_are_typed_errors() {
 fn unknown_names_list_the_accepted_ones() {
     let e = "cayley".parse::<Retraction>().unwrap_err();
     assert!(e.to_string().contains("soft_polar, polar, none"), "{e}");
-    let e = "adamw".parse::<OptimizerKind>().unwrap_err();
-    assert!(e.to_string().contains("fast, sgdp"), "{e}");
+    let e = "adamx".parse::<OptimizerKind>().unwrap_err();
+    assert!(e.to_string().contains("fast, adabound, adagrad"), "{e}");
+    assert!(e.to_string().contains("sgdp, yogi"), "{e}");
+    let e = "padam".parse::<OptimizerKind>().unwrap_err();
+    assert!(e.to_string().contains("PAdam"), "{e}");
     assert!("Fixed".parse::<Mode>().is_err());
     assert!("f16".parse::<Precision>().is_err());
     assert!("newton".parse::<InvSqrtMethod>().is_err());

@@ -217,6 +217,7 @@ enum Kind {
     Finite,
     Dist,
     GradMap,
+    Other,
 }
 
 #[derive(Clone, Debug)]
@@ -387,6 +388,7 @@ impl<B: Backend> Backend for Spy<B> {
                 Reduction::AllFinite(_) => Kind::Finite,
                 Reduction::DistSq(..) => Kind::Dist,
                 Reduction::GradMapSq { .. } => Kind::GradMap,
+                Reduction::AbsSum(_) | Reduction::CountAbove { .. } => Kind::Other,
             })
             .collect();
         self.log.borrow_mut().push(Event::Readback(Readback {

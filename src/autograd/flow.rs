@@ -138,7 +138,7 @@ impl AutogradParams {
                 reason: "an adapter was named but backend = cpu".into(),
             });
         }
-        Stepper::check_name(&self.optimizer)?;
+        super::stepper::check_name(&self.optimizer)?;
         if self.lr_strategy != "auto" {
             check_lr_strategy(&self.lr_strategy)?;
         }
@@ -528,7 +528,7 @@ pub fn solve_autograd<B: Backend, F: FnMut(&IterInfo) -> Control>(
     let mut grad_norm = f64::NAN;
 
     // the energy (and the reductions the gradient needs) at the current Z
-    let (mut e_cur, mut terms) = forward(be, &z, None, &mut ev, &target, &spec, x0n, k, &mut out)?;
+    let (_, mut terms) = forward(be, &z, None, &mut ev, &target, &spec, x0n, k, &mut out)?;
     for it in 1..=params.max_iter {
         iterations = it;
         backward(be, &z, &ev, &target, &spec, &terms, x0n, &mut g_y, &mut g_z);
@@ -539,7 +539,7 @@ pub fn solve_autograd<B: Backend, F: FnMut(&IterInfo) -> Control>(
             grad_evals += 1;
             Ok(e.total)
         };
-        stepper.step(be, &mut z, &g_z, e_cur.total, &mut scratch, &mut closure)?;
+        stepper.step(be, &mut z, &g_z, &mut scratch, &mut closure)?;
         // the post-step evaluation is also the next iteration's forward pass
         let (e_new, t_new) = match forward(
             be,
@@ -559,7 +559,7 @@ pub fn solve_autograd<B: Backend, F: FnMut(&IterInfo) -> Control>(
             }
             Err(e) => return Err(e),
         };
-        e_cur = e_new;
+        let e_cur = e_new;
         terms = t_new;
         let gn = out[5].sqrt();
         let zn = out[6].sqrt();

@@ -1,81 +1,84 @@
-//! The optimizer of the autograd loop, stepping a backend-resident parameter.
+//! The optimizer of the autograd loop: a registry optimizer whose state lives in backend
+//! matrices (allocated once), or LBFGS re-evaluating the objective through a closure.
 
 use crate::backend::Backend;
 use crate::error::Result;
-use crate::optim::{Lbfgs, TorchOptimizer};
+use crate::optim::{BackendLbfgs, Schedule};
 
-pub(crate) enum Stepper {
-    Torch(TorchOptimizer),
-    Lbfgs(Lbfgs),
+pub(crate) enum Stepper<M> {
+    Rule {
+        schedule: Schedule,
+        state: Vec<M>,
+        lr: f64,
+    },
+    Lbfgs {
+        opt: Box<BackendLbfgs<M>>,
+        shape: (usize, usize),
+    },
 }
 
-impl Stepper {
-    pub(crate) fn check_name(name: &str) -> Result<()> {
-        Stepper::host(name, 1.0).map(|_| ())
+/// Whether `name` is an optimizer of the registry (`get_torch_optimizer`'s names; `fast` is
+/// not one, as in the reference's autograd).
+pub(crate) fn check_name(name: &str) -> Result<()> {
+    if name == "lbfgs" {
+        return Ok(());
     }
+    Schedule::new(name, 1.0).map(|_| ())
+}
 
-    fn host(name: &str, lr: f64) -> Result<Stepper> {
-        if name == "lbfgs" {
-            Ok(Stepper::Lbfgs(Lbfgs::new(lr)))
-        } else {
-            Ok(Stepper::Torch(TorchOptimizer::new(name, lr)?))
-        }
-    }
-
-    pub(crate) fn new<B: Backend>(
-        _be: &mut B,
+impl<M> Stepper<M> {
+    pub(crate) fn new<B: Backend<Mat = M>>(
+        be: &mut B,
         name: &str,
         lr: f64,
-        _p: usize,
-        _k: usize,
-    ) -> Result<Stepper> {
-        Stepper::host(name, lr)
+        p: usize,
+        k: usize,
+    ) -> Result<Self> {
+        if name == "lbfgs" {
+            return Ok(Stepper::Lbfgs {
+                opt: Box::new(BackendLbfgs::new(lr)),
+                shape: (p, k),
+            });
+        }
+        let schedule = Schedule::new(name, lr)?;
+        let state = (0..schedule.state_len())
+            .map(|_| be.zeros(p, k))
+            .collect::<Result<_>>()?;
+        Ok(Stepper::Rule {
+            schedule,
+            state,
+            lr,
+        })
     }
 
-    /// One `optimizer.step()` on `z` with gradient `g` (LBFGS re-evaluates through `closure`,
-    /// which writes the gradient at its argument and returns the energy there).
-    pub(crate) fn step<B: Backend, F>(
+    /// One `optimizer.step()` on `z` with gradient `g` (`scratch` receives the new parameter
+    /// before it is copied back); LBFGS calls `closure(be, x, g)` at its trial points (the
+    /// energy at `x`, its gradient written into `g`).
+    pub(crate) fn step<B, F>(
         &mut self,
         be: &mut B,
-        z: &mut B::Mat,
-        g: &B::Mat,
-        _energy: f64,
-        scratch: &mut B::Mat,
+        z: &mut M,
+        g: &M,
+        scratch: &mut M,
         closure: &mut F,
     ) -> Result<()>
     where
-        F: FnMut(&mut B, &B::Mat, &mut B::Mat) -> Result<f64>,
+        B: Backend<Mat = M>,
+        F: FnMut(&mut B, &M, &mut M) -> Result<f64>,
     {
         match self {
-            Stepper::Torch(opt) => {
-                let mut zh = be.download(z)?;
-                let gh = be.download(g)?;
-                opt.step(&mut zh, &gh);
-                let up = be.upload(&zh)?;
-                be.copy(&up, z);
+            Stepper::Rule {
+                schedule,
+                state,
+                lr,
+            } => {
+                schedule.step(be, z, g, state, *lr, scratch);
+                be.copy(scratch, z);
             }
-            Stepper::Lbfgs(opt) => {
-                let mut zh = be.download(z)?;
-                let mut err = None;
-                opt.step(&mut zh, |p| {
-                    let r = (|| -> Result<(f64, nalgebra::DMatrix<f64>)> {
-                        let up = be.upload(p)?;
-                        let e = closure(be, &up, scratch)?;
-                        Ok((e, be.download(scratch)?))
-                    })();
-                    match r {
-                        Ok(v) => v,
-                        Err(e) => {
-                            err = Some(e);
-                            (f64::NAN, p.map(|_| 0.0))
-                        }
-                    }
-                });
-                if let Some(e) = err {
-                    return Err(e);
-                }
-                let up = be.upload(&zh)?;
-                be.copy(&up, z);
+            Stepper::Lbfgs { opt, shape } => {
+                opt.step(be, z, shape.0, shape.1, |be: &mut B, x: &M, gg: &mut M| {
+                    closure(be, x, gg)
+                })?;
             }
         }
         Ok(())

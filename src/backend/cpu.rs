@@ -1,7 +1,7 @@
 //! The CPU backend: nalgebra matrices in `f64` or `f32`. It is the correctness oracle every
 //! other backend is tested against, and the fallback when no GPU is present.
 
-use super::{Backend, GradientRule, Projection, Reduction, UpdateRule};
+use super::{elem_op, Backend, GradientRule, Operand, OptPass, Projection, Reduction, UpdateRule};
 use crate::autograd::EnergySpec;
 use crate::element::{cast_from_f64, cast_to_f64, Element};
 use crate::energy::{nonneg_in_place, EnergyTerms};
@@ -90,6 +90,144 @@ impl<T: Element> CpuBackend<T> {
         sym_in_place(&mut m);
         let tm = &t * &m;
         linalg::mul_small_into(y, &tm, -T::one(), T::one(), out);
+    }
+}
+
+/// torch_optimizer's SGDP/AdamP projection of the direction `dir`: when every row's cosine
+/// `|⟨g,p⟩|/(‖g‖+ε)/(‖p‖+ε)` is below `δ/√k`, the radial part of each row is removed;
+/// otherwise, when the whole matrix's cosine is below `δ/√(pk)`, the radial part of the whole
+/// matrix. Returns whether a projection fired (then the weight decay is scaled by
+/// `wd_ratio`).
+fn radial_projection<T: Element>(
+    param: &DMatrix<T>,
+    grad: &DMatrix<T>,
+    out: &mut DMatrix<T>,
+    eps: f64,
+    delta: f64,
+) -> bool {
+    let (p_rows, k) = param.shape();
+    let eps_t = T::of(eps);
+    // channel view: rows of the parameter; layer view: the whole matrix
+    // torch_optimizer's SGDP._cosine_similarity: |Σ g·p| / (‖g‖ + ε) / (‖p‖ + ε)
+    let mut max_cos = T::zero();
+    for i in 0..p_rows {
+        let (mut gg, mut pp, mut gp) = (T::zero(), T::zero(), T::zero());
+        for j in 0..k {
+            gg += grad[(i, j)] * grad[(i, j)];
+            pp += param[(i, j)] * param[(i, j)];
+            gp += grad[(i, j)] * param[(i, j)];
+        }
+        let c = gp.abs() / (gg.sqrt() + eps_t) / (pp.sqrt() + eps_t);
+        max_cos = max_cos.max(c);
+    }
+    if max_cos.as_f64() < delta / (k as f64).sqrt() {
+        for i in 0..p_rows {
+            let mut pp = T::zero();
+            for j in 0..k {
+                pp += param[(i, j)] * param[(i, j)];
+            }
+            let pn = pp.sqrt() + eps_t;
+            let mut s = T::zero();
+            for j in 0..k {
+                s += param[(i, j)] / pn * out[(i, j)];
+            }
+            for j in 0..k {
+                let v = param[(i, j)] / pn * s;
+                out[(i, j)] -= v;
+            }
+        }
+        return true;
+    }
+    let gn = linalg::sum_sq(grad.as_slice()).sqrt() + eps_t;
+    let pn = linalg::sum_sq(param.as_slice()).sqrt() + eps_t;
+    let c = linalg::dot(grad.as_slice(), param.as_slice()).abs() / gn / pn;
+    if c.as_f64() < delta / ((p_rows * k) as f64).sqrt() {
+        let mut s = T::zero();
+        for (p, d) in param.iter().zip(out.iter()) {
+            s += *p / pn * *d;
+        }
+        out.zip_apply(param, |o, p| *o -= p / pn * s);
+        return true;
+    }
+    false
+}
+
+/// Runs one optimizer pass (see [`UpdateRule::passes`]) on the host.
+fn run_pass<T: Element>(
+    pass: &OptPass,
+    param: &DMatrix<T>,
+    grad: &DMatrix<T>,
+    state: &mut [DMatrix<T>],
+    out: &mut DMatrix<T>,
+) {
+    fn take<T: Element>(
+        which: Operand,
+        state: &mut [DMatrix<T>],
+        out: &mut DMatrix<T>,
+    ) -> DMatrix<T> {
+        // an empty matrix does not allocate
+        let slot = match which {
+            Operand::Out => out,
+            Operand::State(i) => &mut state[i],
+            Operand::Param | Operand::Grad => unreachable!("parameter and gradient are read-only"),
+        };
+        std::mem::replace(slot, DMatrix::zeros(0, 0))
+    }
+    fn put<T: Element>(
+        which: Operand,
+        m: DMatrix<T>,
+        state: &mut [DMatrix<T>],
+        out: &mut DMatrix<T>,
+    ) {
+        match which {
+            Operand::Out => *out = m,
+            Operand::State(i) => state[i] = m,
+            Operand::Param | Operand::Grad => unreachable!(),
+        }
+    }
+    match *pass {
+        OptPass::Elem {
+            op,
+            dst,
+            src,
+            c,
+            init,
+        } => {
+            let mut d = take(dst, state, out);
+            let resolve = |o: Option<Operand>| -> Option<&[T]> {
+                o.map(|o| match o {
+                    Operand::Param => param.as_slice(),
+                    Operand::Grad => grad.as_slice(),
+                    Operand::Out => out.as_slice(),
+                    Operand::State(i) => state[i].as_slice(),
+                })
+            };
+            let (a, b, cc) = (resolve(src[0]), resolve(src[1]), resolve(src[2]));
+            let k = c.map(T::of);
+            let init = init.map(T::of);
+            let zero = T::zero();
+            let at = |s: Option<&[T]>, i: usize| s.map_or(zero, |s| s[i]);
+            for (i, dv) in d.as_mut_slice().iter_mut().enumerate() {
+                let old = init.unwrap_or(*dv);
+                *dv = elem_op(op, old, at(a, i), at(b, i), at(cc, i), &k);
+            }
+            put(dst, d, state, out);
+        }
+        OptPass::Copy { src, dst } => {
+            let mut d = take(dst, state, out);
+            match src {
+                Operand::Param => d.copy_from(param),
+                Operand::Grad => d.copy_from(grad),
+                Operand::Out => d.copy_from(out),
+                Operand::State(i) => d.copy_from(&state[i]),
+            }
+            put(dst, d, state, out);
+        }
+        OptPass::Project { eps, delta, step } => {
+            radial_projection(param, grad, out, eps, delta);
+            let s = T::of(step);
+            out.zip_apply(param, |o, p| *o = p - s * *o);
+        }
     }
 }
 
@@ -242,59 +380,22 @@ impl<T: Element> Backend for CpuBackend<T> {
                 } else {
                     out.copy_from(buf);
                 }
-                let (p_rows, k) = param.shape();
-                let eps_t = T::of(eps);
-                let mut wd = 1.0;
-                // channel view: rows of the parameter; layer view: the whole matrix
-                // torch_optimizer's SGDP._cosine_similarity: |Σ g·p| / (‖g‖ + ε) / (‖p‖ + ε)
-                let mut max_cos = T::zero();
-                for i in 0..p_rows {
-                    let (mut gg, mut pp, mut gp) = (T::zero(), T::zero(), T::zero());
-                    for j in 0..k {
-                        gg += grad[(i, j)] * grad[(i, j)];
-                        pp += param[(i, j)] * param[(i, j)];
-                        gp += grad[(i, j)] * param[(i, j)];
-                    }
-                    let c = gp.abs() / (gg.sqrt() + eps_t) / (pp.sqrt() + eps_t);
-                    max_cos = max_cos.max(c);
-                }
-                if max_cos.as_f64() < delta / (k as f64).sqrt() {
-                    for i in 0..p_rows {
-                        let mut pp = T::zero();
-                        for j in 0..k {
-                            pp += param[(i, j)] * param[(i, j)];
-                        }
-                        let pn = pp.sqrt() + eps_t;
-                        let mut s = T::zero();
-                        for j in 0..k {
-                            s += param[(i, j)] / pn * out[(i, j)];
-                        }
-                        for j in 0..k {
-                            let v = param[(i, j)] / pn * s;
-                            out[(i, j)] -= v;
-                        }
-                    }
-                    wd = wd_ratio;
+                let wd = if radial_projection(param, grad, out, eps, delta) {
+                    wd_ratio
                 } else {
-                    let gn = linalg::sum_sq(grad.as_slice()).sqrt() + eps_t;
-                    let pn = linalg::sum_sq(param.as_slice()).sqrt() + eps_t;
-                    let c = linalg::dot(grad.as_slice(), param.as_slice()).abs() / gn / pn;
-                    if c.as_f64() < delta / ((p_rows * k) as f64).sqrt() {
-                        let pn = linalg::sum_sq(param.as_slice()).sqrt() + eps_t;
-                        let mut s = T::zero();
-                        for (p, d) in param.iter().zip(out.iter()) {
-                            s += *p / pn * *d;
-                        }
-                        out.zip_apply(param, |o, p| *o -= p / pn * s);
-                        wd = wd_ratio;
-                    }
-                }
+                    1.0
+                };
                 let decay = if weight_decay != 0.0 {
                     T::of(1.0 - lr * weight_decay * wd / (1.0 - momentum))
                 } else {
                     T::one()
                 };
                 out.zip_apply(param, |o, p| *o = p * decay - lr_t * *o);
+            }
+            _ => {
+                for pass in rule.passes(lr) {
+                    run_pass(&pass, param, grad, state, out);
+                }
             }
         }
     }
@@ -349,6 +450,16 @@ impl<T: Element> Backend for CpuBackend<T> {
                 }),
                 Reduction::DistSq(a, b) => {
                     out.push(linalg::dist_sq(a.as_slice(), b.as_slice()).as_f64())
+                }
+                Reduction::AbsSum(m) => out.push(m.iter().map(|v| v.as_f64().abs()).sum()),
+                Reduction::CountAbove {
+                    m,
+                    scale,
+                    threshold,
+                } => {
+                    let s = T::of(scale);
+                    let th = T::of(threshold);
+                    out.push(m.iter().filter(|v| (**v * s).abs() > th).count() as f64)
                 }
                 Reduction::GradMapSq { y, g, t, clamp } => {
                     let tt = T::of(t);

@@ -7,7 +7,7 @@
 //! written once before the submit), bind groups are cached by the buffers they bind, so after
 //! the first iteration nothing is created; the encoder is submitted when scalars are read.
 
-use super::{Backend, GradientRule, Projection, Reduction, UpdateRule};
+use super::{Backend, GradientRule, Operand, OptPass, Projection, Reduction, UpdateRule};
 use crate::error::{GpuErrorKind, NsaError, Result};
 use crate::gpu::{encode, GpuContext, Kernel, Kernels, ParamsHeader, LITERAL};
 use crate::params::{InvSqrtMethod, Mode, NonNeg, Precision, Retraction};
@@ -858,6 +858,19 @@ impl GpuBackend {
         t: f64,
         clamp: bool,
     ) {
+        self.partial_sums_c(mode, a, b, at, [t, 0.0], clamp);
+    }
+
+    /// [`GpuBackend::partial_sums`] with two coefficients.
+    fn partial_sums_c(
+        &mut self,
+        mode: u32,
+        a: &GpuMat,
+        b: Option<&GpuMat>,
+        at: usize,
+        c: [f64; 2],
+        clamp: bool,
+    ) {
         let g = self.ws().partials;
         let mut h = ParamsHeader::new();
         h.n = (a.p * a.k) as u32;
@@ -868,7 +881,7 @@ impl GpuBackend {
         self.dispatch(
             Kernel::PartialSums,
             h,
-            [t, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0],
+            [c[0], c[1], 0.0, 0.0, 0.0, 0.0, 0.0, 0.0],
             Slots {
                 a: Some(a),
                 b,
@@ -1009,6 +1022,122 @@ impl GpuBackend {
             return false;
         }
         true
+    }
+
+    /// Runs an optimizer rule as its passes ([`UpdateRule::passes`]): one `torch_elem`
+    /// dispatch per elementwise pass, a buffer copy per copy, and AdamP's projection as
+    /// SGDP's rows / decide / apply pattern.
+    fn torch_passes(
+        &mut self,
+        rule: &UpdateRule,
+        param: &GpuMat,
+        grad: &GpuMat,
+        state: &[GpuMat],
+        lr: f64,
+        out: &GpuMat,
+    ) {
+        if !self.use_shape(param) {
+            return;
+        }
+        if state.len() < rule.state_len() {
+            self.error.get_or_insert(NsaError::InvalidParameter {
+                name: "optimizer state",
+                reason: format!(
+                    "this optimizer needs {} state matrices, got {}",
+                    rule.state_len(),
+                    state.len()
+                ),
+            });
+            return;
+        }
+        for m in &state[..rule.state_len()] {
+            if !self.same_shape(param, m) {
+                return;
+            }
+        }
+        let get = |o: Operand| -> &GpuMat {
+            match o {
+                Operand::Param => param,
+                Operand::Grad => grad,
+                Operand::Out => out,
+                Operand::State(i) => &state[i],
+            }
+        };
+        let n = param.p * param.k;
+        for pass in rule.passes(lr) {
+            match pass {
+                OptPass::Elem {
+                    op,
+                    dst,
+                    src,
+                    mut c,
+                    init,
+                } => {
+                    let mut mode = op as u32;
+                    if let Some(v) = init {
+                        mode |= 256;
+                        c[7] = v;
+                    }
+                    for (bit, s) in src.iter().enumerate() {
+                        if s.is_some() {
+                            mode |= 512 << bit;
+                        }
+                    }
+                    let slots = Slots {
+                        a: src[0].map(get),
+                        b: src[1].map(get),
+                        c: src[2].map(get),
+                        out: Some(get(dst)),
+                    };
+                    self.elementwise(Kernel::TorchElem, mode, c, LITERAL, slots, n);
+                }
+                OptPass::Copy { src, dst } => {
+                    let bytes = (n * self.elem()) as u64;
+                    let (s, d) = (&get(src).buffer, &get(dst).buffer);
+                    self.encoder().copy_buffer_to_buffer(s, 0, d, 0, bytes);
+                }
+                OptPass::Project { eps, delta, step } => {
+                    let (lay, at) = {
+                        let ws = self.ws();
+                        (ws.layout, ws.aux_sgdp)
+                    };
+                    let (p, k) = (param.p, param.k);
+                    let rows = p.div_ceil(256);
+                    // sgdp_decide's literals: μ = 0, no weight decay, wd_ratio 1, lr = step
+                    let coefs = [0.0, 0.0, eps, 0.0, delta, 1.0, step, 0.0];
+                    let mut h = ParamsHeader::new();
+                    h.p = p as u32;
+                    h.k = k as u32;
+                    h.off0 = at as u32;
+                    h.slot = lay.scalar(SC_SGDP);
+                    h.groups_x = rows as u32;
+                    self.dispatch(
+                        Kernel::AdampRows,
+                        h,
+                        coefs,
+                        Slots {
+                            a: Some(param),
+                            b: Some(grad),
+                            c: Some(out),
+                            ..Default::default()
+                        },
+                        (rows as u32, 1),
+                    );
+                    self.dispatch(Kernel::SgdpDecide, h, coefs, Slots::default(), (1, 1));
+                    self.dispatch(
+                        Kernel::AdampApply,
+                        h,
+                        coefs,
+                        Slots {
+                            a: Some(param),
+                            out: Some(out),
+                            ..Default::default()
+                        },
+                        (rows as u32, 1),
+                    );
+                }
+            }
+        }
     }
 
     /// The soft-polar blend `dst = src·T_w` with `T_w` built in `small` (both styles).
@@ -1550,6 +1679,7 @@ impl Backend for GpuBackend {
                     (rows as u32, 1),
                 );
             }
+            _ => self.torch_passes(rule, param, grad, state, lr, out),
         }
     }
 
@@ -1594,7 +1724,8 @@ impl Backend for GpuBackend {
         fn shape_of(r: &Reduction<'_, GpuMat>) -> (usize, usize) {
             let m = match *r {
                 Reduction::EnergyTerms { y, .. } => y,
-                Reduction::NormSq(m) | Reduction::AllFinite(m) => m,
+                Reduction::NormSq(m) | Reduction::AllFinite(m) | Reduction::AbsSum(m) => m,
+                Reduction::CountAbove { m, .. } => m,
                 Reduction::Dot(a, _) | Reduction::DistSq(a, _) => a,
                 Reduction::GradMapSq { y, .. } => y,
             };
@@ -1649,6 +1780,12 @@ impl Backend for GpuBackend {
                         clamp,
                     } => self.partial_sums(3, y, Some(grad), at, t, clamp),
                     Reduction::AllFinite(m) => self.partial_sums(4, m, None, at, 0.0, false),
+                    Reduction::AbsSum(m) => self.partial_sums(5, m, None, at, 0.0, false),
+                    Reduction::CountAbove {
+                        m,
+                        scale,
+                        threshold,
+                    } => self.partial_sums_c(6, m, None, at, [scale, threshold], false),
                 }
                 used += requests[j].width();
                 j += 1;

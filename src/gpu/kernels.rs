@@ -43,10 +43,13 @@ pub enum Kernel {
     SylUpdate,
     SylCheck,
     BackwardFinish,
+    TorchElem,
+    AdampRows,
+    AdampApply,
 }
 
 impl Kernel {
-    const ALL: [Kernel; 33] = [
+    const ALL: [Kernel; 36] = [
         Kernel::Combine,
         Kernel::ScaleInPlace,
         Kernel::NonnegInPlace,
@@ -80,6 +83,9 @@ impl Kernel {
         Kernel::SylUpdate,
         Kernel::SylCheck,
         Kernel::BackwardFinish,
+        Kernel::TorchElem,
+        Kernel::AdampRows,
+        Kernel::AdampApply,
     ];
 
     fn source(self) -> (ShaderFile, &'static str) {
@@ -118,6 +124,9 @@ impl Kernel {
             SylUpdate => (shaders::AUTOGRAD, "syl_update"),
             SylCheck => (shaders::AUTOGRAD, "syl_check"),
             BackwardFinish => (shaders::AUTOGRAD, "backward_finish"),
+            TorchElem => (shaders::TORCH_OPTIM, "torch_elem"),
+            AdampRows => (shaders::TORCH_OPTIM, "adamp_rows"),
+            AdampApply => (shaders::TORCH_OPTIM, "adamp_apply"),
         }
     }
 }

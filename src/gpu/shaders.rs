@@ -52,6 +52,11 @@ pub const OPTIMIZER: ShaderFile = ShaderFile {
     name: "optimizer.wgsl",
     source: include_str!("../../shaders/optimizer.wgsl"),
 };
+/// The elementwise passes of the torch / torch_optimizer optimizers and AdamP's projection.
+pub const TORCH_OPTIM: ShaderFile = ShaderFile {
+    name: "torch_optim.wgsl",
+    source: include_str!("../../shaders/torch_optim.wgsl"),
+};
 /// A copy kernel used only to measure the adapter's memory bandwidth.
 pub const BANDWIDTH: ShaderFile = ShaderFile {
     name: "bandwidth.wgsl",
@@ -65,7 +70,7 @@ pub const AUTOGRAD: ShaderFile = ShaderFile {
 };
 
 /// Every kernel family.
-pub const ALL: [ShaderFile; 9] = [
+pub const ALL: [ShaderFile; 10] = [
     ELEMENTWISE,
     GRAM,
     MATMUL_SMALL,
@@ -73,6 +78,7 @@ pub const ALL: [ShaderFile; 9] = [
     SMALL,
     INV_SQRT,
     OPTIMIZER,
+    TORCH_OPTIM,
     BANDWIDTH,
     AUTOGRAD,
 ];
