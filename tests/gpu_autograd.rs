@@ -286,3 +286,63 @@ fn gpu_autograd_runs_agree_with_the_cpu() {
         }
     }
 }
+
+/// The golden reference runs on the GPU in f64: the same traces as the reference to 1e-8.
+#[test]
+fn gpu_reproduces_the_golden_autograd_runs() {
+    let Some(ctx) = gpu_or_skip("gpu_reproduces_the_golden_autograd_runs") else {
+        return;
+    };
+    if !ctx.supports_f64() {
+        return;
+    }
+    let Some(dir) = golden_roots()
+        .into_iter()
+        .map(|r| r.join("autograd_runs"))
+        .find(|d| d.is_dir())
+    else {
+        eprintln!("skipped: no autograd_runs golden data");
+        return;
+    };
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let case = entry.unwrap().path();
+        let out = json(case.join("outputs.json"));
+        let p = &out["params"];
+        let st = &out["settings"];
+        let mut params = nsa_flow::autograd::AutogradParams {
+            mode: Mode::Reference,
+            tol: 1e-12,
+            w: p["w"].as_f64().unwrap(),
+            max_iter: p["max_iter"].as_u64().unwrap() as usize,
+            optimizer: st["optimizer"].as_str().unwrap().into(),
+            retraction: st["retraction"].as_str().unwrap().parse().unwrap(),
+            fidelity_type: st["fidelity_type"].as_str().unwrap().parse().unwrap(),
+            orth_type: st["orth_type"].as_str().unwrap().parse().unwrap(),
+            learning_rate: Some(st["learning_rate"].as_f64().unwrap()),
+            ..Default::default()
+        };
+        if let Some(nn) = p["apply_nonneg"].as_str() {
+            params.nonneg = nn.parse().unwrap();
+        }
+        let y0 = read(case.join("Y0.npy"));
+        let x0 = read(case.join("X0.npy"));
+        let mut be = nsa_flow::backend::gpu::GpuBackend::new(ctx.clone(), Precision::F64).unwrap();
+        let res = nsa_flow::autograd::solve_autograd(&mut be, &y0, Some(&x0), &params, &mut |_| {
+            nsa_flow::Control::Continue
+        })
+        .unwrap();
+        let (_, rows) = csv_rows(case.join("traces.csv"));
+        assert_eq!(res.traces.len(), rows.len());
+        for (t, r) in res.traces.iter().zip(&rows) {
+            let want: f64 = r[4].parse().unwrap();
+            assert!(
+                (t.total_energy - want).abs() <= 1e-8 * want.abs(),
+                "{}: iter {} {} vs {want}",
+                case.display(),
+                t.iter,
+                t.total_energy
+            );
+        }
+        assert!(rel_fro(&res.y, &read(case.join("Y_out.npy"))) < 1e-8);
+    }
+}
