@@ -287,3 +287,117 @@ fn every_registry_optimizer_runs_in_both_modes() {
         "fast is not a registry optimizer"
     );
 }
+
+#[test]
+fn bad_input_is_a_typed_error() {
+    use nsa_flow::autograd::{nsa_flow_autograd, retract_backward, AutogradParams};
+    use nsa_flow::NsaError;
+    let y = randn(10, 3, 1);
+    let x = randn(10, 3, 2).map(|v: f64| v.abs());
+    let ok = AutogradParams {
+        backend: nsa_flow::BackendChoice::Cpu,
+        max_iter: 3,
+        ..Default::default()
+    };
+    let run =
+        |y: &DMatrix<f64>, x: Option<&DMatrix<f64>>, p: &AutogradParams| nsa_flow_autograd(y, x, p);
+    let mut nan = y.clone();
+    nan[(2, 1)] = f64::NAN;
+    assert!(matches!(
+        run(&nan, Some(&x), &ok),
+        Err(NsaError::NonFinite { .. })
+    ));
+    assert!(matches!(
+        run(&y, Some(&randn(9, 3, 3)), &ok),
+        Err(NsaError::ShapeMismatch { .. })
+    ));
+    assert!(matches!(
+        run(&DMatrix::zeros(0, 3), None, &ok),
+        Err(NsaError::Empty { .. })
+    ));
+    for bad in [
+        AutogradParams {
+            w: 1.5,
+            ..ok.clone()
+        },
+        AutogradParams {
+            w: f64::NAN,
+            ..ok.clone()
+        },
+        AutogradParams {
+            max_iter: 0,
+            ..ok.clone()
+        },
+        AutogradParams {
+            aggression: -0.1,
+            ..ok.clone()
+        },
+        AutogradParams {
+            learning_rate: Some(0.0),
+            ..ok.clone()
+        },
+        AutogradParams {
+            learning_rate: Some(f64::INFINITY),
+            ..ok.clone()
+        },
+        AutogradParams {
+            tol: -1.0,
+            ..ok.clone()
+        },
+        AutogradParams {
+            record_every: 0,
+            ..ok.clone()
+        },
+        AutogradParams {
+            window_size: 0,
+            ..ok.clone()
+        },
+        AutogradParams {
+            optimizer: "nope".into(),
+            ..ok.clone()
+        },
+        AutogradParams {
+            optimizer: "padam".into(),
+            ..ok.clone()
+        },
+        AutogradParams {
+            lr_strategy: "nope".into(),
+            ..ok.clone()
+        },
+        AutogradParams {
+            gpu_adapter: Some("x".into()),
+            ..ok.clone()
+        },
+    ] {
+        assert!(run(&y, Some(&x), &bad).is_err(), "{bad:?} accepted");
+    }
+    // k > p: the corrected objective has no attainable optimum; the reference runs it
+    let wide = randn(2, 4, 4);
+    assert!(matches!(
+        run(&wide, None, &ok),
+        Err(NsaError::KGreaterThanP { .. })
+    ));
+    assert!(run(
+        &wide,
+        None,
+        &AutogradParams {
+            mode: Mode::Reference,
+            ..ok.clone()
+        }
+    )
+    .is_ok());
+    // the pieces check their inputs too
+    let o = nsa_flow::RetractOptions::reference(Retraction::SoftPolar, 0.5);
+    assert!(retract_backward(&y, &o, &randn(10, 2, 5)).is_err());
+    assert!(retract_backward(&nan, &o, &y).is_err());
+    let spec = nsa_flow::autograd::EnergySpec {
+        fidelity_type: FidelityType::Basic,
+        orth_type: OrthType::Basic,
+        fid_eta: f64::NAN,
+        c_orth: 1.0,
+    };
+    assert!(nsa_flow::autograd::energy_and_grad(&y, &x, &spec).is_err());
+    // a zero start is fine: the retraction is the identity there, the result finite
+    let res = run(&DMatrix::zeros(10, 3), Some(&x), &ok).unwrap();
+    assert!(res.y.iter().all(|v| v.is_finite()));
+}
