@@ -138,7 +138,7 @@ fn corrected_coefs(@builtin(local_invocation_id) lid3: vec3<u32>) {
 
 // Sylvester by the sign iteration. Layout: blocks at off0 (P), off1 (Q), off2 (P²),
 // off3 (PQ), and the next P, Q at src.x, src.y; state at slot: [done, residual, previous
-// residual, steps].
+// residual, steps taken, steps recorded].
 
 // P₀ = S½/c, Q₀ = −f·G/c with c = ‖S½‖_F ≥ λ_max(S½), S½ at src.z, G at src.w (symmetrised),
 // f = literal c0. Single workgroup.
@@ -167,6 +167,7 @@ fn syl_init(@builtin(local_invocation_id) lid3: vec3<u32>) {
         small[params.slot + 1u] = 1e30;
         small[params.slot + 2u] = 1e30;
         small[params.slot + 3u] = 0.0;
+        small[params.slot + 4u] = 0.0;
     }
 }
 
@@ -226,6 +227,18 @@ fn syl_update(@builtin(global_invocation_id) gid: vec3<u32>) {
 // Residual ‖I − P'‖_F/√k of the new P (at src.x); converged when it reaches the tolerance
 // (literal c0) or stops shrinking once small (the working-precision floor), or after the cap
 // (literal c1) steps. Single workgroup.
+fn syl_decide(r: T) {
+    let prev = small[params.slot + 1u];
+    let steps = small[params.slot + 3u] + 1.0;
+    small[params.slot + 3u] = steps;
+    small[params.slot + 2u] = prev;
+    small[params.slot + 1u] = r;
+    let finite = r == r && r < 1e30;
+    if (!finite || r <= params.c[0].x || (prev < 0.01 && r >= prev) || steps >= params.c[0].y) {
+        small[params.slot] = 1.0;
+    }
+}
+
 @compute @workgroup_size(256)
 fn syl_check(@builtin(local_invocation_id) lid3: vec3<u32>) {
     let lid = lid3.x;
@@ -243,16 +256,79 @@ fn syl_check(@builtin(local_invocation_id) lid3: vec3<u32>) {
     }
     let s = reduce2(lid, acc, 0.0);
     if (lid == 0u) {
-        let r = sqrt(s.x / T(k));
-        let prev = small[params.slot + 1u];
-        let steps = small[params.slot + 3u] + 1.0;
-        small[params.slot + 3u] = steps;
-        small[params.slot + 2u] = prev;
-        small[params.slot + 1u] = r;
-        let finite = r == r && r < 1e30;
-        if (!finite || r <= params.c[0].x || (prev < 0.01 && r >= prev) || steps >= params.c[0].y) {
-            small[params.slot] = 1.0;
+        syl_decide(sqrt(s.x / T(k)));
+    }
+}
+
+// `chunk` whole steps of the sign iteration in one workgroup (k ≤ 64: the host sizes chunk to
+// the loop-trip budget), the phases separated by storage barriers: the same arithmetic,
+// layout and stopping rule as syl_products / syl_update / syl_check, in a few dispatches
+// instead of three per step. The pair a step reads alternates with the count of steps
+// recorded (slot + 4), converged steps included, so the result lies where the unfused
+// kernels leave it.
+@compute @workgroup_size(256)
+fn syl_fused(@builtin(local_invocation_id) lid3: vec3<u32>) {
+    let lid = lid3.x;
+    let k = params.k;
+    let kk = k * k;
+    for (var it = 0u; it < params.chunk; it = it + 1u) {
+        let even = (u32(small[params.slot + 4u]) % 2u) == 0u;
+        let done = small[params.slot] != 0.0;
+        let cp = select(params.src.x, params.off0, even);
+        let cq = select(params.src.y, params.off1, even);
+        let np = select(params.off0, params.src.x, even);
+        let nq = select(params.off1, params.src.y, even);
+        if (!done) {
+            for (var e = lid; e < kk; e = e + 256u) {
+                let i = e % k;
+                let j = e / k;
+                var pp: T = 0.0;
+                var pq: T = 0.0;
+                for (var l = 0u; l < k; l = l + 1u) {
+                    let pil = small[cp + i + l * k];
+                    pp = pp + pil * small[cp + l + j * k];
+                    pq = pq + pil * small[cq + l + j * k];
+                }
+                small[params.off2 + e] = pp;
+                small[params.off3 + e] = pq;
+            }
         }
+        storageBarrier();
+        var acc: T = 0.0;
+        for (var e = lid; e < kk; e = e + 256u) {
+            if (done) {
+                small[np + e] = small[cp + e];
+                small[nq + e] = small[cq + e];
+                continue;
+            }
+            let i = e % k;
+            let j = e / k;
+            var pp2: T = 0.0;
+            var p2q: T = 0.0;
+            var pqp: T = 0.0;
+            var qp2: T = 0.0;
+            for (var l = 0u; l < k; l = l + 1u) {
+                let p_lj = small[cp + l + j * k];
+                let p2_lj = small[params.off2 + l + j * k];
+                pp2 = pp2 + small[cp + i + l * k] * p2_lj;
+                p2q = p2q + small[params.off2 + i + l * k] * small[cq + l + j * k];
+                pqp = pqp + small[params.off3 + i + l * k] * p_lj;
+                qp2 = qp2 + small[cq + i + l * k] * p2_lj;
+            }
+            let pn = 0.5 * (3.0 * small[cp + e] - pp2);
+            small[np + e] = pn;
+            small[nq + e] = 0.5 * (3.0 * small[cq + e] - p2q + pqp - qp2);
+            let d = select(pn, pn - 1.0, i == j);
+            acc = acc + d * d;
+        }
+        let s = reduce2(lid, acc, 0.0);
+        if (lid == 0u) {
+            if (!done) {
+                syl_decide(sqrt(s.x / T(k)));
+            }
+            small[params.slot + 4u] = small[params.slot + 4u] + 1.0;
+        }
+        storageBarrier();
     }
 }
 

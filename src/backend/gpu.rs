@@ -35,7 +35,7 @@ const MAX_SLOTS: usize = 192;
 const RING_SLOTS: usize = 4096;
 const RING_STRIDE: u64 = 256;
 /// Loop-trip budget per invocation per dispatch for the fused Newton–Schulz kernel.
-const TRIP_BUDGET: usize = 12_000;
+pub(super) const TRIP_BUDGET: usize = 12_000;
 
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 

@@ -4,7 +4,7 @@
 //! Sylvester equation `S½·X + X·S½ = G` by the Newton–Schulz sign iteration on the small
 //! buffer (shaders/autograd.wgsl), so the host reads nothing back.
 
-use super::gpu::{GpuBackend, GpuMat, Slots, NS_CAP, SC_ALPHA, SC_RADIAL, SC_TRACE};
+use super::gpu::{GpuBackend, GpuMat, Slots, NS_CAP, SC_ALPHA, SC_RADIAL, SC_TRACE, TRIP_BUDGET};
 use crate::autograd::grad::OrthGrad;
 use crate::autograd::EnergySpec;
 use crate::energy::EnergyTerms;
@@ -18,7 +18,7 @@ const AG_GM: usize = 32;
 const AG_M2: usize = 33;
 const AG_COEF: usize = 34; // 3 values
 const AG_GAGB: usize = 37; // 2 values
-const AG_SYL: usize = 40; // 4 values
+const AG_SYL: usize = 40; // 5 values
 
 /// Sign-iteration steps recorded per backward; converged steps launch only a k² copy. Even,
 /// so the result lies in the first pair of blocks. 48 steps reach the tolerance for
@@ -223,6 +223,27 @@ impl GpuBackend {
             (1, 1),
         );
         let tol = 8.0 * self.eps() * (k as f64).sqrt();
+        if k <= 64 {
+            // whole steps in one workgroup: ~3·⌈k²/256⌉·k loop trips a step
+            let per = (TRIP_BUDGET / (3 * kk.div_ceil(256) * k + 32)).clamp(1, SYL_STEPS);
+            let mut left = SYL_STEPS;
+            while left > 0 {
+                let now = left.min(per);
+                let mut h = ParamsHeader::new();
+                h.k = k as u32;
+                h.off0 = blocks[0];
+                h.off1 = blocks[1];
+                h.off2 = blocks[2];
+                h.off3 = blocks[3];
+                h.slot = slot;
+                h.chunk = now as u32;
+                h.src = [blocks[4], blocks[5], LITERAL, LITERAL];
+                let coefs = [tol, SYL_STEPS as f64, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0];
+                self.dispatch(Kernel::SylFused, h, coefs, Slots::default(), (1, 1));
+                left -= now;
+            }
+            return;
+        }
         let groups = (kk.div_ceil(256) as u32, 1);
         for step in 0..SYL_STEPS {
             let (cur, next) = if step % 2 == 0 {

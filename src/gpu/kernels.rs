@@ -43,13 +43,14 @@ pub enum Kernel {
     SylUpdate,
     SylCheck,
     BackwardFinish,
+    SylFused,
     TorchElem,
     AdampRows,
     AdampApply,
 }
 
 impl Kernel {
-    const ALL: [Kernel; 36] = [
+    const ALL: [Kernel; 37] = [
         Kernel::Combine,
         Kernel::ScaleInPlace,
         Kernel::NonnegInPlace,
@@ -83,6 +84,7 @@ impl Kernel {
         Kernel::SylUpdate,
         Kernel::SylCheck,
         Kernel::BackwardFinish,
+        Kernel::SylFused,
         Kernel::TorchElem,
         Kernel::AdampRows,
         Kernel::AdampApply,
@@ -124,6 +126,7 @@ impl Kernel {
             SylUpdate => (shaders::AUTOGRAD, "syl_update"),
             SylCheck => (shaders::AUTOGRAD, "syl_check"),
             BackwardFinish => (shaders::AUTOGRAD, "backward_finish"),
+            SylFused => (shaders::AUTOGRAD, "syl_fused"),
             TorchElem => (shaders::TORCH_OPTIM, "torch_elem"),
             AdampRows => (shaders::TORCH_OPTIM, "adamp_rows"),
             AdampApply => (shaders::TORCH_OPTIM, "adamp_apply"),
