@@ -128,10 +128,15 @@ pub(crate) fn main() -> Result<(), Box<dyn std::error::Error>> {
             if report.agrees(y_tol) { "yes" } else { "no" }
         );
         if !report.agrees(y_tol) && report.y_rel_diff <= y_tol {
+            let stops = if report.cpu.stop_reason == report.gpu.stop_reason {
+                format!("both {}", report.cpu.stop_reason)
+            } else {
+                format!("{} / {}", report.cpu.stop_reason, report.gpu.stop_reason)
+            };
             println!(
                 "  (the Y's agree to {:.1e}; the runs stop at different iterations because in {precision}\n   \
-                 rounding ends the line search ({} / {}) on each backend at its own point)",
-                report.y_rel_diff, report.cpu.stop_reason, report.gpu.stop_reason
+                 rounding ends the line search ({stops}) on each backend at its own point)",
+                report.y_rel_diff
             );
         }
         println!(
