@@ -11,7 +11,7 @@ use nsa_flow::{
     invariant_orthogonality_defect, nsa_flow, LearningRate, Mode, OptimizerKind, Params, Retraction,
 };
 
-fn main() -> Result<(), nsa_flow::NsaError> {
+pub(crate) fn main() -> Result<(), nsa_flow::NsaError> {
     let mut rng = Rng::new(42);
     let y = DMatrix::from_fn(50, 10, |_, _| rng.normal());
     let x0 = DMatrix::from_fn(50, 10, |_, _| rng.normal());
@@ -34,9 +34,15 @@ fn main() -> Result<(), nsa_flow::NsaError> {
         let res = nsa_flow(&y, Some(&x0), &params)?;
         let rel_err = (&res.y - &res.target).norm() / res.target.norm();
         println!(
-            "\n[{mode} mode]\n  final orthogonality defect: {:.6e}\n  iterations: {} (stop: {}), best at iteration {}\n  \
-             best total energy: {:.6e}\n  ‖Y − X0‖/‖X0‖: {:.4}   zeros: {:.1} %   certificate: {:.2e}   time: {:.2} ms\n  \
+            "\n[{mode} mode]\n  start used: defect {:.6e}{}\n  final orthogonality defect: {:.6e}\n  iterations: {} (stop: {}), best at iteration {}\n  \
+             best total energy: {:.6e}\n  ‖Y − X0₊‖/‖X0₊‖: {:.4}   zeros: {:.1} %   certificate: {:.2e}   time: {:.2} ms\n  \
              backend: {}{}",
+            invariant_orthogonality_defect(&res.start),
+            if res.start == y {
+                " (Y as given)"
+            } else {
+                " (Y clamped to ≥ 0: the corrected solver starts feasible)"
+            },
             res.defect(),
             res.iterations,
             res.stop_reason,
@@ -52,7 +58,8 @@ fn main() -> Result<(), nsa_flow::NsaError> {
         );
     }
     println!(
-        "\nReference mode reproduces nsa_flow 0.7.7 (its SGDP path steps once, then only retracts);\n\
+        "\nX0₊ = max(X0, 0), the target both modes use.\n\
+         Reference mode reproduces nsa_flow 0.7.7 (its SGDP path steps once, then only retracts);\n\
          corrected mode minimises the stated energy with a monotone line search (docs/ALGORITHM.md)."
     );
     Ok(())
