@@ -75,7 +75,17 @@ where
 
 /// The GPU backend `params.backend` asks for: `gpu` must get one (an error naming the fix
 /// otherwise); `auto` takes a hardware adapter that can compute in the requested precision and
-/// answers `None` (the CPU) otherwise.
+/// answers `None` (the CPU) otherwise. Contexts are shared per process
+/// ([`GpuContext::shared`]), so repeated solves reuse one device and its compiled kernels.
+///
+/// ```
+/// use nsa_flow::{flow::gpu_backend_for, BackendChoice, Params};
+/// let cpu = Params { backend: BackendChoice::Cpu, ..Params::default() };
+/// assert!(gpu_backend_for(&cpu).unwrap().is_none());
+/// // `auto` answers Some(GpuBackend) only where a suitable hardware adapter exists
+/// let maybe_gpu = gpu_backend_for(&Params::default()).unwrap();
+/// println!("auto runs on {}", if maybe_gpu.is_some() { "the GPU" } else { "the CPU" });
+/// ```
 pub fn gpu_backend_for(params: &Params) -> Result<Option<GpuBackend>> {
     let options = GpuOptions {
         adapter_name: params.gpu_adapter.clone(),
@@ -336,7 +346,20 @@ impl<F: FnMut(&IterInfo) -> Control> Recorder<'_, F> {
 }
 
 /// The loop on any backend. Public so device backends can be cross-validated against the
-/// CPU oracle with exactly the same control flow.
+/// CPU oracle with exactly the same control flow. `params.backend` is not consulted (the
+/// caller chose `be`); `params` is not validated here ([`nsa_flow`] does it).
+///
+/// ```
+/// use nalgebra::DMatrix;
+/// use nsa_flow::backend::cpu::CpuBackend;
+/// use nsa_flow::{flow::solve, Control, Params, Precision};
+/// let x0 = DMatrix::from_fn(12, 3, |i, j| ((i * 5 + j) % 4) as f64 + 0.5);
+/// let params = Params { w: 0.5, max_iter: 100, ..Params::default() };
+/// let f32_run = solve(&mut CpuBackend::<f32>::new(), &x0, Some(&x0), &params, &mut |_| Control::Continue).unwrap();
+/// assert_eq!(f32_run.precision, Precision::F32);
+/// let f64_run = nsa_flow::nsa_flow(&x0, Some(&x0), &params).unwrap();
+/// assert!((f32_run.y.clone() - &f64_run.y).norm() <= 1e-3 * f64_run.y.norm());
+/// ```
 pub fn solve<B: Backend, F: FnMut(&IterInfo) -> Control>(
     be: &mut B,
     y0: &DMatrix<f64>,

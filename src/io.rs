@@ -347,6 +347,15 @@ pub fn write_matrix(path: impl AsRef<Path>, m: &DMatrix<f64>, dtype: NpyDtype) -
 }
 
 /// Writes `B` matrices of one shape as a 3-D `.npy` array `[B, p, k]`; atomically.
+///
+/// ```
+/// use nsa_flow::io::{read_batch, write_batch, NpyDtype};
+/// # let dir = tempfile::tempdir().unwrap();
+/// let path = dir.path().join("batch.npy");
+/// let ms = vec![nalgebra::DMatrix::from_element(3, 2, 1.0), nalgebra::DMatrix::from_element(3, 2, 2.0)];
+/// write_batch(&path, &ms, NpyDtype::F32).unwrap();
+/// assert_eq!(read_batch(&path).unwrap(), ms);
+/// ```
 pub fn write_batch(path: impl AsRef<Path>, ms: &[DMatrix<f64>], dtype: NpyDtype) -> Result<()> {
     let path = path.as_ref();
     if !matches!(kind_of(path)?, Kind::Npy) {

@@ -14,7 +14,16 @@
 //!   certificate (docs/ALGORITHM.md).
 //!
 //! The loop runs over the [`backend::Backend`] trait; [`backend::cpu::CpuBackend`] (nalgebra,
-//! `f64` or `f32`) is the correctness oracle.
+//! `f64` or `f32`) is the correctness oracle and [`backend::gpu::GpuBackend`] (wgpu: Vulkan,
+//! Metal, DX12, GL; WGSL kernels) keeps every matrix on the device and reads back only the
+//! scalars the loop needs. [`Params::backend`] picks one (`auto` by default: a hardware GPU
+//! that computes in the requested precision, else the CPU).
+//!
+//! Beyond the solver: [`autograd`] (exact vector-Jacobian products and
+//! [`autograd::nsa_flow_autograd`]), [`lr_estimate`] (the reference's learning-rate
+//! estimator), [`optim`] (the optimizer registry, on every backend), [`io`] (`.npy`/`.csv`)
+//! and [`verify`] (one problem on both backends, compared). docs/ARCHITECTURE.md in the
+//! repository describes the layers and the data flow of one iteration.
 //!
 //! ```
 //! use nalgebra::DMatrix;

@@ -55,6 +55,11 @@ unsafe impl<T> Send for SendPtr<T> {}
 unsafe impl<T> Sync for SendPtr<T> {}
 
 /// `Aᵀ·B` as a new matrix.
+///
+/// ```
+/// let a = nalgebra::DMatrix::from_row_slice(3, 2, &[1.0, 0.0, 0.0, 1.0, 1.0, 1.0]);
+/// assert_eq!(nsa_flow::linalg::gram(&a, &a), a.transpose() * &a);
+/// ```
 pub fn gram<T: Element>(a: &DMatrix<T>, b: &DMatrix<T>) -> DMatrix<T> {
     let mut out = DMatrix::zeros(a.ncols(), b.ncols());
     gram_into(a, b, &mut out);

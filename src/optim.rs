@@ -100,6 +100,21 @@ const B2: f64 = 0.999;
 /// [`Schedule::next_rule`] answers the [`UpdateRule`] of the next step, which a backend runs
 /// on its resident matrices ([`Backend::optimizer_step`]) with the
 /// [`UpdateRule::state_len`] state matrices (zeros at the start) it keeps.
+///
+/// ```
+/// use nalgebra::DMatrix;
+/// use nsa_flow::backend::{cpu::CpuBackend, Backend};
+/// use nsa_flow::optim::Schedule;
+/// let mut be = CpuBackend::<f64>::new();
+/// let mut adam = Schedule::new("adam", 0.1).unwrap();
+/// let mut state: Vec<DMatrix<f64>> = (0..adam.state_len()).map(|_| be.zeros(2, 2).unwrap()).collect();
+/// let (mut x, g) = (DMatrix::from_element(2, 2, 1.0), DMatrix::from_element(2, 2, 3.0));
+/// let mut next = be.zeros(2, 2).unwrap();
+/// adam.step(&mut be, &x, &g, &mut state, 0.1, &mut next);
+/// std::mem::swap(&mut x, &mut next);
+/// assert!((x[(0, 0)] - 0.9).abs() < 1e-6); // Adam's first step moves each entry by ≈ lr
+/// assert_eq!(adam.steps(), 1);
+/// ```
 #[derive(Clone, Debug)]
 pub struct Schedule {
     kind: Kind,
@@ -362,6 +377,20 @@ impl Schedule {
 
 /// One optimizer with its state, stepping a p×k parameter with a given gradient on the host
 /// in f64: a [`Schedule`] run on the CPU backend (the same arithmetic `nsa_flow` runs).
+///
+/// ```
+/// use nalgebra::DMatrix;
+/// use nsa_flow::optim::TorchOptimizer;
+/// // minimise ½‖P − 1‖² with SGD + momentum 0.9 (the registry's "sgd")
+/// let mut opt = TorchOptimizer::new("sgd", 0.1).unwrap();
+/// let mut p = DMatrix::from_element(3, 2, 5.0);
+/// for _ in 0..200 {
+///     let g = p.map(|v| v - 1.0);
+///     opt.step(&mut p, &g);
+/// }
+/// assert!(p.iter().all(|v| (v - 1.0).abs() < 1e-3));
+/// assert!(TorchOptimizer::new("padam", 0.1).is_err()); // listed, but the reference raises
+/// ```
 #[derive(Clone, Debug)]
 pub struct TorchOptimizer {
     schedule: Schedule,
@@ -624,6 +653,18 @@ impl<M> BackendLbfgs<M> {
 }
 
 /// [`BackendLbfgs`] on the host in f64 (the CPU backend), with a closure on host matrices.
+///
+/// ```
+/// use nalgebra::DMatrix;
+/// use nsa_flow::optim::Lbfgs;
+/// let target = DMatrix::from_row_slice(2, 2, &[1.0, 2.0, 3.0, 4.0]);
+/// let mut opt = Lbfgs::new(1.0);
+/// let mut p = DMatrix::zeros(2, 2);
+/// // ½‖P − target‖² and its gradient
+/// let loss0 = opt.step(&mut p, |x| (0.5 * (x - &target).norm_squared(), x - &target));
+/// assert_eq!(loss0, 15.0);
+/// assert!((&p - &target).norm() < 1e-6);
+/// ```
 #[derive(Debug)]
 pub struct Lbfgs {
     inner: BackendLbfgs<DMatrix<f64>>,

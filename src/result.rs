@@ -161,7 +161,13 @@ impl NsaResult {
     }
 }
 
-/// Fraction of entries that are exactly zero.
+/// Fraction of entries that are exactly zero (what NSA-Flow's hard non-negativity produces as
+/// `w` grows).
+///
+/// ```
+/// let y = nalgebra::DMatrix::from_row_slice(2, 2, &[1.0, 0.0, 0.0, 2.0]);
+/// assert_eq!(nsa_flow::sparsity(&y), 0.5);
+/// ```
 pub fn sparsity(y: &DMatrix<f64>) -> f64 {
     if y.is_empty() {
         return 0.0;

@@ -296,7 +296,17 @@ pub fn retract(y: &DMatrix<f64>, options: &RetractOptions) -> Result<DMatrix<f64
     retract_in::<f64>(y, options)
 }
 
-/// [`retract`] computed in element type `T` (input and output in `f64`).
+/// [`retract`] computed in element type `T` (input and output in `f64`): what the `f32`
+/// backends compute, for comparisons.
+///
+/// ```
+/// use nalgebra::DMatrix;
+/// use nsa_flow::{retract, retract_in, RetractOptions, Retraction};
+/// let y = DMatrix::from_fn(6, 2, |i, j| 1.0 + ((i + j) % 3) as f64);
+/// let o = RetractOptions::corrected(Retraction::SoftPolar, 0.5);
+/// let (r32, r64) = (retract_in::<f32>(&y, &o).unwrap(), retract(&y, &o).unwrap());
+/// assert!((r32 - &r64).norm() <= 1e-5 * r64.norm());
+/// ```
 pub fn retract_in<T: Element>(y: &DMatrix<f64>, options: &RetractOptions) -> Result<DMatrix<f64>> {
     validate::finite_nonempty("Y", y)?;
     options.validate()?;

@@ -4,6 +4,15 @@
 //! every version of nsa-flow: a result published with `--seed 42` stays reproducible.
 
 /// Deterministic pseudo-random generator.
+///
+/// ```
+/// use nsa_flow::rng::Rng;
+/// let (mut a, mut b) = (Rng::new(42), Rng::new(42));
+/// assert_eq!(a.next_u64(), b.next_u64()); // same seed, same stream
+/// let u = a.uniform();
+/// assert!((0.0..1.0).contains(&u));
+/// assert!(a.normal().is_finite());
+/// ```
 #[derive(Clone, Debug)]
 pub struct Rng {
     s: [u64; 4],

@@ -245,7 +245,24 @@ pub fn nsa_flow_autograd(
     nsa_flow_autograd_with_callback(y0, x0, params, |_| Control::Continue)
 }
 
-/// [`nsa_flow_autograd`] with a per-iteration callback that may stop the run.
+/// [`nsa_flow_autograd`] with a per-iteration callback that may stop the run (return
+/// [`Control::Stop`]); `IterInfo::stationarity` is `‖∇_Z E‖` here.
+///
+/// ```
+/// use nalgebra::DMatrix;
+/// use nsa_flow::autograd::{nsa_flow_autograd_with_callback, AutogradParams};
+/// use nsa_flow::{BackendChoice, Control, StopReason};
+/// let x0 = DMatrix::from_fn(15, 2, |i, j| ((i + 2 * j) % 3) as f64 + 1.0);
+/// let params = AutogradParams { backend: BackendChoice::Cpu, ..Default::default() };
+/// let mut energies = Vec::new();
+/// let res = nsa_flow_autograd_with_callback(&x0, Some(&x0), &params, |info| {
+///     energies.push(info.total_energy);
+///     if info.iter == 5 { Control::Stop } else { Control::Continue }
+/// })
+/// .unwrap();
+/// assert_eq!((res.iterations, res.stop_reason), (5, StopReason::Callback));
+/// assert_eq!(energies.len(), 5);
+/// ```
 pub fn nsa_flow_autograd_with_callback<F: FnMut(&IterInfo) -> Control>(
     y0: &DMatrix<f64>,
     x0: Option<&DMatrix<f64>>,
@@ -457,7 +474,19 @@ fn backward<B: Backend>(
 }
 
 /// The loop on any backend (public so device backends can be cross-validated against the CPU
-/// oracle with the same control flow).
+/// oracle with the same control flow); `params.backend` is not consulted.
+///
+/// ```
+/// use nalgebra::DMatrix;
+/// use nsa_flow::autograd::{solve_autograd, AutogradParams};
+/// use nsa_flow::backend::cpu::CpuBackend;
+/// use nsa_flow::{Control, Precision};
+/// let x0 = DMatrix::from_fn(10, 2, |i, j| ((i * 3 + j) % 4) as f64 + 1.0);
+/// let params = AutogradParams { max_iter: 20, precision: Precision::F32, ..Default::default() };
+/// let res = solve_autograd(&mut CpuBackend::<f32>::new(), &x0, Some(&x0), &params, &mut |_| Control::Continue).unwrap();
+/// assert_eq!(res.precision, Precision::F32);
+/// assert!(res.y.iter().all(|&v| v >= 0.0));
+/// ```
 pub fn solve_autograd<B: Backend, F: FnMut(&IterInfo) -> Control>(
     be: &mut B,
     y0: &DMatrix<f64>,

@@ -297,6 +297,15 @@ impl UpdateRule {
     /// but [`UpdateRule::Sgd`] and [`UpdateRule::Sgdp`] (those have dedicated code): each
     /// pass is elementwise (or the AdamP projection), so a device runs one dispatch per pass
     /// and the CPU one loop. `lr` is the step's learning rate.
+    ///
+    /// ```
+    /// use nsa_flow::backend::{ElemOp, OptPass, Operand, UpdateRule};
+    /// let adam = UpdateRule::Adam { beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.0, bc1: 0.1, bc2_sqrt: 0.0316 };
+    /// let passes = adam.passes(1e-3);
+    /// assert_eq!(passes.len(), 3); // m, v, then the parameter
+    /// assert!(matches!(passes[2], OptPass::Elem { op: ElemOp::AdamApply, dst: Operand::Out, .. }));
+    /// assert_eq!(adam.state_len(), 2);
+    /// ```
     pub fn passes(&self, lr: f64) -> OptPasses {
         use ElemOp::*;
         use Operand::*;
@@ -682,7 +691,16 @@ pub enum OptPass {
 }
 
 /// One elementwise formula of [`ElemOp`] in the element type `T` (the CPU backend's
-/// arithmetic; the WGSL kernel `torch_elem` mirrors it).
+/// arithmetic; the WGSL kernel `torch_elem` in `shaders/torch_optim.wgsl` mirrors it, case
+/// by case, in the same operation order). `d` is the old destination, `a, b, c` the sources,
+/// `k` the pass's coefficients.
+///
+/// ```
+/// use nsa_flow::backend::{elem_op, ElemOp};
+/// let k = [0.5, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0];
+/// assert_eq!(elem_op(ElemOp::Axpy, 0.0, 1.0, 4.0, 0.0, &k), 3.0); // a + c0·b
+/// assert_eq!(elem_op(ElemOp::Lerp, 2.0, 4.0, 0.0, 0.0, &k), 3.0); // d + (a − d)·c0
+/// ```
 #[inline]
 pub fn elem_op<T: crate::element::Element>(op: ElemOp, d: T, a: T, b: T, c: T, k: &[T; 8]) -> T {
     use ElemOp::*;
@@ -800,7 +818,34 @@ impl<M> Reduction<'_, M> {
 /// ([`cpu::CpuBackend`]) and by device backends.
 ///
 /// Every method that writes a matrix takes the destination explicitly so that the solver
-/// allocates its workspace once and nothing is allocated per iteration.
+/// allocates its workspace once and nothing is allocated per iteration. Operations are
+/// recorded in order and may run asynchronously (on a device); errors of an operation that
+/// returns nothing surface at the next [`Backend::reduce_into`] or [`Backend::download`].
+/// Code written against this trait runs unchanged on every backend:
+///
+/// ```
+/// use nalgebra::DMatrix;
+/// use nsa_flow::backend::{cpu::CpuBackend, Backend, Reduction};
+/// use nsa_flow::{NonNeg, RetractOptions, Retraction};
+///
+/// /// One projected, retracted step `R(max(Y − lr·G, 0))`; returns its ‖·‖² and defect terms.
+/// fn step<B: Backend>(be: &mut B, y: &DMatrix<f64>, g: &DMatrix<f64>) -> nsa_flow::Result<Vec<f64>> {
+///     let (p, k) = y.shape();
+///     let (y, g) = (be.upload(y)?, be.upload(g)?);
+///     let (mut cand, mut out) = (be.zeros(p, k)?, be.zeros(p, k)?);
+///     be.lincomb(1.0, &y, -0.1, &g, &mut cand);
+///     be.nonneg(&mut cand, NonNeg::Hard);
+///     be.retract(&cand, &mut out, &RetractOptions::corrected(Retraction::SoftPolar, 0.5));
+///     // one batch of reductions: a single readback on a GPU
+///     be.reduce(&[Reduction::NormSq(&out), Reduction::EnergyTerms { y: &out, target: &y }])
+/// }
+///
+/// let y = DMatrix::from_fn(8, 2, |i, j| 1.0 + ((i + 3 * j) % 4) as f64);
+/// let g = DMatrix::from_element(8, 2, 0.5);
+/// let v = step(&mut CpuBackend::<f64>::new(), &y, &g).unwrap();
+/// assert_eq!(v.len(), 1 + 4); // NormSq, then the four EnergyTerms numbers
+/// assert!((v[0] - v[4]).abs() <= 1e-12 * v[0]); // ‖Y‖² is also EnergyTerms' last number
+/// ```
 pub trait Backend {
     /// A p×k matrix resident on the backend.
     type Mat;

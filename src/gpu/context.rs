@@ -98,7 +98,14 @@ fn instance() -> wgpu::Instance {
     wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env())
 }
 
-/// Every adapter wgpu can see, best first (the order [`GpuContext::new`] chooses in).
+/// Every adapter wgpu can see, best first (the order [`GpuContext::new`] chooses in). Empty
+/// where no driver is installed; `nsa-flow devices` prints this list.
+///
+/// ```no_run
+/// for a in nsa_flow::gpu::list_adapters() {
+///     println!("{} (software: {}, f64: {})", a.label(), a.is_software, a.shader_f64);
+/// }
+/// ```
 pub fn list_adapters() -> Vec<AdapterSummary> {
     let inst = instance();
     let mut adapters = pollster::block_on(inst.enumerate_adapters(wgpu::Backends::all()));

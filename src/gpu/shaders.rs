@@ -87,6 +87,13 @@ const F32_ALIAS: &str = "alias T = f32;";
 const F64_MARKER: &str = "// @f64 ";
 
 /// The source of `file` for element type `precision`.
+///
+/// ```
+/// use nsa_flow::gpu::shaders::{specialize, ELEMENTWISE};
+/// use nsa_flow::Precision;
+/// assert!(specialize(&ELEMENTWISE, Precision::F32).contains("alias T = f32;"));
+/// assert!(specialize(&ELEMENTWISE, Precision::F64).contains("alias T = f64;"));
+/// ```
 pub fn specialize(file: &ShaderFile, precision: Precision) -> String {
     match precision {
         Precision::F32 => file.source.to_string(),
