@@ -323,7 +323,10 @@ fn corrected_mode_is_deterministic_and_consistent() {
         let b = estimate_learning_rate_for_nsa_flow(&y0, &x0, &p).unwrap();
         assert_eq!(a, b, "{strategy}");
         assert!(a.grad_norm > 1e-6, "{strategy}: the gradient is real");
-        assert!(a.candidates.contains(&a.best_lr), "{strategy}: corrected picks an evaluated candidate");
+        assert!(
+            a.candidates.contains(&a.best_lr),
+            "{strategy}: corrected picks an evaluated candidate"
+        );
         assert_eq!(
             a.best_energy,
             a.losses.iter().cloned().fold(f64::INFINITY, f64::min)
