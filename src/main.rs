@@ -86,11 +86,14 @@ enum Command {
     /// identical), in one process: a GPU is opened once for the whole sweep. Writes into
     /// --out-dir:
     ///
-    ///   Y_w<w>.npy  the best Y of each w, in the run's precision; <w> is the shortest decimal
-    ///               that reads back as the same number: Y_w0.5.npy, Y_w0.25.npy, Y_w1.npy
-    ///   sweep.csv   one row per w, in the order given, with the columns
-    ///               w, iterations, best_total_energy, fidelity, defect, sparsity
-    ///   sweep.svg   sparsity and fidelity (left axis) and defect (right axis, log) against w
+    /// - Y_w<w>.npy: the best Y of each w, in the run's precision; <w> is the shortest decimal
+    ///   that reads back as the same number (Y_w0.5.npy, Y_w0.25.npy, Y_w1.npy).
+    ///
+    /// - sweep.csv: one row per w, in the order given, with the columns w, iterations,
+    ///   best_total_energy, fidelity, defect, sparsity.
+    ///
+    /// - sweep.svg: sparsity and fidelity (left axis) and defect (right axis, log scale)
+    ///   against w.
     ///
     /// The columns: iterations run; best_total_energy, the energy of Y in the mode's own
     /// scaling (nan when a reference run accepted no step); fidelity, the relative fidelity
@@ -859,7 +862,7 @@ impl Progress {
             );
             bar.set_style(
                 indicatif::ProgressStyle::with_template(
-                    "{prefix}[{elapsed_precise}] {bar:28.cyan/blue} {pos:>6}/{len:6} it  {msg}  {per_sec}",
+                    "{prefix}[{elapsed}] {bar:16.cyan/blue} {pos}/{len} it  {msg}",
                 )
                 .expect("a valid template")
                 .progress_chars("=> "),
@@ -901,8 +904,10 @@ impl Progress {
             .is_none_or(|t| t.elapsed() >= std::time::Duration::from_millis(50))
         {
             bar.set_message(format!(
-                "energy {:.6e}  {orth_name} {:.3e}",
-                i.total_energy, i.orthogonality
+                "E {:.4e}  {orth_name} {:.2e}  {:.0} it/s",
+                i.total_energy,
+                i.orthogonality,
+                bar.per_sec()
             ));
             self.last_msg = Some(Instant::now());
         }
