@@ -308,6 +308,13 @@ fn draw_trace<DB: DrawingBackend>(
 ) -> DrawResult<DB> {
     let area = titled(&root, s, title, "Fidelity and orthogonality (dual scales)")?;
     let px = |v: f64| (v * s).round() as u32;
+    // the reference's legend, in a row above the plot where it can hide no point
+    let (strip, area) = area.split_vertically(px(30.0));
+    legend_row(
+        &strip,
+        s,
+        &[("Fidelity", BLUE, 1), ("Orthogonality", GREEN, 1)],
+    )?;
     let x_max = traces.iter().map(|t| t.iter).max().unwrap_or(1).max(1) as f64;
     let x_min = traces.iter().map(|t| t.iter).min().unwrap_or(0) as f64;
     let x_pad = ((x_max - x_min) * 0.02).max(0.5);
@@ -361,37 +368,23 @@ fn draw_trace<DB: DrawingBackend>(
         .map(|t| (t.iter as f64, t.orthogonality))
         .collect();
     let lw = px(2.0);
-    chart
-        .draw_series(LineSeries::new(fid.iter().copied(), BLUE.stroke_width(lw)))?
-        .label("Fidelity")
-        .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 24, y)], BLUE.stroke_width(lw)));
+    chart.draw_series(LineSeries::new(fid.iter().copied(), BLUE.stroke_width(lw)))?;
     if fid.len() <= 400 {
         chart.draw_series(
             fid.iter()
                 .map(|&p| Circle::new(p, marker, BLUE.mix(0.7).filled())),
         )?;
     }
-    chart
-        .draw_secondary_series(LineSeries::new(
-            orth.iter().copied(),
-            GREEN.stroke_width(lw),
-        ))?
-        .label("Orthogonality")
-        .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 24, y)], GREEN.stroke_width(lw)));
+    chart.draw_secondary_series(LineSeries::new(
+        orth.iter().copied(),
+        GREEN.stroke_width(lw),
+    ))?;
     if orth.len() <= 400 {
         chart.draw_secondary_series(
             orth.iter()
                 .map(|&p| Circle::new(p, marker, GREEN.mix(0.7).filled())),
         )?;
     }
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::UpperRight)
-        .label_font(font(14.0, s))
-        .background_style(WHITE.mix(0.85))
-        .border_style(TRANSPARENT)
-        .margin(px(10.0))
-        .draw()?;
     if traces.is_empty() {
         area.draw_text(
             "no recorded iterations",
@@ -412,7 +405,15 @@ fn draw_sweep<DB: DrawingBackend>(
     let px = |v: f64| (v * s).round() as u32;
     // the legend sits in a row above the plot, where it can hide no point
     let (strip, area) = area.split_vertically(px(30.0));
-    legend_row(&strip, s)?;
+    legend_row(
+        &strip,
+        s,
+        &[
+            ("Sparsity (fraction of zeros)", ORANGE, 0),
+            ("Relative fidelity error ‖Y−X‖/‖X‖", BLUE, 1),
+            ("Orthogonality defect (right axis)", GREEN, 2),
+        ],
+    )?;
     let left_hi = points
         .iter()
         .flat_map(|p| [p.fidelity, p.sparsity])
@@ -488,21 +489,22 @@ fn draw_sweep<DB: DrawingBackend>(
 }
 
 /// The sweep's legend, one centred row: a line with the series' marker, then its name.
-fn legend_row<DB: DrawingBackend>(strip: &DrawingArea<DB, Shift>, s: f64) -> DrawResult<DB> {
+/// Markers: 0 square, 1 circle, 2 triangle.
+fn legend_row<DB: DrawingBackend>(
+    strip: &DrawingArea<DB, Shift>,
+    s: f64,
+    entries: &[(&str, RGBColor, u8)],
+) -> DrawResult<DB> {
     let px = |v: f64| (v * s).round() as i32;
     let style = font(14.0, s);
-    let entries: [(&str, RGBColor, u8); 3] = [
-        ("Sparsity (fraction of zeros)", ORANGE, 0),
-        ("Relative fidelity error ‖Y−X‖/‖X‖", BLUE, 1),
-        ("Orthogonality defect (right axis)", GREEN, 2),
-    ];
     let (key, gap, pad) = (px(30.0), px(28.0), px(8.0));
     let mut widths = Vec::new();
-    for (text, _, _) in &entries {
+    for (text, _, _) in entries {
         let (w, _) = strip.estimate_text_size(text, &style)?;
         widths.push(w as i32);
     }
-    let total: i32 = widths.iter().map(|w| key + pad + w).sum::<i32>() + gap * 2;
+    let total: i32 =
+        widths.iter().map(|w| key + pad + w).sum::<i32>() + gap * (entries.len() as i32 - 1);
     let (sw, sh) = strip.dim_in_pixel();
     let mut x = (sw as i32 - total).max(0) / 2;
     let y = sh as i32 / 2;

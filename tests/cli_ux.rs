@@ -475,3 +475,46 @@ fn help_has_examples_and_exit_codes_for_every_subcommand() {
     let o = bin().arg("no-such-command").output().unwrap();
     assert_eq!(o.status.code(), Some(2));
 }
+
+#[test]
+fn gpu_sweep_matches_gpu_runs() {
+    if gpu_or_skip("gpu_sweep_matches_gpu_runs").is_none() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (y0, x0) = problem(dir.path());
+    let gpu = ["--backend", "gpu", "--precision", "f32", "--max-iter", "30"];
+    let sweep_dir = dir.path().join("sweep");
+    let o = bin()
+        .args(["sweep", "--quiet", "--y0"])
+        .arg(&y0)
+        .arg("--x0")
+        .arg(&x0)
+        .args(["--ws", "0.3,0.7"])
+        .args(gpu)
+        .arg("--out-dir")
+        .arg(&sweep_dir)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", show(&o));
+    for w in ["0.3", "0.7"] {
+        let y_run = dir.path().join(format!("run-{w}.npy"));
+        let o = bin()
+            .args(["run", "--quiet", "--y0"])
+            .arg(&y0)
+            .arg("--x0")
+            .arg(&x0)
+            .args(["--w", w])
+            .args(gpu)
+            .arg("--out")
+            .arg(&y_run)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", show(&o));
+        assert_eq!(
+            std::fs::read(sweep_dir.join(format!("Y_w{w}.npy"))).unwrap(),
+            std::fs::read(&y_run).unwrap(),
+            "the GPU sweep's Y at w = {w} differs from the GPU run's"
+        );
+    }
+}
