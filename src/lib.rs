@@ -47,6 +47,8 @@ pub mod lr_estimate;
 mod on_backend;
 pub mod optim;
 mod params;
+#[cfg(feature = "plot")]
+pub mod plot;
 mod result;
 mod retract;
 pub mod rng;

@@ -1,8 +1,8 @@
 //! `nsa-flow`: the command-line tool.
 //!
 //! Exit codes: 0 success, 1 bad input or failed computation (message on stderr, no output
-//! file written) or, for `run --verify` and `autograd --verify`, CPU and GPU runs that disagree, 2 command-line usage
-//! error.
+//! file written) or, for `run --verify` and `autograd --verify`, CPU and GPU runs that
+//! disagree, 2 command-line usage error (`nsa-flow --help` says the same).
 
 use clap::error::ErrorKind;
 use clap::{Args, CommandFactory, Parser, Subcommand};
@@ -22,11 +22,37 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Instant;
 
+/// The exit codes, shown at the end of every --help.
+const EXIT_CODES: &str = "\
+Exit codes:
+  0  success
+  1  failure: bad input, a failed computation, or (run/autograd --verify) CPU and GPU runs that
+     disagree; the message is on stderr and no output file is written (--verify excepted)
+  2  usage error: an unknown or malformed flag or value, or conflicting flags";
+
 #[derive(Parser)]
 #[command(
     name = "nsa-flow",
     version,
-    about = "NSA-Flow: non-negative, nearly orthogonal approximation of a p×k matrix"
+    about = "NSA-Flow: non-negative, nearly orthogonal approximation of a p×k matrix",
+    long_about = "NSA-Flow: non-negative, nearly orthogonal approximation of a p×k matrix.\n\n\
+        Finds a non-negative Y close to a target X0 whose columns are nearly orthogonal; the \
+        weight w in [0, 1] trades fidelity (w = 0) against orthogonality (w = 1). Runs on the \
+        CPU or on a GPU (wgpu: Vulkan, Metal, DX12). `nsa-flow <command> --help` shows a \
+        command's flags and examples.",
+    after_help = EXIT_CODES,
+    after_long_help = concat!(
+        "Examples:\n",
+        "  nsa-flow run --y0 Y0.npy --x0 X0.npy --w 0.5 --out Y.npy --plot trace.svg\n",
+        "  nsa-flow sweep --y0 Y0.npy --ws 0.1,0.5,0.9 --out-dir sweep/\n",
+        "  nsa-flow autograd --y0 Y0.npy --w 0.5 --optimizer adam --out Y.npy\n",
+        "  nsa-flow info\n\n",
+        "Exit codes:\n",
+        "  0  success\n",
+        "  1  failure: bad input, a failed computation, or (run/autograd --verify) CPU and GPU runs that\n",
+        "     disagree; the message is on stderr and no output file is written (--verify excepted)\n",
+        "  2  usage error: an unknown or malformed flag or value, or conflicting flags"
+    )
 )]
 struct Cli {
     #[command(subcommand)]
@@ -37,11 +63,67 @@ struct Cli {
 enum Command {
     /// Run NSA-Flow from Y0 towards X0 and write the best Y.
     ///
-    /// Example: nsa-flow run --y0 Y0.npy --x0 X0.npy --w 0.8 --out Y.npy --summary s.json
+    /// On a terminal, a run that lasts over a second shows a progress bar on stderr
+    /// (iteration, energy, orthogonality defect, iterations per second); --verbose prints one
+    /// plain line per iteration instead, --quiet nothing. The final line goes to stdout.
+    #[command(
+        after_help = EXIT_CODES,
+        after_long_help = concat!(
+            "Examples:\n",
+            "  nsa-flow run --y0 Y0.npy --x0 X0.npy --w 0.8 --out Y.npy --summary s.json\n",
+            "  nsa-flow run --y0 Y0.npy --w 0.5 --out Y.csv --trace t.csv --plot trace.svg\n",
+            "  nsa-flow run --y0 Y0.npy --x0 X0.npy --backend gpu --precision f32 --out Y.npy --plot trace.png\n",
+            "  nsa-flow run --y0 Y0.npy --x0 X0.npy --mode reference --optimizer sgdp --lr 1e-2 --max-iter 50 --out Y.npy\n\n",
+            "Exit codes: 0 success; 1 failure (message on stderr, nothing written) or, with --verify,\n",
+            "CPU and GPU disagree; 2 usage error."
+        )
+    )]
     Run(Box<RunArgs>),
-    /// Print the invariant orthogonality defect of a matrix.
+    /// Run the flow at several weights w on one input and tabulate and plot the results: the
+    /// figure to choose w with.
     ///
-    /// Example: nsa-flow defect Y.npy [--backend gpu --precision f32]
+    /// Each w runs exactly as `nsa-flow run --w <w>` with the same flags would (its Y is
+    /// identical), in one process: a GPU is opened once for the whole sweep. Writes into
+    /// --out-dir:
+    ///
+    /// - Y_w<w>.npy: the best Y of each w, in the run's precision; <w> is the shortest decimal
+    ///   that reads back as the same number (Y_w0.5.npy, Y_w0.25.npy, Y_w1.npy).
+    ///
+    /// - sweep.csv: one row per w, in the order given, with the columns w, iterations,
+    ///   best_total_energy, fidelity, defect, sparsity.
+    ///
+    /// - sweep.svg: sparsity and fidelity (left axis) and defect (right axis, log scale)
+    ///   against w.
+    ///
+    /// The columns: iterations run; best_total_energy, the energy of Y in the mode's own
+    /// scaling (nan when a reference run accepted no step); fidelity, the relative fidelity
+    /// error ‖Y − X‖_F / ‖X‖_F against the target X the flow fitted (X0 after the
+    /// non-negativity projection, or Y0's non-negative part without --x0), so 0 is a perfect
+    /// fit; defect, the invariant orthogonality defect of Y (0 = orthogonal columns); sparsity,
+    /// the fraction of entries of Y that are exactly 0.
+    ///
+    /// Nothing is written unless every w succeeds.
+    #[command(
+        after_help = EXIT_CODES,
+        after_long_help = concat!(
+            "Examples:\n",
+            "  nsa-flow sweep --y0 Y0.npy --x0 X0.npy --ws 0.1,0.5,0.9 --out-dir sweep/\n",
+            "  nsa-flow sweep --y0 loadings.npy --ws 0.05,0.25,0.5,0.75,0.95 --backend gpu --out-dir golub-sweep/\n\n",
+            "Exit codes: 0 success; 1 failure (message on stderr, nothing written); 2 usage error\n",
+            "(including a bad --ws: empty, not a number, outside [0, 1], or repeated)."
+        )
+    )]
+    Sweep(Box<SweepArgs>),
+    /// Print the invariant orthogonality defect of a matrix.
+    #[command(
+        after_help = EXIT_CODES,
+        after_long_help = concat!(
+            "Examples:\n",
+            "  nsa-flow defect Y.npy\n",
+            "  nsa-flow defect Y.npy --backend gpu --precision f32\n\n",
+            "Exit codes: 0 success; 1 failure (message on stderr); 2 usage error."
+        )
+    )]
     Defect {
         /// The matrix (.npy or .csv).
         input: PathBuf,
@@ -59,15 +141,27 @@ enum Command {
     /// that traffic at the bandwidth a plain copy achieves on the same device (a copy kernel of
     /// min(256 MiB, max_storage_buffer_binding_size) on a GPU; a parallel copy of a 256 MiB
     /// buffer on the host), and the ratio measured/bound says how far an iteration is from it.
-    ///
-    /// Example: nsa-flow bench --p 100000 --k 32 --backend gpu --precision f32 --iters 20
+    #[command(
+        after_help = EXIT_CODES,
+        after_long_help = concat!(
+            "Examples:\n",
+            "  nsa-flow bench --p 100000 --k 32 --backend gpu --precision f32 --iters 20\n",
+            "  nsa-flow bench --p 5000 --k 20 --mode corrected --json\n\n",
+            "Exit codes: 0 success; 1 failure (message on stderr); 2 usage error."
+        )
+    )]
     Bench(BenchArgs),
     /// List the GPU adapters (best first), their limits and features, and which one
     /// `--backend auto` and `--backend gpu` would use.
     ///
     /// Always exits 0: it is informational, also when there is no adapter.
-    ///
-    /// Example: nsa-flow info --json
+    #[command(after_long_help = concat!(
+        "Examples:\n",
+        "  nsa-flow info\n",
+        "  nsa-flow info --json\n",
+        "  NSA_FLOW_ADAPTER=llvmpipe nsa-flow info\n\n",
+        "Exit codes: 0 always (2 for a usage error)."
+    ))]
     Info {
         /// Print JSON instead of text.
         #[arg(long)]
@@ -76,23 +170,50 @@ enum Command {
     /// Differentiable NSA-Flow (nsa_flow_autograd): minimise E(nonneg(R_w(Z))) over Z with an
     /// optimizer, the gradient by the exact backward through the retraction.
     ///
-    /// Example: nsa-flow autograd --y0 Y0.npy --x0 X0.npy --w 0.5 --optimizer adam --lr 1e-2
-    /// --fidelity-type basic --orth-type scale_invariant --out Y.npy --trace t.csv
+    /// Progress, --verbose and --quiet behave as for `run`.
+    #[command(
+        after_help = EXIT_CODES,
+        after_long_help = concat!(
+            "Examples:\n",
+            "  nsa-flow autograd --y0 Y0.npy --x0 X0.npy --w 0.5 --out Y.npy\n",
+            "  nsa-flow autograd --y0 Y0.npy --x0 X0.npy --w 0.5 --optimizer adam --lr 1e-2 \\\n",
+            "      --fidelity-type basic --orth-type scale_invariant --out Y.npy --trace t.csv --plot t.svg\n",
+            "  nsa-flow autograd --y0 Y0.npy --w 0.9 --lr-strategy armijo --backend gpu --out Y.npy\n\n",
+            "Exit codes: 0 success; 1 failure (message on stderr, nothing written) or, with --verify,\n",
+            "CPU and GPU disagree; 2 usage error."
+        )
+    )]
     Autograd(Box<AutogradArgs>),
     /// Apply the retraction (nsa_flow_retract_auto) once.
-    ///
-    /// Example: nsa-flow retract Y.npy --w 0.5 --inv-sqrt ns --ns-iter 10 --out R.npy
+    #[command(
+        after_help = EXIT_CODES,
+        after_long_help = concat!(
+            "Examples:\n",
+            "  nsa-flow retract Y.npy --w 0.5 --out R.npy\n",
+            "  nsa-flow retract Y.npy --w 0.5 --inv-sqrt ns --ns-iter 10 --out R.npy\n",
+            "  nsa-flow retract Y.npy --retraction polar --mode corrected --backend gpu --out R.csv\n\n",
+            "Exit codes: 0 success; 1 failure (message on stderr, nothing written); 2 usage error."
+        )
+    )]
     Retract(RetractArgs),
     /// Print the optimizer registry (the reference's get_torch_optimizer names), one name per
-    /// line. Every name but padam (which the reference cannot construct) is accepted by
-    /// `--optimizer`, as is "fast", the default plain gradient step.
+    /// line.
     ///
-    /// Example: nsa-flow optimizers
+    /// Every name but padam (which the reference cannot construct) is accepted by
+    /// `--optimizer`, as is "fast", the default plain gradient step of `run`.
+    #[command(after_long_help = concat!(
+        "Examples:\n",
+        "  nsa-flow optimizers\n",
+        "  for o in $(nsa-flow optimizers | grep -v padam); do\n",
+        "      nsa-flow run --y0 Y0.npy --optimizer \"$o\" --out \"Y_$o.npy\" --quiet; done\n\n",
+        "Exit codes: 0 always (2 for a usage error)."
+    ))]
     Optimizers,
 }
 
+/// The flags `run` and `sweep` share: the input and every setting of the flow but `w`.
 #[derive(Args)]
-struct RunArgs {
+struct FlowArgs {
     /// Start matrix Y0 (p×k, .npy or .csv).
     #[arg(long)]
     y0: PathBuf,
@@ -100,9 +221,6 @@ struct RunArgs {
     /// perturbation of Y0 drawn with --seed.
     #[arg(long)]
     x0: Option<PathBuf>,
-    /// Weight in [0, 1]: 0 = fidelity only, 1 = orthogonality only.
-    #[arg(long, default_value_t = 0.5)]
-    w: f64,
     /// soft_polar | polar | none.
     #[arg(long, default_value = "soft_polar")]
     retraction: String,
@@ -149,15 +267,6 @@ struct RunArgs {
     /// error with --backend cpu.
     #[arg(long)]
     adapter: Option<String>,
-    /// Run the same problem on the CPU and on the GPU (--adapter is honoured, --backend must
-    /// not be cpu), print how they compare, and exit 0 when they agree (same iteration count,
-    /// same best iteration, Y within 1e-8 relative in f64 or 1e-3 in f32), 1 when not.
-    ///
-    /// --out, --trace and --summary are optional here; those given are written from the GPU
-    /// run, also when the runs disagree (so the disagreement can be inspected), and the summary
-    /// gets a "verify" section. An error in either run writes nothing (exit 1).
-    #[arg(long, conflicts_with = "verbose")]
-    verify: bool,
     /// Seed of the X0 = None perturbation.
     #[arg(long, default_value_t = 42)]
     seed: u64,
@@ -165,23 +274,91 @@ struct RunArgs {
     /// reference run).
     #[arg(long)]
     start: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct RunArgs {
+    #[command(flatten)]
+    flow: FlowArgs,
+    /// Weight in [0, 1]: 0 = fidelity only, 1 = orthogonality only.
+    #[arg(long, default_value_t = 0.5)]
+    w: f64,
+    /// Run the same problem on the CPU and on the GPU (--adapter is honoured, --backend must
+    /// not be cpu), print how they compare, and exit 0 when they agree (same iteration count,
+    /// same best iteration, Y within 1e-8 relative in f64 or 1e-3 in f32), 1 when not.
+    ///
+    /// --out, --trace, --plot and --summary are optional here; those given are written from
+    /// the GPU run, also when the runs disagree (so the disagreement can be inspected), and
+    /// the summary gets a "verify" section. An error in either run writes nothing (exit 1).
+    #[arg(long, conflicts_with = "verbose")]
+    verify: bool,
     /// Output: the best Y (.npy in the run's precision, or .csv). Required unless --verify.
     #[arg(long, required_unless_present = "verify")]
     out: Option<PathBuf>,
     /// Trace output (.csv with header iter,time,fidelity,orthogonality,total_energy, or .json).
     #[arg(long)]
     trace: Option<PathBuf>,
+    /// Trace figure (.svg or .png), what the reference's plot_nsa_trace draws: the fidelity
+    /// term (left axis) and the orthogonality defect (right axis) of each recorded
+    /// iteration, titled with the retraction and w.
+    #[arg(long)]
+    plot: Option<PathBuf>,
     /// Summary output (.json). Besides the run's statistics it holds "readbacks" (device
     /// round trips; null on the CPU) and "adapter" ({name, api, device_type, software}; null on
     /// the CPU).
     #[arg(long)]
     summary: Option<PathBuf>,
-    /// Print one line per iteration (what the reference's verbose=True printed).
+    /// Print one line per iteration on stderr (what the reference's verbose=True printed)
+    /// instead of the progress bar.
+    #[arg(long, short)]
+    verbose: bool,
+    /// Print nothing on success (no progress bar, no final line).
+    #[arg(long, short, conflicts_with = "verbose")]
+    quiet: bool,
+}
+
+#[derive(Args)]
+struct SweepArgs {
+    #[command(flatten)]
+    flow: FlowArgs,
+    /// The weights to run, comma-separated, each in [0, 1], no duplicates: e.g.
+    /// 0.1,0.25,0.5,0.75,0.9.
+    #[arg(long, value_parser = parse_ws, allow_hyphen_values = true)]
+    ws: WeightList,
+    /// Output folder (created if missing): Y_w<w>.npy per w, sweep.csv and sweep.svg.
+    #[arg(long)]
+    out_dir: PathBuf,
+    /// Print one line per iteration on stderr, prefixed with w, instead of the progress bar.
     #[arg(long, short)]
     verbose: bool,
     /// Print nothing on success.
     #[arg(long, short, conflicts_with = "verbose")]
     quiet: bool,
+}
+
+/// The `--ws` of `sweep`: finite, in [0, 1], distinct, at least one.
+#[derive(Clone, Debug)]
+struct WeightList(Vec<f64>);
+
+fn parse_ws(s: &str) -> Result<WeightList, String> {
+    let mut ws: Vec<f64> = Vec::new();
+    for item in s.split(',') {
+        let t = item.trim();
+        if t.is_empty() {
+            return Err(format!(
+                "'{s}' has an empty entry: give comma-separated weights, e.g. 0.1,0.5,0.9"
+            ));
+        }
+        let w: f64 = t.parse().map_err(|_| format!("'{t}' is not a number"))?;
+        if !w.is_finite() || !(0.0..=1.0).contains(&w) {
+            return Err(format!("w = {t} is outside [0, 1]"));
+        }
+        if ws.contains(&w) {
+            return Err(format!("w = {t} is given twice"));
+        }
+        ws.push(w);
+    }
+    Ok(WeightList(ws))
 }
 
 #[derive(Args)]
@@ -270,13 +447,17 @@ struct AutogradArgs {
     /// autograd traces record it).
     #[arg(long)]
     trace: Option<PathBuf>,
+    /// Trace figure (.svg or .png): the fidelity and orthogonality terms of each recorded
+    /// iteration on two y-axes, titled with the retraction and w (as for `run`).
+    #[arg(long)]
+    plot: Option<PathBuf>,
     /// Summary output (.json).
     #[arg(long)]
     summary: Option<PathBuf>,
-    /// Print one line per iteration.
+    /// Print one line per iteration on stderr instead of the progress bar.
     #[arg(long, short)]
     verbose: bool,
-    /// Print nothing on success.
+    /// Print nothing on success (no progress bar, no final line).
     #[arg(long, short, conflicts_with = "verbose")]
     quiet: bool,
 }
@@ -396,6 +577,29 @@ fn dtype_of(p: Precision) -> NpyDtype {
 enum Output {
     Matrix(PathBuf, DMatrix<f64>, NpyDtype),
     Text(PathBuf, String),
+    /// An encoded file (a figure).
+    Bytes(PathBuf, Vec<u8>),
+}
+
+/// Writes `bytes` to a temporary file beside `path`, then renames it into place.
+fn write_bytes(path: &Path, bytes: &[u8]) -> Result<(), NsaError> {
+    use std::io::Write;
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(".tmp");
+    let tmp = path.with_file_name(name);
+    let res = (|| {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)
+    })();
+    res.map_err(|source| {
+        let _ = std::fs::remove_file(&tmp);
+        NsaError::Io {
+            path: path.to_path_buf(),
+            source,
+        }
+    })
 }
 
 fn write_all(outputs: Vec<Output>) -> Result<(), NsaError> {
@@ -408,6 +612,10 @@ fn write_all(outputs: Vec<Output>) -> Result<(), NsaError> {
             }
             Output::Text(p, t) => {
                 let r = write_text(&p, &t);
+                (p, r)
+            }
+            Output::Bytes(p, b) => {
+                let r = write_bytes(&p, &b);
                 (p, r)
             }
         };
@@ -469,6 +677,17 @@ fn trace_rows_text(path: &Path, traces: &[nsa_flow::TraceRow]) -> Result<String,
             reason: format!("{}: the extension must be .csv or .json", path.display()),
         })
     }
+}
+
+/// The trace figure for `path` (its extension picks SVG or PNG), in memory.
+fn render_trace_file(
+    path: &Path,
+    traces: &[nsa_flow::TraceRow],
+    retraction: &str,
+    w: f64,
+) -> Result<Vec<u8>, NsaError> {
+    let format = nsa_flow::plot::ImageFormat::from_path(path)?;
+    nsa_flow::plot::render_trace(traces, retraction, w, format)
 }
 
 /// The adapter a GPU run used, for summaries: name, graphics API, device type, software or not.
@@ -543,17 +762,185 @@ fn adapter_of_run(res: &NsaResult) -> Option<AdapterSummary> {
         .find(|a| res.backend == format!("gpu-{} ({})", res.precision, a.label()))
 }
 
-fn cmd_run(a: RunArgs) -> Result<ExitCode, NsaError> {
-    let backend: BackendChoice = a.backend.parse()?;
-    if backend == BackendChoice::Cpu && a.adapter.is_some() {
+/// The flow's parameters from the shared flags and `w`; `sub` names the subcommand for
+/// usage errors.
+fn flow_params(f: &FlowArgs, w: f64, sub: &str) -> Result<Params, NsaError> {
+    let backend: BackendChoice = f.backend.parse()?;
+    if backend == BackendChoice::Cpu && f.adapter.is_some() {
         usage_error(
-            "run",
+            sub,
             ErrorKind::ArgumentConflict,
             "--adapter names a GPU adapter, but --backend cpu runs on the CPU; drop one of them"
                 .into(),
         );
     }
-    if a.verify && backend == BackendChoice::Cpu {
+    let params = Params {
+        w,
+        retraction: f.retraction.parse()?,
+        max_iter: f.max_iter,
+        tol: f.tol,
+        seed: f.seed,
+        nonneg: f.nonneg.parse::<NonNeg>()?,
+        optimizer: f.optimizer.parse::<OptimizerKind>()?,
+        learning_rate: f.lr.parse::<LearningRate>()?,
+        record_every: f.record_every,
+        window_size: f.window_size,
+        simplified: f.simplified,
+        project_full_gradient: f.project_full_gradient,
+        precision: f.precision.parse::<Precision>()?,
+        mode: f.mode.parse::<Mode>()?,
+        backend,
+        gpu_adapter: f.adapter.clone(),
+        perturbed_start: None,
+    };
+    params.validate()?;
+    Ok(params)
+}
+
+/// Reads Y0, X0 and the replayed start named by the shared flags.
+fn read_inputs(
+    f: &FlowArgs,
+    params: &mut Params,
+) -> Result<(DMatrix<f64>, Option<DMatrix<f64>>), NsaError> {
+    let y0 = read_matrix(&f.y0)?;
+    let x0 = f.x0.as_ref().map(read_matrix).transpose()?;
+    if let Some(s) = &f.start {
+        params.perturbed_start = Some(read_matrix(s)?);
+    }
+    Ok((y0, x0))
+}
+
+/// One flow run, as `nsa_flow_with_callback` does it but keeping hold of the adapter: on the
+/// GPU that `params` selects (its context is the process-wide shared one, so a sweep opens
+/// the device once), else on the CPU.
+fn solve_flow<F: FnMut(&nsa_flow::IterInfo) -> Control>(
+    params: &Params,
+    y0: &DMatrix<f64>,
+    x0: Option<&DMatrix<f64>>,
+    callback: &mut F,
+) -> Result<(NsaResult, Option<AdapterSummary>), NsaError> {
+    Ok(match nsa_flow::flow::gpu_backend_for(params)? {
+        Some(mut be) => {
+            let adapter = be.context().adapter().clone();
+            let res = nsa_flow::flow::solve(&mut be, y0, x0, params, callback)?;
+            (res, Some(adapter))
+        }
+        None => {
+            let res = match params.precision {
+                Precision::F64 => {
+                    nsa_flow::flow::solve(&mut CpuBackend::<f64>::new(), y0, x0, params, callback)?
+                }
+                Precision::F32 => {
+                    nsa_flow::flow::solve(&mut CpuBackend::<f32>::new(), y0, x0, params, callback)?
+                }
+            };
+            (res, None)
+        }
+    })
+}
+
+/// The progress bar of `run`, `autograd` and `sweep` on stderr: iteration, energy,
+/// orthogonality, rate. Drawn only when stderr is a terminal, the command is neither
+/// --quiet nor --verbose, and it has already lasted a second (short runs never show it).
+struct Progress {
+    bar: Option<indicatif::ProgressBar>,
+    started: Instant,
+    shown: bool,
+    last_msg: Option<Instant>,
+}
+
+/// How long a command runs before its progress bar appears.
+const PROGRESS_DELAY: std::time::Duration = std::time::Duration::from_secs(1);
+
+impl Progress {
+    fn new(enabled: bool) -> Self {
+        use std::io::IsTerminal;
+        let bar = (enabled && std::io::stderr().is_terminal()).then(|| {
+            let bar = indicatif::ProgressBar::with_draw_target(
+                None,
+                indicatif::ProgressDrawTarget::hidden(),
+            );
+            bar.set_style(
+                indicatif::ProgressStyle::with_template(
+                    "{prefix}[{elapsed}] {bar:16.cyan/blue} {pos}/{len} it  {msg}",
+                )
+                .expect("a valid template")
+                .progress_chars("=> "),
+            );
+            bar
+        });
+        Progress {
+            bar,
+            started: Instant::now(),
+            shown: false,
+            last_msg: None,
+        }
+    }
+
+    /// Starts a run of at most `len` iterations, labelled `prefix`.
+    fn start_run(&mut self, len: usize, prefix: String) {
+        if let Some(bar) = &self.bar {
+            bar.reset();
+            bar.set_length(len as u64);
+            bar.set_prefix(prefix);
+            bar.set_message("");
+            self.last_msg = None;
+        }
+    }
+
+    fn update(&mut self, i: &nsa_flow::IterInfo, orth_name: &str) {
+        let Some(bar) = &self.bar else { return };
+        if !self.shown {
+            if self.started.elapsed() < PROGRESS_DELAY {
+                bar.set_position(i.iter as u64);
+                return;
+            }
+            bar.set_draw_target(indicatif::ProgressDrawTarget::stderr());
+            self.shown = true;
+        }
+        // formatting the message is cheap, but not free at thousands of iterations a second
+        if self
+            .last_msg
+            .is_none_or(|t| t.elapsed() >= std::time::Duration::from_millis(50))
+        {
+            bar.set_message(format!(
+                "E {:.4e}  {orth_name} {:.2e}  {:.0} it/s",
+                i.total_energy,
+                i.orthogonality,
+                bar.per_sec()
+            ));
+            self.last_msg = Some(Instant::now());
+        }
+        bar.set_position(i.iter as u64);
+    }
+
+    /// Runs `f` (which prints on stdout) with the bar out of the way.
+    fn suspend(&self, f: impl FnOnce()) {
+        match &self.bar {
+            Some(bar) if self.shown => bar.suspend(f),
+            _ => f(),
+        }
+    }
+
+    /// Removes the bar (the final summary line takes its place).
+    fn finish(&self) {
+        if let Some(bar) = &self.bar {
+            bar.finish_and_clear();
+        }
+    }
+}
+
+/// The plain line `--verbose` prints per iteration of `run` and `sweep`.
+fn verbose_flow_line(prefix: &str, i: &nsa_flow::IterInfo) {
+    eprintln!(
+        "{prefix}iter {:5}  total_energy {:.8e}  fidelity {:.6e}  orthogonality {:.6e}  lr {:.3e}  backtracks {}",
+        i.iter, i.total_energy, i.fidelity, i.orthogonality, i.learning_rate, i.backtracks
+    );
+}
+
+fn cmd_run(a: RunArgs) -> Result<ExitCode, NsaError> {
+    let mut params = flow_params(&a.flow, a.w, "run")?;
+    if a.verify && params.backend == BackendChoice::Cpu {
         usage_error(
             "run",
             ErrorKind::ArgumentConflict,
@@ -561,26 +948,6 @@ fn cmd_run(a: RunArgs) -> Result<ExitCode, NsaError> {
                 .into(),
         );
     }
-    let params = Params {
-        w: a.w,
-        retraction: a.retraction.parse()?,
-        max_iter: a.max_iter,
-        tol: a.tol,
-        seed: a.seed,
-        nonneg: a.nonneg.parse::<NonNeg>()?,
-        optimizer: a.optimizer.parse::<OptimizerKind>()?,
-        learning_rate: a.lr.parse::<LearningRate>()?,
-        record_every: a.record_every,
-        window_size: a.window_size,
-        simplified: a.simplified,
-        project_full_gradient: a.project_full_gradient,
-        precision: a.precision.parse::<Precision>()?,
-        mode: a.mode.parse::<Mode>()?,
-        backend,
-        gpu_adapter: a.adapter.clone(),
-        perturbed_start: None,
-    };
-    params.validate()?;
     // check output names before the work, so a typo does not cost a long run
     if let Some(o) = &a.out {
         check_ext("--out", o, &["npy", "csv"])?;
@@ -588,55 +955,29 @@ fn cmd_run(a: RunArgs) -> Result<ExitCode, NsaError> {
     if let Some(t) = &a.trace {
         check_ext("--trace", t, &["csv", "json"])?;
     }
+    if let Some(p) = &a.plot {
+        check_ext("--plot", p, &["svg", "png"])?;
+    }
     if let Some(p) = &a.summary {
         check_ext("--summary", p, &["json"])?;
     }
-    let y0 = read_matrix(&a.y0)?;
-    let x0 = a.x0.as_ref().map(read_matrix).transpose()?;
-    let mut params = params;
-    if let Some(s) = &a.start {
-        params.perturbed_start = Some(read_matrix(s)?);
-    }
+    let (y0, x0) = read_inputs(&a.flow, &mut params)?;
     if a.verify {
         return run_verify(&a, &y0, x0.as_ref(), &params);
     }
     let verbose = a.verbose;
+    let mut progress = Progress::new(!a.quiet && !verbose);
+    progress.start_run(params.max_iter, String::new());
     let mut callback = |i: &nsa_flow::IterInfo| {
         if verbose {
-            eprintln!(
-                "iter {:5}  total_energy {:.8e}  fidelity {:.6e}  orthogonality {:.6e}  lr {:.3e}  backtracks {}",
-                i.iter, i.total_energy, i.fidelity, i.orthogonality, i.learning_rate, i.backtracks
-            );
+            verbose_flow_line("", i);
         }
+        progress.update(i, "defect");
         Control::Continue
     };
-    // the library's nsa_flow_with_callback, spelled out to keep hold of the adapter
-    let (res, adapter) = match nsa_flow::flow::gpu_backend_for(&params)? {
-        Some(mut be) => {
-            let adapter = be.context().adapter().clone();
-            let res = nsa_flow::flow::solve(&mut be, &y0, x0.as_ref(), &params, &mut callback)?;
-            (res, Some(adapter))
-        }
-        None => {
-            let res = match params.precision {
-                Precision::F64 => nsa_flow::flow::solve(
-                    &mut CpuBackend::<f64>::new(),
-                    &y0,
-                    x0.as_ref(),
-                    &params,
-                    &mut callback,
-                )?,
-                Precision::F32 => nsa_flow::flow::solve(
-                    &mut CpuBackend::<f32>::new(),
-                    &y0,
-                    x0.as_ref(),
-                    &params,
-                    &mut callback,
-                )?,
-            };
-            (res, None)
-        }
-    };
+    let solved = solve_flow(&params, &y0, x0.as_ref(), &mut callback);
+    progress.finish();
+    let (res, adapter) = solved?;
     let summary = summary_value(&res, &params, adapter.as_ref());
     write_all(outputs_of(&a, &res, &params, summary)?)?;
     if !a.quiet {
@@ -652,6 +993,128 @@ fn cmd_run(a: RunArgs) -> Result<ExitCode, NsaError> {
             res.seconds,
             res.backend,
             readbacks_note(&res),
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `‖Y − T‖_F / ‖T‖_F`: the relative fidelity error of `y` against the target `t` the flow
+/// fitted (X0 after the non-negativity projection, or the self-target).
+fn relative_fidelity_error(y: &DMatrix<f64>, t: &DMatrix<f64>) -> f64 {
+    (y - t).norm() / t.norm().max(f64::MIN_POSITIVE)
+}
+
+/// A CSV field: `{:?}` round-trips an f64 exactly.
+fn csv_f64(v: f64) -> String {
+    if v.is_nan() {
+        "nan".into()
+    } else {
+        format!("{v:?}")
+    }
+}
+
+fn cmd_sweep(a: SweepArgs) -> Result<ExitCode, NsaError> {
+    let ws = a.ws.0.clone();
+    let mut params = flow_params(&a.flow, ws[0], "sweep")?;
+    for &w in &ws {
+        Params {
+            w,
+            ..params.clone()
+        }
+        .validate()?;
+    }
+    if a.out_dir.exists() && !a.out_dir.is_dir() {
+        return Err(NsaError::InvalidParameter {
+            name: "--out-dir",
+            reason: format!("{} exists and is not a folder", a.out_dir.display()),
+        });
+    }
+    let (y0, x0) = read_inputs(&a.flow, &mut params)?;
+    let verbose = a.verbose;
+    let mut progress = Progress::new(!a.quiet && !verbose);
+    let mut outputs = Vec::new();
+    let mut points = Vec::new();
+    let mut csv = String::from("w,iterations,best_total_energy,fidelity,defect,sparsity\n");
+    let mut backend_name = String::new();
+    for (n, &w) in ws.iter().enumerate() {
+        let run_params = Params {
+            w,
+            ..params.clone()
+        };
+        let tag = nsa_flow::plot::fmt_w(w);
+        progress.start_run(
+            params.max_iter,
+            format!("w {tag} ({}/{}) ", n + 1, ws.len()),
+        );
+        let prefix = format!("w {tag}  ");
+        let mut callback = |i: &nsa_flow::IterInfo| {
+            if verbose {
+                verbose_flow_line(&prefix, i);
+            }
+            progress.update(i, "defect");
+            Control::Continue
+        };
+        let solved = solve_flow(&run_params, &y0, x0.as_ref(), &mut callback);
+        if solved.is_err() {
+            progress.finish();
+            eprintln!("sweep: the run at w = {tag} failed; nothing was written");
+        }
+        let (res, _) = solved?;
+        let point = nsa_flow::plot::SweepPoint {
+            w,
+            fidelity: relative_fidelity_error(&res.y, &res.target),
+            defect: res.defect(),
+            sparsity: res.sparsity(),
+        };
+        csv.push_str(&format!(
+            "{},{},{},{},{},{}\n",
+            tag,
+            res.iterations,
+            res.best_total_energy.map_or("nan".into(), csv_f64),
+            csv_f64(point.fidelity),
+            csv_f64(point.defect),
+            csv_f64(point.sparsity)
+        ));
+        if !a.quiet {
+            let row = format!(
+                "w {tag:<6} {:>6} iterations ({}), fidelity error {:.4e}, defect {:.4e}, sparsity {:.3}, {:.3} s",
+                res.iterations, res.stop_reason, point.fidelity, point.defect, point.sparsity, res.seconds
+            );
+            progress.suspend(|| println!("{row}"));
+        }
+        backend_name = res.backend.clone();
+        outputs.push(Output::Matrix(
+            a.out_dir.join(format!("Y_w{tag}.npy")),
+            res.y,
+            dtype_of(params.precision),
+        ));
+        points.push(point);
+    }
+    progress.finish();
+    let mut sorted = points.clone();
+    sorted.sort_by(|p, q| p.w.total_cmp(&q.w));
+    let subtitle = format!(
+        "{}×{}, {} retraction, {} mode, {}",
+        y0.nrows(),
+        y0.ncols(),
+        params.retraction.as_str(),
+        params.mode.as_str(),
+        params.precision.as_str()
+    );
+    let svg = nsa_flow::plot::render_sweep(&sorted, &subtitle, nsa_flow::plot::ImageFormat::Svg)?;
+    outputs.push(Output::Text(a.out_dir.join("sweep.csv"), csv));
+    outputs.push(Output::Bytes(a.out_dir.join("sweep.svg"), svg));
+    std::fs::create_dir_all(&a.out_dir).map_err(|source| NsaError::Io {
+        path: a.out_dir.clone(),
+        source,
+    })?;
+    write_all(outputs)?;
+    if !a.quiet {
+        println!(
+            "wrote {} Y_w<w>.npy, sweep.csv and sweep.svg to {} ({})",
+            ws.len(),
+            a.out_dir.display(),
+            backend_name
         );
     }
     Ok(ExitCode::SUCCESS)
@@ -703,7 +1166,9 @@ fn autograd_on(
     y0: &DMatrix<f64>,
     x0: Option<&DMatrix<f64>>,
     verbose: bool,
+    progress: &mut Progress,
 ) -> Result<(AutogradResult, Option<AdapterSummary>), NsaError> {
+    progress.start_run(params.max_iter, String::new());
     let mut callback = |i: &nsa_flow::IterInfo| {
         if verbose {
             eprintln!(
@@ -711,6 +1176,7 @@ fn autograd_on(
                 i.iter, i.total_energy, i.fidelity, i.orthogonality, i.stationarity
             );
         }
+        progress.update(i, "orth");
         Control::Continue
     };
     let flow_params = Params {
@@ -719,26 +1185,38 @@ fn autograd_on(
         precision: params.precision,
         ..Params::default()
     };
-    Ok(match nsa_flow::flow::gpu_backend_for(&flow_params)? {
-        Some(mut be) => {
-            let adapter = be.context().adapter().clone();
-            (
-                solve_autograd(&mut be, y0, x0, params, &mut callback)?,
-                Some(adapter),
-            )
-        }
-        None => {
-            let res = match params.precision {
-                Precision::F64 => {
-                    solve_autograd(&mut CpuBackend::<f64>::new(), y0, x0, params, &mut callback)?
-                }
-                Precision::F32 => {
-                    solve_autograd(&mut CpuBackend::<f32>::new(), y0, x0, params, &mut callback)?
-                }
-            };
-            (res, None)
-        }
-    })
+    let res = (|| {
+        Ok(match nsa_flow::flow::gpu_backend_for(&flow_params)? {
+            Some(mut be) => {
+                let adapter = be.context().adapter().clone();
+                (
+                    solve_autograd(&mut be, y0, x0, params, &mut callback)?,
+                    Some(adapter),
+                )
+            }
+            None => {
+                let res = match params.precision {
+                    Precision::F64 => solve_autograd(
+                        &mut CpuBackend::<f64>::new(),
+                        y0,
+                        x0,
+                        params,
+                        &mut callback,
+                    )?,
+                    Precision::F32 => solve_autograd(
+                        &mut CpuBackend::<f32>::new(),
+                        y0,
+                        x0,
+                        params,
+                        &mut callback,
+                    )?,
+                };
+                (res, None)
+            }
+        })
+    })();
+    progress.finish();
+    res
 }
 
 fn cmd_autograd(a: AutogradArgs) -> Result<ExitCode, NsaError> {
@@ -819,6 +1297,9 @@ fn cmd_autograd(a: AutogradArgs) -> Result<ExitCode, NsaError> {
     if let Some(t) = &a.trace {
         check_ext("--trace", t, &["csv", "json"])?;
     }
+    if let Some(p) = &a.plot {
+        check_ext("--plot", p, &["svg", "png"])?;
+    }
     if let Some(p) = &a.summary {
         check_ext("--summary", p, &["json"])?;
     }
@@ -834,12 +1315,13 @@ fn cmd_autograd(a: AutogradArgs) -> Result<ExitCode, NsaError> {
             gpu_adapter: None,
             ..params.clone()
         };
-        let (cpu, _) = autograd_on(&cpu_params, &y0, x0.as_ref(), false)?;
+        let mut progress = Progress::new(!a.quiet);
+        let (cpu, _) = autograd_on(&cpu_params, &y0, x0.as_ref(), false, &mut progress)?;
         let gpu_params = AutogradParams {
             backend: BackendChoice::Gpu,
             ..params.clone()
         };
-        let (gpu, adapter) = autograd_on(&gpu_params, &y0, x0.as_ref(), false)?;
+        let (gpu, adapter) = autograd_on(&gpu_params, &y0, x0.as_ref(), false, &mut progress)?;
         let tol = verify_tolerance(params.precision);
         let rel = (&gpu.y - &cpu.y).norm() / cpu.y.norm().max(f64::MIN_POSITIVE);
         let agrees = cpu.iterations == gpu.iterations
@@ -858,7 +1340,8 @@ fn cmd_autograd(a: AutogradArgs) -> Result<ExitCode, NsaError> {
         let v = json!({"agrees": agrees, "y_tol": tol, "y_rel_diff": rel, "cpu": {"backend": cpu.backend, "iterations": cpu.iterations, "best_iteration": cpu.best_iteration, "seconds": cpu.seconds}});
         (gpu, adapter, Some(v))
     } else {
-        let (res, adapter) = autograd_on(&params, &y0, x0.as_ref(), a.verbose)?;
+        let mut progress = Progress::new(!a.quiet && !a.verbose);
+        let (res, adapter) = autograd_on(&params, &y0, x0.as_ref(), a.verbose, &mut progress)?;
         (res, adapter, None)
     };
     let mut summary = autograd_summary(&res, &params, adapter.as_ref());
@@ -875,6 +1358,12 @@ fn cmd_autograd(a: AutogradArgs) -> Result<ExitCode, NsaError> {
     }
     if let Some(t) = &a.trace {
         outputs.push(Output::Text(t.clone(), trace_rows_text(t, &res.traces)?));
+    }
+    if let Some(p) = &a.plot {
+        outputs.push(Output::Bytes(
+            p.clone(),
+            render_trace_file(p, &res.traces, res.retraction.as_str(), params.w)?,
+        ));
     }
     if let Some(s) = &a.summary {
         outputs.push(Output::Text(s.clone(), pretty(&summary)));
@@ -928,6 +1417,12 @@ fn outputs_of(
     }
     if let Some(t) = &a.trace {
         outputs.push(Output::Text(t.clone(), trace_text(t, res)?));
+    }
+    if let Some(p) = &a.plot {
+        outputs.push(Output::Bytes(
+            p.clone(),
+            render_trace_file(p, &res.traces, params.retraction.as_str(), params.w)?,
+        ));
     }
     if let Some(s) = &a.summary {
         outputs.push(Output::Text(s.clone(), pretty(&summary)));
@@ -1422,6 +1917,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let res = match cli.command {
         Command::Run(a) => cmd_run(*a),
+        Command::Sweep(a) => cmd_sweep(*a),
         Command::Defect {
             input,
             backend,
