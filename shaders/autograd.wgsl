@@ -171,41 +171,26 @@ fn syl_init(@builtin(local_invocation_id) lid3: vec3<u32>) {
     }
 }
 
-// P² and P·Q, one entry each per invocation; nothing once converged.
-@compute @workgroup_size(256)
-fn syl_products(@builtin(global_invocation_id) gid: vec3<u32>) {
+// Entry e of P² and P·Q (into off2, off3) from P at cp and Q at cq.
+fn syl_product_entry(e: u32, cp: u32, cq: u32) {
     let k = params.k;
-    let e = gid.x;
-    if (e >= k * k || small[params.slot] != 0.0) {
-        return;
-    }
     let i = e % k;
     let j = e / k;
     var pp: T = 0.0;
     var pq: T = 0.0;
     for (var l = 0u; l < k; l = l + 1u) {
-        let pil = small[params.off0 + i + l * k];
-        pp = pp + pil * small[params.off0 + l + j * k];
-        pq = pq + pil * small[params.off1 + l + j * k];
+        let pil = small[cp + i + l * k];
+        pp = pp + pil * small[cp + l + j * k];
+        pq = pq + pil * small[cq + l + j * k];
     }
     small[params.off2 + e] = pp;
     small[params.off3 + e] = pq;
 }
 
-// P' = ½(3P − P·P²), Q' = ½(3Q − P²·Q + PQ·P − Q·P²), or a copy once converged (so where the
-// result lies does not depend on when the iteration stopped).
-@compute @workgroup_size(256)
-fn syl_update(@builtin(global_invocation_id) gid: vec3<u32>) {
+// Entry e of P' = ½(3P − P·P²) and Q' = ½(3Q − P²·Q + PQ·P − Q·P²) into np, nq; returns
+// P'_e − I_e (for the residual).
+fn syl_update_entry(e: u32, cp: u32, cq: u32, np: u32, nq: u32) -> T {
     let k = params.k;
-    let e = gid.x;
-    if (e >= k * k) {
-        return;
-    }
-    if (small[params.slot] != 0.0) {
-        small[params.src.x + e] = small[params.off0 + e];
-        small[params.src.y + e] = small[params.off1 + e];
-        return;
-    }
     let i = e % k;
     let j = e / k;
     var pp2: T = 0.0;
@@ -213,15 +198,43 @@ fn syl_update(@builtin(global_invocation_id) gid: vec3<u32>) {
     var pqp: T = 0.0;
     var qp2: T = 0.0;
     for (var l = 0u; l < k; l = l + 1u) {
-        let p_lj = small[params.off0 + l + j * k];
+        let p_lj = small[cp + l + j * k];
         let p2_lj = small[params.off2 + l + j * k];
-        pp2 = pp2 + small[params.off0 + i + l * k] * p2_lj;
-        p2q = p2q + small[params.off2 + i + l * k] * small[params.off1 + l + j * k];
+        pp2 = pp2 + small[cp + i + l * k] * p2_lj;
+        p2q = p2q + small[params.off2 + i + l * k] * small[cq + l + j * k];
         pqp = pqp + small[params.off3 + i + l * k] * p_lj;
-        qp2 = qp2 + small[params.off1 + i + l * k] * p2_lj;
+        qp2 = qp2 + small[cq + i + l * k] * p2_lj;
     }
-    small[params.src.x + e] = 0.5 * (3.0 * small[params.off0 + e] - pp2);
-    small[params.src.y + e] = 0.5 * (3.0 * small[params.off1 + e] - p2q + pqp - qp2);
+    let pn = 0.5 * (3.0 * small[cp + e] - pp2);
+    small[np + e] = pn;
+    small[nq + e] = 0.5 * (3.0 * small[cq + e] - p2q + pqp - qp2);
+    return select(pn, pn - 1.0, i == j);
+}
+
+// P² and P·Q, one entry each per invocation; nothing once converged.
+@compute @workgroup_size(256)
+fn syl_products(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let e = gid.x;
+    if (e >= params.k * params.k || small[params.slot] != 0.0) {
+        return;
+    }
+    syl_product_entry(e, params.off0, params.off1);
+}
+
+// P', Q' one entry each per invocation, or a copy once converged (so where the result lies
+// does not depend on when the iteration stopped).
+@compute @workgroup_size(256)
+fn syl_update(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let e = gid.x;
+    if (e >= params.k * params.k) {
+        return;
+    }
+    if (small[params.slot] != 0.0) {
+        small[params.src.x + e] = small[params.off0 + e];
+        small[params.src.y + e] = small[params.off1 + e];
+        return;
+    }
+    syl_update_entry(e, params.off0, params.off1, params.src.x, params.src.y);
 }
 
 // Residual ‖I − P'‖_F/√k of the new P (at src.x); converged when it reaches the tolerance
@@ -280,17 +293,7 @@ fn syl_fused(@builtin(local_invocation_id) lid3: vec3<u32>) {
         let nq = select(params.off1, params.src.y, even);
         if (!done) {
             for (var e = lid; e < kk; e = e + 256u) {
-                let i = e % k;
-                let j = e / k;
-                var pp: T = 0.0;
-                var pq: T = 0.0;
-                for (var l = 0u; l < k; l = l + 1u) {
-                    let pil = small[cp + i + l * k];
-                    pp = pp + pil * small[cp + l + j * k];
-                    pq = pq + pil * small[cq + l + j * k];
-                }
-                small[params.off2 + e] = pp;
-                small[params.off3 + e] = pq;
+                syl_product_entry(e, cp, cq);
             }
         }
         storageBarrier();
@@ -299,27 +302,10 @@ fn syl_fused(@builtin(local_invocation_id) lid3: vec3<u32>) {
             if (done) {
                 small[np + e] = small[cp + e];
                 small[nq + e] = small[cq + e];
-                continue;
+            } else {
+                let d = syl_update_entry(e, cp, cq, np, nq);
+                acc = acc + d * d;
             }
-            let i = e % k;
-            let j = e / k;
-            var pp2: T = 0.0;
-            var p2q: T = 0.0;
-            var pqp: T = 0.0;
-            var qp2: T = 0.0;
-            for (var l = 0u; l < k; l = l + 1u) {
-                let p_lj = small[cp + l + j * k];
-                let p2_lj = small[params.off2 + l + j * k];
-                pp2 = pp2 + small[cp + i + l * k] * p2_lj;
-                p2q = p2q + small[params.off2 + i + l * k] * small[cq + l + j * k];
-                pqp = pqp + small[params.off3 + i + l * k] * p_lj;
-                qp2 = qp2 + small[cq + i + l * k] * p2_lj;
-            }
-            let pn = 0.5 * (3.0 * small[cp + e] - pp2);
-            small[np + e] = pn;
-            small[nq + e] = 0.5 * (3.0 * small[cq + e] - p2q + pqp - qp2);
-            let d = select(pn, pn - 1.0, i == j);
-            acc = acc + d * d;
         }
         let s = reduce2(lid, acc, 0.0);
         if (lid == 0u) {
