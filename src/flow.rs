@@ -158,6 +158,23 @@ fn prepare(y0: &DMatrix<f64>, x0: Option<&DMatrix<f64>>, params: &Params) -> Res
             });
         }
     }
+    let (y_init, target) =
+        start_and_target(y0, x0, clamp, params.seed, params.perturbed_start.as_ref())?;
+    Ok(Prepared { y_init, target })
+}
+
+/// The reference's preprocessing of the start and the target (spec §1.2), shared by the
+/// flow and autograd: with `X0` given, `(Y0, clamp(X0))`; without, the self-target
+/// `clamp(Y0)` and a start perturbed by 5 % of Y0's entry RMS (drawn with `seed`, or the
+/// given `perturbed_start`). `clamp` projects onto `≥ 0`.
+pub(crate) fn start_and_target(
+    y0: &DMatrix<f64>,
+    x0: Option<&DMatrix<f64>>,
+    clamp: bool,
+    seed: u64,
+    perturbed_start: Option<&DMatrix<f64>>,
+) -> Result<(DMatrix<f64>, DMatrix<f64>)> {
+    let (p, k) = y0.shape();
     let clamp_m = |m: &DMatrix<f64>| {
         if clamp {
             m.map(|v| v.max(0.0))
@@ -169,20 +186,16 @@ fn prepare(y0: &DMatrix<f64>, x0: Option<&DMatrix<f64>>, params: &Params) -> Res
         Some(x) => {
             validate::finite_nonempty("X0", x)?;
             validate::same_shape("X0", x, (p, k))?;
-            if params.perturbed_start.is_some() {
+            if perturbed_start.is_some() {
                 return Err(NsaError::InvalidParameter {
                     name: "perturbed_start",
                     reason: "only used when X0 is None (the self-target case)".into(),
                 });
             }
-            Ok(Prepared {
-                y_init: y0.clone(),
-                target: clamp_m(x),
-            })
+            Ok((y0.clone(), clamp_m(x)))
         }
         None => {
-            let target = clamp_m(y0);
-            let y_init = match &params.perturbed_start {
+            let y_init = match perturbed_start {
                 Some(s) => {
                     validate::finite_nonempty("perturbed_start", s)?;
                     validate::same_shape("perturbed_start", s, (p, k))?;
@@ -190,12 +203,12 @@ fn prepare(y0: &DMatrix<f64>, x0: Option<&DMatrix<f64>>, params: &Params) -> Res
                 }
                 None => {
                     let sigma = y0.norm() / ((p * k) as f64).sqrt() * 0.05;
-                    let mut rng = Rng::new(params.seed);
+                    let mut rng = Rng::new(seed);
                     let noise = DMatrix::from_fn(p, k, |_, _| rng.normal());
                     y0 + noise * sigma
                 }
             };
-            Ok(Prepared { y_init, target })
+            Ok((y_init, clamp_m(y0)))
         }
     }
 }

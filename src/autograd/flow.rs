@@ -316,42 +316,8 @@ fn setup(y0: &DMatrix<f64>, x0: Option<&DMatrix<f64>>, params: &AutogradParams) 
         Mode::Reference => true,
         Mode::Corrected => params.nonneg != NonNeg::None,
     };
-    let clamp_m = |m: &DMatrix<f64>| {
-        if clamp {
-            m.map(|v| v.max(0.0))
-        } else {
-            m.clone()
-        }
-    };
-    let (mut z, mut target) = match x0 {
-        Some(x) => {
-            validate::finite_nonempty("X0", x)?;
-            validate::same_shape("X0", x, (p, k))?;
-            if params.perturbed_start.is_some() {
-                return Err(NsaError::InvalidParameter {
-                    name: "perturbed_start",
-                    reason: "only used when X0 is None (the self-target case)".into(),
-                });
-            }
-            (y0.clone(), clamp_m(x))
-        }
-        None => {
-            let target = clamp_m(y0);
-            let z = match &params.perturbed_start {
-                Some(s) => {
-                    validate::finite_nonempty("perturbed_start", s)?;
-                    validate::same_shape("perturbed_start", s, (p, k))?;
-                    s.clone()
-                }
-                None => {
-                    let sigma = y0.norm() / ((p * k) as f64).sqrt() * 0.05;
-                    let mut rng = Rng::new(params.seed);
-                    y0 + DMatrix::from_fn(p, k, |_, _| rng.normal()) * sigma
-                }
-            };
-            (z, target)
-        }
-    };
+    let (mut z, mut target) =
+        crate::flow::start_and_target(y0, x0, clamp, params.seed, params.perturbed_start.as_ref())?;
     let pk = (p * k) as f64;
     let scale = (target.norm_squared() / pk).sqrt() + 1e-12;
     target /= scale;
