@@ -126,6 +126,14 @@ pub enum NsaError {
         /// The driver's or wgpu's message, or which limit and by how much.
         message: String,
     },
+    /// A problem of a batch failed (its index, from 0, and why).
+    #[error("problem {index} of the batch: {source}")]
+    InBatch {
+        /// Which problem.
+        index: usize,
+        /// What went wrong with it.
+        source: Box<NsaError>,
+    },
 }
 
 /// The kinds of [`NsaError::Gpu`].

@@ -36,6 +36,7 @@
 
 pub mod autograd;
 pub mod backend;
+pub mod batch;
 mod element;
 mod energy;
 mod error;

@@ -1,0 +1,196 @@
+//! Many problems at once: B problems of the same p×k shape, each with its own start, target
+//! and weight (the other parameters shared), solved together, and `sweep_w` (one problem, a
+//! list of weights) on top.
+//!
+//! On the CPU the problems run in parallel across cores (rayon); each result is bit-identical
+//! to solving that problem alone, because every solve is the same single-problem loop on its
+//! own backend and the CPU kernels reduce in a fixed order whatever thread runs them.
+//!
+//! Work in progress (issue 6): on a GPU the problems currently run one after another on the
+//! shared device; the batched device path (the batch as a dispatch dimension) is next.
+
+use crate::backend::cpu::CpuBackend;
+use crate::error::{NsaError, Result};
+use crate::flow::{gpu_backend_for, solve};
+use crate::params::{Params, Precision};
+use crate::result::{Control, NsaResult};
+use nalgebra::DMatrix;
+use rayon::prelude::*;
+use std::time::Instant;
+
+/// One problem of a batch: its start, its target (`None`: the self-target of `nsa_flow`) and
+/// its weight.
+#[derive(Clone, Debug)]
+pub struct BatchProblem {
+    /// The start `Y0` (p×k).
+    pub y0: DMatrix<f64>,
+    /// The target `X0` (p×k), or `None` for the self-target.
+    pub x0: Option<DMatrix<f64>>,
+    /// The weight `w` in [0, 1].
+    pub w: f64,
+}
+
+/// What [`nsa_flow_batch`] returns.
+#[derive(Clone, Debug)]
+pub struct BatchResult {
+    /// One result per problem, in order.
+    pub results: Vec<NsaResult>,
+    /// Wall-clock seconds of the whole batch.
+    pub seconds: f64,
+    /// Where it ran (`cpu-f64 ×N threads`, or the GPU backend's name).
+    pub backend: String,
+}
+
+/// Solves every problem with `params` (its `w` replaced by each problem's own): on the CPU in
+/// parallel across cores, each result bit-identical to [`crate::nsa_flow`] on that problem
+/// with the same backend and precision. Every problem is checked before any work: an empty
+/// batch, shapes that differ, a bad `w` or bad matrices are a typed error naming the problem
+/// ([`NsaError::InBatch`]).
+///
+/// ```
+/// use nalgebra::DMatrix;
+/// use nsa_flow::batch::{nsa_flow_batch, BatchProblem};
+/// use nsa_flow::{BackendChoice, Params};
+/// let x0 = DMatrix::from_fn(20, 3, |i, j| ((i * 7 + j * 3) % 5) as f64 + 0.5);
+/// let problems: Vec<_> = [0.25, 0.5, 0.75]
+///     .iter()
+///     .map(|&w| BatchProblem { y0: x0.clone(), x0: Some(x0.clone()), w })
+///     .collect();
+/// let params = Params { backend: BackendChoice::Cpu, ..Params::default() };
+/// let batch = nsa_flow_batch(&problems, &params).unwrap();
+/// let alone = nsa_flow::nsa_flow(&x0, Some(&x0), &Params { w: 0.5, ..params.clone() }).unwrap();
+/// assert_eq!(batch.results[1].y, alone.y);
+/// ```
+pub fn nsa_flow_batch(problems: &[BatchProblem], params: &Params) -> Result<BatchResult> {
+    if problems.is_empty() {
+        return Err(NsaError::InvalidParameter {
+            name: "problems",
+            reason: "the batch is empty".into(),
+        });
+    }
+    let shape = problems[0].y0.shape();
+    let per_problem: Vec<Params> = problems
+        .iter()
+        .enumerate()
+        .map(|(i, pr)| {
+            let p = Params {
+                w: pr.w,
+                ..params.clone()
+            };
+            let check = || -> Result<()> {
+                p.validate()?;
+                crate::validate::finite_nonempty("Y0", &pr.y0)?;
+                crate::validate::same_shape("Y0", &pr.y0, shape)?;
+                if let Some(x) = &pr.x0 {
+                    crate::validate::finite_nonempty("X0", x)?;
+                    crate::validate::same_shape("X0", x, shape)?;
+                }
+                Ok(())
+            };
+            check().map(|()| p).map_err(|e| in_batch(i, e))
+        })
+        .collect::<Result<_>>()?;
+    let start = Instant::now();
+    let solve_one = |i: usize| -> Result<NsaResult> {
+        let pr = &problems[i];
+        let p = &per_problem[i];
+        let mut cont = |_: &crate::IterInfo| Control::Continue;
+        match p.precision {
+            Precision::F64 => solve(
+                &mut CpuBackend::<f64>::new(),
+                &pr.y0,
+                pr.x0.as_ref(),
+                p,
+                &mut cont,
+            ),
+            Precision::F32 => solve(
+                &mut CpuBackend::<f32>::new(),
+                &pr.y0,
+                pr.x0.as_ref(),
+                p,
+                &mut cont,
+            ),
+        }
+        .map_err(|e| in_batch(i, e))
+    };
+    let (results, backend) = match gpu_backend_for(params)? {
+        Some(mut be) => {
+            let name = crate::backend::Backend::name(&be);
+            let mut out = Vec::with_capacity(problems.len());
+            for (i, pr) in problems.iter().enumerate() {
+                let mut cont = |_: &crate::IterInfo| Control::Continue;
+                out.push(
+                    solve(&mut be, &pr.y0, pr.x0.as_ref(), &per_problem[i], &mut cont)
+                        .map_err(|e| in_batch(i, e))?,
+                );
+            }
+            (out, name)
+        }
+        None => {
+            let results = (0..problems.len())
+                .into_par_iter()
+                .map(solve_one)
+                .collect::<Result<Vec<_>>>()?;
+            let name = format!(
+                "cpu-{} ×{} threads",
+                params.precision.as_str(),
+                rayon::current_num_threads()
+            );
+            (results, name)
+        }
+    };
+    Ok(BatchResult {
+        results,
+        seconds: start.elapsed().as_secs_f64(),
+        backend,
+    })
+}
+
+/// One problem at several weights: [`nsa_flow_batch`] on `(y0, x0, w)` for each `w` of `ws`,
+/// each result equal to `nsa_flow` at that `w`. An empty `ws`, a `w` outside [0, 1] or a
+/// repeated `w` is an error.
+///
+/// ```
+/// use nalgebra::DMatrix;
+/// use nsa_flow::{batch::sweep_w, BackendChoice, Params};
+/// let x0 = DMatrix::from_fn(30, 3, |i, j| ((i * 5 + j * 7) % 6) as f64);
+/// let res = sweep_w(&x0, Some(&x0), &[0.2, 0.8], &Params { backend: BackendChoice::Cpu, ..Params::default() }).unwrap();
+/// assert!(res.results[1].defect() <= res.results[0].defect());
+/// ```
+pub fn sweep_w(
+    y0: &DMatrix<f64>,
+    x0: Option<&DMatrix<f64>>,
+    ws: &[f64],
+    params: &Params,
+) -> Result<BatchResult> {
+    if ws.is_empty() {
+        return Err(NsaError::InvalidParameter {
+            name: "ws",
+            reason: "no weight given".into(),
+        });
+    }
+    for (i, &w) in ws.iter().enumerate() {
+        if ws[..i].contains(&w) {
+            return Err(NsaError::InvalidParameter {
+                name: "ws",
+                reason: format!("w = {w} is given twice"),
+            });
+        }
+    }
+    let problems: Vec<BatchProblem> = ws
+        .iter()
+        .map(|&w| BatchProblem {
+            y0: y0.clone(),
+            x0: x0.cloned(),
+            w,
+        })
+        .collect();
+    nsa_flow_batch(&problems, params)
+}
+
+fn in_batch(index: usize, source: NsaError) -> NsaError {
+    NsaError::InBatch {
+        index,
+        source: Box::new(source),
+    }
+}
