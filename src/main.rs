@@ -114,6 +114,19 @@ enum Command {
         )
     )]
     Sweep(Box<SweepArgs>),
+    /// Solve B problems of the same shape together (3-D .npy [B, p, k] in and out), each with
+    /// its own start, target and weight; on the CPU in parallel across cores, each result
+    /// bit-identical to `nsa-flow run` on that problem.
+    #[command(
+        after_help = EXIT_CODES,
+        after_long_help = concat!(
+            "Examples:\n",
+            "  nsa-flow batch --y0 Y0s.npy --x0 X0s.npy --ws 0.5 --out Ys.npy --summary s.json\n",
+            "  nsa-flow batch --y0 Y0s.npy --ws 0.1,0.5,0.9 --out Ys.npy     # one w per problem\n\n",
+            "Exit codes: 0 success; 1 failure (message on stderr, nothing written); 2 usage error\n"
+        )
+    )]
+    Batch(Box<BatchArgs>),
     /// Print the invariant orthogonality defect of a matrix.
     #[command(
         after_help = EXIT_CODES,
@@ -334,6 +347,137 @@ struct SweepArgs {
     /// Print nothing on success.
     #[arg(long, short, conflicts_with = "verbose")]
     quiet: bool,
+}
+
+#[derive(Args)]
+struct BatchArgs {
+    #[command(flatten)]
+    flow: FlowArgs,
+    /// The weights: one for every problem, or a single one for all (default 0.5).
+    #[arg(long, value_parser = parse_batch_ws, default_value = "0.5")]
+    ws: BatchWeights,
+    /// Output: the best Y of each problem, a 3-D .npy [B, p, k] in the run's precision.
+    #[arg(long)]
+    out: PathBuf,
+    /// Summary (.json): one entry per problem (w, iterations, best_iteration,
+    /// best_total_energy, stop_reason, defect, sparsity) and the batch's backend and seconds.
+    #[arg(long)]
+    summary: Option<PathBuf>,
+    /// Print nothing on success.
+    #[arg(long, short)]
+    quiet: bool,
+}
+
+/// The `--ws` of `batch`: finite, in [0, 1], at least one (repeats allowed: problems differ).
+#[derive(Clone, Debug)]
+struct BatchWeights(Vec<f64>);
+
+fn parse_batch_ws(s: &str) -> Result<BatchWeights, String> {
+    s.split(',')
+        .map(|item| {
+            let t = item.trim();
+            let w: f64 = t.parse().map_err(|_| format!("'{t}' is not a number"))?;
+            if !w.is_finite() || !(0.0..=1.0).contains(&w) {
+                return Err(format!("w = {t} is outside [0, 1]"));
+            }
+            Ok(w)
+        })
+        .collect::<Result<Vec<_>, _>>()
+        .map(BatchWeights)
+}
+
+fn cmd_batch(a: BatchArgs) -> Result<ExitCode, NsaError> {
+    if a.flow.start.is_some() {
+        usage_error(
+            "batch",
+            ErrorKind::ArgumentConflict,
+            "--start replays one perturbed start; a batch has one start per problem (--y0)".into(),
+        );
+    }
+    let params = flow_params(&a.flow, a.ws.0[0], "batch")?;
+    check_ext("--out", &a.out, &["npy"])?;
+    if let Some(p) = &a.summary {
+        check_ext("--summary", p, &["json"])?;
+    }
+    let y0s = nsa_flow::io::read_batch(&a.flow.y0)?;
+    let x0s = a
+        .flow
+        .x0
+        .as_ref()
+        .map(nsa_flow::io::read_batch)
+        .transpose()?;
+    let b = y0s.len();
+    if let Some(x) = &x0s {
+        if x.len() != b {
+            return Err(NsaError::InvalidParameter {
+                name: "--x0",
+                reason: format!("{} targets for {b} starts", x.len()),
+            });
+        }
+    }
+    let ws = match a.ws.0.len() {
+        1 => vec![a.ws.0[0]; b],
+        n if n == b => a.ws.0.clone(),
+        n => {
+            return Err(NsaError::InvalidParameter {
+                name: "--ws",
+                reason: format!("{n} weights for {b} problems: give one, or one per problem"),
+            })
+        }
+    };
+    let problems: Vec<nsa_flow::batch::BatchProblem> = y0s
+        .into_iter()
+        .enumerate()
+        .map(|(i, y0)| nsa_flow::batch::BatchProblem {
+            y0,
+            x0: x0s.as_ref().map(|x| x[i].clone()),
+            w: ws[i],
+        })
+        .collect();
+    let res = nsa_flow::batch::nsa_flow_batch(&problems, &params)?;
+    let ys: Vec<DMatrix<f64>> = res.results.iter().map(|r| r.y.clone()).collect();
+    let mut outputs = Vec::new();
+    if let Some(p) = &a.summary {
+        let entries: Vec<Value> = res
+            .results
+            .iter()
+            .zip(&ws)
+            .map(|(r, w)| {
+                json!({
+                    "w": w,
+                    "iterations": r.iterations,
+                    "best_iteration": r.best_iteration,
+                    "best_total_energy": r.best_total_energy,
+                    "stop_reason": r.stop_reason.as_str(),
+                    "defect": r.defect(),
+                    "sparsity": r.sparsity(),
+                })
+            })
+            .collect();
+        let summary = json!({
+            "problems": entries,
+            "backend": res.backend,
+            "seconds": res.seconds,
+            "mode": params.mode.as_str(),
+            "precision": params.precision.as_str(),
+        });
+        outputs.push(Output::Text(p.clone(), pretty(&summary)));
+    }
+    nsa_flow::io::write_batch(&a.out, &ys, dtype_of(params.precision))?;
+    if let Err(e) = write_all(outputs) {
+        let _ = std::fs::remove_file(&a.out);
+        return Err(e);
+    }
+    if !a.quiet {
+        println!(
+            "{b} problems of {}×{} in {:.3} s on {}",
+            problems[0].y0.nrows(),
+            problems[0].y0.ncols(),
+            res.seconds,
+            res.backend
+        );
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// The `--ws` of `sweep`: finite, in [0, 1], distinct, at least one.
@@ -1918,6 +2062,7 @@ fn main() -> ExitCode {
     let res = match cli.command {
         Command::Run(a) => cmd_run(*a),
         Command::Sweep(a) => cmd_sweep(*a),
+        Command::Batch(a) => cmd_batch(*a),
         Command::Defect {
             input,
             backend,

@@ -114,3 +114,62 @@ fn bad_problems_are_typed_errors_naming_the_problem() {
         Err(NsaError::InBatch { index: 1, .. })
     ));
 }
+
+#[test]
+fn cli_batch_equals_run_per_problem() {
+    use std::process::Command;
+    let dir = tempfile::tempdir().unwrap();
+    let probs = problems();
+    let y0s: Vec<_> = probs.iter().map(|p| p.y0.clone()).collect();
+    let x0s: Vec<_> = probs.iter().map(|p| p.y0.map(|v: f64| v.abs())).collect();
+    let (y0p, x0p, out, summary) = (
+        dir.path().join("Y0s.npy"),
+        dir.path().join("X0s.npy"),
+        dir.path().join("Ys.npy"),
+        dir.path().join("s.json"),
+    );
+    nsa_flow::io::write_batch(&y0p, &y0s, nsa_flow::io::NpyDtype::F64).unwrap();
+    nsa_flow::io::write_batch(&x0p, &x0s, nsa_flow::io::NpyDtype::F64).unwrap();
+    let ws: Vec<String> = probs.iter().map(|p| p.w.to_string()).collect();
+    let st = Command::new(env!("CARGO_BIN_EXE_nsa-flow"))
+        .args(["batch", "--backend", "cpu", "--quiet", "--y0"])
+        .arg(&y0p)
+        .arg("--x0")
+        .arg(&x0p)
+        .args(["--ws", &ws.join(",")])
+        .arg("--out")
+        .arg(&out)
+        .arg("--summary")
+        .arg(&summary)
+        .output()
+        .unwrap();
+    assert!(
+        st.status.success(),
+        "{}",
+        String::from_utf8_lossy(&st.stderr)
+    );
+    let ys = nsa_flow::io::read_batch(&out).unwrap();
+    let s = json(&summary);
+    assert_eq!(s["problems"].as_array().unwrap().len(), probs.len());
+    for (i, p) in probs.iter().enumerate() {
+        let params = Params {
+            backend: BackendChoice::Cpu,
+            w: p.w,
+            ..Params::default()
+        };
+        let alone = nsa_flow(&p.y0, Some(&x0s[i]), &params).unwrap();
+        assert_eq!(ys[i], alone.y, "problem {i}");
+        assert_eq!(s["problems"][i]["iterations"], alone.iterations);
+    }
+    // a wrong number of weights writes nothing
+    let bad = Command::new(env!("CARGO_BIN_EXE_nsa-flow"))
+        .args(["batch", "--backend", "cpu", "--y0"])
+        .arg(&y0p)
+        .args(["--ws", "0.1,0.2"])
+        .arg("--out")
+        .arg(dir.path().join("bad.npy"))
+        .output()
+        .unwrap();
+    assert_eq!(bad.status.code(), Some(1));
+    assert!(!dir.path().join("bad.npy").exists());
+}
