@@ -1,5 +1,6 @@
 // The optimizer steps that run on the device. "fast" (plain SGD) is a linear combination
-// (elementwise.wgsl); this file is torch_optimizer 0.3.0's SGDP:
+// (elementwise.wgsl), the other registry optimizers are torch_optim.wgsl; this file is the
+// radial projection of torch_optimizer 0.3.0's SGDP and AdamP. SGDP:
 //   buf ← μ·buf + (1−dampening)·g;  d = buf (or g + μ·buf, Nesterov);
 //   the radial part of d is removed per row when every row's cosine |⟨g,p⟩|/(‖g‖+ε)/(‖p‖+ε)
 //   is below δ/√k, else for the whole matrix when its cosine is below δ/√(pk), and then the
@@ -54,6 +55,25 @@ fn tree5(lid: u32) {
     }
 }
 
+// The workgroup's row statistics (max row cosine, Σg², Σp², Σg·p, Σp·d) at
+// aux[off0 + 5·wid ..], where `sgdp_decide` reads them (SGDP and AdamP).
+fn row_stats(lid: u32, wid: u32, row_cos: T, gg: T, pp: T, gp: T, pd: T) {
+    t_max[lid] = row_cos;
+    t_gg[lid] = gg;
+    t_pp[lid] = pp;
+    t_gp[lid] = gp;
+    t_pd[lid] = pd;
+    tree5(lid);
+    if (lid == 0u) {
+        let o = params.off0 + 5u * wid;
+        aux[o] = t_max[0];
+        aux[o + 1u] = t_gg[0];
+        aux[o + 2u] = t_pp[0];
+        aux[o + 3u] = t_gp[0];
+        aux[o + 4u] = t_pd[0];
+    }
+}
+
 // Pass 1: `out` is the momentum buffer (updated in place); one row per invocation; writes
 // (max row cosine, Σg², Σp², Σg·p, Σp·d) of each workgroup at aux[off0 + 5·wid ..].
 @compute @workgroup_size(256)
@@ -84,20 +104,7 @@ fn sgdp_rows(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id
         }
         row_cos = abs(gp) / (sqrt(gg) + eps) / (sqrt(pp) + eps);
     }
-    t_max[lid] = row_cos;
-    t_gg[lid] = gg;
-    t_pp[lid] = pp;
-    t_gp[lid] = gp;
-    t_pd[lid] = pd;
-    tree5(lid);
-    if (lid == 0u) {
-        let o = params.off0 + 5u * wid.x;
-        aux[o] = t_max[0];
-        aux[o + 1u] = t_gg[0];
-        aux[o + 2u] = t_pp[0];
-        aux[o + 3u] = t_gp[0];
-        aux[o + 4u] = t_pd[0];
-    }
+    row_stats(lid, wid.x, row_cos, gg, pp, gp, pd);
 }
 
 // Pass 2 (single workgroup, groups_x partials): small[slot] = projection kind (0 none,
@@ -191,5 +198,74 @@ fn sgdp_apply(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_i
             d = d - pv / pn * s;
         }
         out[i] = pv * decay - lr * d;
+    }
+}
+
+// AdamP pass 1: param, grad, and buf_in = the direction d; one row per invocation; writes
+// (max row cosine, Σg², Σp², Σg·p, Σp·d) of each workgroup at aux[off0 + 5·wid ..], the
+// layout `sgdp_decide` (optimizer.wgsl) reads.
+@compute @workgroup_size(256)
+fn adamp_rows(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid3: vec3<u32>) {
+    let lid = lid3.x;
+    let p = params.p;
+    let k = params.k;
+    let r = wid.x * 256u + lid;
+    let eps = params.c[0].z;
+    var row_cos: T = 0.0;
+    var gg: T = 0.0;
+    var pp: T = 0.0;
+    var gp: T = 0.0;
+    var pd: T = 0.0;
+    if (r < p) {
+        for (var j = 0u; j < k; j = j + 1u) {
+            let i = r + j * p;
+            let g = grad[i];
+            let pv = param[i];
+            gg = gg + g * g;
+            pp = pp + pv * pv;
+            gp = gp + g * pv;
+            pd = pd + pv * buf_in[i];
+        }
+        row_cos = abs(gp) / (sqrt(gg) + eps) / (sqrt(pp) + eps);
+    }
+    row_stats(lid, wid.x, row_cos, gg, pp, gp, pd);
+}
+
+// AdamP pass 3 (after `sgdp_decide`): out holds d; out ← p − step·d(projected), in place, one
+// row per invocation (a row is read whole before it is written). a = param; c6 = step.
+@compute @workgroup_size(256)
+fn adamp_apply(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid3: vec3<u32>) {
+    let p = params.p;
+    let k = params.k;
+    let r = wid.x * 256u + lid3.x;
+    if (r >= p) {
+        return;
+    }
+    let eps = params.c[0].z;
+    let step = params.c[1].z;
+    let kind = small[params.slot];
+    var pn = small[params.slot + 2u];
+    var s = small[params.slot + 3u];
+    if (kind == 1.0) {
+        var pp: T = 0.0;
+        for (var j = 0u; j < k; j = j + 1u) {
+            let pv = param[r + j * p];
+            pp = pp + pv * pv;
+        }
+        pn = sqrt(pp) + eps;
+        s = 0.0;
+        for (var j = 0u; j < k; j = j + 1u) {
+            let i = r + j * p;
+            s = s + param[i] / pn * out[i];
+        }
+    }
+    for (var j = 0u; j < k; j = j + 1u) {
+        let i = r + j * p;
+        let pv = param[i];
+        var d = out[i];
+        if (kind != 0.0) {
+            d = d - pv / pn * s;
+        }
+        out[i] = pv - step * d;
     }
 }

@@ -1,6 +1,6 @@
 // The elementwise passes of the torch / torch_optimizer 0.3.0 optimizers (the host splits each
-// optimizer step into passes, `UpdateRule::passes` in src/backend/mod.rs), and AdamP's
-// projection, which follows SGDP's (optimizer.wgsl) three-pass pattern.
+// optimizer step into passes, `UpdateRule::passes` in src/backend/mod.rs); AdamP's
+// projection lives with SGDP's in optimizer.wgsl.
 //
 // `torch_elem`: out[i] ← f(d, a[i], b[i], c[i]) with d = out[i] (or c7 when mode bit 8 is
 // set: a state's first step); the formula is `mode & 0xff` (ElemOp in src/backend/mod.rs,
@@ -21,14 +21,7 @@ struct Params {
 @group(0) @binding(2) var<storage, read> b: array<T>;
 @group(0) @binding(3) var<storage, read> c: array<T>;
 @group(0) @binding(4) var<storage, read_write> out: array<T>;
-@group(0) @binding(5) var<storage, read_write> small: array<T>;
-@group(0) @binding(6) var<storage, read_write> aux: array<T>;
 
-var<workgroup> t_max: array<T, 256>;
-var<workgroup> t_gg: array<T, 256>;
-var<workgroup> t_pp: array<T, 256>;
-var<workgroup> t_gp: array<T, 256>;
-var<workgroup> t_pd: array<T, 256>;
 
 // torch's sign: 0 at 0
 fn sgn(x: T) -> T {
@@ -111,100 +104,4 @@ fn torch_elem(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_i
         z = c[i];
     }
     out[i] = elem(m & 255u, d, x, y, z);
-}
-
-fn tree5(lid: u32) {
-    workgroupBarrier();
-    for (var s = 128u; s > 0u; s = s >> 1u) {
-        if (lid < s) {
-            t_max[lid] = max(t_max[lid], t_max[lid + s]);
-            t_gg[lid] = t_gg[lid] + t_gg[lid + s];
-            t_pp[lid] = t_pp[lid] + t_pp[lid + s];
-            t_gp[lid] = t_gp[lid] + t_gp[lid + s];
-            t_pd[lid] = t_pd[lid] + t_pd[lid + s];
-        }
-        workgroupBarrier();
-    }
-}
-
-// AdamP pass 1: a = param, b = grad, c = the direction d; one row per invocation; writes
-// (max row cosine, Σg², Σp², Σg·p, Σp·d) of each workgroup at aux[off0 + 5·wid ..], the
-// layout `sgdp_decide` (optimizer.wgsl) reads.
-@compute @workgroup_size(256)
-fn adamp_rows(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid3: vec3<u32>) {
-    let lid = lid3.x;
-    let p = params.p;
-    let k = params.k;
-    let r = wid.x * 256u + lid;
-    let eps = params.c[0].z;
-    var row_cos: T = 0.0;
-    var gg: T = 0.0;
-    var pp: T = 0.0;
-    var gp: T = 0.0;
-    var pd: T = 0.0;
-    if (r < p) {
-        for (var j = 0u; j < k; j = j + 1u) {
-            let i = r + j * p;
-            let g = b[i];
-            let pv = a[i];
-            gg = gg + g * g;
-            pp = pp + pv * pv;
-            gp = gp + g * pv;
-            pd = pd + pv * c[i];
-        }
-        row_cos = abs(gp) / (sqrt(gg) + eps) / (sqrt(pp) + eps);
-    }
-    t_max[lid] = row_cos;
-    t_gg[lid] = gg;
-    t_pp[lid] = pp;
-    t_gp[lid] = gp;
-    t_pd[lid] = pd;
-    tree5(lid);
-    if (lid == 0u) {
-        let o = params.off0 + 5u * wid.x;
-        aux[o] = t_max[0];
-        aux[o + 1u] = t_gg[0];
-        aux[o + 2u] = t_pp[0];
-        aux[o + 3u] = t_gp[0];
-        aux[o + 4u] = t_pd[0];
-    }
-}
-
-// AdamP pass 3 (after `sgdp_decide`): out holds d; out ← p − step·d(projected), in place, one
-// row per invocation (a row is read whole before it is written). a = param; c6 = step.
-@compute @workgroup_size(256)
-fn adamp_apply(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid3: vec3<u32>) {
-    let p = params.p;
-    let k = params.k;
-    let r = wid.x * 256u + lid3.x;
-    if (r >= p) {
-        return;
-    }
-    let eps = params.c[0].z;
-    let step = params.c[1].z;
-    let kind = small[params.slot];
-    var pn = small[params.slot + 2u];
-    var s = small[params.slot + 3u];
-    if (kind == 1.0) {
-        var pp: T = 0.0;
-        for (var j = 0u; j < k; j = j + 1u) {
-            let pv = a[r + j * p];
-            pp = pp + pv * pv;
-        }
-        pn = sqrt(pp) + eps;
-        s = 0.0;
-        for (var j = 0u; j < k; j = j + 1u) {
-            let i = r + j * p;
-            s = s + a[i] / pn * out[i];
-        }
-    }
-    for (var j = 0u; j < k; j = j + 1u) {
-        let i = r + j * p;
-        let pv = a[i];
-        var d = out[i];
-        if (kind != 0.0) {
-            d = d - pv / pn * s;
-        }
-        out[i] = pv - step * d;
-    }
 }

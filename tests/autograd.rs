@@ -8,31 +8,10 @@ use common::*;
 use nalgebra::DMatrix;
 use nsa_flow::autograd::{composite_energy_and_grad, CompositeSpec};
 use nsa_flow::{FidelityType, Mode, NonNeg, OrthType, Retraction};
-use std::path::PathBuf;
-
-fn grads_dir() -> Option<PathBuf> {
-    golden_roots()
-        .into_iter()
-        .map(|r| r.join("autograd_grads"))
-        .find(|d| d.join("index.json").is_file())
-}
-
-pub fn golden_spec(case: &serde_json::Value) -> CompositeSpec {
-    CompositeSpec {
-        w: case["w"].as_f64().unwrap(),
-        retraction: case["retraction"].as_str().unwrap().parse().unwrap(),
-        nonneg: case["nonneg"].as_str().unwrap().parse().unwrap(),
-        style: Mode::Reference,
-        fidelity_type: case["fidelity_type"].as_str().unwrap().parse().unwrap(),
-        orth_type: case["orth_type"].as_str().unwrap().parse().unwrap(),
-        fid_eta: case["fid_eta"].as_f64().unwrap(),
-        c_orth: case["c_orth"].as_f64().unwrap(),
-    }
-}
 
 #[test]
 fn cpu_f64_gradients_match_torch_autograd() {
-    let Some(dir) = grads_dir() else {
+    let Some(dir) = golden_dir("autograd_grads") else {
         eprintln!("skipped: no autograd_grads golden data");
         return;
     };
@@ -44,7 +23,7 @@ fn cpu_f64_gradients_match_torch_autograd() {
     let mut worst = (0.0f64, String::new());
     for case in cases {
         let name = case["name"].as_str().unwrap();
-        let spec = golden_spec(case);
+        let spec = golden_composite(case);
         let want = read(dir.join(format!("{name}_grad.npy")));
         let (e, g) = composite_energy_and_grad(&z, &x0, &spec).unwrap();
         let te = case["total"].as_f64().unwrap();
@@ -157,41 +136,9 @@ fn gradients_agree_with_finite_differences() {
     println!("{count} finite-difference checks");
 }
 
-fn runs_dir() -> Option<PathBuf> {
-    golden_roots()
-        .into_iter()
-        .map(|r| r.join("autograd_runs"))
-        .find(|d| d.is_dir())
-}
-
-/// The reference's parameters of an autograd_runs case.
-pub fn run_params(out: &serde_json::Value) -> nsa_flow::autograd::AutogradParams {
-    let p = &out["params"];
-    let s = &out["settings"];
-    let mut params = nsa_flow::autograd::AutogradParams {
-        mode: Mode::Reference,
-        backend: nsa_flow::BackendChoice::Cpu,
-        tol: 1e-12,
-        w: p["w"].as_f64().unwrap(),
-        max_iter: p["max_iter"].as_u64().unwrap() as usize,
-        optimizer: s["optimizer"].as_str().unwrap().into(),
-        retraction: s["retraction"].as_str().unwrap().parse().unwrap(),
-        fidelity_type: s["fidelity_type"].as_str().unwrap().parse().unwrap(),
-        orth_type: s["orth_type"].as_str().unwrap().parse().unwrap(),
-        ..Default::default()
-    };
-    if let Some(lr) = p["initial_learning_rate"].as_f64() {
-        params.learning_rate = Some(lr);
-    }
-    if let Some(nn) = p["apply_nonneg"].as_str() {
-        params.nonneg = nn.parse().unwrap();
-    }
-    params
-}
-
 #[test]
 fn reference_runs_reproduce_the_traces() {
-    let Some(dir) = runs_dir() else {
+    let Some(dir) = golden_dir("autograd_runs") else {
         eprintln!("skipped: no autograd_runs golden data");
         return;
     };
@@ -200,7 +147,7 @@ fn reference_runs_reproduce_the_traces() {
         let case = entry.unwrap().path();
         let name = case.file_name().unwrap().to_string_lossy().to_string();
         let out = json(case.join("outputs.json"));
-        let params = run_params(&out);
+        let params = golden_autograd_params(&out, nsa_flow::BackendChoice::Cpu);
         let y0 = read(case.join("Y0.npy"));
         let x0 = read(case.join("X0.npy"));
         let res = nsa_flow::autograd::nsa_flow_autograd(&y0, Some(&x0), &params).unwrap();

@@ -10,7 +10,6 @@ use nalgebra::DMatrix;
 use nsa_flow::autograd::{CompositeSpec, EnergySpec};
 use nsa_flow::backend::{cpu::CpuBackend, Backend, Reduction};
 use nsa_flow::{EnergyTerms, FidelityType, Mode, NonNeg, OrthType, Precision, Retraction};
-use std::path::PathBuf;
 
 /// `E(nonneg(R(Z)))` and its gradient with respect to Z on any backend, through the
 /// backend's own forward and backward operations.
@@ -53,29 +52,9 @@ fn composite_on<B: Backend>(
     (e, be.download(&gz).unwrap())
 }
 
-fn grads_dir() -> Option<PathBuf> {
-    golden_roots()
-        .into_iter()
-        .map(|r| r.join("autograd_grads"))
-        .find(|d| d.join("index.json").is_file())
-}
-
-fn spec_of(case: &serde_json::Value) -> CompositeSpec {
-    CompositeSpec {
-        w: case["w"].as_f64().unwrap(),
-        retraction: case["retraction"].as_str().unwrap().parse().unwrap(),
-        nonneg: case["nonneg"].as_str().unwrap().parse().unwrap(),
-        style: Mode::Reference,
-        fidelity_type: case["fidelity_type"].as_str().unwrap().parse().unwrap(),
-        orth_type: case["orth_type"].as_str().unwrap().parse().unwrap(),
-        fid_eta: case["fid_eta"].as_f64().unwrap(),
-        c_orth: case["c_orth"].as_f64().unwrap(),
-    }
-}
-
 #[test]
 fn gpu_gradients_match_torch_autograd() {
-    let Some(dir) = grads_dir() else {
+    let Some(dir) = golden_dir("autograd_grads") else {
         eprintln!("skipped: no autograd_grads golden data");
         return;
     };
@@ -90,7 +69,7 @@ fn gpu_gradients_match_torch_autograd() {
         for case in index["cases"].as_array().unwrap() {
             let name = case["name"].as_str().unwrap();
             let want = read(dir.join(format!("{name}_grad.npy")));
-            let (e, g) = composite_on(&mut be, &z, &x0, &spec_of(case), None);
+            let (e, g) = composite_on(&mut be, &z, &x0, &golden_composite(case), None);
             let te = case["total"].as_f64().unwrap();
             assert!(
                 (e - te).abs() <= tol * te.abs(),
@@ -298,34 +277,14 @@ fn gpu_reproduces_the_golden_autograd_runs() {
     if !ctx.supports_f64() {
         return;
     }
-    let Some(dir) = golden_roots()
-        .into_iter()
-        .map(|r| r.join("autograd_runs"))
-        .find(|d| d.is_dir())
-    else {
+    let Some(dir) = golden_dir("autograd_runs") else {
         eprintln!("skipped: no autograd_runs golden data");
         return;
     };
     for entry in std::fs::read_dir(&dir).unwrap() {
         let case = entry.unwrap().path();
         let out = json(case.join("outputs.json"));
-        let p = &out["params"];
-        let st = &out["settings"];
-        let mut params = nsa_flow::autograd::AutogradParams {
-            mode: Mode::Reference,
-            tol: 1e-12,
-            w: p["w"].as_f64().unwrap(),
-            max_iter: p["max_iter"].as_u64().unwrap() as usize,
-            optimizer: st["optimizer"].as_str().unwrap().into(),
-            retraction: st["retraction"].as_str().unwrap().parse().unwrap(),
-            fidelity_type: st["fidelity_type"].as_str().unwrap().parse().unwrap(),
-            orth_type: st["orth_type"].as_str().unwrap().parse().unwrap(),
-            learning_rate: Some(st["learning_rate"].as_f64().unwrap()),
-            ..Default::default()
-        };
-        if let Some(nn) = p["apply_nonneg"].as_str() {
-            params.nonneg = nn.parse().unwrap();
-        }
+        let params = golden_autograd_params(&out, nsa_flow::BackendChoice::Auto);
         let y0 = read(case.join("Y0.npy"));
         let x0 = read(case.join("X0.npy"));
         let mut be = nsa_flow::backend::gpu::GpuBackend::new(ctx.clone(), Precision::F64).unwrap();

@@ -128,8 +128,8 @@ impl Kernel {
             BackwardFinish => (shaders::AUTOGRAD, "backward_finish"),
             SylFused => (shaders::AUTOGRAD, "syl_fused"),
             TorchElem => (shaders::TORCH_OPTIM, "torch_elem"),
-            AdampRows => (shaders::TORCH_OPTIM, "adamp_rows"),
-            AdampApply => (shaders::TORCH_OPTIM, "adamp_apply"),
+            AdampRows => (shaders::OPTIMIZER, "adamp_rows"),
+            AdampApply => (shaders::OPTIMIZER, "adamp_apply"),
         }
     }
 }

@@ -47,12 +47,12 @@ pub const INV_SQRT: ShaderFile = ShaderFile {
     name: "inv_sqrt.wgsl",
     source: include_str!("../../shaders/inv_sqrt.wgsl"),
 };
-/// The SGDP optimizer.
+/// The radial projection of SGDP and AdamP.
 pub const OPTIMIZER: ShaderFile = ShaderFile {
     name: "optimizer.wgsl",
     source: include_str!("../../shaders/optimizer.wgsl"),
 };
-/// The elementwise passes of the torch / torch_optimizer optimizers and AdamP's projection.
+/// The elementwise passes of the torch / torch_optimizer optimizers.
 pub const TORCH_OPTIM: ShaderFile = ShaderFile {
     name: "torch_optim.wgsl",
     source: include_str!("../../shaders/torch_optim.wgsl"),

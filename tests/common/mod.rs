@@ -167,3 +167,57 @@ pub fn golden_params(case: &std::path::Path) -> (nsa_flow::Params, bool, nsa_flo
     };
     (p, pj["X0_is_None"].as_bool().unwrap(), precision)
 }
+
+/// The first golden root holding `sub` (e.g. "autograd_grads"), if any.
+#[allow(dead_code)]
+pub fn golden_dir(sub: &str) -> Option<PathBuf> {
+    golden_roots()
+        .into_iter()
+        .map(|r| r.join(sub))
+        .find(|d| d.is_dir())
+}
+
+/// The composite objective of an autograd_grads case (reference style, as torch computed it).
+#[allow(dead_code)]
+pub fn golden_composite(case: &serde_json::Value) -> nsa_flow::autograd::CompositeSpec {
+    nsa_flow::autograd::CompositeSpec {
+        w: case["w"].as_f64().unwrap(),
+        retraction: case["retraction"].as_str().unwrap().parse().unwrap(),
+        nonneg: case["nonneg"].as_str().unwrap().parse().unwrap(),
+        style: nsa_flow::Mode::Reference,
+        fidelity_type: case["fidelity_type"].as_str().unwrap().parse().unwrap(),
+        orth_type: case["orth_type"].as_str().unwrap().parse().unwrap(),
+        fid_eta: case["fid_eta"].as_f64().unwrap(),
+        c_orth: case["c_orth"].as_f64().unwrap(),
+    }
+}
+
+/// The reference's parameters of an autograd_runs case (its outputs.json): reference mode,
+/// tol 1e-12 as the runs were made, on `backend`.
+#[allow(dead_code)]
+pub fn golden_autograd_params(
+    out: &serde_json::Value,
+    backend: nsa_flow::BackendChoice,
+) -> nsa_flow::autograd::AutogradParams {
+    let p = &out["params"];
+    let s = &out["settings"];
+    let mut params = nsa_flow::autograd::AutogradParams {
+        mode: nsa_flow::Mode::Reference,
+        backend,
+        tol: 1e-12,
+        w: p["w"].as_f64().unwrap(),
+        max_iter: p["max_iter"].as_u64().unwrap() as usize,
+        optimizer: s["optimizer"].as_str().unwrap().into(),
+        retraction: s["retraction"].as_str().unwrap().parse().unwrap(),
+        fidelity_type: s["fidelity_type"].as_str().unwrap().parse().unwrap(),
+        orth_type: s["orth_type"].as_str().unwrap().parse().unwrap(),
+        // as the reference was called: the lr given, else lr_strategy "auto" (which must
+        // then give the reference's 1e-3)
+        learning_rate: p["initial_learning_rate"].as_f64(),
+        ..Default::default()
+    };
+    if let Some(nn) = p["apply_nonneg"].as_str() {
+        params.nonneg = nn.parse().unwrap();
+    }
+    params
+}
