@@ -12,6 +12,12 @@ struct Params {
     k2: u32, off0: u32, off1: u32, off2: u32,
     off3: u32, slot: u32, groups_x: u32, chunk: u32,
     src: vec4<u32>,
+}
+
+// What differs between the problems of a batched dispatch (one entry per problem, indexed by
+// workgroup_id.z): where each binding's data starts, in elements, and the coefficients.
+struct Lane {
+    base: array<vec4<u32>, 2>,
     c: array<vec4<T>, 2>,
 }
 
@@ -19,6 +25,16 @@ const LITERAL: u32 = 0xffffffffu;
 
 @group(0) @binding(0) var<uniform> params: Params;
 @group(0) @binding(5) var<storage, read_write> small: array<T>;
+@group(0) @binding(7) var<storage, read> lanes: array<Lane>;
+
+var<private> lane: u32;
+var<private> lane_b5: u32;
+
+// Selects the problem of this workgroup: its coefficients and the start of its data.
+fn enter_lane(z: u32) {
+    lane = z;
+    lane_b5 = lanes[z].base[1].x;
+}
 
 var<workgroup> tree: array<T, 256>;
 var<workgroup> tree2: array<T, 256>;
@@ -42,24 +58,25 @@ fn reduce2(lid: u32, x: T, y: T) -> vec2<T> {
 // small[off2] = c0·small[off0] + (c1 + c3·small[src.x]/k)·small[off1] + c2·I (off1 = LITERAL:
 // no second term; src.x = LITERAL: no device part, which adds a shift relative to a trace).
 @compute @workgroup_size(256)
-fn kk_affine(@builtin(global_invocation_id) gid: vec3<u32>) {
+fn kk_affine(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(workgroup_id) lane_wid: vec3<u32>) {
+    enter_lane(lane_wid.z);
     let k = params.k;
     let e = gid.x;
     if (e >= k * k) {
         return;
     }
-    var v = params.c[0].x * small[params.off0 + e];
+    var v = lanes[lane].c[0].x * small[lane_b5 + params.off0 + e];
     if (params.off1 != LITERAL) {
-        var c1 = params.c[0].y;
+        var c1 = lanes[lane].c[0].y;
         if (params.src.x != LITERAL) {
-            c1 = c1 + params.c[0].w * small[params.src.x] / T(k);
+            c1 = c1 + lanes[lane].c[0].w * small[lane_b5 + params.src.x] / T(k);
         }
-        v = v + c1 * small[params.off1 + e];
+        v = v + c1 * small[lane_b5 + params.off1 + e];
     }
     if (e % k == e / k) {
-        v = v + params.c[0].z;
+        v = v + lanes[lane].c[0].z;
     }
-    small[params.off2 + e] = v;
+    small[lane_b5 + params.off2 + e] = v;
 }
 
 // The reference renormalisation's coefficients from n² = tr S (small[src.x]), ⟨g, M⟩
@@ -67,10 +84,11 @@ fn kk_affine(@builtin(global_invocation_id) gid: vec3<u32>) {
 //   [c_g, c_M, c_Y] with gM = c_g·g + c_M·M and gY ⊇ c_Y·Y; (1, 0, 0) when m ≤ 1e-12 or
 // n < 1e-12 (the retraction is the identity there).
 @compute @workgroup_size(1)
-fn ref_coefs() {
-    let n2 = small[params.src.x];
-    let gm = small[params.src.y];
-    let m2 = small[params.src.z];
+fn ref_coefs(@builtin(workgroup_id) lane_wid: vec3<u32>) {
+    enter_lane(lane_wid.z);
+    let n2 = small[lane_b5 + params.src.x];
+    let gm = small[lane_b5 + params.src.y];
+    let m2 = small[lane_b5 + params.src.z];
     let n = sqrt(max(n2, 0.0));
     let m = sqrt(max(m2, 0.0));
     var cg: T = 1.0;
@@ -81,9 +99,9 @@ fn ref_coefs() {
         cm = -n * gm / (m * m * m);
         cy = gm / (m * n);
     }
-    small[params.slot] = cg;
-    small[params.slot + 1u] = cm;
-    small[params.slot + 2u] = cy;
+    small[lane_b5 + params.slot] = cg;
+    small[lane_b5 + params.slot + 1u] = cm;
+    small[lane_b5 + params.slot + 2u] = cy;
 }
 
 // Corrected blend: from S (off0), T (off1), TS (off2) and gT_w = Yᵀg (off3, rewritten in
@@ -92,23 +110,24 @@ fn ref_coefs() {
 //   gT = w·c·gT_w + ga·S + gb·(TS + ST)  (ST = (TS)ᵀ: S and T are symmetric);
 // ga, gb to small[slot], small[slot+1]. Literal c0 = w. Single workgroup.
 @compute @workgroup_size(256)
-fn corrected_coefs(@builtin(local_invocation_id) lid3: vec3<u32>) {
+fn corrected_coefs(@builtin(local_invocation_id) lid3: vec3<u32>, @builtin(workgroup_id) lane_wid: vec3<u32>) {
+    enter_lane(lane_wid.z);
     let lid = lid3.x;
     let k = params.k;
-    let w = params.c[0].x;
+    let w = lanes[lane].c[0].x;
     var num: T = 0.0;
     var den: T = 0.0;
     var gtw: T = 0.0;
     for (var i = lid; i < k; i = i + 256u) {
-        num = num + small[params.off2 + i + i * k];
+        num = num + small[lane_b5 + params.off2 + i + i * k];
         var row: T = 0.0;
         for (var l = 0u; l < k; l = l + 1u) {
-            row = row + small[params.off2 + i + l * k] * small[params.off1 + l + i * k];
+            row = row + small[lane_b5 + params.off2 + i + l * k] * small[lane_b5 + params.off1 + l + i * k];
         }
         den = den + row;
     }
     for (var e = lid; e < k * k; e = e + 256u) {
-        gtw = gtw + small[params.off3 + e] * small[params.off1 + e];
+        gtw = gtw + small[lane_b5 + params.off3 + e] * small[lane_b5 + params.off1 + e];
     }
     let s1 = reduce2(lid, num, den);
     let s2 = reduce2(lid, gtw, 0.0);
@@ -126,13 +145,13 @@ fn corrected_coefs(@builtin(local_invocation_id) lid3: vec3<u32>) {
     for (var e = lid; e < k * k; e = e + 256u) {
         let i = e % k;
         let j = e / k;
-        let ts = small[params.off2 + e];
-        let st = small[params.off2 + j + i * k];
-        small[params.off3 + e] = w * c * small[params.off3 + e] + ga * small[params.off0 + e] + gb * (ts + st);
+        let ts = small[lane_b5 + params.off2 + e];
+        let st = small[lane_b5 + params.off2 + j + i * k];
+        small[lane_b5 + params.off3 + e] = w * c * small[lane_b5 + params.off3 + e] + ga * small[lane_b5 + params.off0 + e] + gb * (ts + st);
     }
     if (lid == 0u) {
-        small[params.slot] = ga;
-        small[params.slot + 1u] = gb;
+        small[lane_b5 + params.slot] = ga;
+        small[lane_b5 + params.slot + 1u] = gb;
     }
 }
 
@@ -143,31 +162,32 @@ fn corrected_coefs(@builtin(local_invocation_id) lid3: vec3<u32>) {
 // P₀ = S½/c, Q₀ = −f·G/c with c = ‖S½‖_F ≥ λ_max(S½), S½ at src.z, G at src.w (symmetrised),
 // f = literal c0. Single workgroup.
 @compute @workgroup_size(256)
-fn syl_init(@builtin(local_invocation_id) lid3: vec3<u32>) {
+fn syl_init(@builtin(local_invocation_id) lid3: vec3<u32>, @builtin(workgroup_id) lane_wid: vec3<u32>) {
+    enter_lane(lane_wid.z);
     let lid = lid3.x;
     let k = params.k;
     var fro: T = 0.0;
     for (var e = lid; e < k * k; e = e + 256u) {
-        let v = small[params.src.z + e];
+        let v = small[lane_b5 + params.src.z + e];
         fro = fro + v * v;
     }
     let s = reduce2(lid, fro, 0.0);
     let c = sqrt(s.x);
     let inv = select(T(0.0), 1.0 / c, c > 0.0);
-    let f = params.c[0].x;
+    let f = lanes[lane].c[0].x;
     for (var e = lid; e < k * k; e = e + 256u) {
         let i = e % k;
         let j = e / k;
-        small[params.off0 + e] = small[params.src.z + e] * inv;
-        let g = 0.5 * (small[params.src.w + e] + small[params.src.w + j + i * k]);
-        small[params.off1 + e] = -f * g * inv;
+        small[lane_b5 + params.off0 + e] = small[lane_b5 + params.src.z + e] * inv;
+        let g = 0.5 * (small[lane_b5 + params.src.w + e] + small[lane_b5 + params.src.w + j + i * k]);
+        small[lane_b5 + params.off1 + e] = -f * g * inv;
     }
     if (lid == 0u) {
-        small[params.slot] = select(T(1.0), T(0.0), c > 0.0);
-        small[params.slot + 1u] = 1e30;
-        small[params.slot + 2u] = 1e30;
-        small[params.slot + 3u] = 0.0;
-        small[params.slot + 4u] = 0.0;
+        small[lane_b5 + params.slot] = select(T(1.0), T(0.0), c > 0.0);
+        small[lane_b5 + params.slot + 1u] = 1e30;
+        small[lane_b5 + params.slot + 2u] = 1e30;
+        small[lane_b5 + params.slot + 3u] = 0.0;
+        small[lane_b5 + params.slot + 4u] = 0.0;
     }
 }
 
@@ -179,12 +199,12 @@ fn syl_product_entry(e: u32, cp: u32, cq: u32) {
     var pp: T = 0.0;
     var pq: T = 0.0;
     for (var l = 0u; l < k; l = l + 1u) {
-        let pil = small[cp + i + l * k];
-        pp = pp + pil * small[cp + l + j * k];
-        pq = pq + pil * small[cq + l + j * k];
+        let pil = small[lane_b5 + cp + i + l * k];
+        pp = pp + pil * small[lane_b5 + cp + l + j * k];
+        pq = pq + pil * small[lane_b5 + cq + l + j * k];
     }
-    small[params.off2 + e] = pp;
-    small[params.off3 + e] = pq;
+    small[lane_b5 + params.off2 + e] = pp;
+    small[lane_b5 + params.off3 + e] = pq;
 }
 
 // Entry e of P' = ½(3P − P·P²) and Q' = ½(3Q − P²·Q + PQ·P − Q·P²) into np, nq; returns
@@ -198,24 +218,25 @@ fn syl_update_entry(e: u32, cp: u32, cq: u32, np: u32, nq: u32) -> T {
     var pqp: T = 0.0;
     var qp2: T = 0.0;
     for (var l = 0u; l < k; l = l + 1u) {
-        let p_lj = small[cp + l + j * k];
-        let p2_lj = small[params.off2 + l + j * k];
-        pp2 = pp2 + small[cp + i + l * k] * p2_lj;
-        p2q = p2q + small[params.off2 + i + l * k] * small[cq + l + j * k];
-        pqp = pqp + small[params.off3 + i + l * k] * p_lj;
-        qp2 = qp2 + small[cq + i + l * k] * p2_lj;
+        let p_lj = small[lane_b5 + cp + l + j * k];
+        let p2_lj = small[lane_b5 + params.off2 + l + j * k];
+        pp2 = pp2 + small[lane_b5 + cp + i + l * k] * p2_lj;
+        p2q = p2q + small[lane_b5 + params.off2 + i + l * k] * small[lane_b5 + cq + l + j * k];
+        pqp = pqp + small[lane_b5 + params.off3 + i + l * k] * p_lj;
+        qp2 = qp2 + small[lane_b5 + cq + i + l * k] * p2_lj;
     }
-    let pn = 0.5 * (3.0 * small[cp + e] - pp2);
-    small[np + e] = pn;
-    small[nq + e] = 0.5 * (3.0 * small[cq + e] - p2q + pqp - qp2);
+    let pn = 0.5 * (3.0 * small[lane_b5 + cp + e] - pp2);
+    small[lane_b5 + np + e] = pn;
+    small[lane_b5 + nq + e] = 0.5 * (3.0 * small[lane_b5 + cq + e] - p2q + pqp - qp2);
     return select(pn, pn - 1.0, i == j);
 }
 
 // P² and P·Q, one entry each per invocation; nothing once converged.
 @compute @workgroup_size(256)
-fn syl_products(@builtin(global_invocation_id) gid: vec3<u32>) {
+fn syl_products(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(workgroup_id) lane_wid: vec3<u32>) {
+    enter_lane(lane_wid.z);
     let e = gid.x;
-    if (e >= params.k * params.k || small[params.slot] != 0.0) {
+    if (e >= params.k * params.k || small[lane_b5 + params.slot] != 0.0) {
         return;
     }
     syl_product_entry(e, params.off0, params.off1);
@@ -224,14 +245,15 @@ fn syl_products(@builtin(global_invocation_id) gid: vec3<u32>) {
 // P', Q' one entry each per invocation, or a copy once converged (so where the result lies
 // does not depend on when the iteration stopped).
 @compute @workgroup_size(256)
-fn syl_update(@builtin(global_invocation_id) gid: vec3<u32>) {
+fn syl_update(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(workgroup_id) lane_wid: vec3<u32>) {
+    enter_lane(lane_wid.z);
     let e = gid.x;
     if (e >= params.k * params.k) {
         return;
     }
-    if (small[params.slot] != 0.0) {
-        small[params.src.x + e] = small[params.off0 + e];
-        small[params.src.y + e] = small[params.off1 + e];
+    if (small[lane_b5 + params.slot] != 0.0) {
+        small[lane_b5 + params.src.x + e] = small[lane_b5 + params.off0 + e];
+        small[lane_b5 + params.src.y + e] = small[lane_b5 + params.off1 + e];
         return;
     }
     syl_update_entry(e, params.off0, params.off1, params.src.x, params.src.y);
@@ -241,27 +263,28 @@ fn syl_update(@builtin(global_invocation_id) gid: vec3<u32>) {
 // (literal c0) or stops shrinking once small (the working-precision floor), or after the cap
 // (literal c1) steps. Single workgroup.
 fn syl_decide(r: T) {
-    let prev = small[params.slot + 1u];
-    let steps = small[params.slot + 3u] + 1.0;
-    small[params.slot + 3u] = steps;
-    small[params.slot + 2u] = prev;
-    small[params.slot + 1u] = r;
+    let prev = small[lane_b5 + params.slot + 1u];
+    let steps = small[lane_b5 + params.slot + 3u] + 1.0;
+    small[lane_b5 + params.slot + 3u] = steps;
+    small[lane_b5 + params.slot + 2u] = prev;
+    small[lane_b5 + params.slot + 1u] = r;
     let finite = r == r && r < 1e30;
-    if (!finite || r <= params.c[0].x || (prev < 0.01 && r >= prev) || steps >= params.c[0].y) {
-        small[params.slot] = 1.0;
+    if (!finite || r <= lanes[lane].c[0].x || (prev < 0.01 && r >= prev) || steps >= lanes[lane].c[0].y) {
+        small[lane_b5 + params.slot] = 1.0;
     }
 }
 
 @compute @workgroup_size(256)
-fn syl_check(@builtin(local_invocation_id) lid3: vec3<u32>) {
+fn syl_check(@builtin(local_invocation_id) lid3: vec3<u32>, @builtin(workgroup_id) lane_wid: vec3<u32>) {
+    enter_lane(lane_wid.z);
     let lid = lid3.x;
     let k = params.k;
-    if (small[params.slot] != 0.0) {
+    if (small[lane_b5 + params.slot] != 0.0) {
         return;
     }
     var acc: T = 0.0;
     for (var e = lid; e < k * k; e = e + 256u) {
-        var d = small[params.src.x + e];
+        var d = small[lane_b5 + params.src.x + e];
         if (e % k == e / k) {
             d = d - 1.0;
         }
@@ -280,13 +303,14 @@ fn syl_check(@builtin(local_invocation_id) lid3: vec3<u32>) {
 // recorded (slot + 4), converged steps included, so the result lies where the unfused
 // kernels leave it.
 @compute @workgroup_size(256)
-fn syl_fused(@builtin(local_invocation_id) lid3: vec3<u32>) {
+fn syl_fused(@builtin(local_invocation_id) lid3: vec3<u32>, @builtin(workgroup_id) lane_wid: vec3<u32>) {
+    enter_lane(lane_wid.z);
     let lid = lid3.x;
     let k = params.k;
     let kk = k * k;
     for (var it = 0u; it < params.chunk; it = it + 1u) {
-        let even = (u32(small[params.slot + 4u]) % 2u) == 0u;
-        let done = small[params.slot] != 0.0;
+        let even = (u32(small[lane_b5 + params.slot + 4u]) % 2u) == 0u;
+        let done = small[lane_b5 + params.slot] != 0.0;
         let cp = select(params.src.x, params.off0, even);
         let cq = select(params.src.y, params.off1, even);
         let np = select(params.off0, params.src.x, even);
@@ -300,8 +324,8 @@ fn syl_fused(@builtin(local_invocation_id) lid3: vec3<u32>) {
         var acc: T = 0.0;
         for (var e = lid; e < kk; e = e + 256u) {
             if (done) {
-                small[np + e] = small[cp + e];
-                small[nq + e] = small[cq + e];
+                small[lane_b5 + np + e] = small[lane_b5 + cp + e];
+                small[lane_b5 + nq + e] = small[lane_b5 + cq + e];
             } else {
                 let d = syl_update_entry(e, cp, cq, np, nq);
                 acc = acc + d * d;
@@ -312,7 +336,7 @@ fn syl_fused(@builtin(local_invocation_id) lid3: vec3<u32>) {
             if (!done) {
                 syl_decide(sqrt(s.x / T(k)));
             }
-            small[params.slot + 4u] = small[params.slot + 4u] + 1.0;
+            small[lane_b5 + params.slot + 4u] = small[lane_b5 + params.slot + 4u] + 1.0;
         }
         storageBarrier();
     }
@@ -325,13 +349,14 @@ fn syl_fused(@builtin(local_invocation_id) lid3: vec3<u32>) {
 // (−½)·d_j^{-3/2}) with gT at off0 and d_j = small[off3 + j(k+1)] + c2 (at or below c3 it was
 // clamped: no gradient). Single workgroup.
 @compute @workgroup_size(256)
-fn backward_finish(@builtin(local_invocation_id) lid3: vec3<u32>) {
+fn backward_finish(@builtin(local_invocation_id) lid3: vec3<u32>, @builtin(workgroup_id) lane_wid: vec3<u32>) {
+    enter_lane(lane_wid.z);
     let lid = lid3.x;
     let k = params.k;
-    let identity = small[params.src.y] < params.c[0].y;
+    let identity = small[lane_b5 + params.src.y] < lanes[lane].c[0].y;
     var tr: T = 0.0;
     for (var j = lid; j < k; j = j + 256u) {
-        tr = tr + small[params.off0 + j + j * k];
+        tr = tr + small[lane_b5 + params.off0 + j + j * k];
     }
     let s = reduce2(lid, tr, 0.0);
     let tr_ga = -0.5 * s.x;
@@ -342,21 +367,21 @@ fn backward_finish(@builtin(local_invocation_id) lid3: vec3<u32>) {
         if (!identity) {
             if (params.mode == 2u) {
                 if (i == j) {
-                    let d = small[params.off3 + e] + params.c[0].z;
-                    if (d > params.c[0].w) {
-                        v = -params.c[0].x * small[params.off0 + e] / (d * sqrt(d));
+                    let d = small[lane_b5 + params.off3 + e] + lanes[lane].c[0].z;
+                    if (d > lanes[lane].c[0].w) {
+                        v = -lanes[lane].c[0].x * small[lane_b5 + params.off0 + e] / (d * sqrt(d));
                     }
                 }
             } else {
-                v = -0.5 * (small[params.off0 + e] + small[params.off0 + j + i * k]);
+                v = -0.5 * (small[lane_b5 + params.off0 + e] + small[lane_b5 + params.off0 + j + i * k]);
                 if (params.mode == 1u) {
-                    v = v + 2.0 * (small[params.src.x] * small[params.off1 + e] + small[params.src.x + 1u] * small[params.off3 + e]);
+                    v = v + 2.0 * (small[lane_b5 + params.src.x] * small[lane_b5 + params.off1 + e] + small[lane_b5 + params.src.x + 1u] * small[lane_b5 + params.off3 + e]);
                     if (i == j) {
-                        v = v + 2.0 * params.c[0].x * tr_ga;
+                        v = v + 2.0 * lanes[lane].c[0].x * tr_ga;
                     }
                 }
             }
         }
-        small[params.off2 + e] = v;
+        small[lane_b5 + params.off2 + e] = v;
     }
 }

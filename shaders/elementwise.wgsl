@@ -12,6 +12,12 @@ struct Params {
     k2: u32, off0: u32, off1: u32, off2: u32,
     off3: u32, slot: u32, groups_x: u32, chunk: u32,
     src: vec4<u32>,
+}
+
+// What differs between the problems of a batched dispatch (one entry per problem, indexed by
+// workgroup_id.z): where each binding's data starts, in elements, and the coefficients.
+struct Lane {
+    base: array<vec4<u32>, 2>,
     c: array<vec4<T>, 2>,
 }
 
@@ -22,12 +28,28 @@ const LITERAL: u32 = 0xffffffffu;
 @group(0) @binding(2) var<storage, read> b: array<T>;
 @group(0) @binding(4) var<storage, read_write> out: array<T>;
 @group(0) @binding(5) var<storage, read_write> small: array<T>;
+@group(0) @binding(7) var<storage, read> lanes: array<Lane>;
+
+var<private> lane: u32;
+var<private> lane_b1: u32;
+var<private> lane_b2: u32;
+var<private> lane_b4: u32;
+var<private> lane_b5: u32;
+
+// Selects the problem of this workgroup: its coefficients and the start of its data.
+fn enter_lane(z: u32) {
+    lane = z;
+    lane_b1 = lanes[z].base[0].x;
+    lane_b2 = lanes[z].base[0].y;
+    lane_b4 = lanes[z].base[0].w;
+    lane_b5 = lanes[z].base[1].x;
+}
 
 // Coefficient i: the literal from the uniform plus, when a device slot is named, that scalar.
 fn coef(i: u32) -> T {
-    var v = params.c[i / 4u][i % 4u];
+    var v = lanes[lane].c[i / 4u][i % 4u];
     if (i < 4u && params.src[i] != LITERAL) {
-        v = v + small[params.src[i]];
+        v = v + small[lane_b5 + params.src[i]];
     }
     return v;
 }
@@ -40,27 +62,29 @@ fn linear_id(wid: vec3<u32>, lid: vec3<u32>) -> u32 {
 // mode 1: out = a + c0·(b − a)       (lerp, written like the CPU oracle)
 @compute @workgroup_size(256)
 fn combine(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    enter_lane(wid.z);
     let i = linear_id(wid, lid);
     if (i >= params.n) {
         return;
     }
     let c0 = coef(0u);
     if (params.mode == 0u) {
-        out[i] = c0 * a[i] + coef(1u) * b[i];
+        out[lane_b4 + i] = c0 * a[lane_b1 + i] + coef(1u) * b[lane_b2 + i];
     } else {
-        let base = a[i];
-        out[i] = base + c0 * (b[i] - base);
+        let base = a[lane_b1 + i];
+        out[lane_b4 + i] = base + c0 * (b[lane_b2 + i] - base);
     }
 }
 
 // out ← c0·out in place (c0 usually a device scalar).
 @compute @workgroup_size(256)
 fn scale_in_place(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    enter_lane(wid.z);
     let i = linear_id(wid, lid);
     if (i >= params.n) {
         return;
     }
-    out[i] = coef(0u) * out[i];
+    out[lane_b4 + i] = coef(0u) * out[lane_b4 + i];
 }
 
 // log(1 + u) for 0 < u ≤ 1 through atanh: 2·(z + z³/3 + …), z = u/(2+u) ≤ 1/3. Written out
@@ -104,15 +128,16 @@ fn softplus(x: T) -> T {
 // mode 0: hard clamp (negatives → 0; NaN stays NaN, like the oracle), mode 1: softplus.
 @compute @workgroup_size(256)
 fn nonneg_in_place(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    enter_lane(wid.z);
     let i = linear_id(wid, lid);
     if (i >= params.n) {
         return;
     }
-    let x = out[i];
+    let x = out[lane_b4 + i];
     if (params.mode == 0u) {
-        out[i] = select(x, 0.0, x < 0.0);
+        out[lane_b4 + i] = select(x, 0.0, x < 0.0);
     } else {
-        out[i] = softplus(x);
+        out[lane_b4 + i] = softplus(x);
     }
 }
 
@@ -120,18 +145,19 @@ fn nonneg_in_place(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocat
 // a < 0, torch's clamp rule), mode 1 softplus: σ(a) from e^{−|a|}, the identity above 20.
 @compute @workgroup_size(256)
 fn nonneg_backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    enter_lane(wid.z);
     let i = linear_id(wid, lid);
     if (i >= params.n) {
         return;
     }
-    let x = a[i];
+    let x = a[lane_b1 + i];
     if (params.mode == 0u) {
         if (x < 0.0) {
-            out[i] = 0.0;
+            out[lane_b4 + i] = 0.0;
         }
     } else if (x <= 20.0) {
         let z = exp_nonpositive(-abs(x));
         let sig = select(z / (1.0 + z), 1.0 / (1.0 + z), x >= 0.0);
-        out[i] = out[i] * sig;
+        out[lane_b4 + i] = out[lane_b4 + i] * sig;
     }
 }

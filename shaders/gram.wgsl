@@ -13,6 +13,12 @@ struct Params {
     k2: u32, off0: u32, off1: u32, off2: u32,
     off3: u32, slot: u32, groups_x: u32, chunk: u32,
     src: vec4<u32>,
+}
+
+// What differs between the problems of a batched dispatch (one entry per problem, indexed by
+// workgroup_id.z): where each binding's data starts, in elements, and the coefficients.
+struct Lane {
+    base: array<vec4<u32>, 2>,
     c: array<vec4<T>, 2>,
 }
 
@@ -21,6 +27,22 @@ struct Params {
 @group(0) @binding(2) var<storage, read> b: array<T>;
 @group(0) @binding(5) var<storage, read_write> small: array<T>;
 @group(0) @binding(6) var<storage, read_write> aux: array<T>;
+@group(0) @binding(7) var<storage, read> lanes: array<Lane>;
+
+var<private> lane: u32;
+var<private> lane_b1: u32;
+var<private> lane_b2: u32;
+var<private> lane_b5: u32;
+var<private> lane_b6: u32;
+
+// Selects the problem of this workgroup: its coefficients and the start of its data.
+fn enter_lane(z: u32) {
+    lane = z;
+    lane_b1 = lanes[z].base[0].x;
+    lane_b2 = lanes[z].base[0].y;
+    lane_b5 = lanes[z].base[1].x;
+    lane_b6 = lanes[z].base[1].y;
+}
 
 const TILE: u32 = 32u;
 const SLAB: u32 = 32u;
@@ -35,6 +57,7 @@ var<workgroup> sb: array<T, 1056>;
 // c goes to aux[off0 + c·ka·kb], column-major ka×kb.
 @compute @workgroup_size(16, 16)
 fn gram_partial(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    enter_lane(wid.z);
     let p = params.p;
     let ka = params.k;
     let kb = params.k2;
@@ -63,10 +86,10 @@ fn gram_partial(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation
             var va: T = 0.0;
             var vb: T = 0.0;
             if (row < row_end && ca < ka) {
-                va = a[row + ca * p];
+                va = a[lane_b1 + row + ca * p];
             }
             if (row < row_end && cb < kb) {
-                vb = b[row + cb * p];
+                vb = b[lane_b2 + row + cb * p];
             }
             sa[cc * STRIDE + rr] = va;
             sb[cc * STRIDE + rr] = vb;
@@ -88,16 +111,16 @@ fn gram_partial(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation
     let ib = tb * TILE + 2u * lid.y;
     let base = params.off0 + wid.x * ka * kb;
     if (ia < ka && ib < kb) {
-        aux[base + ia + ib * ka] = acc00;
+        aux[lane_b6 + base + ia + ib * ka] = acc00;
     }
     if (ia < ka && ib + 1u < kb) {
-        aux[base + ia + (ib + 1u) * ka] = acc01;
+        aux[lane_b6 + base + ia + (ib + 1u) * ka] = acc01;
     }
     if (ia + 1u < ka && ib < kb) {
-        aux[base + ia + 1u + ib * ka] = acc10;
+        aux[lane_b6 + base + ia + 1u + ib * ka] = acc10;
     }
     if (ia + 1u < ka && ib + 1u < kb) {
-        aux[base + ia + 1u + (ib + 1u) * ka] = acc11;
+        aux[lane_b6 + base + ia + 1u + (ib + 1u) * ka] = acc11;
     }
 }
 
@@ -110,6 +133,7 @@ var<workgroup> tree_t: array<T, 64>;
 // mode 1 (ka = kb): the symmetric part ½(P + Pᵀ), each half summed in the same order.
 @compute @workgroup_size(64)
 fn gram_reduce(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid3: vec3<u32>) {
+    enter_lane(wid.z);
     let ka = params.k;
     let kb = params.k2;
     let size = ka * kb;
@@ -123,9 +147,9 @@ fn gram_reduce(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_
     var acc: T = 0.0;
     var acc_t: T = 0.0;
     for (var c = lid; c < params.groups_x; c = c + 64u) {
-        acc = acc + aux[params.off0 + c * size + ee];
+        acc = acc + aux[lane_b6 + params.off0 + c * size + ee];
         if (params.mode == 1u) {
-            acc_t = acc_t + aux[params.off0 + c * size + et];
+            acc_t = acc_t + aux[lane_b6 + params.off0 + c * size + et];
         }
     }
     tree[lid] = acc;
@@ -143,6 +167,6 @@ fn gram_reduce(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_
         if (params.mode == 1u) {
             v = 0.5 * (v + tree_t[0]);
         }
-        small[params.off1 + e] = v;
+        small[lane_b5 + params.off1 + e] = v;
     }
 }

@@ -25,12 +25,33 @@ struct Params {
     k2: u32, off0: u32, off1: u32, off2: u32,
     off3: u32, slot: u32, groups_x: u32, chunk: u32,
     src: vec4<u32>,
+}
+
+// What differs between the problems of a batched dispatch (one entry per problem, indexed by
+// workgroup_id.z): where each binding's data starts, in elements, and the coefficients.
+struct Lane {
+    base: array<vec4<u32>, 2>,
     c: array<vec4<T>, 2>,
 }
 
 @group(0) @binding(0) var<uniform> params: Params;
 @group(0) @binding(4) var<storage, read_write> step_args: array<u32>;
 @group(0) @binding(5) var<storage, read_write> small: array<T>;
+@group(0) @binding(7) var<storage, read> lanes: array<Lane>;
+
+// u32 words per element: the step counts are u32s, their start is given in elements of T.
+const T_WORDS: u32 = 1u; // @f64 const T_WORDS: u32 = 2u;
+
+var<private> lane: u32;
+var<private> lane_b4: u32;
+var<private> lane_b5: u32;
+
+// Selects the problem of this workgroup: its coefficients and the start of its data.
+fn enter_lane(z: u32) {
+    lane = z;
+    lane_b4 = lanes[z].base[0].w;
+    lane_b5 = lanes[z].base[1].x;
+}
 
 var<workgroup> tree: array<T, 256>;
 var<workgroup> tree2: array<T, 256>;
@@ -78,7 +99,7 @@ fn qn_at(e: u32) -> u32 { return params.off1 + 4u * params.k * params.k + e; }
 
 // Z = (3I − R)/2 entry (i, j)
 fn z_of(i: u32, j: u32) -> T {
-    let r = small[r_at(i + j * params.k)];
+    let r = small[lane_b5 + r_at(i + j * params.k)];
     return select(T(-0.5) * r, T(0.5) * (3.0 - r), i == j);
 }
 
@@ -86,24 +107,25 @@ fn z_of(i: u32, j: u32) -> T {
 // reference does) + c2·tr(S)/k (relative). R₀ = A/s, Q₀ = I and the state. Literals:
 // c3 = tol, c4 = cap or step count (as a number). Single workgroup.
 @compute @workgroup_size(256)
-fn ns_init(@builtin(local_invocation_id) lid3: vec3<u32>) {
+fn ns_init(@builtin(local_invocation_id) lid3: vec3<u32>, @builtin(workgroup_id) lane_wid: vec3<u32>) {
+    enter_lane(lane_wid.z);
     let lid = lid3.x;
     let k = params.k;
     var tr: T = 0.0;
     for (var i = lid; i < k; i = i + 256u) {
-        tr = tr + small[params.off0 + i + i * k];
+        tr = tr + small[lane_b5 + params.off0 + i + i * k];
     }
     let t = reduce2(lid, tr, 0.0);
-    let rel = params.c[0].z * t.x / T(k);
+    let rel = lanes[lane].c[0].z * t.x / T(k);
     // Frobenius norm and Gershgorin bound of A
     var fro: T = 0.0;
     var gersh: T = 0.0;
     for (var i = lid; i < k; i = i + 256u) {
         var row: T = 0.0;
         for (var j = 0u; j < k; j = j + 1u) {
-            var v = small[params.off0 + i + j * k];
+            var v = small[lane_b5 + params.off0 + i + j * k];
             if (i == j) {
-                v = ((v + params.c[0].x) + params.c[0].y) + rel;
+                v = ((v + lanes[lane].c[0].x) + lanes[lane].c[0].y) + rel;
             }
             fro = fro + v * v;
             row = row + abs(v);
@@ -121,35 +143,35 @@ fn ns_init(@builtin(local_invocation_id) lid3: vec3<u32>) {
     for (var e = lid; e < k * k; e = e + 256u) {
         let i = e % k;
         let j = e / k;
-        var v = small[params.off0 + e];
+        var v = small[lane_b5 + params.off0 + e];
         if (i == j) {
-            v = ((v + params.c[0].x) + params.c[0].y) + rel;
+            v = ((v + lanes[lane].c[0].x) + lanes[lane].c[0].y) + rel;
         }
         var r = v / s;
         if (!usable) {
             r = select(T(0.0), T(1.0), i == j);
         }
-        small[r_at(e)] = r;
-        small[q_at(e)] = select(T(0.0), T(1.0), i == j);
+        small[lane_b5 + r_at(e)] = r;
+        small[lane_b5 + q_at(e)] = select(T(0.0), T(1.0), i == j);
         let d = r - select(T(0.0), T(1.0), i == j);
         res = res + d * d;
     }
     let rr = reduce2(lid, res, 0.0);
     if (lid == 0u) {
         let residual = sqrt(rr.x) / sqrt(T(k));
-        let cap = params.c[1].x;
+        let cap = lanes[lane].c[1].x;
         var done = cap <= 0.0;
         if ((params.mode & 1u) != 0u) {
-            done = done || residual <= params.c[0].w;
+            done = done || residual <= lanes[lane].c[0].w;
         }
         if (!usable) {
             done = true;
         }
-        small[params.slot] = select(T(1.0), s, usable);
-        small[params.slot + 1u] = select(T(0.0), T(1.0), done);
-        small[params.slot + 2u] = 0.0;
-        small[params.slot + 3u] = select(residual, T(-1.0), !usable);
-        small[params.slot + 4u] = residual;
+        small[lane_b5 + params.slot] = select(T(1.0), s, usable);
+        small[lane_b5 + params.slot + 1u] = select(T(0.0), T(1.0), done);
+        small[lane_b5 + params.slot + 2u] = 0.0;
+        small[lane_b5 + params.slot + 3u] = select(residual, T(-1.0), !usable);
+        small[lane_b5 + params.slot + 4u] = residual;
         write_step_args();
     }
 }
@@ -162,17 +184,17 @@ fn ns_init(@builtin(local_invocation_id) lid3: vec3<u32>) {
 // the previous R and Q and stops, rather than diverging.
 fn finish_step(lid: u32) {
     let k = params.k;
-    let prev = small[params.slot + 3u];
-    let best = small[params.slot + 4u];
-    let steps = small[params.slot + 2u] + 1.0;
+    let prev = small[lane_b5 + params.slot + 3u];
+    let best = small[lane_b5 + params.slot + 4u];
+    let steps = small[lane_b5 + params.slot + 2u] + 1.0;
     var res: T = 0.0;
     for (var e = lid; e < k * k; e = e + 256u) {
         let i = e % k;
         let j = e / k;
-        let v = 0.5 * (small[rn_at(e)] + small[rn_at(j + i * k)]);
+        let v = 0.5 * (small[lane_b5 + rn_at(e)] + small[lane_b5 + rn_at(j + i * k)]);
         let d = v - select(T(0.0), T(1.0), i == j);
         res = res + d * d;
-        small[w_at(e)] = v;
+        small[lane_b5 + w_at(e)] = v;
     }
     let rr = reduce2(lid, res, 0.0);
     let residual = sqrt(rr.x) / sqrt(T(k));
@@ -182,21 +204,21 @@ fn finish_step(lid: u32) {
     workgroupBarrier();
     if (!diverged) {
         for (var e = lid; e < k * k; e = e + 256u) {
-            small[r_at(e)] = small[w_at(e)];
-            small[q_at(e)] = small[qn_at(e)];
+            small[lane_b5 + r_at(e)] = small[lane_b5 + w_at(e)];
+            small[lane_b5 + q_at(e)] = small[lane_b5 + qn_at(e)];
         }
     }
     if (lid == 0u) {
-        let cap = params.c[1].x;
+        let cap = lanes[lane].c[1].x;
         var done = steps >= cap || diverged;
         if (by_residual) {
-            done = done || residual <= params.c[0].w || (residual > 0.5 * best && best < 1e-3);
+            done = done || residual <= lanes[lane].c[0].w || (residual > 0.5 * best && best < 1e-3);
         }
-        small[params.slot + 1u] = select(T(0.0), T(1.0), done);
+        small[lane_b5 + params.slot + 1u] = select(T(0.0), T(1.0), done);
         if (!diverged) {
-            small[params.slot + 2u] = steps;
-            small[params.slot + 3u] = residual;
-            small[params.slot + 4u] = min(best, residual);
+            small[lane_b5 + params.slot + 2u] = steps;
+            small[lane_b5 + params.slot + 3u] = residual;
+            small[lane_b5 + params.slot + 4u] = min(best, residual);
         }
     }
     storageBarrier();
@@ -211,11 +233,11 @@ fn products_a(e: u32) {
     var w: T = 0.0;
     var q: T = 0.0;
     for (var l = 0u; l < k; l = l + 1u) {
-        w = w + z_of(i, l) * small[r_at(l + j * k)];
-        q = q + small[q_at(i + l * k)] * z_of(l, j);
+        w = w + z_of(i, l) * small[lane_b5 + r_at(l + j * k)];
+        q = q + small[lane_b5 + q_at(i + l * k)] * z_of(l, j);
     }
-    small[w_at(e)] = w;
-    small[qn_at(e)] = q;
+    small[lane_b5 + w_at(e)] = w;
+    small[lane_b5 + qn_at(e)] = q;
 }
 
 // Rn = W·Z for entry e
@@ -225,28 +247,29 @@ fn products_b(e: u32) {
     let j = e / k;
     var acc: T = 0.0;
     for (var l = 0u; l < k; l = l + 1u) {
-        acc = acc + small[w_at(i + l * k)] * z_of(l, j);
+        acc = acc + small[lane_b5 + w_at(i + l * k)] * z_of(l, j);
     }
-    small[rn_at(e)] = acc;
+    small[lane_b5 + rn_at(e)] = acc;
 }
 
 // The workgroup counts of the next multi-workgroup step (k > 64): none once converged, so
 // the remaining indirect dispatches launch nothing.
 fn write_step_args() {
     let groups = (params.k * params.k + 255u) / 256u;
-    step_args[0] = select(groups, 0u, small[params.slot + 1u] != 0.0);
-    step_args[1] = 1u;
-    step_args[2] = 1u;
+    step_args[lane_b4 * T_WORDS + 0] = select(groups, 0u, small[lane_b5 + params.slot + 1u] != 0.0);
+    step_args[lane_b4 * T_WORDS + 1] = 1u;
+    step_args[lane_b4 * T_WORDS + 2] = 1u;
 }
 
 // Up to `chunk` steps in one workgroup (k ≤ 64).
 @compute @workgroup_size(256)
-fn ns_fused(@builtin(local_invocation_id) lid3: vec3<u32>) {
+fn ns_fused(@builtin(local_invocation_id) lid3: vec3<u32>, @builtin(workgroup_id) lane_wid: vec3<u32>) {
+    enter_lane(lane_wid.z);
     let lid = lid3.x;
     let k = params.k;
     for (var step = 0u; step < params.chunk; step = step + 1u) {
         if (lid == 0u) {
-            flag = select(0u, 1u, small[params.slot + 1u] != 0.0);
+            flag = select(0u, 1u, small[lane_b5 + params.slot + 1u] != 0.0);
         }
         if (workgroupUniformLoad(&flag) != 0u) {
             break;
@@ -267,25 +290,28 @@ fn ns_fused(@builtin(local_invocation_id) lid3: vec3<u32>) {
 
 // One step's first products over many workgroups (k > 64).
 @compute @workgroup_size(256)
-fn ns_step_a(@builtin(global_invocation_id) gid: vec3<u32>) {
-    if (small[params.slot + 1u] != 0.0 || gid.x >= params.k * params.k) {
+fn ns_step_a(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(workgroup_id) lane_wid: vec3<u32>) {
+    enter_lane(lane_wid.z);
+    if (small[lane_b5 + params.slot + 1u] != 0.0 || gid.x >= params.k * params.k) {
         return;
     }
     products_a(gid.x);
 }
 
 @compute @workgroup_size(256)
-fn ns_step_b(@builtin(global_invocation_id) gid: vec3<u32>) {
-    if (small[params.slot + 1u] != 0.0 || gid.x >= params.k * params.k) {
+fn ns_step_b(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(workgroup_id) lane_wid: vec3<u32>) {
+    enter_lane(lane_wid.z);
+    if (small[lane_b5 + params.slot + 1u] != 0.0 || gid.x >= params.k * params.k) {
         return;
     }
     products_b(gid.x);
 }
 
 @compute @workgroup_size(256)
-fn ns_check(@builtin(local_invocation_id) lid3: vec3<u32>) {
+fn ns_check(@builtin(local_invocation_id) lid3: vec3<u32>, @builtin(workgroup_id) lane_wid: vec3<u32>) {
+    enter_lane(lane_wid.z);
     if (lid3.x == 0u) {
-        flag = select(0u, 1u, small[params.slot + 1u] != 0.0);
+        flag = select(0u, 1u, small[lane_b5 + params.slot + 1u] != 0.0);
     }
     if (workgroupUniformLoad(&flag) != 0u) {
         return;
@@ -298,12 +324,13 @@ fn ns_check(@builtin(local_invocation_id) lid3: vec3<u32>) {
 
 // T (off2) = Q/√s.
 @compute @workgroup_size(256)
-fn ns_finish(@builtin(global_invocation_id) gid: vec3<u32>) {
+fn ns_finish(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(workgroup_id) lane_wid: vec3<u32>) {
+    enter_lane(lane_wid.z);
     let e = gid.x;
     if (e >= params.k * params.k) {
         return;
     }
-    small[params.off2 + e] = small[q_at(e)] / sqrt(small[params.slot]);
+    small[lane_b5 + params.off2 + e] = small[lane_b5 + q_at(e)] / sqrt(small[lane_b5 + params.slot]);
 }
 
 // k ≤ 32: R, Q and a scratch matrix live in workgroup memory for the whole dispatch, which
@@ -323,21 +350,22 @@ fn zs(i: u32, j: u32) -> T {
 }
 
 @compute @workgroup_size(256)
-fn ns_shared(@builtin(local_invocation_id) lid3: vec3<u32>) {
+fn ns_shared(@builtin(local_invocation_id) lid3: vec3<u32>, @builtin(workgroup_id) lane_wid: vec3<u32>) {
+    enter_lane(lane_wid.z);
     let lid = lid3.x;
     let k = params.k;
     let kk = k * k;
     let by_residual = (params.mode & 1u) != 0u;
-    let cap = params.c[1].x;
+    let cap = lanes[lane].c[1].x;
     for (var e = lid; e < kk; e = e + 256u) {
-        wr[e] = small[r_at(e)];
-        wq[e] = small[q_at(e)];
+        wr[e] = small[lane_b5 + r_at(e)];
+        wq[e] = small[lane_b5 + q_at(e)];
     }
     if (lid == 0u) {
-        st_done = select(0u, 1u, small[params.slot + 1u] != 0.0);
-        st_steps = small[params.slot + 2u];
-        st_prev = small[params.slot + 3u];
-        st_best = small[params.slot + 4u];
+        st_done = select(0u, 1u, small[lane_b5 + params.slot + 1u] != 0.0);
+        st_steps = small[lane_b5 + params.slot + 2u];
+        st_prev = small[lane_b5 + params.slot + 3u];
+        st_best = small[lane_b5 + params.slot + 4u];
     }
     workgroupBarrier();
     for (var step = 0u; step < params.chunk; step = step + 1u) {
@@ -416,7 +444,7 @@ fn ns_shared(@builtin(local_invocation_id) lid3: vec3<u32>) {
         if (lid == 0u) {
             var done = steps >= cap || diverged;
             if (by_residual) {
-                done = done || residual <= params.c[0].w || (residual > 0.5 * best && best < 1e-3);
+                done = done || residual <= lanes[lane].c[0].w || (residual > 0.5 * best && best < 1e-3);
             }
             st_done = select(0u, 1u, done);
             if (!diverged) {
@@ -428,13 +456,13 @@ fn ns_shared(@builtin(local_invocation_id) lid3: vec3<u32>) {
         workgroupBarrier();
     }
     for (var e = lid; e < kk; e = e + 256u) {
-        small[r_at(e)] = wr[e];
-        small[q_at(e)] = wq[e];
+        small[lane_b5 + r_at(e)] = wr[e];
+        small[lane_b5 + q_at(e)] = wq[e];
     }
     if (lid == 0u) {
-        small[params.slot + 1u] = select(T(0.0), T(1.0), st_done != 0u);
-        small[params.slot + 2u] = st_steps;
-        small[params.slot + 3u] = st_prev;
-        small[params.slot + 4u] = st_best;
+        small[lane_b5 + params.slot + 1u] = select(T(0.0), T(1.0), st_done != 0u);
+        small[lane_b5 + params.slot + 2u] = st_steps;
+        small[lane_b5 + params.slot + 3u] = st_prev;
+        small[lane_b5 + params.slot + 4u] = st_best;
     }
 }

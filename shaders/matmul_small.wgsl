@@ -12,6 +12,12 @@ struct Params {
     k2: u32, off0: u32, off1: u32, off2: u32,
     off3: u32, slot: u32, groups_x: u32, chunk: u32,
     src: vec4<u32>,
+}
+
+// What differs between the problems of a batched dispatch (one entry per problem, indexed by
+// workgroup_id.z): where each binding's data starts, in elements, and the coefficients.
+struct Lane {
+    base: array<vec4<u32>, 2>,
     c: array<vec4<T>, 2>,
 }
 
@@ -24,11 +30,29 @@ const CB: u32 = 16u;
 @group(0) @binding(3) var<storage, read> cm: array<T>;
 @group(0) @binding(4) var<storage, read_write> out: array<T>;
 @group(0) @binding(5) var<storage, read_write> small: array<T>;
+@group(0) @binding(7) var<storage, read> lanes: array<Lane>;
+
+var<private> lane: u32;
+var<private> lane_b1: u32;
+var<private> lane_b2: u32;
+var<private> lane_b3: u32;
+var<private> lane_b4: u32;
+var<private> lane_b5: u32;
+
+// Selects the problem of this workgroup: its coefficients and the start of its data.
+fn enter_lane(z: u32) {
+    lane = z;
+    lane_b1 = lanes[z].base[0].x;
+    lane_b2 = lanes[z].base[0].y;
+    lane_b3 = lanes[z].base[0].z;
+    lane_b4 = lanes[z].base[0].w;
+    lane_b5 = lanes[z].base[1].x;
+}
 
 fn coef(i: u32) -> T {
-    var v = params.c[i / 4u][i % 4u];
+    var v = lanes[lane].c[i / 4u][i % 4u];
     if (i < 4u && params.src[i] != LITERAL) {
-        v = v + small[params.src[i]];
+        v = v + small[lane_b5 + params.src[i]];
     }
     return v;
 }
@@ -39,31 +63,31 @@ fn epilogue(i: u32, prod: T) {
     let c1 = coef(1u);
     let c2 = coef(2u);
     let c3 = coef(3u);
-    let c4 = params.c[1].x;
+    let c4 = lanes[lane].c[1].x;
     var v = coef(0u) * prod;
     if (c1 != 0.0) {
-        v = v + c1 * a[i];
+        v = v + c1 * a[lane_b1 + i];
     }
     if ((params.mode & 1u) != 0u) {
-        v = v + c4 * out[i];
+        v = v + c4 * out[lane_b4 + i];
     }
     if (c2 != 0.0) {
         if ((params.mode & 2u) != 0u) {
-            v = v + c2 * (a[i] - b[i]);
+            v = v + c2 * (a[lane_b1 + i] - b[lane_b2 + i]);
         } else {
-            v = v + c2 * b[i];
+            v = v + c2 * b[lane_b2 + i];
         }
     }
     if (c3 != 0.0) {
-        v = v + c3 * cm[i];
+        v = v + c3 * cm[lane_b3 + i];
     }
-    out[i] = v;
+    out[lane_b4 + i] = v;
 }
 
 // M[l, j] for a column that may lie past k (then 0; the index is clamped to stay in bounds)
 fn m_at(l: u32, j: u32) -> T {
     let k = params.k;
-    let v = small[params.off0 + l + min(j, k - 1u) * k];
+    let v = small[lane_b5 + params.off0 + l + min(j, k - 1u) * k];
     return select(T(0.0), v, j < k);
 }
 
@@ -83,6 +107,7 @@ fn m_block(l: u32, c: u32, j0: u32, staged: bool) -> T {
 // partial sums in registers (a dynamically indexed array would spill to local memory).
 @compute @workgroup_size(256)
 fn mul_small(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    enter_lane(wid.z);
     let p = params.p;
     let k = params.k;
     let r = wid.y * 256u + lid.x;
@@ -102,7 +127,7 @@ fn mul_small(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id
     var acc2 = vec4<T>(0.0);
     var acc3 = vec4<T>(0.0);
     for (var l = 0u; l < k; l = l + 1u) {
-        let y = a[r + l * p];
+        let y = a[lane_b1 + r + l * p];
         acc0 = acc0 + y * vec4<T>(m_block(l, 0u, j0, staged), m_block(l, 1u, j0, staged), m_block(l, 2u, j0, staged), m_block(l, 3u, j0, staged));
         acc1 = acc1 + y * vec4<T>(m_block(l, 4u, j0, staged), m_block(l, 5u, j0, staged), m_block(l, 6u, j0, staged), m_block(l, 7u, j0, staged));
         acc2 = acc2 + y * vec4<T>(m_block(l, 8u, j0, staged), m_block(l, 9u, j0, staged), m_block(l, 10u, j0, staged), m_block(l, 11u, j0, staged));

@@ -17,6 +17,12 @@ struct Params {
     k2: u32, off0: u32, off1: u32, off2: u32,
     off3: u32, slot: u32, groups_x: u32, chunk: u32,
     src: vec4<u32>,
+}
+
+// What differs between the problems of a batched dispatch (one entry per problem, indexed by
+// workgroup_id.z): where each binding's data starts, in elements, and the coefficients.
+struct Lane {
+    base: array<vec4<u32>, 2>,
     c: array<vec4<T>, 2>,
 }
 
@@ -27,6 +33,26 @@ struct Params {
 @group(0) @binding(4) var<storage, read_write> out: array<T>;
 @group(0) @binding(5) var<storage, read_write> small: array<T>;
 @group(0) @binding(6) var<storage, read_write> aux: array<T>;
+@group(0) @binding(7) var<storage, read> lanes: array<Lane>;
+
+var<private> lane: u32;
+var<private> lane_b1: u32;
+var<private> lane_b2: u32;
+var<private> lane_b3: u32;
+var<private> lane_b4: u32;
+var<private> lane_b5: u32;
+var<private> lane_b6: u32;
+
+// Selects the problem of this workgroup: its coefficients and the start of its data.
+fn enter_lane(z: u32) {
+    lane = z;
+    lane_b1 = lanes[z].base[0].x;
+    lane_b2 = lanes[z].base[0].y;
+    lane_b3 = lanes[z].base[0].z;
+    lane_b4 = lanes[z].base[0].w;
+    lane_b5 = lanes[z].base[1].x;
+    lane_b6 = lanes[z].base[1].y;
+}
 
 var<workgroup> t_max: array<T, 256>;
 var<workgroup> t_gg: array<T, 256>;
@@ -36,7 +62,7 @@ var<workgroup> t_pd: array<T, 256>;
 
 fn direction(g: T, b: T) -> T {
     if ((params.mode & 1u) != 0u) {
-        return g + params.c[0].x * b;
+        return g + lanes[lane].c[0].x * b;
     }
     return b;
 }
@@ -66,11 +92,11 @@ fn row_stats(lid: u32, wid: u32, row_cos: T, gg: T, pp: T, gp: T, pd: T) {
     tree5(lid);
     if (lid == 0u) {
         let o = params.off0 + 5u * wid;
-        aux[o] = t_max[0];
-        aux[o + 1u] = t_gg[0];
-        aux[o + 2u] = t_pp[0];
-        aux[o + 3u] = t_gp[0];
-        aux[o + 4u] = t_pd[0];
+        aux[lane_b6 + o] = t_max[0];
+        aux[lane_b6 + o + 1u] = t_gg[0];
+        aux[lane_b6 + o + 2u] = t_pp[0];
+        aux[lane_b6 + o + 3u] = t_gp[0];
+        aux[lane_b6 + o + 4u] = t_pd[0];
     }
 }
 
@@ -78,13 +104,14 @@ fn row_stats(lid: u32, wid: u32, row_cos: T, gg: T, pp: T, gp: T, pd: T) {
 // (max row cosine, Σg², Σp², Σg·p, Σp·d) of each workgroup at aux[off0 + 5·wid ..].
 @compute @workgroup_size(256)
 fn sgdp_rows(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid3: vec3<u32>) {
+    enter_lane(wid.z);
     let lid = lid3.x;
     let p = params.p;
     let k = params.k;
     let r = wid.x * 256u + lid;
-    let mu = params.c[0].x;
-    let damp = 1.0 - params.c[0].y;
-    let eps = params.c[0].z;
+    let mu = lanes[lane].c[0].x;
+    let damp = 1.0 - lanes[lane].c[0].y;
+    let eps = lanes[lane].c[0].z;
     var row_cos: T = 0.0;
     var gg: T = 0.0;
     var pp: T = 0.0;
@@ -93,10 +120,10 @@ fn sgdp_rows(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id
     if (r < p) {
         for (var j = 0u; j < k; j = j + 1u) {
             let i = r + j * p;
-            let g = grad[i];
-            let pv = param[i];
-            let b = out[i] * mu + g * damp;
-            out[i] = b;
+            let g = grad[lane_b2 + i];
+            let pv = param[lane_b1 + i];
+            let b = out[lane_b4 + i] * mu + g * damp;
+            out[lane_b4 + i] = b;
             gg = gg + g * g;
             pp = pp + pv * pv;
             gp = gp + g * pv;
@@ -111,7 +138,8 @@ fn sgdp_rows(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id
 // 1 per row, 2 whole matrix), small[slot+1] = decay factor, small[slot+2] = ‖p‖ + ε,
 // small[slot+3] = Σp·d / (‖p‖ + ε).
 @compute @workgroup_size(256)
-fn sgdp_decide(@builtin(local_invocation_id) lid3: vec3<u32>) {
+fn sgdp_decide(@builtin(local_invocation_id) lid3: vec3<u32>, @builtin(workgroup_id) lane_wid: vec3<u32>) {
+    enter_lane(lane_wid.z);
     let lid = lid3.x;
     var m: T = 0.0;
     var gg: T = 0.0;
@@ -120,11 +148,11 @@ fn sgdp_decide(@builtin(local_invocation_id) lid3: vec3<u32>) {
     var pd: T = 0.0;
     for (var w = lid; w < params.groups_x; w = w + 256u) {
         let o = params.off0 + 5u * w;
-        m = max(m, aux[o]);
-        gg = gg + aux[o + 1u];
-        pp = pp + aux[o + 2u];
-        gp = gp + aux[o + 3u];
-        pd = pd + aux[o + 4u];
+        m = max(m, aux[lane_b6 + o]);
+        gg = gg + aux[lane_b6 + o + 1u];
+        pp = pp + aux[lane_b6 + o + 2u];
+        gp = gp + aux[lane_b6 + o + 3u];
+        pd = pd + aux[lane_b6 + o + 4u];
     }
     t_max[lid] = m;
     t_gg[lid] = gg;
@@ -133,71 +161,72 @@ fn sgdp_decide(@builtin(local_invocation_id) lid3: vec3<u32>) {
     t_pd[lid] = pd;
     tree5(lid);
     if (lid == 0u) {
-        let eps = params.c[0].z;
-        let delta = params.c[1].x;
+        let eps = lanes[lane].c[0].z;
+        let delta = lanes[lane].c[1].x;
         var kind: T = 0.0;
         var ratio: T = 1.0;
         if (t_max[0] < delta / sqrt(T(params.k))) {
             kind = 1.0;
-            ratio = params.c[1].y;
+            ratio = lanes[lane].c[1].y;
         } else {
             let gn = sqrt(t_gg[0]) + eps;
             let pn = sqrt(t_pp[0]) + eps;
             let c = abs(t_gp[0]) / gn / pn;
             if (c < delta / sqrt(T(params.p) * T(params.k))) {
                 kind = 2.0;
-                ratio = params.c[1].y;
+                ratio = lanes[lane].c[1].y;
             }
         }
-        let wd = params.c[0].w;
+        let wd = lanes[lane].c[0].w;
         var decay: T = 1.0;
         if (wd != 0.0) {
-            decay = 1.0 - params.c[1].z * wd * ratio / (1.0 - params.c[0].x);
+            decay = 1.0 - lanes[lane].c[1].z * wd * ratio / (1.0 - lanes[lane].c[0].x);
         }
         let pn = sqrt(t_pp[0]) + eps;
-        small[params.slot] = kind;
-        small[params.slot + 1u] = decay;
-        small[params.slot + 2u] = pn;
-        small[params.slot + 3u] = t_pd[0] / pn;
+        small[lane_b5 + params.slot] = kind;
+        small[lane_b5 + params.slot + 1u] = decay;
+        small[lane_b5 + params.slot + 2u] = pn;
+        small[lane_b5 + params.slot + 3u] = t_pd[0] / pn;
     }
 }
 
 // Pass 3: out = p·decay − lr·d(projected), one row per invocation.
 @compute @workgroup_size(256)
 fn sgdp_apply(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid3: vec3<u32>) {
+    enter_lane(wid.z);
     let p = params.p;
     let k = params.k;
     let r = wid.x * 256u + lid3.x;
     if (r >= p) {
         return;
     }
-    let eps = params.c[0].z;
-    let lr = params.c[1].z;
-    let kind = small[params.slot];
-    let decay = small[params.slot + 1u];
-    var pn = small[params.slot + 2u];
-    var s = small[params.slot + 3u];
+    let eps = lanes[lane].c[0].z;
+    let lr = lanes[lane].c[1].z;
+    let kind = small[lane_b5 + params.slot];
+    let decay = small[lane_b5 + params.slot + 1u];
+    var pn = small[lane_b5 + params.slot + 2u];
+    var s = small[lane_b5 + params.slot + 3u];
     if (kind == 1.0) {
         var pp: T = 0.0;
         for (var j = 0u; j < k; j = j + 1u) {
-            let pv = param[r + j * p];
+            let pv = param[lane_b1 + r + j * p];
             pp = pp + pv * pv;
         }
         pn = sqrt(pp) + eps;
         s = 0.0;
         for (var j = 0u; j < k; j = j + 1u) {
             let i = r + j * p;
-            s = s + param[i] / pn * direction(grad[i], buf_in[i]);
+            s = s + param[lane_b1 + i] / pn * direction(grad[lane_b2 + i], buf_in[lane_b3 + i]);
         }
     }
     for (var j = 0u; j < k; j = j + 1u) {
         let i = r + j * p;
-        let pv = param[i];
-        var d = direction(grad[i], buf_in[i]);
+        let pv = param[lane_b1 + i];
+        var d = direction(grad[lane_b2 + i], buf_in[lane_b3 + i]);
         if (kind != 0.0) {
             d = d - pv / pn * s;
         }
-        out[i] = pv * decay - lr * d;
+        out[lane_b4 + i] = pv * decay - lr * d;
     }
 }
 
@@ -206,11 +235,12 @@ fn sgdp_apply(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_i
 // layout `sgdp_decide` (optimizer.wgsl) reads.
 @compute @workgroup_size(256)
 fn adamp_rows(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid3: vec3<u32>) {
+    enter_lane(wid.z);
     let lid = lid3.x;
     let p = params.p;
     let k = params.k;
     let r = wid.x * 256u + lid;
-    let eps = params.c[0].z;
+    let eps = lanes[lane].c[0].z;
     var row_cos: T = 0.0;
     var gg: T = 0.0;
     var pp: T = 0.0;
@@ -219,12 +249,12 @@ fn adamp_rows(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_i
     if (r < p) {
         for (var j = 0u; j < k; j = j + 1u) {
             let i = r + j * p;
-            let g = grad[i];
-            let pv = param[i];
+            let g = grad[lane_b2 + i];
+            let pv = param[lane_b1 + i];
             gg = gg + g * g;
             pp = pp + pv * pv;
             gp = gp + g * pv;
-            pd = pd + pv * buf_in[i];
+            pd = pd + pv * buf_in[lane_b3 + i];
         }
         row_cos = abs(gp) / (sqrt(gg) + eps) / (sqrt(pp) + eps);
     }
@@ -235,37 +265,38 @@ fn adamp_rows(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_i
 // row per invocation (a row is read whole before it is written). a = param; c6 = step.
 @compute @workgroup_size(256)
 fn adamp_apply(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid3: vec3<u32>) {
+    enter_lane(wid.z);
     let p = params.p;
     let k = params.k;
     let r = wid.x * 256u + lid3.x;
     if (r >= p) {
         return;
     }
-    let eps = params.c[0].z;
-    let step = params.c[1].z;
-    let kind = small[params.slot];
-    var pn = small[params.slot + 2u];
-    var s = small[params.slot + 3u];
+    let eps = lanes[lane].c[0].z;
+    let step = lanes[lane].c[1].z;
+    let kind = small[lane_b5 + params.slot];
+    var pn = small[lane_b5 + params.slot + 2u];
+    var s = small[lane_b5 + params.slot + 3u];
     if (kind == 1.0) {
         var pp: T = 0.0;
         for (var j = 0u; j < k; j = j + 1u) {
-            let pv = param[r + j * p];
+            let pv = param[lane_b1 + r + j * p];
             pp = pp + pv * pv;
         }
         pn = sqrt(pp) + eps;
         s = 0.0;
         for (var j = 0u; j < k; j = j + 1u) {
             let i = r + j * p;
-            s = s + param[i] / pn * out[i];
+            s = s + param[lane_b1 + i] / pn * out[lane_b4 + i];
         }
     }
     for (var j = 0u; j < k; j = j + 1u) {
         let i = r + j * p;
-        let pv = param[i];
-        var d = out[i];
+        let pv = param[lane_b1 + i];
+        var d = out[lane_b4 + i];
         if (kind != 0.0) {
             d = d - pv / pn * s;
         }
-        out[i] = pv - step * d;
+        out[lane_b4 + i] = pv - step * d;
     }
 }

@@ -11,6 +11,12 @@ struct Params {
     k2: u32, off0: u32, off1: u32, off2: u32,
     off3: u32, slot: u32, groups_x: u32, chunk: u32,
     src: vec4<u32>,
+}
+
+// What differs between the problems of a batched dispatch (one entry per problem, indexed by
+// workgroup_id.z): where each binding's data starts, in elements, and the coefficients.
+struct Lane {
+    base: array<vec4<u32>, 2>,
     c: array<vec4<T>, 2>,
 }
 
@@ -19,6 +25,22 @@ struct Params {
 @group(0) @binding(2) var<storage, read> b: array<T>;
 @group(0) @binding(5) var<storage, read_write> small: array<T>;
 @group(0) @binding(6) var<storage, read_write> aux: array<T>;
+@group(0) @binding(7) var<storage, read> lanes: array<Lane>;
+
+var<private> lane: u32;
+var<private> lane_b1: u32;
+var<private> lane_b2: u32;
+var<private> lane_b5: u32;
+var<private> lane_b6: u32;
+
+// Selects the problem of this workgroup: its coefficients and the start of its data.
+fn enter_lane(z: u32) {
+    lane = z;
+    lane_b1 = lanes[z].base[0].x;
+    lane_b2 = lanes[z].base[0].y;
+    lane_b5 = lanes[z].base[1].x;
+    lane_b6 = lanes[z].base[1].y;
+}
 
 var<workgroup> tree: array<T, 256>;
 
@@ -31,20 +53,20 @@ fn is_finite(x: T) -> bool {
 fn term(i: u32) -> T {
     switch (params.mode) {
         case 0u: {
-            let x = a[i];
+            let x = a[lane_b1 + i];
             return x * x;
         }
         case 1u: {
-            return a[i] * b[i];
+            return a[lane_b1 + i] * b[lane_b2 + i];
         }
         case 2u: {
-            let d = a[i] - b[i];
+            let d = a[lane_b1 + i] - b[lane_b2 + i];
             return d * d;
         }
         case 3u: {
             // squared gradient mapping: ‖P(y − t·g) − y‖², P the clamp to ≥ 0 when mode flag set
-            let y = a[i];
-            var z = y - params.c[0].x * b[i];
+            let y = a[lane_b1 + i];
+            var z = y - lanes[lane].c[0].x * b[lane_b2 + i];
             if (params.k2 == 1u && z < 0.0) {
                 z = 0.0;
             }
@@ -52,13 +74,13 @@ fn term(i: u32) -> T {
             return d * d;
         }
         case 5u: {
-            return abs(a[i]);
+            return abs(a[lane_b1 + i]);
         }
         case 6u: {
-            return select(T(0.0), T(1.0), abs(a[i] * params.c[0].x) > params.c[0].y);
+            return select(T(0.0), T(1.0), abs(a[lane_b1 + i] * lanes[lane].c[0].x) > lanes[lane].c[0].y);
         }
         default: {
-            return select(T(1.0), T(0.0), is_finite(a[i]));
+            return select(T(1.0), T(0.0), is_finite(a[lane_b1 + i]));
         }
     }
 }
@@ -68,6 +90,7 @@ fn term(i: u32) -> T {
 // Writes aux[off0 + wid] for wid < G = groups_x.
 @compute @workgroup_size(256)
 fn partial_sums(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    enter_lane(wid.z);
     let stride = params.groups_x * 256u;
     var acc: T = 0.0;
     for (var i = wid.x * 256u + lid.x; i < params.n; i = i + stride) {
@@ -82,7 +105,7 @@ fn partial_sums(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation
         workgroupBarrier();
     }
     if (lid.x == 0u) {
-        aux[params.off0 + wid.x] = tree[0];
+        aux[lane_b6 + params.off0 + wid.x] = tree[0];
     }
 }
 
@@ -92,10 +115,11 @@ fn partial_sums(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation
 //   1: the reference retraction's renormalisation: with n = √sum and ‖Y‖ = √small[off2],
 //      small[off1] = ‖Y‖/n when n > 1e-12 and ‖Y‖ ≥ 1e-12, else 1.
 @compute @workgroup_size(256)
-fn finalize(@builtin(local_invocation_id) lid: vec3<u32>) {
+fn finalize(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) lane_wid: vec3<u32>) {
+    enter_lane(lane_wid.z);
     var acc: T = 0.0;
     for (var i = lid.x; i < params.chunk; i = i + 256u) {
-        acc = acc + aux[params.off0 + i];
+        acc = acc + aux[lane_b6 + params.off0 + i];
     }
     tree[lid.x] = acc;
     workgroupBarrier();
@@ -108,11 +132,11 @@ fn finalize(@builtin(local_invocation_id) lid: vec3<u32>) {
     if (lid.x == 0u) {
         let total = tree[0];
         if (params.mode == 0u) {
-            small[params.off1] = total;
+            small[lane_b5 + params.off1] = total;
         } else {
             let n = sqrt(total);
-            let norm_y = sqrt(max(small[params.off2], 0.0));
-            small[params.off1] = select(T(1.0), norm_y / n, n > 1e-12 && norm_y >= 1e-12);
+            let norm_y = sqrt(max(small[lane_b5 + params.off2], 0.0));
+            small[lane_b5 + params.off1] = select(T(1.0), norm_y / n, n > 1e-12 && norm_y >= 1e-12);
         }
     }
 }

@@ -10,12 +10,30 @@ struct Params {
     k2: u32, off0: u32, off1: u32, off2: u32,
     off3: u32, slot: u32, groups_x: u32, chunk: u32,
     src: vec4<u32>,
+}
+
+// What differs between the problems of a batched dispatch (one entry per problem, indexed by
+// workgroup_id.z): where each binding's data starts, in elements, and the coefficients.
+struct Lane {
+    base: array<vec4<u32>, 2>,
     c: array<vec4<T>, 2>,
 }
 
 @group(0) @binding(0) var<uniform> params: Params;
 @group(0) @binding(5) var<storage, read_write> small: array<T>;
 @group(0) @binding(6) var<storage, read_write> aux: array<T>;
+@group(0) @binding(7) var<storage, read> lanes: array<Lane>;
+
+var<private> lane: u32;
+var<private> lane_b5: u32;
+var<private> lane_b6: u32;
+
+// Selects the problem of this workgroup: its coefficients and the start of its data.
+fn enter_lane(z: u32) {
+    lane = z;
+    lane_b5 = lanes[z].base[1].x;
+    lane_b6 = lanes[z].base[1].y;
+}
 
 var<workgroup> tree: array<T, 256>;
 var<workgroup> tree2: array<T, 256>;
@@ -43,25 +61,26 @@ fn reduce2(lid: u32, x: T, y: T) -> vec2<T> {
 // both zero when n ≤ 1e-12 or the orthogonality weight is zero.
 // Literals: c0 = orth, c1 = simplified coefficient. Single workgroup.
 @compute @workgroup_size(256)
-fn grad_coef(@builtin(local_invocation_id) lid3: vec3<u32>) {
+fn grad_coef(@builtin(local_invocation_id) lid3: vec3<u32>, @builtin(workgroup_id) lane_wid: vec3<u32>) {
+    enter_lane(lane_wid.z);
     let lid = lid3.x;
     let k = params.k;
     var fro: T = 0.0;
     var dsq: T = 0.0;
     for (var e = lid; e < k * k; e = e + 256u) {
-        let v = small[params.off0 + e];
+        let v = small[lane_b5 + params.off0 + e];
         let i = e % k;
         let j = e / k;
         fro = fro + v * v;
         if (i == j) {
-            small[params.off1 + e] = 0.0;
+            small[lane_b5 + params.off1 + e] = 0.0;
         } else {
-            small[params.off1 + e] = v;
+            small[lane_b5 + params.off1 + e] = v;
         }
     }
     var tr: T = 0.0;
     for (var j = lid; j < k; j = j + 256u) {
-        let d = small[params.off0 + j + j * k];
+        let d = small[lane_b5 + params.off0 + j + j * k];
         tr = tr + d;
         dsq = dsq + d * d;
     }
@@ -69,9 +88,9 @@ fn grad_coef(@builtin(local_invocation_id) lid3: vec3<u32>) {
     let s2 = reduce2(lid, tr, 0.0);
     if (lid == 0u) {
         let n = s2.x;
-        let orth = params.c[0].x;
+        let orth = lanes[lane].c[0].x;
         let simplified = params.mode == 1u;
-        let weight = select(orth, params.c[0].y, simplified);
+        let weight = select(orth, lanes[lane].c[0].y, simplified);
         var alpha: T = 0.0;
         var radial: T = 0.0;
         if (n > 1e-12 && weight != 0.0) {
@@ -83,38 +102,40 @@ fn grad_coef(@builtin(local_invocation_id) lid3: vec3<u32>) {
                 radial = -orth * defect / n;
             }
         }
-        small[params.off2] = alpha;
-        small[params.off2 + 1u] = radial;
+        small[lane_b5 + params.off2] = alpha;
+        small[lane_b5 + params.off2 + 1u] = radial;
     }
 }
 
 // ‖S‖² and ‖diag S‖² of S at off1 as two readback slots of `chunk` partials each at
 // aux[off0] and aux[off0 + chunk] (the rest of each slot zeroed). Single workgroup.
 @compute @workgroup_size(256)
-fn gram_stats(@builtin(local_invocation_id) lid3: vec3<u32>) {
+fn gram_stats(@builtin(local_invocation_id) lid3: vec3<u32>, @builtin(workgroup_id) lane_wid: vec3<u32>) {
+    enter_lane(lane_wid.z);
     let lid = lid3.x;
     let k = params.k;
     var fro: T = 0.0;
     var dsq: T = 0.0;
     for (var e = lid; e < k * k; e = e + 256u) {
-        let v = small[params.off1 + e];
+        let v = small[lane_b5 + params.off1 + e];
         fro = fro + v * v;
     }
     for (var j = lid; j < k; j = j + 256u) {
-        let d = small[params.off1 + j + j * k];
+        let d = small[lane_b5 + params.off1 + j + j * k];
         dsq = dsq + d * d;
     }
     let s = reduce2(lid, fro, dsq);
     for (var i = lid; i < params.chunk; i = i + 256u) {
-        aux[params.off0 + i] = select(T(0.0), s.x, i == 0u);
-        aux[params.off0 + params.chunk + i] = select(T(0.0), s.y, i == 0u);
+        aux[lane_b6 + params.off0 + i] = select(T(0.0), s.x, i == 0u);
+        aux[lane_b6 + params.off0 + params.chunk + i] = select(T(0.0), s.y, i == 0u);
     }
 }
 
 // C (off2) = A (off0) · B (off1), k×k column-major; mode 1 writes the symmetric part
 // ½(AB + (AB)ᵀ) instead. One entry per invocation.
 @compute @workgroup_size(256)
-fn kk_matmul(@builtin(global_invocation_id) gid: vec3<u32>) {
+fn kk_matmul(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(workgroup_id) lane_wid: vec3<u32>) {
+    enter_lane(lane_wid.z);
     let k = params.k;
     let e = gid.x;
     if (e >= k * k) {
@@ -124,16 +145,16 @@ fn kk_matmul(@builtin(global_invocation_id) gid: vec3<u32>) {
     let j = e / k;
     var acc: T = 0.0;
     for (var l = 0u; l < k; l = l + 1u) {
-        acc = acc + small[params.off0 + i + l * k] * small[params.off1 + l + j * k];
+        acc = acc + small[lane_b5 + params.off0 + i + l * k] * small[lane_b5 + params.off1 + l + j * k];
     }
     if (params.mode == 1u) {
         var acc_t: T = 0.0;
         for (var l = 0u; l < k; l = l + 1u) {
-            acc_t = acc_t + small[params.off0 + j + l * k] * small[params.off1 + l + i * k];
+            acc_t = acc_t + small[lane_b5 + params.off0 + j + l * k] * small[lane_b5 + params.off1 + l + i * k];
         }
         acc = 0.5 * (acc + acc_t);
     }
-    small[params.off2 + e] = acc;
+    small[lane_b5 + params.off2 + e] = acc;
 }
 
 // The blend matrix T_w (off2) from T (off0), S (off1) and, in corrected style, TS (off3):
@@ -143,23 +164,24 @@ fn kk_matmul(@builtin(global_invocation_id) gid: vec3<u32>) {
 // c1 = 1e-24; corrected: tr S = 0, so c1 = the smallest positive value). Literals: c0 = w,
 // c1 = the threshold. Writes tr S to small[slot]. Single workgroup.
 @compute @workgroup_size(256)
-fn blend_matrix(@builtin(local_invocation_id) lid3: vec3<u32>) {
+fn blend_matrix(@builtin(local_invocation_id) lid3: vec3<u32>, @builtin(workgroup_id) lane_wid: vec3<u32>) {
+    enter_lane(lane_wid.z);
     let lid = lid3.x;
     let k = params.k;
-    let w = params.c[0].x;
+    let w = lanes[lane].c[0].x;
     var tr: T = 0.0;
     var num: T = 0.0;
     var den: T = 0.0;
     for (var i = lid; i < k; i = i + 256u) {
-        tr = tr + small[params.off1 + i + i * k];
+        tr = tr + small[lane_b5 + params.off1 + i + i * k];
     }
     if (params.mode == 1u) {
         // tr(TS) = Σ_i (TS)_ii; tr(TS·T) = Σ_i Σ_l (TS)_il T_li, accumulated per row i
         for (var i = lid; i < k; i = i + 256u) {
-            num = num + small[params.off3 + i + i * k];
+            num = num + small[lane_b5 + params.off3 + i + i * k];
             var row: T = 0.0;
             for (var l = 0u; l < k; l = l + 1u) {
-                row = row + small[params.off3 + i + l * k] * small[params.off0 + l + i * k];
+                row = row + small[lane_b5 + params.off3 + i + l * k] * small[lane_b5 + params.off0 + l + i * k];
             }
             den = den + row;
         }
@@ -171,7 +193,7 @@ fn blend_matrix(@builtin(local_invocation_id) lid3: vec3<u32>) {
     if (params.mode == 1u) {
         scale = w * select(T(0.0), s.y / d.x, d.x > 0.0);
     }
-    let keep = trace_s < params.c[0].y;
+    let keep = trace_s < lanes[lane].c[0].y;
     for (var e = lid; e < k * k; e = e + 256u) {
         let i = e % k;
         let j = e / k;
@@ -179,15 +201,15 @@ fn blend_matrix(@builtin(local_invocation_id) lid3: vec3<u32>) {
         if (keep) {
             v = select(T(0.0), T(1.0), i == j);
         } else {
-            v = scale * small[params.off0 + e];
+            v = scale * small[lane_b5 + params.off0 + e];
             if (i == j) {
                 v = v + (1.0 - w);
             }
         }
-        small[params.off2 + e] = v;
+        small[lane_b5 + params.off2 + e] = v;
     }
     if (lid == 0u) {
-        small[params.slot] = trace_s;
+        small[lane_b5 + params.slot] = trace_s;
     }
 }
 
@@ -195,25 +217,26 @@ fn blend_matrix(@builtin(local_invocation_id) lid3: vec3<u32>) {
 // literals c0 = shift (absolute), c1 = relative shift (× tr S / k), c2 = floor (absolute),
 // c3 = relative floor. Single workgroup.
 @compute @workgroup_size(256)
-fn inv_sqrt_diag(@builtin(local_invocation_id) lid3: vec3<u32>) {
+fn inv_sqrt_diag(@builtin(local_invocation_id) lid3: vec3<u32>, @builtin(workgroup_id) lane_wid: vec3<u32>) {
+    enter_lane(lane_wid.z);
     let lid = lid3.x;
     let k = params.k;
     var tr: T = 0.0;
     for (var i = lid; i < k; i = i + 256u) {
-        tr = tr + small[params.off0 + i + i * k];
+        tr = tr + small[lane_b5 + params.off0 + i + i * k];
     }
     let s = reduce2(lid, tr, 0.0);
-    let rel = params.c[0].y * s.x / T(k);
-    let shift = params.c[0].x + rel;
-    let floor_v = params.c[0].z + params.c[0].w * s.x / T(k);
+    let rel = lanes[lane].c[0].y * s.x / T(k);
+    let shift = lanes[lane].c[0].x + rel;
+    let floor_v = lanes[lane].c[0].z + lanes[lane].c[0].w * s.x / T(k);
     for (var e = lid; e < k * k; e = e + 256u) {
         let i = e % k;
         let j = e / k;
         var v: T = 0.0;
         if (i == j) {
-            let d = small[params.off0 + e] + shift;
+            let d = small[lane_b5 + params.off0 + e] + shift;
             v = 1.0 / sqrt(select(floor_v, d, d > floor_v));
         }
-        small[params.off1 + e] = v;
+        small[lane_b5 + params.off1 + e] = v;
     }
 }

@@ -13,6 +13,12 @@ struct Params {
     k2: u32, off0: u32, off1: u32, off2: u32,
     off3: u32, slot: u32, groups_x: u32, chunk: u32,
     src: vec4<u32>,
+}
+
+// What differs between the problems of a batched dispatch (one entry per problem, indexed by
+// workgroup_id.z): where each binding's data starts, in elements, and the coefficients.
+struct Lane {
+    base: array<vec4<u32>, 2>,
     c: array<vec4<T>, 2>,
 }
 
@@ -21,6 +27,22 @@ struct Params {
 @group(0) @binding(2) var<storage, read> b: array<T>;
 @group(0) @binding(3) var<storage, read> c: array<T>;
 @group(0) @binding(4) var<storage, read_write> out: array<T>;
+@group(0) @binding(7) var<storage, read> lanes: array<Lane>;
+
+var<private> lane: u32;
+var<private> lane_b1: u32;
+var<private> lane_b2: u32;
+var<private> lane_b3: u32;
+var<private> lane_b4: u32;
+
+// Selects the problem of this workgroup: its coefficients and the start of its data.
+fn enter_lane(z: u32) {
+    lane = z;
+    lane_b1 = lanes[z].base[0].x;
+    lane_b2 = lanes[z].base[0].y;
+    lane_b3 = lanes[z].base[0].z;
+    lane_b4 = lanes[z].base[0].w;
+}
 
 
 // torch's sign: 0 at 0
@@ -35,11 +57,11 @@ fn sgn(x: T) -> T {
 }
 
 fn elem(op: u32, d: T, x: T, y: T, z: T) -> T {
-    let c0 = params.c[0].x;
-    let c1 = params.c[0].y;
-    let c2 = params.c[0].z;
-    let c3 = params.c[0].w;
-    let c4 = params.c[1].x;
+    let c0 = lanes[lane].c[0].x;
+    let c1 = lanes[lane].c[0].y;
+    let c2 = lanes[lane].c[0].z;
+    let c3 = lanes[lane].c[0].w;
+    let c4 = lanes[lane].c[1].x;
     switch (op) {
         case 0u: { return d + (x - d) * c0; }
         case 1u: { return d * c0 + x * c1; }
@@ -82,26 +104,27 @@ fn elem(op: u32, d: T, x: T, y: T, z: T) -> T {
 // indexed: the placeholder buffer is smaller than the matrix)
 @compute @workgroup_size(256)
 fn torch_elem(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    enter_lane(wid.z);
     let i = (wid.y * params.groups_x + wid.x) * 256u + lid.x;
     if (i >= params.n) {
         return;
     }
     let m = params.mode;
-    var d = out[i];
+    var d = out[lane_b4 + i];
     if ((m & 256u) != 0u) {
-        d = params.c[1].w;
+        d = lanes[lane].c[1].w;
     }
     var x: T = 0.0;
     var y: T = 0.0;
     var z: T = 0.0;
     if ((m & 512u) != 0u) {
-        x = a[i];
+        x = a[lane_b1 + i];
     }
     if ((m & 1024u) != 0u) {
-        y = b[i];
+        y = b[lane_b2 + i];
     }
     if ((m & 2048u) != 0u) {
-        z = c[i];
+        z = c[lane_b3 + i];
     }
-    out[i] = elem(m & 255u, d, x, y, z);
+    out[lane_b4 + i] = elem(m & 255u, d, x, y, z);
 }

@@ -39,6 +39,9 @@ pub struct BatchResult {
     pub seconds: f64,
     /// Where it ran (`cpu-f64 ×N threads`, or the GPU backend's name).
     pub backend: String,
+    /// On a GPU: the device round trips of the whole batch (each one readback for every
+    /// problem still running); `None` on the CPU.
+    pub rounds: Option<u64>,
 }
 
 /// Solves every problem with `params` (its `w` replaced by each problem's own): on the CPU in
@@ -113,18 +116,23 @@ pub fn nsa_flow_batch(problems: &[BatchProblem], params: &Params) -> Result<Batc
         }
         .map_err(|e| in_batch(i, e))
     };
+    let mut batch_rounds = None;
     let (results, backend) = match gpu_backend_for(params)? {
-        Some(mut be) => {
-            let name = crate::backend::Backend::name(&be);
-            let mut out = Vec::with_capacity(problems.len());
-            for (i, pr) in problems.iter().enumerate() {
-                let mut cont = |_: &crate::IterInfo| Control::Continue;
-                out.push(
-                    solve(&mut be, &pr.y0, pr.x0.as_ref(), &per_problem[i], &mut cont)
-                        .map_err(|e| in_batch(i, e))?,
-                );
-            }
-            (out, name)
+        Some(exec) => {
+            let name = format!("{} ×{} problems", crate::backend::Backend::name(&exec), problems.len());
+            let (answers, rounds) =
+                crate::backend::gpu_batch::run_batch(exec, problems.len(), |be, i| {
+                    let pr = &problems[i];
+                    let mut cont = |_: &crate::IterInfo| Control::Continue;
+                    solve(be, &pr.y0, pr.x0.as_ref(), &per_problem[i], &mut cont)
+                });
+            batch_rounds = Some(rounds);
+            let results = answers
+                .into_iter()
+                .enumerate()
+                .map(|(i, r)| r.map_err(|e| in_batch(i, e)))
+                .collect::<Result<Vec<_>>>()?;
+            (results, name)
         }
         None => {
             let results = (0..problems.len())
@@ -143,6 +151,7 @@ pub fn nsa_flow_batch(problems: &[BatchProblem], params: &Params) -> Result<Batc
         results,
         seconds: start.elapsed().as_secs_f64(),
         backend,
+        rounds: batch_rounds,
     })
 }
 

@@ -65,7 +65,8 @@ fn shader_files_on_disk_match_the_compiled_in_sources() {
     }
 }
 
-/// The offsets and size naga computes for `struct Params` must be the ones the host writes.
+/// The offsets and sizes naga computes for `struct Params` and `struct Lane` must be the ones
+/// the host writes.
 #[test]
 fn uniform_layouts_agree() {
     for file in shaders::ALL {
@@ -75,18 +76,20 @@ fn uniform_layouts_agree() {
             let mut layouter = naga::proc::Layouter::default();
             layouter.update(module.to_ctx()).unwrap();
             let mut found = false;
+            let mut lanes = false;
             for (handle, ty) in module.types.iter() {
-                if ty.name.as_deref() != Some("Params") {
-                    continue;
-                }
+                let want = match ty.name.as_deref() {
+                    Some("Params") if file.name == "bandwidth.wgsl" => ParamsLayout::bandwidth(),
+                    Some("Params") => ParamsLayout::of(precision),
+                    Some("Lane") => {
+                        lanes = true;
+                        ParamsLayout::lane(precision)
+                    }
+                    _ => continue,
+                };
                 found = true;
                 let naga::TypeInner::Struct { members, span } = &ty.inner else {
                     panic!("{}: Params is not a struct", file.name)
-                };
-                let want = if file.name == "bandwidth.wgsl" {
-                    ParamsLayout::bandwidth()
-                } else {
-                    ParamsLayout::of(precision)
                 };
                 let got: Vec<(String, u32)> = members
                     .iter()
@@ -101,6 +104,8 @@ fn uniform_layouts_agree() {
                 assert_eq!(layouter[handle].size, want.size);
             }
             assert!(found, "{}: no Params struct", file.name);
+            // every kernel family but the bandwidth probe takes per-problem entries
+            assert_eq!(lanes, file.name != "bandwidth.wgsl", "{}: struct Lane", file.name);
         }
     }
 }

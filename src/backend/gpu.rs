@@ -9,7 +9,9 @@
 
 use super::{Backend, GradientRule, Operand, OptPass, Projection, Reduction, UpdateRule};
 use crate::error::{GpuErrorKind, NsaError, Result};
-use crate::gpu::{encode, GpuContext, Kernel, Kernels, ParamsHeader, LITERAL};
+use super::gpu_batch::{BatchHub, BufRef, LaneCtx, LaneOp, ReadReq};
+use crate::gpu::{encode_lane, lane_size, GpuContext, Kernel, Kernels, ParamsHeader, LITERAL};
+use crate::gpu::params_size as header_size;
 use crate::params::{InvSqrtMethod, Mode, NonNeg, Precision, Retraction};
 use crate::retract::RetractOptions;
 use nalgebra::DMatrix;
@@ -34,6 +36,12 @@ const MAX_SLOTS: usize = 192;
 /// Uniform ring slots (256 bytes each) before an intermediate submit.
 const RING_SLOTS: usize = 4096;
 const RING_STRIDE: u64 = 256;
+/// Bytes of per-problem entries (`struct Lane`: data starts and coefficients) before an
+/// intermediate submit.
+const LANE_RING: usize = 4 << 20;
+/// The span of per-problem entries one dispatch binds: a batched dispatch covers at most this
+/// many bytes of entries (1024 problems in f32, 682 in f64) and is split beyond that.
+pub(super) const LANE_WINDOW: u64 = 64 << 10;
 /// Loop-trip budget per invocation per dispatch for the fused Newton–Schulz kernel.
 pub(super) const TRIP_BUDGET: usize = 12_000;
 
@@ -45,8 +53,20 @@ static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 pub struct GpuMat {
     buffer: wgpu::Buffer,
     id: u64,
+    /// Where the matrix starts in `buffer`, in elements (non-zero for a problem of a batch,
+    /// whose matrices are blocks of one buffer).
+    offset: u32,
     p: usize,
     k: usize,
+}
+
+impl BufRef {
+    pub(super) fn of(m: &GpuMat) -> BufRef {
+        BufRef {
+            id: m.id,
+            buffer: m.buffer.clone(),
+        }
+    }
 }
 
 impl GpuMat {
@@ -55,6 +75,7 @@ impl GpuMat {
         GpuMat {
             buffer: self.buffer.clone(),
             id: self.id,
+            offset: self.offset,
             p: self.p,
             k: self.k,
         }
@@ -137,9 +158,10 @@ const SC_SGDP: usize = 16; // 4 values
 pub(super) struct Workspace {
     p: usize,
     pub(super) k: usize,
-    small: wgpu::Buffer,
-    aux: wgpu::Buffer,
-    staging: wgpu::Buffer,
+    small: GpuMat,
+    aux: GpuMat,
+    /// The readback buffer (none for a problem of a batch: the batch reads back together).
+    staging: Option<wgpu::Buffer>,
     pub(super) layout: SmallLayout,
     /// Gram chunking: rows per chunk and chunk count.
     gram_chunk: usize,
@@ -186,13 +208,18 @@ pub struct GpuBackend {
     ring_used: usize,
     scratch: Vec<u8>,
     encoder: Option<wgpu::CommandEncoder>,
-    bind_groups: HashMap<[u64; 4], wgpu::BindGroup>,
+    bind_groups: HashMap<[u64; 6], wgpu::BindGroup>,
     dummy_read: wgpu::Buffer,
     dummy_write: wgpu::Buffer,
     dummy_id: [u64; 2],
     readbacks: u64,
     pub(super) error: Option<NsaError>,
     partial_sums_host: Vec<f64>,
+    lane_ring: wgpu::Buffer,
+    lane_bytes: Vec<u8>,
+    lane_used: usize,
+    /// Set for one problem of a GPU batch: its work is captured and run by the batch.
+    lane: Option<LaneCtx>,
 }
 
 fn limit_error(message: String) -> NsaError {
@@ -217,12 +244,39 @@ impl GpuBackend {
     /// A backend on `ctx` computing in `precision` (`f64` needs an adapter with
     /// `SHADER_F64`).
     pub fn new(ctx: Arc<GpuContext>, precision: Precision) -> Result<GpuBackend> {
+        Self::with_lane(ctx, precision, None)
+    }
+
+    /// The backend of problem `lane` of a batch: what it records is captured and run by the
+    /// batch together with the other problems' work (see `gpu_batch`).
+    pub(super) fn new_lane(
+        ctx: Arc<GpuContext>,
+        precision: Precision,
+        hub: Arc<BatchHub>,
+        lane: usize,
+    ) -> Result<GpuBackend> {
+        Self::with_lane(ctx, precision, Some(LaneCtx::new(hub, lane)))
+    }
+
+    fn with_lane(
+        ctx: Arc<GpuContext>,
+        precision: Precision,
+        lane: Option<LaneCtx>,
+    ) -> Result<GpuBackend> {
         let kernels = ctx.kernels(precision)?;
         let device = &ctx.device;
+        // a problem of a batch records nothing itself: no rings of its own
+        let solo = lane.is_none();
         let ring = device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("nsa-flow params ring"),
-            size: RING_SLOTS as u64 * RING_STRIDE,
+            size: if solo { RING_SLOTS as u64 * RING_STRIDE } else { RING_STRIDE },
             usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        let lane_ring = device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("nsa-flow per-problem entries"),
+            size: if solo { LANE_RING as u64 + LANE_WINDOW } else { LANE_WINDOW },
+            usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST,
             mapped_at_creation: false,
         });
         let mk = |label| {
@@ -233,27 +287,40 @@ impl GpuBackend {
                 mapped_at_creation: false,
             })
         };
-        let dummy_read = mk("nsa-flow unused input");
-        let dummy_write = mk("nsa-flow unused output");
+        // the problems of a batch name the batch's placeholders, so their dispatches compare equal
+        let ((dummy_read, dummy_write), dummy_id) = match &lane {
+            Some(l) => l.hub.dummies(),
+            None => (
+                (
+                    mk("nsa-flow unused input"),
+                    mk("nsa-flow unused output"),
+                ),
+                [
+                    NEXT_ID.fetch_add(1, Ordering::Relaxed),
+                    NEXT_ID.fetch_add(1, Ordering::Relaxed),
+                ],
+            ),
+        };
         Ok(GpuBackend {
             kernels,
             precision,
             ws: None,
             ring,
-            ring_bytes: vec![0; RING_SLOTS * RING_STRIDE as usize],
+            ring_bytes: vec![0; if solo { RING_SLOTS * RING_STRIDE as usize } else { 0 }],
             ring_used: 0,
             scratch: Vec::with_capacity(256),
             encoder: None,
             bind_groups: HashMap::new(),
             dummy_read,
             dummy_write,
-            dummy_id: [
-                NEXT_ID.fetch_add(1, Ordering::Relaxed),
-                NEXT_ID.fetch_add(1, Ordering::Relaxed),
-            ],
+            dummy_id,
             readbacks: 0,
             error: None,
             partial_sums_host: Vec::new(),
+            lane_ring,
+            lane_bytes: Vec::new(),
+            lane_used: 0,
+            lane,
             ctx,
         })
     }
@@ -334,6 +401,40 @@ impl GpuBackend {
         Ok(buffer)
     }
 
+    /// A device region of `size` bytes: a buffer of its own, or for a problem of a batch its
+    /// block of a buffer shared by the batch (the n-th allocation of every problem lands in the
+    /// same buffer, so the problems' dispatches bind the same buffers and merge).
+    fn alloc(&mut self, label: &str, size: u64, usage: wgpu::BufferUsages) -> Result<GpuMat> {
+        if let Some(lane) = &mut self.lane {
+            let ordinal = lane.allocs;
+            lane.allocs += 1;
+            let (hub, index) = (lane.hub.clone(), lane.lane);
+            let (buffer, id, offset_bytes) =
+                hub.block(ordinal, size, usage, index, |label, size, usage| {
+                    self.create_buffer(label, size, usage)
+                })?;
+            let e = self.elem() as u64;
+            return Ok(GpuMat {
+                buffer,
+                id,
+                offset: u32::try_from(offset_bytes / e).map_err(|_| {
+                    limit_error(format!(
+                        "a batch needs more than 2³² elements in one buffer ({label})"
+                    ))
+                })?,
+                p: 0,
+                k: 0,
+            });
+        }
+        Ok(GpuMat {
+            buffer: self.create_buffer(label, size, usage)?,
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+            offset: 0,
+            p: 0,
+            k: 0,
+        })
+    }
+
     fn ensure_workspace(&mut self, p: usize, k: usize) -> Result<()> {
         if let Some(ws) = &self.ws {
             if ws.p == p && ws.k == k {
@@ -373,24 +474,22 @@ impl GpuBackend {
         let storage = wgpu::BufferUsages::STORAGE
             | wgpu::BufferUsages::COPY_SRC
             | wgpu::BufferUsages::COPY_DST;
-        let small =
-            self.create_buffer("nsa-flow k×k workspace", layout.len() as u64 * e, storage)?;
-        let aux = self.create_buffer("nsa-flow partial sums", aux_len as u64 * e, storage)?;
-        let staging = self.create_buffer(
-            "nsa-flow readback",
-            (MAX_SLOTS * partials) as u64 * e,
-            wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
-        )?;
-        let ns_args = GpuMat {
-            buffer: self.create_buffer(
-                "nsa-flow Newton–Schulz step counts",
-                16,
-                wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::INDIRECT,
-            )?,
-            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
-            p: 0,
-            k: 0,
+        let small = self.alloc("nsa-flow k×k workspace", layout.len() as u64 * e, storage)?;
+        let aux = self.alloc("nsa-flow partial sums", aux_len as u64 * e, storage)?;
+        let staging = if self.lane.is_some() {
+            None
+        } else {
+            Some(self.create_buffer(
+                "nsa-flow readback",
+                (MAX_SLOTS * partials) as u64 * e,
+                wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            )?)
         };
+        let ns_args = self.alloc(
+            "nsa-flow Newton–Schulz step counts",
+            16,
+            wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::INDIRECT,
+        )?;
         self.ws = Some(Workspace {
             p,
             k,
@@ -437,6 +536,7 @@ impl GpuBackend {
     }
 
     fn encoder(&mut self) -> &mut wgpu::CommandEncoder {
+        debug_assert!(self.lane.is_none(), "a problem of a batch records nothing itself");
         if self.encoder.is_none() {
             self.encoder = Some(self.ctx.device.create_command_encoder(
                 &wgpu::CommandEncoderDescriptor {
@@ -447,8 +547,8 @@ impl GpuBackend {
         self.encoder.as_mut().unwrap()
     }
 
-    /// Submits what was recorded (writing the ring's parameter slots first).
-    fn flush(&mut self) {
+    /// Submits what was recorded (writing the rings' parameter entries first).
+    pub(super) fn flush(&mut self) {
         if let Some(enc) = self.encoder.take() {
             if self.ring_used > 0 {
                 let used = self.ring_used * RING_STRIDE as usize;
@@ -456,30 +556,52 @@ impl GpuBackend {
                     .queue
                     .write_buffer(&self.ring, 0, &self.ring_bytes[..used]);
             }
+            if self.lane_used > 0 {
+                self.ctx
+                    .queue
+                    .write_buffer(&self.lane_ring, 0, &self.lane_bytes[..self.lane_used]);
+            }
             self.ctx.queue.submit([enc.finish()]);
             self.ring_used = 0;
+            self.lane_used = 0;
         }
     }
 
-    fn bind_group(&mut self, slots: &Slots) -> wgpu::BindGroup {
-        let ids = [
-            slots.a.map_or(self.dummy_id[0], |m| m.id),
-            slots.b.map_or(self.dummy_id[0], |m| m.id),
-            slots.c.map_or(self.dummy_id[0], |m| m.id),
-            slots.out.map_or(self.dummy_id[1], |m| m.id),
-        ];
+    /// The buffers of bindings 1–6 for `slots` (placeholders where a slot is empty).
+    fn bind_buffers(&self, slots: &Slots) -> [BufRef; 6] {
+        let ws = self.ws.as_ref().expect("workspace sized before a dispatch");
+        let read = |m: Option<&GpuMat>| match m {
+            Some(m) => BufRef::of(m),
+            None => BufRef {
+                id: self.dummy_id[0],
+                buffer: self.dummy_read.clone(),
+            },
+        };
+        [
+            read(slots.a),
+            read(slots.b),
+            read(slots.c),
+            match slots.out {
+                Some(m) => BufRef::of(m),
+                None => BufRef {
+                    id: self.dummy_id[1],
+                    buffer: self.dummy_write.clone(),
+                },
+            },
+            BufRef::of(&ws.small),
+            BufRef::of(&ws.aux),
+        ]
+    }
+
+    fn bind_group(&mut self, bufs: &[BufRef; 6]) -> wgpu::BindGroup {
+        let ids = bufs.each_ref().map(|b| b.id);
         if let Some(bg) = self.bind_groups.get(&ids) {
             return bg.clone();
         }
         if self.bind_groups.len() > 512 {
             self.bind_groups.clear();
         }
-        let ws = self.ws.as_ref().unwrap();
-        let dummy = &self.dummy_read;
-        fn read<'b>(m: Option<&'b GpuMat>, dummy: &'b wgpu::Buffer) -> &'b wgpu::Buffer {
-            m.map_or(dummy, |m| &m.buffer)
-        }
-        let entries = [
+        let mut entries = vec![
             wgpu::BindGroupEntry {
                 binding: 0,
                 resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
@@ -489,33 +611,20 @@ impl GpuBackend {
                 }),
             },
             wgpu::BindGroupEntry {
-                binding: 1,
-                resource: read(slots.a, dummy).as_entire_binding(),
-            },
-            wgpu::BindGroupEntry {
-                binding: 2,
-                resource: read(slots.b, dummy).as_entire_binding(),
-            },
-            wgpu::BindGroupEntry {
-                binding: 3,
-                resource: read(slots.c, dummy).as_entire_binding(),
-            },
-            wgpu::BindGroupEntry {
-                binding: 4,
-                resource: slots
-                    .out
-                    .map_or(&self.dummy_write, |m| &m.buffer)
-                    .as_entire_binding(),
-            },
-            wgpu::BindGroupEntry {
-                binding: 5,
-                resource: ws.small.as_entire_binding(),
-            },
-            wgpu::BindGroupEntry {
-                binding: 6,
-                resource: ws.aux.as_entire_binding(),
+                binding: 7,
+                resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                    buffer: &self.lane_ring,
+                    offset: 0,
+                    size: std::num::NonZeroU64::new(LANE_WINDOW),
+                }),
             },
         ];
+        for (i, b) in bufs.iter().enumerate() {
+            entries.push(wgpu::BindGroupEntry {
+                binding: i as u32 + 1,
+                resource: b.buffer.as_entire_binding(),
+            });
+        }
         let bg = self
             .ctx
             .device
@@ -550,7 +659,7 @@ impl GpuBackend {
         kernel: Kernel,
         header: ParamsHeader,
         coefs: [f64; 8],
-        args: &wgpu::Buffer,
+        args: &GpuMat,
     ) {
         self.record(kernel, header, coefs, Slots::default(), None, Some(args));
     }
@@ -562,32 +671,157 @@ impl GpuBackend {
         coefs: [f64; 8],
         slots: Slots,
         groups: Option<(u32, u32)>,
-        indirect: Option<&wgpu::Buffer>,
+        indirect: Option<&GpuMat>,
     ) {
-        if self.ring_used == RING_SLOTS {
-            self.flush();
+        let ws = self.ws.as_ref().expect("workspace sized before a dispatch");
+        let off = |m: Option<&GpuMat>| m.map_or(0, |m| m.offset);
+        let bases = [
+            off(slots.a),
+            off(slots.b),
+            off(slots.c),
+            off(slots.out),
+            ws.small.offset,
+            ws.aux.offset,
+            0,
+            0,
+        ];
+        let mut entry = std::mem::take(&mut self.scratch);
+        encode_lane(&bases, &coefs, self.precision, &mut entry);
+        let bufs = self.bind_buffers(&slots);
+        let indirect = indirect.map(|m| (BufRef::of(m), m.offset as u64 * self.elem() as u64));
+        if let Some(lane) = &mut self.lane {
+            lane.ops.push(LaneOp::Dispatch {
+                kernel,
+                header,
+                entry: entry.clone(),
+                bufs,
+                groups,
+                indirect,
+            });
+        } else {
+            let indirect = indirect.as_ref().map(|(b, o)| (&b.buffer, *o));
+            self.encode_dispatch(kernel, &header, &entry, 1, &bufs, groups, indirect);
         }
-        let slot = self.ring_used;
-        self.ring_used += 1;
-        let mut bytes = std::mem::take(&mut self.scratch);
-        encode(&header, &coefs, self.precision, &mut bytes);
-        let at = slot * RING_STRIDE as usize;
-        self.ring_bytes[at..at + bytes.len()].copy_from_slice(&bytes);
-        self.scratch = bytes;
-        let bg = self.bind_group(&slots);
-        let kernels = self.kernels.clone();
-        let enc = self.encoder();
-        let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
-            label: None,
-            timestamp_writes: None,
-        });
-        pass.set_pipeline(kernels.pipeline(kernel));
-        pass.set_bind_group(0, &bg, &[(slot as u64 * RING_STRIDE) as u32]);
-        match (groups, indirect) {
-            (Some((x, y)), _) => pass.dispatch_workgroups(x, y, 1),
-            (None, Some(args)) => pass.dispatch_workgroups_indirect(args, 0),
-            (None, None) => {}
+        self.scratch = entry;
+    }
+
+    /// Encodes one kernel launch for `count` problems at once: the header is shared, `entries`
+    /// holds each problem's `struct Lane` one after another, and problem `z` runs in the
+    /// workgroups with `workgroup_id.z = z` (launches of more problems than a window holds
+    /// are split). An indirect launch is for one problem.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn encode_dispatch(
+        &mut self,
+        kernel: Kernel,
+        header: &ParamsHeader,
+        entries: &[u8],
+        count: usize,
+        bufs: &[BufRef; 6],
+        groups: Option<(u32, u32)>,
+        indirect: Option<(&wgpu::Buffer, u64)>,
+    ) {
+        let stride = lane_size(self.precision);
+        debug_assert_eq!(entries.len(), count * stride);
+        let per = (LANE_WINDOW as usize / stride).min(65_535);
+        let bg = self.bind_group(bufs);
+        let align = (self.ctx.limits.min_storage_buffer_offset_alignment as usize).max(1);
+        let mut start = 0;
+        while start < count {
+            let n = per.min(count - start);
+            let bytes = &entries[start * stride..(start + n) * stride];
+            if self.ring_used == RING_SLOTS || self.lane_used + bytes.len() > LANE_RING {
+                self.flush();
+            }
+            let slot = self.ring_used;
+            self.ring_used += 1;
+            let at = slot * RING_STRIDE as usize;
+            self.ring_bytes[at..at + header_size(self.precision)]
+                .copy_from_slice(bytemuck::bytes_of(header));
+            let lane_at = self.lane_used;
+            if self.lane_bytes.len() < lane_at + bytes.len() {
+                self.lane_bytes.resize(lane_at + bytes.len(), 0);
+            }
+            self.lane_bytes[lane_at..lane_at + bytes.len()].copy_from_slice(bytes);
+            self.lane_used = (lane_at + bytes.len()).div_ceil(align) * align;
+            let kernels = self.kernels.clone();
+            let enc = self.encoder();
+            let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                label: None,
+                timestamp_writes: None,
+            });
+            pass.set_pipeline(kernels.pipeline(kernel));
+            pass.set_bind_group(
+                0,
+                &bg,
+                &[(slot as u64 * RING_STRIDE) as u32, lane_at as u32],
+            );
+            match (groups, indirect) {
+                (Some((x, y)), _) => pass.dispatch_workgroups(x, y, n as u32),
+                (None, Some((args, offset))) => pass.dispatch_workgroups_indirect(args, offset),
+                (None, None) => {}
+            }
+            start += n;
         }
+    }
+
+    /// Copies `bytes` bytes between two device regions (captured for a problem of a batch).
+    pub(super) fn copy_region(&mut self, src: &GpuMat, src_elem: u64, dst: &GpuMat, dst_elem: u64, bytes: u64) {
+        let e = self.elem() as u64;
+        let (so, d_o) = ((src.offset as u64 + src_elem) * e, (dst.offset as u64 + dst_elem) * e);
+        if let Some(lane) = &mut self.lane {
+            lane.ops.push(LaneOp::Copy {
+                src: BufRef::of(src),
+                src_off: so,
+                dst: BufRef::of(dst),
+                dst_off: d_o,
+                bytes,
+            });
+        } else {
+            self.encoder()
+                .copy_buffer_to_buffer(&src.buffer, so, &dst.buffer, d_o, bytes);
+        }
+    }
+
+    /// Reads device regions back (each `(region, first element, elements)`), in one round
+    /// trip: the problem's own, or the batch's shared one for a problem of a batch.
+    fn read_regions(&mut self, regions: &[(&GpuMat, u64, u64)], out: &mut Vec<f64>) -> Result<()> {
+        let e = self.elem() as u64;
+        if let Some(lane) = &mut self.lane {
+            self.readbacks += 1;
+            let reads = regions
+                .iter()
+                .map(|(m, first, len)| ReadReq {
+                    buf: BufRef::of(m),
+                    offset: (m.offset as u64 + first) * e,
+                    bytes: len * e,
+                })
+                .collect();
+            let values = lane.exchange(reads)?;
+            if let Some(err) = self.error.take() {
+                return Err(err);
+            }
+            *out = values;
+            return Ok(());
+        }
+        let total: u64 = regions.iter().map(|r| r.2 * e).sum();
+        let staging = match &self.ws.as_ref().and_then(|w| w.staging.clone()) {
+            Some(s) if s.size() >= total => s.clone(),
+            _ => self.create_buffer(
+                "nsa-flow download",
+                total,
+                wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            )?,
+        };
+        let mut at = 0;
+        for (m, first, len) in regions {
+            let bytes = len * e;
+            let from = (m.offset as u64 + first) * e;
+            self.encoder()
+                .copy_buffer_to_buffer(&m.buffer, from, &staging, at, bytes);
+            at += bytes;
+        }
+        self.flush();
+        self.map_values(&staging, total, out)
     }
 
     /// A 2-D grid of `groups` workgroups (65 535 per dimension).
@@ -736,15 +970,7 @@ impl GpuBackend {
             0.0,
             0.0,
         ];
-        let args = {
-            let a = &self.ws().ns_args;
-            GpuMat {
-                buffer: a.buffer.clone(),
-                id: a.id,
-                p: 0,
-                k: 0,
-            }
-        };
+        let args = self.ws().ns_args.handle();
         let with_args = Slots {
             out: Some(&args),
             ..Default::default()
@@ -770,8 +996,8 @@ impl GpuBackend {
             }
         } else {
             for _ in 0..steps {
-                self.dispatch_indirect(Kernel::NsStepA, h, coefs, &args.buffer);
-                self.dispatch_indirect(Kernel::NsStepB, h, coefs, &args.buffer);
+                self.dispatch_indirect(Kernel::NsStepA, h, coefs, &args);
+                self.dispatch_indirect(Kernel::NsStepB, h, coefs, &args);
                 self.dispatch(Kernel::NsCheck, h, coefs, with_args, (1, 1));
             }
         }
@@ -893,21 +1119,12 @@ impl GpuBackend {
 
     /// Reads `slots` readback slots back and adds each one's partials in f64, in order.
     fn read_slots(&mut self, slots: usize, out: &mut Vec<f64>) -> Result<()> {
-        let (g, start, e) = {
+        let (g, start, aux) = {
             let ws = self.ws();
-            (ws.partials, ws.aux_readback, self.elem() as u64)
+            (ws.partials, ws.aux_readback, ws.aux.handle())
         };
-        let bytes = (slots * g) as u64 * e;
-        {
-            let ws = self.ws.as_ref().unwrap();
-            let (aux, staging) = (ws.aux.clone(), ws.staging.clone());
-            self.encoder()
-                .copy_buffer_to_buffer(&aux, start as u64 * e, &staging, 0, bytes);
-        }
-        self.flush();
-        let staging = self.ws().staging.clone();
         let mut host = std::mem::take(&mut self.partial_sums_host);
-        let read = self.map_values(&staging, bytes, &mut host);
+        let read = self.read_regions(&[(&aux, start as u64, (slots * g) as u64)], &mut host);
         self.partial_sums_host = host;
         read?;
         for s in 0..slots {
@@ -983,6 +1200,39 @@ impl GpuBackend {
         }
     }
 
+    /// A buffer of its own (for the batch coordinator's staging).
+    pub(super) fn create_buffer_pub(
+        &self,
+        label: &str,
+        size: u64,
+        usage: wgpu::BufferUsages,
+    ) -> Result<wgpu::Buffer> {
+        self.create_buffer(label, size, usage)
+    }
+
+    /// [`GpuBackend::map_values`] for the batch coordinator.
+    pub(super) fn map_values_pub(
+        &mut self,
+        buffer: &wgpu::Buffer,
+        bytes: u64,
+        out: &mut Vec<f64>,
+    ) -> Result<()> {
+        self.map_values(buffer, bytes, out)
+    }
+
+    /// Records a copy between buffers (byte offsets).
+    pub(super) fn raw_copy(
+        &mut self,
+        src: &wgpu::Buffer,
+        src_off: u64,
+        dst: &wgpu::Buffer,
+        dst_off: u64,
+        bytes: u64,
+    ) {
+        self.encoder()
+            .copy_buffer_to_buffer(src, src_off, dst, dst_off, bytes);
+    }
+
     pub(super) fn new_mat(&mut self, p: usize, k: usize) -> Result<GpuMat> {
         if p == 0 || k == 0 {
             return Err(NsaError::Empty {
@@ -993,19 +1243,16 @@ impl GpuBackend {
         }
         self.check_shape(p, k)?;
         self.ensure_workspace(p, k)?;
-        let buffer = self.create_buffer(
+        let mut m = self.alloc(
             "nsa-flow matrix",
             (p * k * self.elem()) as u64,
             wgpu::BufferUsages::STORAGE
                 | wgpu::BufferUsages::COPY_SRC
                 | wgpu::BufferUsages::COPY_DST,
         )?;
-        Ok(GpuMat {
-            buffer,
-            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
-            p,
-            k,
-        })
+        m.p = p;
+        m.k = k;
+        Ok(m)
     }
 
     pub(super) fn same_shape(&mut self, a: &GpuMat, b: &GpuMat) -> bool {
@@ -1093,8 +1340,8 @@ impl GpuBackend {
                 }
                 OptPass::Copy { src, dst } => {
                     let bytes = (n * self.elem()) as u64;
-                    let (s, d) = (&get(src).buffer, &get(dst).buffer);
-                    self.encoder().copy_buffer_to_buffer(s, 0, d, 0, bytes);
+                    let (s, d) = (get(src).handle(), get(dst).handle());
+                    self.copy_region(&s, 0, &d, 0, bytes);
                 }
                 OptPass::Project { eps, delta, step } => {
                     let (lay, at) = {
@@ -1233,12 +1480,14 @@ impl GpuBackend {
         let src = GpuMat {
             buffer: self.create_buffer("nsa-flow bandwidth source", size, usage)?,
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+            offset: 0,
             p: 0,
             k: 0,
         };
         let dst = GpuMat {
             buffer: self.create_buffer("nsa-flow bandwidth destination", size, usage)?,
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+            offset: 0,
             p: 0,
             k: 0,
         };
@@ -1313,24 +1562,9 @@ impl GpuBackend {
     /// One readback; for diagnostics and tests.
     pub fn last_newton_schulz(&mut self) -> Result<(usize, f64)> {
         let lay = self.ws().layout;
-        let e = self.elem() as u64;
-        let bytes = 8 * e;
-        let staging = self.create_buffer(
-            "nsa-flow ns state",
-            bytes,
-            wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
-        )?;
-        let small = self.ws().small.clone();
-        self.encoder().copy_buffer_to_buffer(
-            &small,
-            lay.scalar(SC_NS) as u64 * e,
-            &staging,
-            0,
-            bytes,
-        );
-        self.flush();
+        let small = self.ws().small.handle();
         let mut vals = Vec::new();
-        self.map_values(&staging, bytes, &mut vals)?;
+        self.read_regions(&[(&small, lay.scalar(SC_NS) as u64, 8)], &mut vals)?;
         Ok((vals[2] as usize, vals[3]))
     }
 
@@ -1346,23 +1580,11 @@ impl GpuBackend {
         let m = self.upload(a)?;
         let lay = self.ws().layout;
         let e = self.elem() as u64;
-        let small = self.ws().small.clone();
-        self.encoder().copy_buffer_to_buffer(
-            &m.buffer,
-            0,
-            &small,
-            lay.s() as u64 * e,
-            (k * k) as u64 * e,
-        );
+        let small = self.ws().small.handle();
+        self.copy_region(&m, 0, &small, lay.s() as u64, (k * k) as u64 * e);
         self.inv_sqrt_ns(lay.s(), lay.t(), [0.0, 0.0], 0.0, None, NS_CAP);
         let out = self.zeros(k, k)?;
-        self.encoder().copy_buffer_to_buffer(
-            &small,
-            lay.t() as u64 * e,
-            &out.buffer,
-            0,
-            (k * k) as u64 * e,
-        );
+        self.copy_region(&small, lay.t() as u64, &out, 0, (k * k) as u64 * e);
         let t = self.download(&out)?;
         let (steps, residual) = self.last_newton_schulz()?;
         Ok((t, steps, residual))
@@ -1401,22 +1623,21 @@ impl Backend for GpuBackend {
     fn upload(&mut self, m: &DMatrix<f64>) -> Result<GpuMat> {
         let mat = self.new_mat(m.nrows(), m.ncols())?;
         let bytes = self.to_bytes(m);
-        self.ctx.queue.write_buffer(&mat.buffer, 0, &bytes);
+        let at = mat.offset as u64 * self.elem() as u64;
+        match &mut self.lane {
+            Some(lane) => lane.ops.push(LaneOp::Write {
+                dst: BufRef::of(&mat),
+                offset: at,
+                data: bytes,
+            }),
+            None => self.ctx.queue.write_buffer(&mat.buffer, at, &bytes),
+        }
         Ok(mat)
     }
 
     fn download(&mut self, m: &GpuMat) -> Result<DMatrix<f64>> {
-        let bytes = (m.p * m.k * self.elem()) as u64;
-        let staging = self.create_buffer(
-            "nsa-flow download",
-            bytes,
-            wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
-        )?;
-        self.encoder()
-            .copy_buffer_to_buffer(&m.buffer, 0, &staging, 0, bytes);
-        self.flush();
         let mut vals = Vec::with_capacity(m.p * m.k);
-        self.map_values(&staging, bytes, &mut vals)?;
+        self.read_regions(&[(m, 0, (m.p * m.k) as u64)], &mut vals)?;
         Ok(DMatrix::from_vec(m.p, m.k, vals))
     }
 
@@ -1429,8 +1650,7 @@ impl Backend for GpuBackend {
             return;
         }
         let bytes = (src.p * src.k * self.elem()) as u64;
-        self.encoder()
-            .copy_buffer_to_buffer(&src.buffer, 0, &dst.buffer, 0, bytes);
+        self.copy_region(src, 0, dst, 0, bytes);
     }
 
     fn lincomb(&mut self, a: f64, x: &GpuMat, b: f64, y: &GpuMat, dst: &mut GpuMat) {

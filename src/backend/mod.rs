@@ -9,6 +9,7 @@
 pub mod cpu;
 pub mod gpu;
 mod gpu_autograd;
+pub(crate) mod gpu_batch;
 
 use crate::autograd::EnergySpec;
 use crate::energy::EnergyTerms;

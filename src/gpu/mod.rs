@@ -8,4 +8,6 @@ pub mod shaders;
 
 pub use context::{list_adapters, AdapterSummary, GpuContext, GpuOptions};
 pub use kernels::{Kernel, Kernels};
-pub use params::{encode, params_size, BandwidthParams, ParamsHeader, ParamsLayout, LITERAL};
+pub use params::{
+    encode_lane, lane_size, params_size, BandwidthParams, ParamsHeader, ParamsLayout, LITERAL,
+};

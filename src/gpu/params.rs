@@ -50,19 +50,34 @@ impl ParamsHeader {
     }
 }
 
-/// Byte offset of the coefficients.
+/// Size of the uniform `struct Params` (the header alone; the coefficients are per problem,
+/// in `struct Lane`).
 pub const COEF_OFFSET: usize = 64;
 
-/// Size of the uniform for an element type.
-pub fn params_size(precision: Precision) -> usize {
-    COEF_OFFSET + 8 * precision.bytes()
+/// Size of the uniform for an element type (the same for both).
+pub fn params_size(_precision: Precision) -> usize {
+    COEF_OFFSET
 }
 
-/// Writes a header and coefficients into `out` (cleared first) in the uniform's layout.
-pub fn encode(header: &ParamsHeader, coefs: &[f64; 8], precision: Precision, out: &mut Vec<u8>) {
+/// Size (and array stride) of `struct Lane { base: array<vec4<u32>, 2>, c: array<vec4<T>, 2> }`:
+/// 32 bytes of data starts, then 8 coefficients (the struct aligns to 16 in f32, 32 in f64).
+pub fn lane_size(precision: Precision) -> usize {
+    32 + 8 * precision.bytes()
+}
+
+/// Writes one problem's `struct Lane` (cleared first): where each binding's data starts, in
+/// elements of the element type, and the 8 coefficients.
+///
+/// ```
+/// use nsa_flow::gpu::{encode_lane, lane_size};
+/// use nsa_flow::Precision;
+/// let mut out = Vec::new();
+/// encode_lane(&[0; 8], &[1.0; 8], Precision::F64, &mut out);
+/// assert_eq!(out.len(), lane_size(Precision::F64));
+/// ```
+pub fn encode_lane(bases: &[u32; 8], coefs: &[f64; 8], precision: Precision, out: &mut Vec<u8>) {
     out.clear();
-    out.extend_from_slice(bytemuck::bytes_of(header));
-    debug_assert_eq!(out.len(), COEF_OFFSET);
+    out.extend_from_slice(bytemuck::bytes_of(bases));
     match precision {
         Precision::F32 => {
             for c in coefs {
@@ -100,10 +115,17 @@ impl ParamsLayout {
             .map(|(i, n)| (n.to_string(), 4 * i as u32))
             .collect();
         members.push(("src".into(), std::mem::offset_of!(ParamsHeader, src) as u32));
-        members.push(("c".into(), COEF_OFFSET as u32));
         ParamsLayout {
             members,
             size: params_size(precision) as u32,
+        }
+    }
+
+    /// The layout of `struct Lane` (one problem's data starts and coefficients).
+    pub fn lane(precision: Precision) -> Self {
+        ParamsLayout {
+            members: vec![("base".into(), 0), ("c".into(), 32)],
+            size: lane_size(precision) as u32,
         }
     }
 

@@ -1,0 +1,604 @@
+//! Many problems of one shape on one device, solved together: the batch is a dispatch
+//! dimension.
+//!
+//! Every problem runs the ordinary single-problem solver loop ([`crate::flow::solve`]) on
+//! its own [`GpuBackend`] in *lane* mode, on a thread of its own. A lane backend allocates its
+//! matrices and workspace as blocks of buffers shared by the batch (its n-th allocation is
+//! block `lane` of the batch's n-th buffer) and records nothing itself: each kernel launch,
+//! copy and upload is captured. When a lane needs values back (a reduction or a download) it
+//! hands its captured work to the [`BatchHub`] and waits. Once every unfinished problem is
+//! waiting, the coordinator runs one *round*: problems whose captured work is the same
+//! sequence of launches (same kernels, shapes and shared buffers; their coefficients and data
+//! blocks differ) are launched together, problem `z` of a launch in the workgroups with
+//! `workgroup_id.z = z` reading its coefficients and data starts from its `struct Lane`
+//! entry; then every problem's readback is copied into one buffer and read back at once.
+//!
+//! So a round costs one submit and one readback for the whole batch, and the launches of the
+//! problems that took the same path (the usual case: the same iteration structure) are merged.
+//! A problem that has finished is simply absent from later rounds. Problems whose paths
+//! differ (a backtracking line search that tries another candidate, a converged
+//! Newton–Schulz) are launched in groups, still inside the same round. Every problem computes
+//! exactly what it computes alone: the kernels, their arithmetic and their reduction order do
+//! not depend on the batch, only the data starts do.
+
+use super::gpu::GpuBackend;
+use super::Backend;
+use crate::error::{GpuErrorKind, NsaError, Result};
+use crate::gpu::{Kernel, ParamsHeader};
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc;
+use std::sync::{Arc, Condvar, Mutex};
+
+/// A buffer as a launch or a copy names it: an id (bind groups are cached by ids, and
+/// launches compare by them) and the handle.
+#[derive(Clone, Debug)]
+pub(crate) struct BufRef {
+    pub(crate) id: u64,
+    pub(crate) buffer: wgpu::Buffer,
+}
+
+/// One captured piece of a problem's work.
+pub(crate) enum LaneOp {
+    /// A kernel launch: `entry` is the problem's `struct Lane` bytes.
+    Dispatch {
+        kernel: Kernel,
+        header: ParamsHeader,
+        entry: Vec<u8>,
+        bufs: [BufRef; 6],
+        groups: Option<(u32, u32)>,
+        indirect: Option<(BufRef, u64)>,
+    },
+    /// A copy between device regions (byte offsets).
+    Copy {
+        src: BufRef,
+        src_off: u64,
+        dst: BufRef,
+        dst_off: u64,
+        bytes: u64,
+    },
+    /// An upload.
+    Write {
+        dst: BufRef,
+        offset: u64,
+        data: Vec<u8>,
+    },
+}
+
+impl LaneOp {
+    /// What must be equal for the same op of two problems to be launched together.
+    fn signature<H: Hasher>(&self, h: &mut H) {
+        match self {
+            LaneOp::Dispatch {
+                kernel,
+                header,
+                bufs,
+                groups,
+                indirect,
+                ..
+            } => {
+                0u8.hash(h);
+                (*kernel as u32).hash(h);
+                bytemuck::bytes_of(header).hash(h);
+                for b in bufs {
+                    b.id.hash(h);
+                }
+                groups.hash(h);
+                indirect.as_ref().map(|(b, _)| b.id).hash(h);
+            }
+            LaneOp::Copy {
+                src, dst, bytes, ..
+            } => {
+                1u8.hash(h);
+                src.id.hash(h);
+                dst.id.hash(h);
+                bytes.hash(h);
+            }
+            LaneOp::Write { dst, data, .. } => {
+                2u8.hash(h);
+                dst.id.hash(h);
+                data.len().hash(h);
+            }
+        }
+    }
+
+    fn same_launch(&self, other: &LaneOp) -> bool {
+        match (self, other) {
+            (
+                LaneOp::Dispatch {
+                    kernel: k1,
+                    header: h1,
+                    bufs: b1,
+                    groups: g1,
+                    indirect: None,
+                    ..
+                },
+                LaneOp::Dispatch {
+                    kernel: k2,
+                    header: h2,
+                    bufs: b2,
+                    groups: g2,
+                    indirect: None,
+                    ..
+                },
+            ) => {
+                k1 == k2
+                    && h1 == h2
+                    && g1 == g2
+                    && b1.iter().zip(b2.iter()).all(|(x, y)| x.id == y.id)
+            }
+            _ => false,
+        }
+    }
+}
+
+/// A region to read back (byte offset and length).
+pub(crate) struct ReadReq {
+    pub(crate) buf: BufRef,
+    pub(crate) offset: u64,
+    pub(crate) bytes: u64,
+}
+
+struct Request {
+    ops: Vec<LaneOp>,
+    reads: Vec<ReadReq>,
+    reply: mpsc::Sender<Result<Vec<f64>>>,
+}
+
+/// The part of a [`GpuBackend`] that makes it one problem of a batch.
+pub(crate) struct LaneCtx {
+    pub(crate) hub: Arc<BatchHub>,
+    pub(crate) lane: usize,
+    /// Allocations so far (the n-th goes to the batch's n-th buffer).
+    pub(crate) allocs: usize,
+    /// Work captured since the last readback.
+    pub(crate) ops: Vec<LaneOp>,
+}
+
+impl LaneCtx {
+    pub(crate) fn new(hub: Arc<BatchHub>, lane: usize) -> LaneCtx {
+        LaneCtx {
+            hub,
+            lane,
+            allocs: 0,
+            ops: Vec::new(),
+        }
+    }
+
+    /// Hands the captured work and the readback to the batch and waits for the values.
+    pub(crate) fn exchange(&mut self, reads: Vec<ReadReq>) -> Result<Vec<f64>> {
+        let (tx, rx) = mpsc::channel();
+        let ops = std::mem::take(&mut self.ops);
+        {
+            let mut st = self.hub.state.lock().unwrap_or_else(|e| e.into_inner());
+            st.pending[self.lane] = Some(Request {
+                ops,
+                reads,
+                reply: tx,
+            });
+            st.waiting += 1;
+        }
+        self.hub.cv.notify_all();
+        rx.recv().unwrap_or_else(|_| {
+            Err(NsaError::Gpu {
+                kind: GpuErrorKind::DeviceLost,
+                message: "the batch stopped before answering a readback".into(),
+            })
+        })
+    }
+}
+
+struct Block {
+    buf: BufRef,
+    stride: u64,
+}
+
+struct HubState {
+    pending: Vec<Option<Request>>,
+    live: usize,
+    waiting: usize,
+}
+
+static NEXT_BUF: AtomicU64 = AtomicU64::new(1 << 62);
+
+/// What the problems of one batch share: the buffers their blocks live in, the placeholder
+/// buffers, and the rendezvous with the coordinator.
+pub(crate) struct BatchHub {
+    lanes: usize,
+    blocks: Mutex<HashMap<(usize, u64, u32), Block>>,
+    dummies: ((wgpu::Buffer, wgpu::Buffer), [u64; 2]),
+    state: Mutex<HubState>,
+    cv: Condvar,
+}
+
+impl BatchHub {
+    pub(crate) fn new(device: &wgpu::Device, lanes: usize) -> Arc<BatchHub> {
+        let mk = |label| {
+            device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some(label),
+                size: 256,
+                usage: wgpu::BufferUsages::STORAGE,
+                mapped_at_creation: false,
+            })
+        };
+        Arc::new(BatchHub {
+            lanes,
+            blocks: Mutex::new(HashMap::new()),
+            dummies: (
+                (mk("nsa-flow unused input"), mk("nsa-flow unused output")),
+                [
+                    NEXT_BUF.fetch_add(1, Ordering::Relaxed),
+                    NEXT_BUF.fetch_add(1, Ordering::Relaxed),
+                ],
+            ),
+            state: Mutex::new(HubState {
+                pending: (0..lanes).map(|_| None).collect(),
+                live: lanes,
+                waiting: 0,
+            }),
+            cv: Condvar::new(),
+        })
+    }
+
+    pub(crate) fn dummies(&self) -> ((wgpu::Buffer, wgpu::Buffer), [u64; 2]) {
+        self.dummies.clone()
+    }
+
+    /// Block `lane` of the batch's buffer for allocation `ordinal` of `size` bytes (made by
+    /// `create` on first use, for every problem at once): (buffer, id, byte offset).
+    pub(crate) fn block(
+        &self,
+        ordinal: usize,
+        size: u64,
+        usage: wgpu::BufferUsages,
+        lane: usize,
+        create: impl FnOnce(&str, u64, wgpu::BufferUsages) -> Result<wgpu::Buffer>,
+    ) -> Result<(wgpu::Buffer, u64, u64)> {
+        let mut blocks = self.blocks.lock().unwrap_or_else(|e| e.into_inner());
+        let key = (ordinal, size, usage.bits());
+        if !blocks.contains_key(&key) {
+            // 256-byte blocks: any copy or indirect offset inside is aligned
+            let stride = size.max(4).div_ceil(256) * 256;
+            let buffer = create("nsa-flow batch blocks", stride * self.lanes as u64, usage)?;
+            blocks.insert(
+                key,
+                Block {
+                    buf: BufRef {
+                        id: NEXT_BUF.fetch_add(1, Ordering::Relaxed),
+                        buffer,
+                    },
+                    stride,
+                },
+            );
+        }
+        let b = &blocks[&key];
+        Ok((b.buf.buffer.clone(), b.buf.id, b.stride * lane as u64))
+    }
+
+    /// Marks a problem finished (its thread has returned).
+    pub(crate) fn finish(&self) {
+        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        st.live -= 1;
+        drop(st);
+        self.cv.notify_all();
+    }
+
+    /// Serves rounds until every problem has finished, launching on `exec` (a backend of
+    /// its own on the same device). Returns the number of rounds (= readbacks). An error of
+    /// a round (the device lost, out of memory) is every waiting problem's answer.
+    pub(crate) fn coordinate(&self, exec: &mut GpuBackend) -> u64 {
+        let mut rounds = 0;
+        let mut staging: Option<wgpu::Buffer> = None;
+        let mut arena: Option<wgpu::Buffer> = None;
+        loop {
+            let requests: Vec<(usize, Request)> = {
+                let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+                while st.waiting < st.live {
+                    st = self.cv.wait(st).unwrap_or_else(|e| e.into_inner());
+                }
+                if st.live == 0 && st.waiting == 0 {
+                    return rounds;
+                }
+                st.waiting = 0;
+                st.pending
+                    .iter_mut()
+                    .enumerate()
+                    .filter_map(|(i, r)| r.take().map(|r| (i, r)))
+                    .collect()
+            };
+            rounds += 1;
+            let result = run_round(exec, &requests, &mut staging, &mut arena);
+            match result {
+                Ok(values) => {
+                    for ((_, req), v) in requests.into_iter().zip(values) {
+                        let _ = req.reply.send(Ok(v));
+                    }
+                }
+                Err(e) => {
+                    for (_, req) in requests {
+                        let _ = req.reply.send(Err(NsaError::Gpu {
+                            kind: match &e {
+                                NsaError::Gpu { kind, .. } => *kind,
+                                _ => GpuErrorKind::DeviceLost,
+                            },
+                            message: e.to_string(),
+                        }));
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn grow(
+    exec: &GpuBackend,
+    slot: &mut Option<wgpu::Buffer>,
+    bytes: u64,
+    label: &str,
+    usage: wgpu::BufferUsages,
+) -> Result<wgpu::Buffer> {
+    if let Some(b) = slot {
+        if b.size() >= bytes {
+            return Ok(b.clone());
+        }
+    }
+    let b = exec.create_buffer_pub(label, bytes.next_power_of_two().max(256), usage)?;
+    *slot = Some(b.clone());
+    Ok(b)
+}
+
+/// One round: every request's work, merged where it can be, then all readbacks at once.
+fn run_round(
+    exec: &mut GpuBackend,
+    requests: &[(usize, Request)],
+    staging: &mut Option<wgpu::Buffer>,
+    arena: &mut Option<wgpu::Buffer>,
+) -> Result<Vec<Vec<f64>>> {
+    // uploads go through one arena written before anything of the round runs, and are
+    // copied into place in their order among the launches
+    let mut upload = Vec::new();
+    let mut upload_at: Vec<Vec<u64>> = Vec::with_capacity(requests.len());
+    for (_, req) in requests {
+        let mut at = Vec::new();
+        for op in &req.ops {
+            if let LaneOp::Write { data, .. } = op {
+                at.push(upload.len() as u64);
+                upload.extend_from_slice(data);
+                upload.resize(upload.len().div_ceil(4) * 4, 0);
+            }
+        }
+        upload_at.push(at);
+    }
+    let arena_buf = if upload.is_empty() {
+        None
+    } else {
+        let b = grow(
+            exec,
+            arena,
+            upload.len() as u64,
+            "nsa-flow batch uploads",
+            wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST,
+        )?;
+        exec.context().queue.write_buffer(&b, 0, &upload);
+        Some(b)
+    };
+    // groups of problems with the same sequence of work, in order of first appearance
+    let mut groups: Vec<(u64, Vec<usize>)> = Vec::new();
+    let mut index: HashMap<u64, usize> = HashMap::new();
+    for (i, (_, req)) in requests.iter().enumerate() {
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        req.ops.len().hash(&mut h);
+        for op in &req.ops {
+            op.signature(&mut h);
+        }
+        let sig = h.finish();
+        match index.get(&sig) {
+            Some(&g) => groups[g].1.push(i),
+            None => {
+                index.insert(sig, groups.len());
+                groups.push((sig, vec![i]));
+            }
+        }
+    }
+    let mut entries = Vec::new();
+    let mut writes_done: Vec<usize> = vec![0; requests.len()];
+    for (_, members) in &groups {
+        let first = &requests[members[0]].1.ops;
+        for (j, op) in first.iter().enumerate() {
+            match op {
+                LaneOp::Dispatch {
+                    kernel,
+                    header,
+                    bufs,
+                    groups: grid,
+                    indirect: None,
+                    ..
+                } if members
+                    .iter()
+                    .all(|&m| requests[m].1.ops.get(j).is_some_and(|o| o.same_launch(op))) =>
+                {
+                    entries.clear();
+                    for &m in members {
+                        if let LaneOp::Dispatch { entry, .. } = &requests[m].1.ops[j] {
+                            entries.extend_from_slice(entry);
+                        }
+                    }
+                    exec.encode_dispatch(
+                        *kernel,
+                        header,
+                        &entries,
+                        members.len(),
+                        bufs,
+                        *grid,
+                        None,
+                    );
+                }
+                _ => {
+                    for &m in members {
+                        match requests[m].1.ops.get(j) {
+                            Some(LaneOp::Dispatch {
+                                kernel,
+                                header,
+                                entry,
+                                bufs,
+                                groups: grid,
+                                indirect,
+                            }) => exec.encode_dispatch(
+                                *kernel,
+                                header,
+                                entry,
+                                1,
+                                bufs,
+                                *grid,
+                                indirect.as_ref().map(|(b, o)| (&b.buffer, *o)),
+                            ),
+                            Some(LaneOp::Copy {
+                                src,
+                                src_off,
+                                dst,
+                                dst_off,
+                                bytes,
+                            }) => exec.raw_copy(&src.buffer, *src_off, &dst.buffer, *dst_off, *bytes),
+                            Some(LaneOp::Write { dst, offset, data }) => {
+                                let at = upload_at[m][writes_done[m]];
+                                writes_done[m] += 1;
+                                let src = arena_buf.as_ref().expect("uploads were staged");
+                                exec.raw_copy(src, at, &dst.buffer, *offset, data.len() as u64);
+                            }
+                            None => {}
+                        }
+                    }
+                }
+            }
+        }
+        // a hash collision could leave a member with more work than the first: run the rest
+        for &m in members {
+            let ops = &requests[m].1.ops;
+            for op in ops.iter().skip(first.len()) {
+                match op {
+                    LaneOp::Dispatch {
+                        kernel,
+                        header,
+                        entry,
+                        bufs,
+                        groups: grid,
+                        indirect,
+                    } => exec.encode_dispatch(
+                        *kernel,
+                        header,
+                        entry,
+                        1,
+                        bufs,
+                        *grid,
+                        indirect.as_ref().map(|(b, o)| (&b.buffer, *o)),
+                    ),
+                    LaneOp::Copy {
+                        src,
+                        src_off,
+                        dst,
+                        dst_off,
+                        bytes,
+                    } => exec.raw_copy(&src.buffer, *src_off, &dst.buffer, *dst_off, *bytes),
+                    LaneOp::Write { dst, offset, data } => {
+                        let at = upload_at[m][writes_done[m]];
+                        writes_done[m] += 1;
+                        let src = arena_buf.as_ref().expect("uploads were staged");
+                        exec.raw_copy(src, at, &dst.buffer, *offset, data.len() as u64);
+                    }
+                }
+            }
+        }
+    }
+    // every readback into one buffer
+    let total: u64 = requests
+        .iter()
+        .flat_map(|(_, r)| r.reads.iter().map(|q| q.bytes))
+        .sum();
+    let stage = grow(
+        exec,
+        staging,
+        total.max(4),
+        "nsa-flow batch readback",
+        wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+    )?;
+    let mut at = 0;
+    for (_, req) in requests {
+        for q in &req.reads {
+            exec.raw_copy(&q.buf.buffer, q.offset, &stage, at, q.bytes);
+            at += q.bytes;
+        }
+    }
+    exec.flush();
+    let mut all = Vec::new();
+    exec.map_values_pub(&stage, total.max(4), &mut all)?;
+    let e = exec.precision().bytes() as u64;
+    let mut out = Vec::with_capacity(requests.len());
+    let mut pos = 0usize;
+    for (_, req) in requests {
+        let n: u64 = req.reads.iter().map(|q| q.bytes / e).sum();
+        out.push(all[pos..pos + n as usize].to_vec());
+        pos += n as usize;
+    }
+    Ok(out)
+}
+
+/// Runs `run(backend, i)` for every problem `i < count`, each on a lane backend of its own
+/// (one thread per problem), with `exec`'s device doing the launches and readbacks of all of
+/// them together. Returns each problem's answer and the number of rounds (readbacks).
+pub(crate) fn run_batch<T, F>(mut exec: GpuBackend, count: usize, run: F) -> (Vec<Result<T>>, u64)
+where
+    T: Send,
+    F: Fn(&mut GpuBackend, usize) -> Result<T> + Sync,
+{
+    struct Finished(Arc<BatchHub>);
+    impl Drop for Finished {
+        // also when the solve panics, so the coordinator never waits for a dead problem
+        fn drop(&mut self) {
+            self.0.finish();
+        }
+    }
+    let ctx = exec.context().clone();
+    let precision = exec.precision();
+    let hub = BatchHub::new(&ctx.device, count);
+    let mut answers: Vec<Option<Result<T>>> = (0..count).map(|_| None).collect();
+    let mut rounds = 0;
+    std::thread::scope(|s| {
+        let mut handles = Vec::with_capacity(count);
+        for (i, answer) in answers.iter_mut().enumerate() {
+            let (lane_hub, ctx, run) = (hub.clone(), ctx.clone(), &run);
+            let spawned = std::thread::Builder::new()
+                .name(format!("nsa-flow problem {i}"))
+                .stack_size(2 << 20)
+                .spawn_scoped(s, move || {
+                    let _finished = Finished(lane_hub.clone());
+                    let mut be = GpuBackend::new_lane(ctx, precision, lane_hub, i)?;
+                    run(&mut be, i)
+                });
+            match spawned {
+                Ok(h) => handles.push((i, h)),
+                Err(e) => {
+                    hub.finish();
+                    *answer = Some(Err(NsaError::InvalidParameter {
+                        name: "problems",
+                        reason: format!("could not start a thread for problem {i}: {e}"),
+                    }));
+                }
+            }
+        }
+        rounds = hub.coordinate(&mut exec);
+        for (i, h) in handles {
+            answers[i] = Some(h.join().unwrap_or_else(|_| {
+                Err(NsaError::InvalidParameter {
+                    name: "problems",
+                    reason: format!("the solve of problem {i} panicked"),
+                })
+            }));
+        }
+    });
+    let answers = answers
+        .into_iter()
+        .map(|a| a.expect("every problem answered"))
+        .collect();
+    (answers, rounds)
+}
