@@ -6,8 +6,11 @@
 //! to solving that problem alone, because every solve is the same single-problem loop on its
 //! own backend and the CPU kernels reduce in a fixed order whatever thread runs them.
 //!
-//! Work in progress (issue 6): on a GPU the problems currently run one after another on the
-//! shared device; the batched device path (the batch as a dispatch dimension) is next.
+//! On a GPU the batch is a dispatch dimension: each launch covers every problem that took the
+//! same path (problem `z` in the workgroups with `workgroup_id.z = z`, reading its own
+//! coefficients and data), every round of the solver loops ends in one readback for the whole
+//! batch, and a finished problem drops out of later rounds. Each result is bit-identical to
+//! that problem's solve alone on the same adapter (docs/GPU.md, "Batches").
 
 use crate::backend::cpu::CpuBackend;
 use crate::error::{NsaError, Result};

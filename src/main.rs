@@ -83,7 +83,9 @@ enum Command {
     /// figure to choose w with.
     ///
     /// Each w runs exactly as `nsa-flow run --w <w>` with the same flags would (its Y is
-    /// identical), in one process: a GPU is opened once for the whole sweep. Writes into
+    /// identical), and all of them together: in parallel across cores on the CPU, as one
+    /// batch on a GPU (every w a problem of the same launches, one readback per round for all).
+    /// With --verbose the weights run one after another, to print every iteration. Writes into
     /// --out-dir:
     ///
     /// - Y_w<w>.npy: the best Y of each w, in the run's precision; <w> is the shortest decimal
@@ -1032,6 +1034,20 @@ impl Progress {
         }
     }
 
+    /// A spinner with `msg` for work that reports no iterations (a batch of solves).
+    fn start_spinner(&mut self, msg: String) {
+        if let Some(bar) = &self.bar {
+            bar.set_style(
+                indicatif::ProgressStyle::with_template("{spinner} {msg} [{elapsed}]")
+                    .expect("a valid template"),
+            );
+            bar.set_message(msg);
+            bar.set_draw_target(indicatif::ProgressDrawTarget::stderr());
+            bar.enable_steady_tick(std::time::Duration::from_millis(120));
+            self.shown = true;
+        }
+    }
+
     fn update(&mut self, i: &nsa_flow::IterInfo, orth_name: &str) {
         let Some(bar) = &self.bar else { return };
         if !self.shown {
@@ -1180,30 +1196,49 @@ fn cmd_sweep(a: SweepArgs) -> Result<ExitCode, NsaError> {
     let mut points = Vec::new();
     let mut csv = String::from("w,iterations,best_total_energy,fidelity,defect,sparsity\n");
     let mut backend_name = String::new();
-    for (n, &w) in ws.iter().enumerate() {
-        let run_params = Params {
-            w,
-            ..params.clone()
-        };
-        let tag = nsa_flow::plot::fmt_w(w);
-        progress.start_run(
-            params.max_iter,
-            format!("w {tag} ({}/{}) ", n + 1, ws.len()),
-        );
-        let prefix = format!("w {tag}  ");
-        let mut callback = |i: &nsa_flow::IterInfo| {
-            if verbose {
+    // without --verbose every w is solved together (in parallel on the CPU, as one batch on a
+    // GPU: nsa_flow::batch::sweep_w); --verbose solves them one after another so that each
+    // iteration's line can be printed. The Ys are identical either way.
+    let solved: Vec<nsa_flow::NsaResult> = if verbose {
+        let mut out = Vec::with_capacity(ws.len());
+        for &w in &ws {
+            let run_params = Params {
+                w,
+                ..params.clone()
+            };
+            let tag = nsa_flow::plot::fmt_w(w);
+            let prefix = format!("w {tag}  ");
+            let mut callback = |i: &nsa_flow::IterInfo| {
                 verbose_flow_line(&prefix, i);
+                Control::Continue
+            };
+            match solve_flow(&run_params, &y0, x0.as_ref(), &mut callback) {
+                Ok((res, _)) => out.push(res),
+                Err(e) => {
+                    eprintln!("sweep: the run at w = {tag} failed; nothing was written");
+                    return Err(e);
+                }
             }
-            progress.update(i, "defect");
-            Control::Continue
-        };
-        let solved = solve_flow(&run_params, &y0, x0.as_ref(), &mut callback);
-        if solved.is_err() {
-            progress.finish();
-            eprintln!("sweep: the run at w = {tag} failed; nothing was written");
         }
-        let (res, _) = solved?;
+        out
+    } else {
+        progress.start_spinner(format!("solving {} weights together", ws.len()));
+        let batch = nsa_flow::batch::sweep_w(&y0, x0.as_ref(), &ws, &params);
+        progress.finish();
+        match batch {
+            Ok(b) => b.results,
+            Err(NsaError::InBatch { index, source }) => {
+                eprintln!(
+                    "sweep: the run at w = {} failed; nothing was written",
+                    nsa_flow::plot::fmt_w(ws[index])
+                );
+                return Err(*source);
+            }
+            Err(e) => return Err(e),
+        }
+    };
+    for (&w, res) in ws.iter().zip(solved) {
+        let tag = nsa_flow::plot::fmt_w(w);
         let point = nsa_flow::plot::SweepPoint {
             w,
             fidelity: relative_fidelity_error(&res.y, &res.target),
