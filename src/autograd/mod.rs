@@ -106,6 +106,33 @@ pub fn nonneg_backward(pre: &DMatrix<f64>, mode: NonNeg, g: &DMatrix<f64>) -> Re
     Ok(out)
 }
 
+/// Hessian-vector product of the orthogonality functional at `y` in the direction `v`:
+/// `∇²D(Y)·V` for the invariant defect `D(Y) = ‖offdiag(YᵀY)‖²/‖Y‖⁴`
+/// ([`crate::invariant_orthogonality_defect`]), or with `simplified` for
+/// `‖offdiag(YᵀY)‖²`. Analytic (no differences); the layer's backward
+/// ([`crate::layer::NsaFlowLayer::backward`]) differentiates the energy's gradient with it.
+///
+/// ```
+/// use nalgebra::DMatrix;
+/// use nsa_flow::autograd::orthogonality_hvp;
+/// let y = DMatrix::from_fn(6, 2, |i, j| 1.0 + ((i * 3 + j * 5) % 4) as f64);
+/// let v = DMatrix::from_fn(6, 2, |i, j| ((i + j) % 3) as f64 - 1.0);
+/// let hv = orthogonality_hvp(&y, &v, false).unwrap();
+/// // D is 0-homogeneous: ∇D(Y)·Y = 0 for all Y, so H·Y = −∇D
+/// let hy = orthogonality_hvp(&y, &y, false).unwrap();
+/// assert!(hv.iter().all(|x| x.is_finite()) && hy.norm() > 0.0);
+/// ```
+pub fn orthogonality_hvp(
+    y: &DMatrix<f64>,
+    v: &DMatrix<f64>,
+    simplified: bool,
+) -> Result<DMatrix<f64>> {
+    validate::finite_nonempty("Y", y)?;
+    validate::finite_nonempty("direction", v)?;
+    validate::same_shape("direction", v, y.shape())?;
+    Ok(grad::orth_hvp(y, v, simplified))
+}
+
 /// The composite objective `E(nonneg(R_w(Z)))` that [`nsa_flow_autograd`] minimises.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct CompositeSpec {
