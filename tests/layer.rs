@@ -122,7 +122,7 @@ fn two_d_input_is_a_batch_of_one() {
     let batch = layer.forward(std::slice::from_ref(&x), None).unwrap();
     assert_eq!(one.ys, batch.ys);
     let flat = layer
-        .forward_flat(&batch_to_flat(&[x.clone()]), [1, 9, 2], None)
+        .forward_flat(&batch_to_flat(std::slice::from_ref(&x)), [1, 9, 2], None)
         .unwrap();
     assert_eq!(flat.ys, one.ys);
 }
@@ -244,7 +244,7 @@ fn unsupported_combinations_are_typed_errors() {
         let layer = cpu(params);
         // the forward runs; only the backward refuses
         let out = layer.forward_one(&x, None).unwrap();
-        match layer.backward(&out, &[g.clone()]) {
+        match layer.backward(&out, std::slice::from_ref(&g)) {
             Err(NsaError::NotDifferentiable { combination, .. }) => {
                 assert!(combination.contains(what), "{combination}")
             }
