@@ -114,13 +114,14 @@ pub fn nonneg_backward(pre: &DMatrix<f64>, mode: NonNeg, g: &DMatrix<f64>) -> Re
 ///
 /// ```
 /// use nalgebra::DMatrix;
-/// use nsa_flow::autograd::orthogonality_hvp;
+/// use nsa_flow::autograd::{energy_and_grad, orthogonality_hvp, EnergySpec};
+/// use nsa_flow::{FidelityType, OrthType};
 /// let y = DMatrix::from_fn(6, 2, |i, j| 1.0 + ((i * 3 + j * 5) % 4) as f64);
-/// let v = DMatrix::from_fn(6, 2, |i, j| ((i + j) % 3) as f64 - 1.0);
-/// let hv = orthogonality_hvp(&y, &v, false).unwrap();
-/// // D is 0-homogeneous: ∇D(Y)·Y = 0 for all Y, so H·Y = −∇D
+/// // D is 0-homogeneous, so ∇D(tY) = ∇D(Y)/t and H(Y)·Y = −∇D(Y)
 /// let hy = orthogonality_hvp(&y, &y, false).unwrap();
-/// assert!(hv.iter().all(|x| x.is_finite()) && hy.norm() > 0.0);
+/// let spec = EnergySpec { fidelity_type: FidelityType::Basic, orth_type: OrthType::ScaleInvariant, fid_eta: 0.0, c_orth: 4.0 };
+/// let (_, grad_d) = energy_and_grad(&y, &y, &spec).unwrap();
+/// assert!((hy + &grad_d).norm() <= 1e-12 * grad_d.norm());
 /// ```
 pub fn orthogonality_hvp(
     y: &DMatrix<f64>,
