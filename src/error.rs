@@ -126,6 +126,15 @@ pub enum NsaError {
         /// The driver's or wgpu's message, or which limit and by how much.
         message: String,
     },
+    /// The layer's backward has no exact derivative for this combination of parameters (it
+    /// is refused rather than approximated).
+    #[error("the backward does not differentiate {combination}: {reason}")]
+    NotDifferentiable {
+        /// The parameter combination, e.g. `mode = reference`.
+        combination: String,
+        /// Why, and what is supported.
+        reason: String,
+    },
     /// A problem of a batch failed (its index, from 0, and why).
     #[error("problem {index} of the batch: {source}")]
     InBatch {

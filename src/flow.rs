@@ -383,8 +383,79 @@ pub fn solve<B: Backend, F: FnMut(&IterInfo) -> Control>(
     let prep = prepare(y0, x0, params)?;
     match params.mode {
         Mode::Reference => solve_reference(be, prep, params, callback),
-        Mode::Corrected => solve_corrected(be, prep, params, callback),
+        Mode::Corrected => solve_corrected(be, prep, params, callback, None),
     }
+}
+
+/// One accepted step of the corrected loop, as recorded for the layer's backward
+/// ([`CorrectedTape`]): `y_{t+1} = Π(R?(y_t − alpha·plr·∇E(y_t)))` (with the "fast"
+/// optimizer; the retraction only for [`Candidate::Retracted`]).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(crate) struct TapeStep {
+    /// What the candidate was made of.
+    pub kind: Candidate,
+    /// The accepted halving factor `α = 2^-j`.
+    pub alpha: f64,
+    /// The learning rate of the candidate's phase (internal units, `lr/s²`).
+    pub plr: f64,
+    /// Whether `plr` is the scale-free step `0.1·‖y_t‖/‖∇E(y_t)‖` of this iteration (the
+    /// last phase) rather than the running learning rate.
+    pub from_safe: bool,
+}
+
+/// What the corrected loop did, recorded for differentiating it (`crate::layer`): the
+/// normalisation, the energy's weights, the iterates (normalised, `iterates[0]` the start)
+/// and every accepted step's discrete choices and step size. Recorded only by
+/// [`solve_corrected_recorded`]; [`solve`] records nothing and runs exactly as before.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct CorrectedTape {
+    /// `s`, the RMS of the (projected) target: the solve runs on `Y/s`, `X0/s`.
+    pub scale: f64,
+    /// The normalised target `Π(X0)/s`.
+    pub target_n: DMatrix<f64>,
+    /// Fidelity weight `(1−w)/‖X0/s‖²`.
+    pub fid_weight: f64,
+    /// Orthogonality weight `w/(1−1/k)` (0 for k = 1).
+    pub orth_weight: f64,
+    /// `Some(‖X0/s‖⁴)` with `simplified`.
+    pub offdiag_scale: Option<f64>,
+    /// The initial learning rate (internal units).
+    pub lr0: f64,
+    /// `y_0 = Π(Y0)/s, y_1, …, y_T` (`y_T/… ·s` is the answer).
+    pub iterates: Vec<DMatrix<f64>>,
+    /// Step `t` maps `iterates[t]` to `iterates[t + 1]`.
+    pub steps: Vec<TapeStep>,
+}
+
+/// [`solve`] in corrected mode on the CPU in f64, recording the [`CorrectedTape`] (the
+/// result is the same as an unrecorded CPU f64 solve: recording only copies iterates out).
+pub(crate) fn solve_corrected_recorded(
+    y0: &DMatrix<f64>,
+    x0: Option<&DMatrix<f64>>,
+    params: &Params,
+) -> Result<(NsaResult, CorrectedTape)> {
+    if params.mode != Mode::Corrected {
+        return Err(NsaError::InvalidParameter {
+            name: "mode",
+            reason: "only the corrected loop records a tape".into(),
+        });
+    }
+    let params = Params {
+        precision: Precision::F64,
+        backend: BackendChoice::Cpu,
+        gpu_adapter: None,
+        ..params.clone()
+    };
+    let prep = prepare(y0, x0, &params)?;
+    let mut tape = CorrectedTape::default();
+    let res = solve_corrected(
+        &mut CpuBackend::<f64>::new(),
+        prep,
+        &params,
+        &mut |_: &IterInfo| Control::Continue,
+        Some(&mut tape),
+    )?;
+    Ok((res, tape))
 }
 
 fn certificate_of<B: Backend>(
@@ -743,7 +814,7 @@ const C1: f64 = 1e-4;
 
 /// What a line-search candidate is made of.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Candidate {
+pub(crate) enum Candidate {
     /// `Π(R_w(Y + α(Y⁺ − Y)))`, `Y⁺` the optimizer's proposal.
     Retracted,
     /// `Π(Y + α(Y⁺ − Y))`.
@@ -758,6 +829,7 @@ fn solve_corrected<B: Backend, F: FnMut(&IterInfo) -> Control>(
     prep: Prepared,
     params: &Params,
     callback: &mut F,
+    mut tape: Option<&mut CorrectedTape>,
 ) -> Result<NsaResult> {
     let (p, k) = prep.y_init.shape();
     let pk = (p * k) as f64;
@@ -848,6 +920,16 @@ fn solve_corrected<B: Backend, F: FnMut(&IterInfo) -> Control>(
     // the optimizer's state lives across iterations (allocated once)
     let mut stepper = Stepper::new(be, params.optimizer, lr, p, k)?;
     let lr0 = lr;
+    if let Some(t) = tape.as_deref_mut() {
+        t.scale = scale;
+        t.target_n = target_n.clone();
+        t.fid_weight = model.fid_weight;
+        t.orth_weight = model.orth_weight;
+        t.offdiag_scale = model.offdiag_scale;
+        t.lr0 = lr0;
+        t.iterates = vec![be.download(&y)?];
+        t.steps = Vec::new();
+    }
     // The plateau test only catches stagnation at working precision: convergence itself is
     // judged by the certificate.
     let window_thresh = 10.0 * be_eps(be);
@@ -921,6 +1003,7 @@ fn solve_corrected<B: Backend, F: FnMut(&IterInfo) -> Control>(
         let mut finite = true;
         let mut tried = 0usize;
         let mut first = true;
+        let mut safe_phase = usize::MAX;
         loop {
             let n_trials: usize = phases.iter().map(|ph| ph.1).sum();
             if tried >= n_trials {
@@ -970,6 +1053,7 @@ fn solve_corrected<B: Backend, F: FnMut(&IterInfo) -> Control>(
                 if !finite || cert <= params.tol {
                     break;
                 }
+                safe_phase = phases.len();
                 phases.push((
                     Candidate::AlongGradient,
                     PLAIN_TRIES,
@@ -1014,7 +1098,7 @@ fn solve_corrected<B: Backend, F: FnMut(&IterInfo) -> Control>(
             stop = StopReason::LineSearchStalled;
             break;
         };
-        let (kind, alpha, plr, _) = trial(&phases, tried);
+        let (kind, alpha, plr, phase) = trial(&phases, tried);
         if kind == Candidate::Retracted {
             retracted_steps += 1;
             retracted_tries = RETRACTED_TRIES;
@@ -1025,6 +1109,15 @@ fn solve_corrected<B: Backend, F: FnMut(&IterInfo) -> Control>(
             bt_iters += 1;
         }
         std::mem::swap(&mut y, &mut evals[j]);
+        if let Some(t) = tape.as_deref_mut() {
+            t.steps.push(TapeStep {
+                kind,
+                alpha,
+                plr,
+                from_safe: phase == safe_phase,
+            });
+            t.iterates.push(be.download(&y)?);
+        }
         // a full step of its kind accepted: try a longer one next time; otherwise keep the
         // step that worked
         lr = if alpha == 1.0 { plr * 1.5 } else { plr * alpha };

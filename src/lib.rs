@@ -19,7 +19,9 @@
 //! scalars the loop needs. [`Params::backend`] picks one (`auto` by default: a hardware GPU
 //! that computes in the requested precision, else the CPU).
 //!
-//! Beyond the solver: [`autograd`] (exact vector-Jacobian products and
+//! Beyond the solver: [`layer`] ([`NsaFlowLayer`]: a batch `[B, p, k]` forward through
+//! [`batch::nsa_flow_batch`] and the exact backward of its unrolled iterations),
+//! [`autograd`] (exact vector-Jacobian products and
 //! [`autograd::nsa_flow_autograd`]), [`lr_estimate`] (the reference's learning-rate
 //! estimator), [`optim`] (the optimizer registry, on every backend), [`io`] (`.npy`/`.csv`)
 //! and [`verify`] (one problem on both backends, compared). docs/ARCHITECTURE.md in the
@@ -43,6 +45,7 @@ mod error;
 pub mod flow;
 pub mod gpu;
 pub mod io;
+pub mod layer;
 pub mod linalg;
 pub mod lr_estimate;
 mod on_backend;
@@ -63,6 +66,7 @@ pub use energy::{
 };
 pub use error::{GpuErrorKind, NsaError, Result};
 pub use flow::{nsa_flow, nsa_flow_with_callback};
+pub use layer::NsaFlowLayer;
 pub use lr_estimate::{
     estimate_learning_rate_for_nsa_flow, lr_strategies, LrEstimate, LrEstimateParams, LrStrategy,
 };

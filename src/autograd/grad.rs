@@ -503,3 +503,41 @@ pub(crate) fn retract_backward_in<T: Element>(
     retract_backward_into(y, o, g, &mut out);
     out
 }
+
+/// Hessian-vector product of the orthogonality functional: the derivative of its gradient at
+/// `y` in the direction `v` (the Hessian is symmetric, so this is also the vector-Jacobian
+/// product of the gradient map). With `simplified = false` the functional is the invariant
+/// defect `D(Y) = ‖O‖²/n²` (`S = YᵀY`, `O = S − Diag(S)`, `n = ‖Y‖²`), whose gradient
+/// `∇D = (4/n²)·Y·O − (4D/n)·Y` has the derivative
+///
+/// `d∇D = 4(V·O + Y·dO)/n² − 8·dn·Y·O/n³ − 4(dD·Y + D·V)/n + 4·D·dn·Y/n²`
+///
+/// with `dO = offdiag(YᵀV + VᵀY)`, `dn = 2⟨Y, V⟩`, `dD = ⟨∇D, V⟩`; with `simplified = true` it
+/// is `N(Y) = ‖O‖²`, `∇N = 4·Y·O`, `d∇N = 4(V·O + Y·dO)`. Zero where the gradient is zero by
+/// convention (`n ≤ 1e-12`, as the solver's gradient).
+pub(crate) fn orth_hvp(y: &DMatrix<f64>, v: &DMatrix<f64>, simplified: bool) -> DMatrix<f64> {
+    let k = y.ncols();
+    let n = y.norm_squared();
+    if n <= 1e-12 {
+        return DMatrix::zeros(y.nrows(), k);
+    }
+    let mut o = y.transpose() * y;
+    let mut d_o = y.transpose() * v;
+    d_o += d_o.transpose();
+    for j in 0..k {
+        o[(j, j)] = 0.0;
+        d_o[(j, j)] = 0.0;
+    }
+    let yo = y * &o;
+    let first = (v * &o + y * &d_o) * 4.0;
+    if simplified {
+        return first;
+    }
+    let (n2, n3) = (n * n, n * n * n);
+    let defect = o.norm_squared() / n2;
+    let dn = 2.0 * y.dot(v);
+    let grad = &yo * (4.0 / n2) - y * (4.0 * defect / n);
+    let d_defect = grad.dot(v);
+    first / n2 - &yo * (8.0 * dn / n3) - (y * d_defect + v * defect) * (4.0 / n)
+        + y * (4.0 * defect * dn / n2)
+}

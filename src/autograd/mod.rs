@@ -106,6 +106,34 @@ pub fn nonneg_backward(pre: &DMatrix<f64>, mode: NonNeg, g: &DMatrix<f64>) -> Re
     Ok(out)
 }
 
+/// Hessian-vector product of the orthogonality functional at `y` in the direction `v`:
+/// `∇²D(Y)·V` for the invariant defect `D(Y) = ‖offdiag(YᵀY)‖²/‖Y‖⁴`
+/// ([`crate::invariant_orthogonality_defect`]), or with `simplified` for
+/// `‖offdiag(YᵀY)‖²`. Analytic (no differences); the layer's backward
+/// ([`crate::layer::NsaFlowLayer::backward`]) differentiates the energy's gradient with it.
+///
+/// ```
+/// use nalgebra::DMatrix;
+/// use nsa_flow::autograd::{energy_and_grad, orthogonality_hvp, EnergySpec};
+/// use nsa_flow::{FidelityType, OrthType};
+/// let y = DMatrix::from_fn(6, 2, |i, j| 1.0 + ((i * 3 + j * 5) % 4) as f64);
+/// // D is 0-homogeneous, so ∇D(tY) = ∇D(Y)/t and H(Y)·Y = −∇D(Y)
+/// let hy = orthogonality_hvp(&y, &y, false).unwrap();
+/// let spec = EnergySpec { fidelity_type: FidelityType::Basic, orth_type: OrthType::ScaleInvariant, fid_eta: 0.0, c_orth: 4.0 };
+/// let (_, grad_d) = energy_and_grad(&y, &y, &spec).unwrap();
+/// assert!((hy + &grad_d).norm() <= 1e-12 * grad_d.norm());
+/// ```
+pub fn orthogonality_hvp(
+    y: &DMatrix<f64>,
+    v: &DMatrix<f64>,
+    simplified: bool,
+) -> Result<DMatrix<f64>> {
+    validate::finite_nonempty("Y", y)?;
+    validate::finite_nonempty("direction", v)?;
+    validate::same_shape("direction", v, y.shape())?;
+    Ok(grad::orth_hvp(y, v, simplified))
+}
+
 /// The composite objective `E(nonneg(R_w(Z)))` that [`nsa_flow_autograd`] minimises.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct CompositeSpec {
