@@ -72,17 +72,26 @@ fn bench(c: &mut Criterion) {
             .throughput(Throughput::Elements(count as u64));
         let probs = problems(p, k, count);
         let cpu = params(BackendChoice::Cpu);
-        g.bench_with_input(BenchmarkId::new("cpu_sequential", count), &probs, |b, probs| {
-            b.iter(|| {
-                for pr in probs {
-                    let one = Params { w: pr.w, ..cpu.clone() };
-                    black_box(nsa_flow(&pr.y0, pr.x0.as_ref(), &one).unwrap());
-                }
-            })
-        });
-        g.bench_with_input(BenchmarkId::new("cpu_parallel", count), &probs, |b, probs| {
-            b.iter(|| black_box(nsa_flow_batch(probs, &cpu).unwrap()))
-        });
+        g.bench_with_input(
+            BenchmarkId::new("cpu_sequential", count),
+            &probs,
+            |b, probs| {
+                b.iter(|| {
+                    for pr in probs {
+                        let one = Params {
+                            w: pr.w,
+                            ..cpu.clone()
+                        };
+                        black_box(nsa_flow(&pr.y0, pr.x0.as_ref(), &one).unwrap());
+                    }
+                })
+            },
+        );
+        g.bench_with_input(
+            BenchmarkId::new("cpu_parallel", count),
+            &probs,
+            |b, probs| b.iter(|| black_box(nsa_flow_batch(probs, &cpu).unwrap())),
+        );
         if gpu.is_ok() && (all || !(software && count > 64)) {
             let on_gpu = params(BackendChoice::Gpu);
             g.bench_with_input(BenchmarkId::new("gpu_batch", count), &probs, |b, probs| {

@@ -45,6 +45,10 @@ pub struct BatchResult {
     /// On a GPU: the device round trips of the whole batch (each one readback for every
     /// problem still running); `None` on the CPU.
     pub rounds: Option<u64>,
+    /// On a GPU: the kernel launches of the whole batch (a launch covers every problem that
+    /// took the same path, so B problems that run alike take as many as one); `None` on the
+    /// CPU.
+    pub launches: Option<u64>,
 }
 
 /// Solves every problem with `params` (its `w` replaced by each problem's own): on the CPU in
@@ -120,16 +124,22 @@ pub fn nsa_flow_batch(problems: &[BatchProblem], params: &Params) -> Result<Batc
         .map_err(|e| in_batch(i, e))
     };
     let mut batch_rounds = None;
+    let mut batch_launches = None;
     let (results, backend) = match gpu_backend_for(params)? {
         Some(exec) => {
-            let name = format!("{} ×{} problems", crate::backend::Backend::name(&exec), problems.len());
-            let (answers, rounds) =
+            let name = format!(
+                "{} ×{} problems",
+                crate::backend::Backend::name(&exec),
+                problems.len()
+            );
+            let (answers, rounds, launches) =
                 crate::backend::gpu_batch::run_batch(exec, problems.len(), |be, i| {
                     let pr = &problems[i];
                     let mut cont = |_: &crate::IterInfo| Control::Continue;
                     solve(be, &pr.y0, pr.x0.as_ref(), &per_problem[i], &mut cont)
                 });
             batch_rounds = Some(rounds);
+            batch_launches = Some(launches);
             let results = answers
                 .into_iter()
                 .enumerate()
@@ -155,6 +165,7 @@ pub fn nsa_flow_batch(problems: &[BatchProblem], params: &Params) -> Result<Batc
         seconds: start.elapsed().as_secs_f64(),
         backend,
         rounds: batch_rounds,
+        launches: batch_launches,
     })
 }
 

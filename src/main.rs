@@ -460,6 +460,7 @@ fn cmd_batch(a: BatchArgs) -> Result<ExitCode, NsaError> {
             "problems": entries,
             "backend": res.backend,
             "seconds": res.seconds,
+            "rounds": res.rounds,
             "mode": params.mode.as_str(),
             "precision": params.precision.as_str(),
         });
@@ -472,11 +473,14 @@ fn cmd_batch(a: BatchArgs) -> Result<ExitCode, NsaError> {
     }
     if !a.quiet {
         println!(
-            "{b} problems of {}×{} in {:.3} s on {}",
+            "{b} problems of {}×{} in {:.3} s on {}{}",
             problems[0].y0.nrows(),
             problems[0].y0.ncols(),
             res.seconds,
-            res.backend
+            res.backend,
+            res.rounds.map_or(String::new(), |r| format!(
+                ", {r} readbacks for the whole batch"
+            ))
         );
     }
     Ok(ExitCode::SUCCESS)

@@ -61,7 +61,10 @@ fn check(test: &str, probs: &[BatchProblem], params: &Params) -> Option<(u64, u6
             pr.w
         );
         assert_eq!(got.iterations, alone.iterations, "{what}: iterations");
-        assert_eq!(got.best_iteration, alone.best_iteration, "{what}: best iteration");
+        assert_eq!(
+            got.best_iteration, alone.best_iteration,
+            "{what}: best iteration"
+        );
         assert_eq!(got.stop_reason, alone.stop_reason, "{what}: stop reason");
         assert_eq!(
             got.best_total_energy.map(f64::to_bits),
@@ -90,7 +93,10 @@ fn each_problem_equals_its_solve_alone_in_both_modes_and_precisions() {
             let test = "gpu batch both modes";
             if let Some((rounds, most)) = check(test, &probs, &params) {
                 // one readback per round serves every problem still running
-                assert_eq!(rounds, most, "{precision:?} {mode:?}: rounds vs readbacks alone");
+                assert_eq!(
+                    rounds, most,
+                    "{precision:?} {mode:?}: rounds vs readbacks alone"
+                );
             }
         }
     }
@@ -156,4 +162,32 @@ fn batch_of_one() {
         ..Params::default()
     };
     check("gpu batch of one", &probs, &params);
+}
+
+/// Problems that take the same path share every launch: B identical problems take exactly the
+/// launches and rounds of one.
+#[test]
+fn identical_problems_share_every_launch() {
+    if gpu_or_skip("gpu batch launches").is_none() {
+        return;
+    }
+    let one = problems(50, 4, 1, 90);
+    let many: Vec<BatchProblem> = (0..9).map(|_| one[0].clone()).collect();
+    for mode in [Mode::Reference, Mode::Corrected] {
+        let params = Params {
+            backend: BackendChoice::Gpu,
+            precision: Precision::F32,
+            mode,
+            max_iter: 30,
+            ..Params::default()
+        };
+        let a = nsa_flow_batch(&one, &params).unwrap();
+        let b = nsa_flow_batch(&many, &params).unwrap();
+        assert_eq!(b.rounds, a.rounds, "{mode:?}: rounds");
+        assert_eq!(b.launches, a.launches, "{mode:?}: launches");
+        assert!(a.launches.unwrap() > 0);
+        for r in &b.results {
+            assert_eq!(r.y, a.results[0].y);
+        }
+    }
 }

@@ -105,7 +105,12 @@ fn uniform_layouts_agree() {
             }
             assert!(found, "{}: no Params struct", file.name);
             // every kernel family but the bandwidth probe takes per-problem entries
-            assert_eq!(lanes, file.name != "bandwidth.wgsl", "{}: struct Lane", file.name);
+            assert_eq!(
+                lanes,
+                file.name != "bandwidth.wgsl",
+                "{}: struct Lane",
+                file.name
+            );
         }
     }
 }

@@ -7,11 +7,11 @@
 //! written once before the submit), bind groups are cached by the buffers they bind, so after
 //! the first iteration nothing is created; the encoder is submitted when scalars are read.
 
+use super::gpu_batch::{BatchHub, BufRef, LaneCtx, LaneOp, ReadReq};
 use super::{Backend, GradientRule, Operand, OptPass, Projection, Reduction, UpdateRule};
 use crate::error::{GpuErrorKind, NsaError, Result};
-use super::gpu_batch::{BatchHub, BufRef, LaneCtx, LaneOp, ReadReq};
-use crate::gpu::{encode_lane, lane_size, GpuContext, Kernel, Kernels, ParamsHeader, LITERAL};
 use crate::gpu::params_size as header_size;
+use crate::gpu::{encode_lane, lane_size, GpuContext, Kernel, Kernels, ParamsHeader, LITERAL};
 use crate::params::{InvSqrtMethod, Mode, NonNeg, Precision, Retraction};
 use crate::retract::RetractOptions;
 use nalgebra::DMatrix;
@@ -218,6 +218,7 @@ pub struct GpuBackend {
     lane_ring: wgpu::Buffer,
     lane_bytes: Vec<u8>,
     lane_used: usize,
+    launches: u64,
     /// Set for one problem of a GPU batch: its work is captured and run by the batch.
     lane: Option<LaneCtx>,
 }
@@ -269,13 +270,21 @@ impl GpuBackend {
         let solo = lane.is_none();
         let ring = device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("nsa-flow params ring"),
-            size: if solo { RING_SLOTS as u64 * RING_STRIDE } else { RING_STRIDE },
+            size: if solo {
+                RING_SLOTS as u64 * RING_STRIDE
+            } else {
+                RING_STRIDE
+            },
             usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
             mapped_at_creation: false,
         });
         let lane_ring = device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("nsa-flow per-problem entries"),
-            size: if solo { LANE_RING as u64 + LANE_WINDOW } else { LANE_WINDOW },
+            size: if solo {
+                LANE_RING as u64 + LANE_WINDOW
+            } else {
+                LANE_WINDOW
+            },
             usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST,
             mapped_at_creation: false,
         });
@@ -291,10 +300,7 @@ impl GpuBackend {
         let ((dummy_read, dummy_write), dummy_id) = match &lane {
             Some(l) => l.hub.dummies(),
             None => (
-                (
-                    mk("nsa-flow unused input"),
-                    mk("nsa-flow unused output"),
-                ),
+                (mk("nsa-flow unused input"), mk("nsa-flow unused output")),
                 [
                     NEXT_ID.fetch_add(1, Ordering::Relaxed),
                     NEXT_ID.fetch_add(1, Ordering::Relaxed),
@@ -306,7 +312,14 @@ impl GpuBackend {
             precision,
             ws: None,
             ring,
-            ring_bytes: vec![0; if solo { RING_SLOTS * RING_STRIDE as usize } else { 0 }],
+            ring_bytes: vec![
+                0;
+                if solo {
+                    RING_SLOTS * RING_STRIDE as usize
+                } else {
+                    0
+                }
+            ],
             ring_used: 0,
             scratch: Vec::with_capacity(256),
             encoder: None,
@@ -320,6 +333,7 @@ impl GpuBackend {
             lane_ring,
             lane_bytes: Vec::new(),
             lane_used: 0,
+            launches: 0,
             lane,
             ctx,
         })
@@ -333,6 +347,11 @@ impl GpuBackend {
     /// Round trips that read device memory back so far (scalar batches and downloads).
     pub fn readbacks(&self) -> u64 {
         self.readbacks
+    }
+
+    /// Kernel launches encoded so far (a launch for many problems of a batch counts once).
+    pub fn launches(&self) -> u64 {
+        self.launches
     }
 
     fn elem(&self) -> usize {
@@ -536,7 +555,10 @@ impl GpuBackend {
     }
 
     fn encoder(&mut self) -> &mut wgpu::CommandEncoder {
-        debug_assert!(self.lane.is_none(), "a problem of a batch records nothing itself");
+        debug_assert!(
+            self.lane.is_none(),
+            "a problem of a batch records nothing itself"
+        );
         if self.encoder.is_none() {
             self.encoder = Some(self.ctx.device.create_command_encoder(
                 &wgpu::CommandEncoderDescriptor {
@@ -734,6 +756,7 @@ impl GpuBackend {
             }
             let slot = self.ring_used;
             self.ring_used += 1;
+            self.launches += 1;
             let at = slot * RING_STRIDE as usize;
             self.ring_bytes[at..at + header_size(self.precision)]
                 .copy_from_slice(bytemuck::bytes_of(header));
@@ -765,9 +788,19 @@ impl GpuBackend {
     }
 
     /// Copies `bytes` bytes between two device regions (captured for a problem of a batch).
-    pub(super) fn copy_region(&mut self, src: &GpuMat, src_elem: u64, dst: &GpuMat, dst_elem: u64, bytes: u64) {
+    pub(super) fn copy_region(
+        &mut self,
+        src: &GpuMat,
+        src_elem: u64,
+        dst: &GpuMat,
+        dst_elem: u64,
+        bytes: u64,
+    ) {
         let e = self.elem() as u64;
-        let (so, d_o) = ((src.offset as u64 + src_elem) * e, (dst.offset as u64 + dst_elem) * e);
+        let (so, d_o) = (
+            (src.offset as u64 + src_elem) * e,
+            (dst.offset as u64 + dst_elem) * e,
+        );
         if let Some(lane) = &mut self.lane {
             lane.ops.push(LaneOp::Copy {
                 src: BufRef::of(src),

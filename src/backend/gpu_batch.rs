@@ -7,17 +7,19 @@
 //! block `lane` of the batch's n-th buffer) and records nothing itself: each kernel launch,
 //! copy and upload is captured. When a lane needs values back (a reduction or a download) it
 //! hands its captured work to the [`BatchHub`] and waits. Once every unfinished problem is
-//! waiting, the coordinator runs one *round*: problems whose captured work is the same
-//! sequence of launches (same kernels, shapes and shared buffers; their coefficients and data
-//! blocks differ) are launched together, problem `z` of a launch in the workgroups with
-//! `workgroup_id.z = z` reading its coefficients and data starts from its `struct Lane`
-//! entry; then every problem's readback is copied into one buffer and read back at once.
+//! waiting, the coordinator runs one *round*: it walks the problems' captured work in step
+//! (the j-th piece of every problem, for j = 0, 1, …); the j-th launches that agree (same
+//! kernel, header, shared buffers and grid; their coefficients and data blocks differ) are
+//! encoded once for all those problems, problem `z` of a launch running in the workgroups
+//! with `workgroup_id.z = z` and reading its coefficients and data starts from its
+//! `struct Lane` entry; then every problem's readback is copied into one buffer and read back
+//! at once.
 //!
-//! So a round costs one submit and one readback for the whole batch, and the launches of the
-//! problems that took the same path (the usual case: the same iteration structure) are merged.
-//! A problem that has finished is simply absent from later rounds. Problems whose paths
-//! differ (a backtracking line search that tries another candidate, a converged
-//! Newton–Schulz) are launched in groups, still inside the same round. Every problem computes
+//! So a round costs one submit and one readback for the whole batch, and problems that take
+//! the same path (the usual case: the same iteration structure) share every launch. A problem
+//! that has finished is simply absent from later rounds. Where paths differ (a backtracking
+//! line search that tries another candidate, a converged Newton–Schulz) the launches that
+//! disagree are encoded separately, still inside the same round. Every problem computes
 //! exactly what it computes alone: the kernels, their arithmetic and their reduction order do
 //! not depend on the batch, only the data starts do.
 
@@ -383,129 +385,81 @@ fn run_round(
         exec.context().queue.write_buffer(&b, 0, &upload);
         Some(b)
     };
-    // groups of problems with the same sequence of work, in order of first appearance
-    let mut groups: Vec<(u64, Vec<usize>)> = Vec::new();
-    let mut index: HashMap<u64, usize> = HashMap::new();
-    for (i, (_, req)) in requests.iter().enumerate() {
-        let mut h = std::collections::hash_map::DefaultHasher::new();
-        req.ops.len().hash(&mut h);
-        for op in &req.ops {
-            op.signature(&mut h);
-        }
-        let sig = h.finish();
-        match index.get(&sig) {
-            Some(&g) => groups[g].1.push(i),
-            None => {
-                index.insert(sig, groups.len());
-                groups.push((sig, vec![i]));
-            }
-        }
-    }
+    // the j-th pieces of work of all problems, in order of j: launches that agree (kernel,
+    // header, buffers, grid) are encoded once for all their problems; each problem's work
+    // stays in its own order, and different problems touch different blocks
+    let longest = requests.iter().map(|(_, r)| r.ops.len()).max().unwrap_or(0);
     let mut entries = Vec::new();
     let mut writes_done: Vec<usize> = vec![0; requests.len()];
-    for (_, members) in &groups {
-        let first = &requests[members[0]].1.ops;
-        for (j, op) in first.iter().enumerate() {
+    let mut parts: Vec<Vec<usize>> = Vec::new();
+    let mut by_key: HashMap<u64, Vec<usize>> = HashMap::new();
+    for j in 0..longest {
+        parts.clear();
+        by_key.clear();
+        for (m, (_, req)) in requests.iter().enumerate() {
+            let Some(op) = req.ops.get(j) else { continue };
+            let mergeable = matches!(op, LaneOp::Dispatch { indirect: None, .. });
+            if mergeable {
+                let mut h = std::collections::hash_map::DefaultHasher::new();
+                op.signature(&mut h);
+                let candidates = by_key.entry(h.finish()).or_default();
+                // a hash collision only costs a separate launch
+                let found = candidates
+                    .iter()
+                    .copied()
+                    .find(|&p| op.same_launch(&requests[parts[p][0]].1.ops[j]));
+                match found {
+                    Some(p) => parts[p].push(m),
+                    None => {
+                        candidates.push(parts.len());
+                        parts.push(vec![m]);
+                    }
+                }
+            } else {
+                parts.push(vec![m]);
+            }
+        }
+        for members in &parts {
+            let op = &requests[members[0]].1.ops[j];
             match op {
                 LaneOp::Dispatch {
                     kernel,
                     header,
                     bufs,
                     groups: grid,
-                    indirect: None,
-                    ..
-                } if members
-                    .iter()
-                    .all(|&m| requests[m].1.ops.get(j).is_some_and(|o| o.same_launch(op))) =>
-                {
+                    indirect,
+                    entry,
+                } => {
                     entries.clear();
                     for &m in members {
                         if let LaneOp::Dispatch { entry, .. } = &requests[m].1.ops[j] {
                             entries.extend_from_slice(entry);
                         }
                     }
+                    let bytes = if members.len() == 1 { entry } else { &entries };
                     exec.encode_dispatch(
                         *kernel,
                         header,
-                        &entries,
+                        bytes,
                         members.len(),
                         bufs,
                         *grid,
-                        None,
+                        indirect.as_ref().map(|(b, o)| (&b.buffer, *o)),
                     );
                 }
-                _ => {
-                    for &m in members {
-                        match requests[m].1.ops.get(j) {
-                            Some(LaneOp::Dispatch {
-                                kernel,
-                                header,
-                                entry,
-                                bufs,
-                                groups: grid,
-                                indirect,
-                            }) => exec.encode_dispatch(
-                                *kernel,
-                                header,
-                                entry,
-                                1,
-                                bufs,
-                                *grid,
-                                indirect.as_ref().map(|(b, o)| (&b.buffer, *o)),
-                            ),
-                            Some(LaneOp::Copy {
-                                src,
-                                src_off,
-                                dst,
-                                dst_off,
-                                bytes,
-                            }) => exec.raw_copy(&src.buffer, *src_off, &dst.buffer, *dst_off, *bytes),
-                            Some(LaneOp::Write { dst, offset, data }) => {
-                                let at = upload_at[m][writes_done[m]];
-                                writes_done[m] += 1;
-                                let src = arena_buf.as_ref().expect("uploads were staged");
-                                exec.raw_copy(src, at, &dst.buffer, *offset, data.len() as u64);
-                            }
-                            None => {}
-                        }
-                    }
-                }
-            }
-        }
-        // a hash collision could leave a member with more work than the first: run the rest
-        for &m in members {
-            let ops = &requests[m].1.ops;
-            for op in ops.iter().skip(first.len()) {
-                match op {
-                    LaneOp::Dispatch {
-                        kernel,
-                        header,
-                        entry,
-                        bufs,
-                        groups: grid,
-                        indirect,
-                    } => exec.encode_dispatch(
-                        *kernel,
-                        header,
-                        entry,
-                        1,
-                        bufs,
-                        *grid,
-                        indirect.as_ref().map(|(b, o)| (&b.buffer, *o)),
-                    ),
-                    LaneOp::Copy {
-                        src,
-                        src_off,
-                        dst,
-                        dst_off,
-                        bytes,
-                    } => exec.raw_copy(&src.buffer, *src_off, &dst.buffer, *dst_off, *bytes),
-                    LaneOp::Write { dst, offset, data } => {
-                        let at = upload_at[m][writes_done[m]];
-                        writes_done[m] += 1;
-                        let src = arena_buf.as_ref().expect("uploads were staged");
-                        exec.raw_copy(src, at, &dst.buffer, *offset, data.len() as u64);
-                    }
+                LaneOp::Copy {
+                    src,
+                    src_off,
+                    dst,
+                    dst_off,
+                    bytes,
+                } => exec.raw_copy(&src.buffer, *src_off, &dst.buffer, *dst_off, *bytes),
+                LaneOp::Write { dst, offset, data } => {
+                    let m = members[0];
+                    let at = upload_at[m][writes_done[m]];
+                    writes_done[m] += 1;
+                    let src = arena_buf.as_ref().expect("uploads were staged");
+                    exec.raw_copy(src, at, &dst.buffer, *offset, data.len() as u64);
                 }
             }
         }
@@ -545,8 +499,13 @@ fn run_round(
 
 /// Runs `run(backend, i)` for every problem `i < count`, each on a lane backend of its own
 /// (one thread per problem), with `exec`'s device doing the launches and readbacks of all of
-/// them together. Returns each problem's answer and the number of rounds (readbacks).
-pub(crate) fn run_batch<T, F>(mut exec: GpuBackend, count: usize, run: F) -> (Vec<Result<T>>, u64)
+/// them together. Returns each problem's answer, the number of rounds (readbacks) and of
+/// kernel launches.
+pub(crate) fn run_batch<T, F>(
+    mut exec: GpuBackend,
+    count: usize,
+    run: F,
+) -> (Vec<Result<T>>, u64, u64)
 where
     T: Send,
     F: Fn(&mut GpuBackend, usize) -> Result<T> + Sync,
@@ -600,5 +559,5 @@ where
         .into_iter()
         .map(|a| a.expect("every problem answered"))
         .collect();
-    (answers, rounds)
+    (answers, rounds, exec.launches())
 }
