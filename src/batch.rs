@@ -43,7 +43,8 @@ pub struct BatchResult {
     /// Where it ran (`cpu-f64 ×N threads`, or the GPU backend's name).
     pub backend: String,
     /// On a GPU: the device round trips of the whole batch (each one readback for every
-    /// problem still running); `None` on the CPU.
+    /// problem still running; a batch larger than the adapter's buffer limits allow runs as
+    /// several, whose rounds add up); `None` on the CPU.
     pub rounds: Option<u64>,
     /// On a GPU: the kernel launches of the whole batch (a launch covers every problem that
     /// took the same path, so B problems that run alike take as many as one); `None` on the
@@ -126,25 +127,32 @@ pub fn nsa_flow_batch(problems: &[BatchProblem], params: &Params) -> Result<Batc
     let mut batch_rounds = None;
     let mut batch_launches = None;
     let (results, backend) = match gpu_backend_for(params)? {
-        Some(exec) => {
+        Some(mut exec) => {
             let name = format!(
                 "{} ×{} problems",
                 crate::backend::Backend::name(&exec),
                 problems.len()
             );
-            let (answers, rounds, launches) =
-                crate::backend::gpu_batch::run_batch(exec, problems.len(), |be, i| {
-                    let pr = &problems[i];
-                    let mut cont = |_: &crate::IterInfo| Control::Continue;
-                    solve(be, &pr.y0, pr.x0.as_ref(), &per_problem[i], &mut cont)
-                });
+            // a batch too large for the adapter's buffer limits runs as several batches
+            let per = exec.batch_capacity(shape.0, shape.1);
+            let (mut rounds, mut launches) = (0, 0);
+            let mut results = Vec::with_capacity(problems.len());
+            for (c, chunk) in problems.chunks(per).enumerate() {
+                let first = c * per;
+                let (answers, r, l) =
+                    crate::backend::gpu_batch::run_batch(&mut exec, chunk.len(), |be, i| {
+                        let pr = &chunk[i];
+                        let mut cont = |_: &crate::IterInfo| Control::Continue;
+                        solve(be, &pr.y0, pr.x0.as_ref(), &per_problem[first + i], &mut cont)
+                    });
+                rounds += r;
+                launches = l;
+                for (i, a) in answers.into_iter().enumerate() {
+                    results.push(a.map_err(|e| in_batch(first + i, e))?);
+                }
+            }
             batch_rounds = Some(rounds);
             batch_launches = Some(launches);
-            let results = answers
-                .into_iter()
-                .enumerate()
-                .map(|(i, r)| r.map_err(|e| in_batch(i, e)))
-                .collect::<Result<Vec<_>>>()?;
             (results, name)
         }
         None => {

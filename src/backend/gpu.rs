@@ -154,6 +154,41 @@ const SC_FACTOR: usize = 3;
 const SC_NS: usize = 8; // 5 values
 const SC_SGDP: usize = 16; // 4 values
 
+/// The sizes of one shape's workspace.
+struct WorkspacePlan {
+    gram_chunk: usize,
+    gram_chunks: usize,
+    gram_len: usize,
+    partials: usize,
+    aux_len: usize,
+}
+
+impl WorkspacePlan {
+    fn of(p: usize, k: usize) -> WorkspacePlan {
+        // Gram chunks: about 256 rows per chunk for small p, at most 4096 rows per chunk,
+        // and a partials buffer no larger than a quarter of Y.
+        let target = p
+            .div_ceil(256)
+            .min(1024.max(p.div_ceil(4096)))
+            .min((p / (4 * k.max(1))).max(1))
+            .max(1);
+        let chunk = p.div_ceil(target).div_ceil(64) * 64;
+        let chunks = p.div_ceil(chunk);
+        let partials = (p * k)
+            .div_ceil(256 * ENTRIES_PER_THREAD)
+            .clamp(1, MAX_PARTIALS);
+        let gram_len = chunks * k * k;
+        let aux_len = gram_len + MAX_SLOTS * partials + partials + 5 * p.div_ceil(256);
+        WorkspacePlan {
+            gram_chunk: chunk,
+            gram_chunks: chunks,
+            gram_len,
+            partials,
+            aux_len,
+        }
+    }
+}
+
 /// Per-shape device storage.
 pub(super) struct Workspace {
     p: usize,
@@ -454,6 +489,23 @@ impl GpuBackend {
         })
     }
 
+    /// How many problems of p×k one GPU batch can hold: every buffer of the batch (B blocks of
+    /// one problem's largest allocation, 256-byte aligned) must fit the adapter's
+    /// `max_storage_buffer_binding_size` and `max_buffer_size`. Larger batches run as several
+    /// batches one after another.
+    pub fn batch_capacity(&self, p: usize, k: usize) -> usize {
+        let plan = WorkspacePlan::of(p, k);
+        let largest = [p * k, SmallLayout { k }.len(), plan.aux_len]
+            .into_iter()
+            .max()
+            .unwrap_or(1) as u64
+            * self.elem() as u64;
+        let block = largest.max(4).div_ceil(256) * 256;
+        let lim = &self.ctx.limits;
+        let budget = lim.max_storage_buffer_binding_size.min(lim.max_buffer_size);
+        ((budget / block) as usize).max(1)
+    }
+
     fn ensure_workspace(&mut self, p: usize, k: usize) -> Result<()> {
         if let Some(ws) = &self.ws {
             if ws.p == p && ws.k == k {
@@ -463,22 +515,12 @@ impl GpuBackend {
         self.flush();
         self.bind_groups.clear();
         let layout = SmallLayout { k };
-        // Gram chunks: about 256 rows per chunk for small p, at most 4096 rows per chunk,
-        // and a partials buffer no larger than a quarter of Y.
-        let target = p
-            .div_ceil(256)
-            .min(1024.max(p.div_ceil(4096)))
-            .min((p / (4 * k)).max(1))
-            .max(1);
-        let chunk = p.div_ceil(target).div_ceil(64) * 64;
-        let chunks = p.div_ceil(chunk);
-        let n = p * k;
-        let partials = n.div_ceil(256 * ENTRIES_PER_THREAD).clamp(1, MAX_PARTIALS);
-        let gram_len = chunks * k * k;
-        let aux_readback = gram_len;
+        let plan = WorkspacePlan::of(p, k);
+        let (chunk, chunks, partials, aux_len) =
+            (plan.gram_chunk, plan.gram_chunks, plan.partials, plan.aux_len);
+        let aux_readback = plan.gram_len;
         let aux_finalize = aux_readback + MAX_SLOTS * partials;
         let aux_sgdp = aux_finalize + partials;
-        let aux_len = aux_sgdp + 5 * p.div_ceil(256);
         let e = self.elem() as u64;
         let lim = self.ctx.limits.max_storage_buffer_binding_size;
         for (what, len) in [("k×k workspace", layout.len()), ("partial sums", aux_len)] {

@@ -42,6 +42,8 @@ pub(crate) struct BufRef {
 }
 
 /// One captured piece of a problem's work.
+// launches are nearly every op, so boxing the large variant would only add an allocation each
+#[allow(clippy::large_enum_variant)]
 pub(crate) enum LaneOp {
     /// A kernel launch: `entry` is the problem's `struct Lane` bytes.
     Dispatch {
@@ -258,23 +260,21 @@ impl BatchHub {
         create: impl FnOnce(&str, u64, wgpu::BufferUsages) -> Result<wgpu::Buffer>,
     ) -> Result<(wgpu::Buffer, u64, u64)> {
         let mut blocks = self.blocks.lock().unwrap_or_else(|e| e.into_inner());
-        let key = (ordinal, size, usage.bits());
-        if !blocks.contains_key(&key) {
-            // 256-byte blocks: any copy or indirect offset inside is aligned
-            let stride = size.max(4).div_ceil(256) * 256;
-            let buffer = create("nsa-flow batch blocks", stride * self.lanes as u64, usage)?;
-            blocks.insert(
-                key,
-                Block {
+        let b = match blocks.entry((ordinal, size, usage.bits())) {
+            std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
+            std::collections::hash_map::Entry::Vacant(v) => {
+                // 256-byte blocks: any copy or indirect offset inside is aligned
+                let stride = size.max(4).div_ceil(256) * 256;
+                let buffer = create("nsa-flow batch blocks", stride * self.lanes as u64, usage)?;
+                v.insert(Block {
                     buf: BufRef {
                         id: NEXT_BUF.fetch_add(1, Ordering::Relaxed),
                         buffer,
                     },
                     stride,
-                },
-            );
-        }
-        let b = &blocks[&key];
+                })
+            }
+        };
         Ok((b.buf.buffer.clone(), b.buf.id, b.stride * lane as u64))
     }
 
@@ -502,7 +502,7 @@ fn run_round(
 /// them together. Returns each problem's answer, the number of rounds (readbacks) and of
 /// kernel launches.
 pub(crate) fn run_batch<T, F>(
-    mut exec: GpuBackend,
+    exec: &mut GpuBackend,
     count: usize,
     run: F,
 ) -> (Vec<Result<T>>, u64, u64)
@@ -545,7 +545,7 @@ where
                 }
             }
         }
-        rounds = hub.coordinate(&mut exec);
+        rounds = hub.coordinate(exec);
         for (i, h) in handles {
             answers[i] = Some(h.join().unwrap_or_else(|_| {
                 Err(NsaError::InvalidParameter {
