@@ -13,6 +13,7 @@
 //! that problem's solve alone on the same adapter (docs/GPU.md, "Batches").
 
 use crate::backend::cpu::CpuBackend;
+pub use crate::backend::gpu_batch::BatchProfile;
 use crate::error::{NsaError, Result};
 use crate::flow::{gpu_backend_for, solve};
 use crate::params::{Params, Precision};
@@ -50,6 +51,9 @@ pub struct BatchResult {
     /// took the same path, so B problems that run alike take as many as one); `None` on the
     /// CPU.
     pub launches: Option<u64>,
+    /// On a GPU: where the time went (rounds, launches, host seconds waiting for the
+    /// problems' loops, encoding, and on the device); `None` on the CPU.
+    pub profile: Option<BatchProfile>,
 }
 
 /// Solves every problem with `params` (its `w` replaced by each problem's own): on the CPU in
@@ -124,8 +128,7 @@ pub fn nsa_flow_batch(problems: &[BatchProblem], params: &Params) -> Result<Batc
         }
         .map_err(|e| in_batch(i, e))
     };
-    let mut batch_rounds = None;
-    let mut batch_launches = None;
+    let mut batch_profile = None;
     let (results, backend) = match gpu_backend_for(params)? {
         Some(mut exec) => {
             let name = format!(
@@ -135,24 +138,32 @@ pub fn nsa_flow_batch(problems: &[BatchProblem], params: &Params) -> Result<Batc
             );
             // a batch too large for the adapter's buffer limits runs as several batches
             let per = exec.batch_capacity(shape.0, shape.1);
-            let (mut rounds, mut launches) = (0, 0);
+            let mut profile = BatchProfile::default();
             let mut results = Vec::with_capacity(problems.len());
             for (c, chunk) in problems.chunks(per).enumerate() {
                 let first = c * per;
-                let (answers, r, l) =
+                let (answers, part) =
                     crate::backend::gpu_batch::run_batch(&mut exec, chunk.len(), |be, i| {
                         let pr = &chunk[i];
                         let mut cont = |_: &crate::IterInfo| Control::Continue;
-                        solve(be, &pr.y0, pr.x0.as_ref(), &per_problem[first + i], &mut cont)
+                        solve(
+                            be,
+                            &pr.y0,
+                            pr.x0.as_ref(),
+                            &per_problem[first + i],
+                            &mut cont,
+                        )
                     });
-                rounds += r;
-                launches = l;
+                profile.rounds += part.rounds;
+                profile.launches = part.launches;
+                profile.problems_seconds += part.problems_seconds;
+                profile.encoding_seconds += part.encoding_seconds;
+                profile.device_seconds += part.device_seconds;
                 for (i, a) in answers.into_iter().enumerate() {
                     results.push(a.map_err(|e| in_batch(first + i, e))?);
                 }
             }
-            batch_rounds = Some(rounds);
-            batch_launches = Some(launches);
+            batch_profile = Some(profile);
             (results, name)
         }
         None => {
@@ -172,8 +183,9 @@ pub fn nsa_flow_batch(problems: &[BatchProblem], params: &Params) -> Result<Batc
         results,
         seconds: start.elapsed().as_secs_f64(),
         backend,
-        rounds: batch_rounds,
-        launches: batch_launches,
+        rounds: batch_profile.map(|p| p.rounds),
+        launches: batch_profile.map(|p| p.launches),
+        profile: batch_profile,
     })
 }
 

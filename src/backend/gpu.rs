@@ -516,8 +516,12 @@ impl GpuBackend {
         self.bind_groups.clear();
         let layout = SmallLayout { k };
         let plan = WorkspacePlan::of(p, k);
-        let (chunk, chunks, partials, aux_len) =
-            (plan.gram_chunk, plan.gram_chunks, plan.partials, plan.aux_len);
+        let (chunk, chunks, partials, aux_len) = (
+            plan.gram_chunk,
+            plan.gram_chunks,
+            plan.partials,
+            plan.aux_len,
+        );
         let aux_readback = plan.gram_len;
         let aux_finalize = aux_readback + MAX_SLOTS * partials;
         let aux_sgdp = aux_finalize + partials;

@@ -7,10 +7,10 @@
 //! block `lane` of the batch's n-th buffer) and records nothing itself: each kernel launch,
 //! copy and upload is captured. When a lane needs values back (a reduction or a download) it
 //! hands its captured work to the [`BatchHub`] and waits. Once every unfinished problem is
-//! waiting, the coordinator runs one *round*: it walks the problems' captured work in step
-//! (the j-th piece of every problem, for j = 0, 1, …); the j-th launches that agree (same
-//! kernel, header, shared buffers and grid; their coefficients and data blocks differ) are
-//! encoded once for all those problems, problem `z` of a launch running in the workgroups
+//! waiting, the coordinator runs one *round*: it walks the problems' captured work, each in
+//! its own order, and launches that agree (same kernel, header, shared buffers and grid;
+//! their coefficients and data blocks differ) at the heads of several problems' work are
+//! encoded once for all those problems (greedily: the most common head launch first), problem `z` of a launch running in the workgroups
 //! with `workgroup_id.z = z` and reading its coefficients and data starts from its
 //! `struct Lane` entry; then every problem's readback is copied into one buffer and read back
 //! at once.
@@ -28,10 +28,26 @@ use super::Backend;
 use crate::error::{GpuErrorKind, NsaError, Result};
 use crate::gpu::{Kernel, ParamsHeader};
 use std::collections::HashMap;
-use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Condvar, Mutex};
+use std::time::Instant;
+
+/// Where a GPU batch's time went (host seconds; they add up to about the batch's wall time).
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct BatchProfile {
+    /// Rounds: one submit and one readback each, for every problem still running.
+    pub rounds: u64,
+    /// Kernel launches (one launch covers every problem whose launch agreed).
+    pub launches: u64,
+    /// Waiting for the problems' threads to reach their next readback (the solver loops'
+    /// host work between readbacks, in parallel).
+    pub problems_seconds: f64,
+    /// Encoding the rounds' launches, copies and uploads.
+    pub encoding_seconds: f64,
+    /// Submitting, running on the device and mapping the readbacks.
+    pub device_seconds: f64,
+}
 
 /// A buffer as a launch or a copy names it: an id (bind groups are cached by ids, and
 /// launches compare by them) and the handle.
@@ -71,42 +87,8 @@ pub(crate) enum LaneOp {
 }
 
 impl LaneOp {
-    /// What must be equal for the same op of two problems to be launched together.
-    fn signature<H: Hasher>(&self, h: &mut H) {
-        match self {
-            LaneOp::Dispatch {
-                kernel,
-                header,
-                bufs,
-                groups,
-                indirect,
-                ..
-            } => {
-                0u8.hash(h);
-                (*kernel as u32).hash(h);
-                bytemuck::bytes_of(header).hash(h);
-                for b in bufs {
-                    b.id.hash(h);
-                }
-                groups.hash(h);
-                indirect.as_ref().map(|(b, _)| b.id).hash(h);
-            }
-            LaneOp::Copy {
-                src, dst, bytes, ..
-            } => {
-                1u8.hash(h);
-                src.id.hash(h);
-                dst.id.hash(h);
-                bytes.hash(h);
-            }
-            LaneOp::Write { dst, data, .. } => {
-                2u8.hash(h);
-                dst.id.hash(h);
-                data.len().hash(h);
-            }
-        }
-    }
-
+    /// Whether two problems' launches can be one launch: the same kernel, header, buffers and
+    /// grid (their `struct Lane` entries differ).
     fn same_launch(&self, other: &LaneOp) -> bool {
         match (self, other) {
             (
@@ -289,18 +271,21 @@ impl BatchHub {
     /// Serves rounds until every problem has finished, launching on `exec` (a backend of
     /// its own on the same device). Returns the number of rounds (= readbacks). An error of
     /// a round (the device lost, out of memory) is every waiting problem's answer.
-    pub(crate) fn coordinate(&self, exec: &mut GpuBackend) -> u64 {
-        let mut rounds = 0;
+    pub(crate) fn coordinate(&self, exec: &mut GpuBackend) -> BatchProfile {
+        let mut profile = BatchProfile::default();
         let mut staging: Option<wgpu::Buffer> = None;
         let mut arena: Option<wgpu::Buffer> = None;
         loop {
+            let waited = Instant::now();
             let requests: Vec<(usize, Request)> = {
                 let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
                 while st.waiting < st.live {
                     st = self.cv.wait(st).unwrap_or_else(|e| e.into_inner());
                 }
                 if st.live == 0 && st.waiting == 0 {
-                    return rounds;
+                    profile.problems_seconds += waited.elapsed().as_secs_f64();
+                    profile.launches = exec.launches();
+                    return profile;
                 }
                 st.waiting = 0;
                 st.pending
@@ -309,8 +294,9 @@ impl BatchHub {
                     .filter_map(|(i, r)| r.take().map(|r| (i, r)))
                     .collect()
             };
-            rounds += 1;
-            let result = run_round(exec, &requests, &mut staging, &mut arena);
+            profile.problems_seconds += waited.elapsed().as_secs_f64();
+            profile.rounds += 1;
+            let result = run_round(exec, &requests, &mut staging, &mut arena, &mut profile);
             match result {
                 Ok(values) => {
                     for ((_, req), v) in requests.into_iter().zip(values) {
@@ -356,7 +342,9 @@ fn run_round(
     requests: &[(usize, Request)],
     staging: &mut Option<wgpu::Buffer>,
     arena: &mut Option<wgpu::Buffer>,
+    profile: &mut BatchProfile,
 ) -> Result<Vec<Vec<f64>>> {
+    let encoding = Instant::now();
     // uploads go through one arena written before anything of the round runs, and are
     // copied into place in their order among the launches
     let mut upload = Vec::new();
@@ -385,82 +373,125 @@ fn run_round(
         exec.context().queue.write_buffer(&b, 0, &upload);
         Some(b)
     };
-    // the j-th pieces of work of all problems, in order of j: launches that agree (kernel,
-    // header, buffers, grid) are encoded once for all their problems; each problem's work
-    // stays in its own order, and different problems touch different blocks
-    let longest = requests.iter().map(|(_, r)| r.ops.len()).max().unwrap_or(0);
+    // Each problem's work runs in its own order; different problems touch different blocks,
+    // so their work interleaves freely. Greedy merge: copies, uploads and indirect launches
+    // at the head of a problem's work are encoded at once; among the launches at the heads,
+    // those that agree (kernel, header, buffers, grid) with the most common one are encoded
+    // as one launch for all of them. Problems in the same phase of their loops thus share
+    // launches even when one of them had extra work earlier in the round.
+    let debug = std::env::var("NSA_FLOW_BATCH_DEBUG").is_ok();
+    let launches_before = exec.launches();
+    let mut kinds: Vec<String> = Vec::new();
+    if debug {
+        for (_, req) in requests {
+            let names: Vec<String> = req
+                .ops
+                .iter()
+                .filter_map(|op| match op {
+                    LaneOp::Dispatch { kernel, bufs, .. } => Some(format!("{kernel:?}{}", bufs[3].id % 100)),
+                    _ => None,
+                })
+                .collect();
+            kinds.push(names.join(" "));
+        }
+    }
+    let mut next: Vec<usize> = vec![0; requests.len()];
     let mut entries = Vec::new();
     let mut writes_done: Vec<usize> = vec![0; requests.len()];
     let mut parts: Vec<Vec<usize>> = Vec::new();
-    let mut by_key: HashMap<u64, Vec<usize>> = HashMap::new();
-    for j in 0..longest {
+    loop {
         parts.clear();
-        by_key.clear();
         for (m, (_, req)) in requests.iter().enumerate() {
-            let Some(op) = req.ops.get(j) else { continue };
-            let mergeable = matches!(op, LaneOp::Dispatch { indirect: None, .. });
-            if mergeable {
-                let mut h = std::collections::hash_map::DefaultHasher::new();
-                op.signature(&mut h);
-                let candidates = by_key.entry(h.finish()).or_default();
-                // a hash collision only costs a separate launch
-                let found = candidates
-                    .iter()
-                    .copied()
-                    .find(|&p| op.same_launch(&requests[parts[p][0]].1.ops[j]));
-                match found {
-                    Some(p) => parts[p].push(m),
-                    None => {
-                        candidates.push(parts.len());
-                        parts.push(vec![m]);
-                    }
-                }
-            } else {
-                parts.push(vec![m]);
-            }
-        }
-        for members in &parts {
-            let op = &requests[members[0]].1.ops[j];
-            match op {
-                LaneOp::Dispatch {
-                    kernel,
-                    header,
-                    bufs,
-                    groups: grid,
-                    indirect,
-                    entry,
-                } => {
-                    entries.clear();
-                    for &m in members {
-                        if let LaneOp::Dispatch { entry, .. } = &requests[m].1.ops[j] {
-                            entries.extend_from_slice(entry);
-                        }
-                    }
-                    let bytes = if members.len() == 1 { entry } else { &entries };
-                    exec.encode_dispatch(
+            // what cannot merge goes straight away
+            while let Some(op) = req.ops.get(next[m]) {
+                match op {
+                    LaneOp::Dispatch { indirect: None, .. } => break,
+                    LaneOp::Dispatch {
+                        kernel,
+                        header,
+                        entry,
+                        bufs,
+                        groups: grid,
+                        indirect: Some((args, offset)),
+                    } => exec.encode_dispatch(
                         *kernel,
                         header,
-                        bytes,
-                        members.len(),
+                        entry,
+                        1,
                         bufs,
                         *grid,
-                        indirect.as_ref().map(|(b, o)| (&b.buffer, *o)),
-                    );
+                        Some((&args.buffer, *offset)),
+                    ),
+                    LaneOp::Copy {
+                        src,
+                        src_off,
+                        dst,
+                        dst_off,
+                        bytes,
+                    } => exec.raw_copy(&src.buffer, *src_off, &dst.buffer, *dst_off, *bytes),
+                    LaneOp::Write { dst, offset, data } => {
+                        let at = upload_at[m][writes_done[m]];
+                        writes_done[m] += 1;
+                        let src = arena_buf.as_ref().expect("uploads were staged");
+                        exec.raw_copy(src, at, &dst.buffer, *offset, data.len() as u64);
+                    }
                 }
-                LaneOp::Copy {
-                    src,
-                    src_off,
-                    dst,
-                    dst_off,
-                    bytes,
-                } => exec.raw_copy(&src.buffer, *src_off, &dst.buffer, *dst_off, *bytes),
-                LaneOp::Write { dst, offset, data } => {
-                    let m = members[0];
-                    let at = upload_at[m][writes_done[m]];
-                    writes_done[m] += 1;
-                    let src = arena_buf.as_ref().expect("uploads were staged");
-                    exec.raw_copy(src, at, &dst.buffer, *offset, data.len() as u64);
+                next[m] += 1;
+            }
+            let Some(op) = req.ops.get(next[m]) else { continue };
+            match parts
+                .iter()
+                .position(|p| op.same_launch(&requests[p[0]].1.ops[next[p[0]]]))
+            {
+                Some(p) => parts[p].push(m),
+                None => parts.push(vec![m]),
+            }
+        }
+        let Some(members) = parts.iter().max_by_key(|p| p.len()) else {
+            break;
+        };
+        let Some(LaneOp::Dispatch {
+            kernel,
+            header,
+            bufs,
+            groups: grid,
+            entry,
+            ..
+        }) = requests[members[0]].1.ops.get(next[members[0]])
+        else {
+            unreachable!("parts hold launches only")
+        };
+        let bytes = if members.len() == 1 {
+            entry
+        } else {
+            entries.clear();
+            for &m in members {
+                if let LaneOp::Dispatch { entry, .. } = &requests[m].1.ops[next[m]] {
+                    entries.extend_from_slice(entry);
                 }
+            }
+            &entries
+        };
+        exec.encode_dispatch(*kernel, header, bytes, members.len(), bufs, *grid, None);
+        for &m in members {
+            next[m] += 1;
+        }
+    }
+    if debug {
+        let mut distinct = kinds.clone();
+        distinct.sort();
+        distinct.dedup();
+        let longest = requests.iter().map(|(_, r)| r.ops.len()).max().unwrap_or(0);
+        eprintln!(
+            "round: {} problems, {} distinct paths, longest {} ops, {} launches",
+            requests.len(),
+            distinct.len(),
+            longest,
+            exec.launches() - launches_before
+        );
+        if distinct.len() > 1 {
+            for d in &distinct {
+                eprintln!("   {}", &d[..d.len().min(300)]);
             }
         }
     }
@@ -483,9 +514,13 @@ fn run_round(
             at += q.bytes;
         }
     }
+    profile.encoding_seconds += encoding.elapsed().as_secs_f64();
+    let device = Instant::now();
     exec.flush();
     let mut all = Vec::new();
-    exec.map_values_pub(&stage, total.max(4), &mut all)?;
+    let read = exec.map_values_pub(&stage, total.max(4), &mut all);
+    profile.device_seconds += device.elapsed().as_secs_f64();
+    read?;
     let e = exec.precision().bytes() as u64;
     let mut out = Vec::with_capacity(requests.len());
     let mut pos = 0usize;
@@ -499,13 +534,12 @@ fn run_round(
 
 /// Runs `run(backend, i)` for every problem `i < count`, each on a lane backend of its own
 /// (one thread per problem), with `exec`'s device doing the launches and readbacks of all of
-/// them together. Returns each problem's answer, the number of rounds (readbacks) and of
-/// kernel launches.
+/// them together. Returns each problem's answer and where the time went.
 pub(crate) fn run_batch<T, F>(
     exec: &mut GpuBackend,
     count: usize,
     run: F,
-) -> (Vec<Result<T>>, u64, u64)
+) -> (Vec<Result<T>>, BatchProfile)
 where
     T: Send,
     F: Fn(&mut GpuBackend, usize) -> Result<T> + Sync,
@@ -521,7 +555,7 @@ where
     let precision = exec.precision();
     let hub = BatchHub::new(&ctx.device, count);
     let mut answers: Vec<Option<Result<T>>> = (0..count).map(|_| None).collect();
-    let mut rounds = 0;
+    let mut profile = BatchProfile::default();
     std::thread::scope(|s| {
         let mut handles = Vec::with_capacity(count);
         for (i, answer) in answers.iter_mut().enumerate() {
@@ -545,7 +579,7 @@ where
                 }
             }
         }
-        rounds = hub.coordinate(exec);
+        profile = hub.coordinate(exec);
         for (i, h) in handles {
             answers[i] = Some(h.join().unwrap_or_else(|_| {
                 Err(NsaError::InvalidParameter {
@@ -559,5 +593,5 @@ where
         .into_iter()
         .map(|a| a.expect("every problem answered"))
         .collect();
-    (answers, rounds, exec.launches())
+    (answers, profile)
 }
