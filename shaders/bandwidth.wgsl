@@ -7,7 +7,7 @@ struct Params {
 }
 
 @group(0) @binding(0) var<uniform> params: Params;
-@group(0) @binding(1) var<storage, read> src: array<vec4<u32>>;
+@group(0) @binding(1) var<storage, read_write> src: array<vec4<u32>>;
 @group(0) @binding(4) var<storage, read_write> dst: array<vec4<u32>>;
 
 @compute @workgroup_size(256)

@@ -24,8 +24,8 @@ struct Lane {
 const LITERAL: u32 = 0xffffffffu;
 
 @group(0) @binding(0) var<uniform> params: Params;
-@group(0) @binding(1) var<storage, read> a: array<T>;
-@group(0) @binding(2) var<storage, read> b: array<T>;
+@group(0) @binding(1) var<storage, read_write> a: array<T>;
+@group(0) @binding(2) var<storage, read_write> b: array<T>;
 @group(0) @binding(4) var<storage, read_write> out: array<T>;
 @group(0) @binding(5) var<storage, read_write> small: array<T>;
 @group(0) @binding(7) var<storage, read> lanes: array<Lane>;
@@ -60,6 +60,8 @@ fn linear_id(wid: vec3<u32>, lid: vec3<u32>) -> u32 {
 
 // mode 0: out = c0·a + c1·b          (lincomb, the plain step)
 // mode 1: out = a + c0·(b − a)       (lerp, written like the CPU oracle)
+// mode 2: out = a                    (a copy inside one buffer, which a buffer copy cannot do:
+//                                     the matrices of a batch share buffers)
 @compute @workgroup_size(256)
 fn combine(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
     enter_lane(wid.z);
@@ -70,6 +72,8 @@ fn combine(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) 
     let c0 = coef(0u);
     if (params.mode == 0u) {
         out[lane_b4 + i] = c0 * a[lane_b1 + i] + coef(1u) * b[lane_b2 + i];
+    } else if (params.mode == 2u) {
+        out[lane_b4 + i] = a[lane_b1 + i];
     } else {
         let base = a[lane_b1 + i];
         out[lane_b4 + i] = base + c0 * (b[lane_b2 + i] - base);

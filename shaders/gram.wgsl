@@ -23,8 +23,8 @@ struct Lane {
 }
 
 @group(0) @binding(0) var<uniform> params: Params;
-@group(0) @binding(1) var<storage, read> a: array<T>;
-@group(0) @binding(2) var<storage, read> b: array<T>;
+@group(0) @binding(1) var<storage, read_write> a: array<T>;
+@group(0) @binding(2) var<storage, read_write> b: array<T>;
 @group(0) @binding(5) var<storage, read_write> small: array<T>;
 @group(0) @binding(6) var<storage, read_write> aux: array<T>;
 @group(0) @binding(7) var<storage, read> lanes: array<Lane>;

@@ -25,9 +25,9 @@ const LITERAL: u32 = 0xffffffffu;
 const CB: u32 = 16u;
 
 @group(0) @binding(0) var<uniform> params: Params;
-@group(0) @binding(1) var<storage, read> a: array<T>;
-@group(0) @binding(2) var<storage, read> b: array<T>;
-@group(0) @binding(3) var<storage, read> cm: array<T>;
+@group(0) @binding(1) var<storage, read_write> a: array<T>;
+@group(0) @binding(2) var<storage, read_write> b: array<T>;
+@group(0) @binding(3) var<storage, read_write> cm: array<T>;
 @group(0) @binding(4) var<storage, read_write> out: array<T>;
 @group(0) @binding(5) var<storage, read_write> small: array<T>;
 @group(0) @binding(7) var<storage, read> lanes: array<Lane>;

@@ -27,9 +27,9 @@ struct Lane {
 }
 
 @group(0) @binding(0) var<uniform> params: Params;
-@group(0) @binding(1) var<storage, read> param: array<T>;
-@group(0) @binding(2) var<storage, read> grad: array<T>;
-@group(0) @binding(3) var<storage, read> buf_in: array<T>;
+@group(0) @binding(1) var<storage, read_write> param: array<T>;
+@group(0) @binding(2) var<storage, read_write> grad: array<T>;
+@group(0) @binding(3) var<storage, read_write> buf_in: array<T>;
 @group(0) @binding(4) var<storage, read_write> out: array<T>;
 @group(0) @binding(5) var<storage, read_write> small: array<T>;
 @group(0) @binding(6) var<storage, read_write> aux: array<T>;

@@ -460,8 +460,9 @@ impl GpuBackend {
     /// same buffer, so the problems' dispatches bind the same buffers and merge).
     fn alloc(&mut self, label: &str, size: u64, usage: wgpu::BufferUsages) -> Result<GpuMat> {
         if let Some(lane) = &mut self.lane {
-            let ordinal = lane.allocs;
-            lane.allocs += 1;
+            let counter = lane.allocs.entry((size, usage.bits())).or_insert(0);
+            let ordinal = *counter;
+            *counter += 1;
             let (hub, index) = (lane.hub.clone(), lane.lane);
             let (buffer, id, offset_bytes) =
                 hub.block(ordinal, size, usage, index, |label, size, usage| {
@@ -843,6 +844,24 @@ impl GpuBackend {
         bytes: u64,
     ) {
         let e = self.elem() as u64;
+        if self.lane.is_some() && src_elem == 0 && dst_elem == 0 && src.p * src.k > 0 {
+            // the matrices of a batch share buffers, and a buffer copy cannot stay inside
+            // one buffer: a copy kernel (which also merges across the batch)
+            let n = (bytes / e) as usize;
+            self.elementwise(
+                Kernel::Combine,
+                2,
+                [0.0; 8],
+                LITERAL,
+                Slots {
+                    a: Some(src),
+                    out: Some(dst),
+                    ..Default::default()
+                },
+                n,
+            );
+            return;
+        }
         let (so, d_o) = (
             (src.offset as u64 + src_elem) * e,
             (dst.offset as u64 + dst_elem) * e,

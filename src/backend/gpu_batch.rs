@@ -3,8 +3,8 @@
 //!
 //! Every problem runs the ordinary single-problem solver loop ([`crate::flow::solve`]) on
 //! its own [`GpuBackend`] in *lane* mode, on a thread of its own. A lane backend allocates its
-//! matrices and workspace as blocks of buffers shared by the batch (its n-th allocation is
-//! block `lane` of the batch's n-th buffer) and records nothing itself: each kernel launch,
+//! matrices and workspace as blocks of buffers shared by the batch (its n-th allocation of a
+//! size is block `lane` of slot n of that size's buffers) and records nothing itself: each kernel launch,
 //! copy and upload is captured. When a lane needs values back (a reduction or a download) it
 //! hands its captured work to the [`BatchHub`] and waits. Once every unfinished problem is
 //! waiting, the coordinator runs one *round*: it walks the problems' captured work, each in
@@ -136,8 +136,8 @@ struct Request {
 pub(crate) struct LaneCtx {
     pub(crate) hub: Arc<BatchHub>,
     pub(crate) lane: usize,
-    /// Allocations so far (the n-th goes to the batch's n-th buffer).
-    pub(crate) allocs: usize,
+    /// Allocations so far per size class (size, usage).
+    pub(crate) allocs: HashMap<(u64, u32), usize>,
     /// Work captured since the last readback.
     pub(crate) ops: Vec<LaneOp>,
 }
@@ -147,7 +147,7 @@ impl LaneCtx {
         LaneCtx {
             hub,
             lane,
-            allocs: 0,
+            allocs: HashMap::new(),
             ops: Vec::new(),
         }
     }
@@ -175,9 +175,11 @@ impl LaneCtx {
     }
 }
 
-struct Block {
-    buf: BufRef,
+/// The buffers of one size class: each holds `slots` blocks of every problem.
+struct SizeClass {
+    chunks: Vec<BufRef>,
     stride: u64,
+    slots: usize,
 }
 
 struct HubState {
@@ -192,14 +194,16 @@ static NEXT_BUF: AtomicU64 = AtomicU64::new(1 << 62);
 /// buffers, and the rendezvous with the coordinator.
 pub(crate) struct BatchHub {
     lanes: usize,
-    blocks: Mutex<HashMap<(usize, u64, u32), Block>>,
+    blocks: Mutex<HashMap<(u64, u32), SizeClass>>,
+    /// The largest buffer the device binds.
+    budget: u64,
     dummies: ((wgpu::Buffer, wgpu::Buffer), [u64; 2]),
     state: Mutex<HubState>,
     cv: Condvar,
 }
 
 impl BatchHub {
-    pub(crate) fn new(device: &wgpu::Device, lanes: usize) -> Arc<BatchHub> {
+    pub(crate) fn new(device: &wgpu::Device, lanes: usize, budget: u64) -> Arc<BatchHub> {
         let mk = |label| {
             device.create_buffer(&wgpu::BufferDescriptor {
                 label: Some(label),
@@ -211,6 +215,7 @@ impl BatchHub {
         Arc::new(BatchHub {
             lanes,
             blocks: Mutex::new(HashMap::new()),
+            budget,
             dummies: (
                 (mk("nsa-flow unused input"), mk("nsa-flow unused output")),
                 [
@@ -231,33 +236,44 @@ impl BatchHub {
         self.dummies.clone()
     }
 
-    /// Block `lane` of the batch's buffer for allocation `ordinal` of `size` bytes (made by
-    /// `create` on first use, for every problem at once): (buffer, id, byte offset).
+    /// Where a problem's `n`-th allocation of `size` bytes and `usage` lives: block `lane` of
+    /// slot `n` of the size class's buffers (made by `create` on first use, for every problem
+    /// at once): (buffer, id, byte offset). The allocations of one size share buffers (up to
+    /// 64 slots per buffer), so a launch binds the same buffer whichever of its matrices a
+    /// problem uses: the solver swaps matrices (best, candidates) differently per problem,
+    /// and the launches still merge.
     pub(crate) fn block(
         &self,
-        ordinal: usize,
+        n: usize,
         size: u64,
         usage: wgpu::BufferUsages,
         lane: usize,
-        create: impl FnOnce(&str, u64, wgpu::BufferUsages) -> Result<wgpu::Buffer>,
+        mut create: impl FnMut(&str, u64, wgpu::BufferUsages) -> Result<wgpu::Buffer>,
     ) -> Result<(wgpu::Buffer, u64, u64)> {
         let mut blocks = self.blocks.lock().unwrap_or_else(|e| e.into_inner());
-        let b = match blocks.entry((ordinal, size, usage.bits())) {
-            std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
-            std::collections::hash_map::Entry::Vacant(v) => {
-                // 256-byte blocks: any copy or indirect offset inside is aligned
-                let stride = size.max(4).div_ceil(256) * 256;
-                let buffer = create("nsa-flow batch blocks", stride * self.lanes as u64, usage)?;
-                v.insert(Block {
-                    buf: BufRef {
-                        id: NEXT_BUF.fetch_add(1, Ordering::Relaxed),
-                        buffer,
-                    },
-                    stride,
-                })
+        let lanes = self.lanes as u64;
+        let class = blocks.entry((size, usage.bits())).or_insert_with(|| {
+            // 256-byte blocks: any copy or indirect offset inside is aligned
+            let stride = size.max(4).div_ceil(256) * 256;
+            let slots = (self.budget / (stride * lanes)).clamp(1, 64) as usize;
+            SizeClass {
+                chunks: Vec::new(),
+                stride,
+                slots,
             }
-        };
-        Ok((b.buf.buffer.clone(), b.buf.id, b.stride * lane as u64))
+        });
+        let (chunk, slot) = (n / class.slots, (n % class.slots) as u64);
+        while class.chunks.len() <= chunk {
+            let bytes = class.stride * lanes * class.slots as u64;
+            let buffer = create("nsa-flow batch blocks", bytes, usage)?;
+            class.chunks.push(BufRef {
+                id: NEXT_BUF.fetch_add(1, Ordering::Relaxed),
+                buffer,
+            });
+        }
+        let buf = &class.chunks[chunk];
+        let offset = (slot * lanes + lane as u64) * class.stride;
+        Ok((buf.buffer.clone(), buf.id, offset))
     }
 
     /// Marks a problem finished (its thread has returned).
@@ -379,22 +395,6 @@ fn run_round(
     // those that agree (kernel, header, buffers, grid) with the most common one are encoded
     // as one launch for all of them. Problems in the same phase of their loops thus share
     // launches even when one of them had extra work earlier in the round.
-    let debug = std::env::var("NSA_FLOW_BATCH_DEBUG").is_ok();
-    let launches_before = exec.launches();
-    let mut kinds: Vec<String> = Vec::new();
-    if debug {
-        for (_, req) in requests {
-            let names: Vec<String> = req
-                .ops
-                .iter()
-                .filter_map(|op| match op {
-                    LaneOp::Dispatch { kernel, bufs, .. } => Some(format!("{kernel:?}{}", bufs[3].id % 100)),
-                    _ => None,
-                })
-                .collect();
-            kinds.push(names.join(" "));
-        }
-    }
     let mut next: Vec<usize> = vec![0; requests.len()];
     let mut entries = Vec::new();
     let mut writes_done: Vec<usize> = vec![0; requests.len()];
@@ -438,7 +438,9 @@ fn run_round(
                 }
                 next[m] += 1;
             }
-            let Some(op) = req.ops.get(next[m]) else { continue };
+            let Some(op) = req.ops.get(next[m]) else {
+                continue;
+            };
             match parts
                 .iter()
                 .position(|p| op.same_launch(&requests[p[0]].1.ops[next[p[0]]]))
@@ -447,7 +449,12 @@ fn run_round(
                 None => parts.push(vec![m]),
             }
         }
-        let Some(members) = parts.iter().max_by_key(|p| p.len()) else {
+        // weighted majority merge: the launch whose problems have the most work left
+        let Some(members) = parts.iter().max_by_key(|p| {
+            p.iter()
+                .map(|&m| requests[m].1.ops.len() - next[m])
+                .sum::<usize>()
+        }) else {
             break;
         };
         let Some(LaneOp::Dispatch {
@@ -475,24 +482,6 @@ fn run_round(
         exec.encode_dispatch(*kernel, header, bytes, members.len(), bufs, *grid, None);
         for &m in members {
             next[m] += 1;
-        }
-    }
-    if debug {
-        let mut distinct = kinds.clone();
-        distinct.sort();
-        distinct.dedup();
-        let longest = requests.iter().map(|(_, r)| r.ops.len()).max().unwrap_or(0);
-        eprintln!(
-            "round: {} problems, {} distinct paths, longest {} ops, {} launches",
-            requests.len(),
-            distinct.len(),
-            longest,
-            exec.launches() - launches_before
-        );
-        if distinct.len() > 1 {
-            for d in &distinct {
-                eprintln!("   {}", &d[..d.len().min(300)]);
-            }
         }
     }
     // every readback into one buffer
@@ -553,7 +542,11 @@ where
     }
     let ctx = exec.context().clone();
     let precision = exec.precision();
-    let hub = BatchHub::new(&ctx.device, count);
+    let budget = ctx
+        .limits
+        .max_storage_buffer_binding_size
+        .min(ctx.limits.max_buffer_size);
+    let hub = BatchHub::new(&ctx.device, count, budget);
     let mut answers: Vec<Option<Result<T>>> = (0..count).map(|_| None).collect();
     let mut profile = BatchProfile::default();
     std::thread::scope(|s| {

@@ -189,9 +189,12 @@ impl Kernels {
                     },
                     count: None,
                 },
-                storage(1, true),
-                storage(2, true),
-                storage(3, true),
+                // read-write although the kernels only read them: the matrices of a batch are
+                // blocks of shared buffers, and one buffer may be bound as input and output
+                // of a launch (read-only and read-write uses of one buffer cannot mix)
+                storage(1, false),
+                storage(2, false),
+                storage(3, false),
                 storage(4, false),
                 storage(5, false),
                 storage(6, false),
