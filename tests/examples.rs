@@ -3,6 +3,8 @@
 //! run against the current library and data/. The GPU examples exit early (Ok) without an
 //! adapter; on lavapipe they take a few seconds.
 
+#[path = "../examples/batch.rs"]
+mod batch;
 #[path = "../examples/cpu_vs_gpu.rs"]
 mod cpu_vs_gpu;
 #[path = "../examples/embed.rs"]
@@ -13,6 +15,21 @@ mod golub;
 mod quickstart;
 
 use nalgebra::DMatrix;
+
+/// The batch example's core on the CPU (its main runs on the best backend, which on a
+/// machine without a hardware GPU is the CPU too; its GPU path is tests/gpu_batch.rs).
+#[test]
+fn batch_example_core() {
+    let problems = batch::restarts(66, 5, 12);
+    let params = nsa_flow::Params {
+        backend: nsa_flow::BackendChoice::Cpu,
+        precision: nsa_flow::Precision::F32,
+        ..nsa_flow::Params::default()
+    };
+    let (res, alone) = batch::batch_vs_alone(&problems, &params).unwrap();
+    assert_eq!(res.results.len(), 12);
+    assert!(alone > 0.0 && res.profile.is_none());
+}
 
 #[test]
 fn quickstart_runs() {

@@ -812,7 +812,11 @@ impl GpuBackend {
                 self.lane_bytes.resize(lane_at + bytes.len(), 0);
             }
             self.lane_bytes[lane_at..lane_at + bytes.len()].copy_from_slice(bytes);
+            // the next launch's entries start aligned (the padding is written too)
             self.lane_used = (lane_at + bytes.len()).div_ceil(align) * align;
+            if self.lane_bytes.len() < self.lane_used {
+                self.lane_bytes.resize(self.lane_used, 0);
+            }
             let kernels = self.kernels.clone();
             let enc = self.encoder();
             let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
