@@ -231,9 +231,14 @@ pub fn sweep_w(
     nsa_flow_batch(&problems, params)
 }
 
-fn in_batch(index: usize, source: NsaError) -> NsaError {
-    NsaError::InBatch {
-        index,
-        source: Box::new(source),
+/// `source` as the error of problem `index` of a batch (an error that already names its
+/// problem is kept as it is).
+pub(crate) fn in_batch(index: usize, source: NsaError) -> NsaError {
+    match source {
+        e @ NsaError::InBatch { .. } => e,
+        e => NsaError::InBatch {
+            index,
+            source: Box::new(e),
+        },
     }
 }

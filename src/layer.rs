@@ -41,7 +41,7 @@
 use crate::autograd::grad;
 use crate::backend::cpu::CpuBackend;
 use crate::backend::{Backend, GradientRule, Projection, UpdateRule};
-use crate::batch::{nsa_flow_batch, BatchProblem};
+use crate::batch::{in_batch, nsa_flow_batch, BatchProblem};
 use crate::error::{NsaError, Result};
 use crate::flow::{solve_corrected_recorded, Candidate, CorrectedTape};
 use crate::params::{
@@ -629,16 +629,6 @@ impl NsaFlowLayer {
             });
         }
         Ok(())
-    }
-}
-
-fn in_batch(index: usize, source: NsaError) -> NsaError {
-    match source {
-        e @ NsaError::InBatch { .. } => e,
-        e => NsaError::InBatch {
-            index,
-            source: Box::new(e),
-        },
     }
 }
 

@@ -502,9 +502,13 @@ impl GpuBackend {
             .unwrap_or(1) as u64
             * self.elem() as u64;
         let block = largest.max(4).div_ceil(256) * 256;
+        ((self.buffer_budget() / block) as usize).max(1)
+    }
+
+    /// The largest buffer a kernel can bind whole on this device.
+    pub(super) fn buffer_budget(&self) -> u64 {
         let lim = &self.ctx.limits;
-        let budget = lim.max_storage_buffer_binding_size.min(lim.max_buffer_size);
-        ((budget / block) as usize).max(1)
+        lim.max_storage_buffer_binding_size.min(lim.max_buffer_size)
     }
 
     fn ensure_workspace(&mut self, p: usize, k: usize) -> Result<()> {

@@ -542,10 +542,7 @@ where
     }
     let ctx = exec.context().clone();
     let precision = exec.precision();
-    let budget = ctx
-        .limits
-        .max_storage_buffer_binding_size
-        .min(ctx.limits.max_buffer_size);
+    let budget = exec.buffer_budget();
     let hub = BatchHub::new(&ctx.device, count, budget);
     let mut answers: Vec<Option<Result<T>>> = (0..count).map(|_| None).collect();
     let mut profile = BatchProfile::default();
