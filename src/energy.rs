@@ -65,11 +65,26 @@ impl EnergyTerms {
 /// assert!((nsa_flow::invariant_orthogonality_defect(&collinear) - 0.5).abs() < 1e-15);
 /// ```
 pub fn invariant_orthogonality_defect<T: Element>(v: &DMatrix<T>) -> f64 {
-    let mut g = DMatrix::zeros(v.ncols(), v.ncols());
     let n = linalg::sum_sq(v.as_slice()).as_f64();
     if n <= 1e-12 {
         return 0.0;
     }
+    if v.ncols() > v.nrows() {
+        // a wide matrix: ‖VᵀV‖_F = ‖VVᵀ‖_F, so the p×p Gram serves, not the (possibly huge)
+        // k×k one; the diagonal term is Σ_j ‖v_j‖⁴ either way
+        let vt = v.transpose();
+        let mut g = DMatrix::zeros(v.nrows(), v.nrows());
+        linalg::gram_into(&vt, &vt, &mut g);
+        let fro = linalg::sum_sq(g.as_slice()).as_f64();
+        let mut d = T::zero();
+        for j in 0..v.ncols() {
+            let p = v.nrows();
+            let c = linalg::sum_sq(&v.as_slice()[j * p..(j + 1) * p]);
+            d += c * c;
+        }
+        return (fro - d.as_f64()) / (n * n);
+    }
+    let mut g = DMatrix::zeros(v.ncols(), v.ncols());
     linalg::gram_into(v, v, &mut g);
     let (fro, d) = gram_squares(&g);
     (fro - d) / (n * n)

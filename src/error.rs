@@ -54,7 +54,7 @@ pub enum NsaError {
         why: &'static str,
     },
     /// `w` outside [0, 1] (or not finite).
-    #[error("w = {0} is outside [0, 1]")]
+    #[error("w = {0:?} is outside [0, 1]")]
     InvalidWeight(f64),
     /// More columns than rows where the method needs `k ≤ p`.
     #[error("k = {k} columns > p = {p} rows: {why}")]
@@ -101,13 +101,47 @@ pub enum NsaError {
         /// What is wrong.
         reason: String,
     },
-    /// A computation on finite input overflowed or produced NaN before any result existed.
-    #[error(
-        "the {what} is not finite (the input's magnitude overflows the arithmetic; rescale it)"
-    )]
+    /// A computation on finite input overflowed, underflowed or produced NaN before any
+    /// result existed, or a result would hold NaN/Inf (nothing is returned or written then).
+    #[error("the {what} is not finite: {cause}")]
     NonFiniteComputation {
         /// What could not be computed.
         what: &'static str,
+        /// Why, as far as the input's magnitude tells.
+        cause: NumericCause,
+    },
+    /// A size computed from a header, a file or a parameter overflows the address space.
+    #[error("the size of {what} ({}) overflows the address space", fmt_dims(dims))]
+    SizeOverflow {
+        /// What was being sized.
+        what: String,
+        /// The dimensions whose product overflows.
+        dims: Vec<usize>,
+    },
+    /// A request larger than the memory budget ([`crate::memory::budget`]), refused before
+    /// any allocation.
+    #[error(
+        "{what} needs {bytes} bytes ({:.2} GiB) of memory, more than the {budget} bytes ({:.2} GiB) of {origin}; \
+         use a smaller problem, free memory, or set NSA_FLOW_MEMORY_BUDGET",
+        gib(*bytes), gib(*budget)
+    )]
+    MemoryBudget {
+        /// What needed the memory.
+        what: String,
+        /// Bytes needed.
+        bytes: u64,
+        /// Bytes the budget allows.
+        budget: u64,
+        /// Where the budget came from.
+        origin: &'static str,
+    },
+    /// An allocation failed (reported instead of the allocator's abort).
+    #[error("out of memory: {what} needs {bytes} bytes")]
+    OutOfMemory {
+        /// What was being allocated.
+        what: String,
+        /// Its size.
+        bytes: u64,
     },
     /// The requested backend cannot be used here.
     #[error("backend '{name}' is unavailable: {reason}")]
@@ -143,6 +177,61 @@ pub enum NsaError {
         /// What went wrong with it.
         source: Box<NsaError>,
     },
+}
+
+/// Why a computation on finite input is not finite, judged from the input's magnitude.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum NumericCause {
+    /// Squares or products of the input's entries exceed the range of f64.
+    Overflow,
+    /// The input's entries are so small that their squares vanish (or are subnormal).
+    Underflow,
+    /// The input's entries, or their squares, exceed the range of f32.
+    F32Range,
+    /// No cause could be told from the input's magnitude.
+    Unknown,
+}
+
+impl NumericCause {
+    /// The likely cause for an input whose largest absolute entry is `amax`, computed in
+    /// f32 when `f32` is set.
+    pub fn of_magnitude(amax: f64, f32: bool) -> Self {
+        // squares must stay within range: the reductions form sums of squares
+        let (tiny, huge) = if f32 { (1e-18, 1e18) } else { (1e-150, 1e150) };
+        if amax > 0.0 && amax < tiny {
+            NumericCause::Underflow
+        } else if f32 && amax >= huge {
+            NumericCause::F32Range
+        } else if amax >= 1e150 {
+            NumericCause::Overflow
+        } else {
+            NumericCause::Unknown
+        }
+    }
+}
+
+impl std::fmt::Display for NumericCause {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            NumericCause::Overflow => "the input's magnitude overflows f64 arithmetic; rescale it",
+            NumericCause::Underflow => {
+                "the input's entries are so small that their squares underflow; rescale it"
+            }
+            NumericCause::F32Range => {
+                "the input's magnitude exceeds the range of f32 arithmetic; use f64 (--precision f64) or rescale it"
+            }
+            NumericCause::Unknown => "the arithmetic produced NaN or Inf",
+        })
+    }
+}
+
+fn fmt_dims(dims: &[usize]) -> String {
+    dims.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(" × ")
+}
+
+fn gib(b: u64) -> f64 {
+    b as f64 / (1u64 << 30) as f64
 }
 
 /// The kinds of [`NsaError::Gpu`].

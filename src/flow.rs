@@ -108,6 +108,13 @@ pub fn gpu_backend_for(params: &Params) -> Result<Option<GpuBackend>> {
             if params.gpu_adapter.is_none() && known_absent(&options) {
                 return Ok(None);
             }
+            // Under a tight address-space limit some drivers (Mesa's GL) crash inside the
+            // enumeration instead of failing; auto then does not probe and runs on the CPU.
+            if params.gpu_adapter.is_none()
+                && crate::memory::address_space_tight(crate::memory::GPU_PROBE_ROOM)
+            {
+                return Ok(None);
+            }
             let ctx = match GpuContext::shared(&options) {
                 Ok(ctx) => ctx,
                 // a named adapter that is missing is an error, not a silent fallback
@@ -160,6 +167,11 @@ fn prepare(y0: &DMatrix<f64>, x0: Option<&DMatrix<f64>>, params: &Params) -> Res
     }
     let (y_init, target) =
         start_and_target(y0, x0, clamp, params.seed, params.perturbed_start.as_ref())?;
+    validate::nonzero(
+        if x0.is_some() { "X0 (after the non-negativity projection)" } else { "the target (Y0's non-negative part)" },
+        &target,
+        "both modes measure fidelity relative to ‖X0‖² (the reference divides by it)",
+    )?;
     Ok(Prepared { y_init, target })
 }
 
@@ -380,11 +392,29 @@ pub fn solve<B: Backend, F: FnMut(&IterInfo) -> Control>(
     params: &Params,
     callback: &mut F,
 ) -> Result<NsaResult> {
+    let (p, k) = y0.shape();
+    let f32 = be.precision() == Precision::F32;
+    crate::memory::ensure_solve_fits(p, k, if f32 { 4 } else { 8 }, be.readbacks().is_some())?;
     let prep = prepare(y0, x0, params)?;
-    match params.mode {
+    let magnitude = validate::magnitude(&[Some(y0), x0]);
+    let res = match params.mode {
         Mode::Reference => solve_reference(be, prep, params, callback),
         Mode::Corrected => solve_corrected(be, prep, params, callback, None),
+    };
+    let res = validate::classify(res, magnitude, f32)?;
+    // a result holding NaN/Inf is an error, never an answer (nor a file written with exit 0)
+    validate::finite_result("result Y", &res.y, magnitude, f32)?;
+    if res
+        .traces
+        .iter()
+        .any(|t| !(t.fidelity.is_finite() && t.orthogonality.is_finite() && t.total_energy.is_finite()))
+    {
+        return Err(NsaError::NonFiniteComputation {
+            what: "energy of the run",
+            cause: magnitude.cause(f32),
+        });
     }
+    Ok(res)
 }
 
 /// One accepted step of the corrected loop, as recorded for the layer's backward
@@ -754,6 +784,7 @@ fn solve_reference<B: Backend, F: FnMut(&IterInfo) -> Control>(
         // the reference crashes here (Q11); nothing was accepted, so there is no answer
         return Err(NsaError::NonFiniteComputation {
             what: "gradient at the start",
+            cause: crate::error::NumericCause::Unknown,
         });
     }
     let true_model = model;
@@ -1150,6 +1181,7 @@ fn solve_corrected<B: Backend, F: FnMut(&IterInfo) -> Control>(
     if stop == StopReason::NonFiniteGradient && best_iter == 0 {
         return Err(NsaError::NonFiniteComputation {
             what: "gradient at the start",
+            cause: crate::error::NumericCause::Unknown,
         });
     }
     let certificate = certificate_of(be, &y, &x0, &model, clamp, &mut grad, params.tol)?;

@@ -1,11 +1,24 @@
-//! Reading and writing matrices as `.npy` (f32 or f64, C or Fortran order) or `.csv`,
-//! chosen by the file extension. Writes go to a temporary file that is renamed into place,
-//! so a failed write leaves no partial output behind.
+//! Reading and writing matrices as `.npy` (f32 or f64, either byte order, C or Fortran order)
+//! or `.csv`, chosen by the file extension.
+//!
+//! Reading trusts nothing in the file: inputs must be regular files (a FIFO or a device is
+//! refused, not read forever), the `.npy` header is parsed by one strict parser with checked
+//! sizes (`io/npy.rs`), only the bytes the header announces are read, and every buffer is
+//! checked against the memory budget ([`crate::memory`]) and allocated with `try_reserve`.
+//! Writing goes through [`OutputSet`]: all the files of a command land together or none does.
+
+mod csv;
+mod npy;
+mod output;
+
+pub use csv::CsvHeader;
+pub use output::{check_distinct, OutputSet, SameFile};
 
 use crate::error::{NsaError, Result};
+use crate::memory;
 use nalgebra::DMatrix;
-use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::io::Read;
+use std::path::Path;
 
 /// Element type of a written `.npy` file.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -14,6 +27,14 @@ pub enum NpyDtype {
     F64,
     /// `<f4`.
     F32,
+}
+
+/// How files are read.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ReadOptions {
+    /// Whether the first row of a `.csv` is a header (default: only when none of its cells is
+    /// a number).
+    pub csv_header: CsvHeader,
 }
 
 fn io_err(path: &Path, source: std::io::Error) -> NsaError {
@@ -60,10 +81,27 @@ fn kind_of(path: &Path) -> Result<Kind> {
 /// assert_eq!(nsa_flow::io::read_matrix(&path).unwrap(), m);
 /// ```
 pub fn read_matrix(path: impl AsRef<Path>) -> Result<DMatrix<f64>> {
+    read_matrix_with(path, &ReadOptions::default())
+}
+
+/// [`read_matrix`] with options (the CSV header rule).
+pub fn read_matrix_with(path: impl AsRef<Path>, options: &ReadOptions) -> Result<DMatrix<f64>> {
     let path = path.as_ref();
     match kind_of(path)? {
-        Kind::Npy => read_npy(path).map(|(shape, data)| to_matrix_2d(path, &shape, data))?,
-        Kind::Csv => read_csv(path),
+        Kind::Npy => {
+            let (h, data) = read_npy(path)?;
+            matrix_of(&h, data).map_err(|r| malformed(path, r))
+        }
+        Kind::Csv => {
+            let text = read_bounded(path, None)?;
+            let text = String::from_utf8(text).map_err(|e| {
+                malformed(
+                    path,
+                    format!("not UTF-8 text (invalid byte at offset {})", e.utf8_error().valid_up_to()),
+                )
+            })?;
+            csv_matrix(&text, options.csv_header).map_err(|e| with_path(e, path))
+        }
     }
 }
 
@@ -76,217 +114,219 @@ pub fn read_batch(path: impl AsRef<Path>) -> Result<Vec<DMatrix<f64>>> {
             "a batch of matrices must be a 3-D .npy file",
         ));
     }
-    let (shape, data) = read_npy(path)?;
-    match shape.len() {
-        2 => Ok(vec![to_matrix_2d(path, &shape, data)?]),
-        3 => {
-            let (b, p, k) = (shape[0], shape[1], shape[2]);
-            let per = p * k;
-            Ok((0..b)
-                .map(|i| DMatrix::from_row_slice(p, k, &data[i * per..(i + 1) * per]))
-                .collect())
-        }
-        n => Err(malformed(
-            path,
-            format!("expected a 2-D or 3-D array, found {n}-D"),
-        )),
+    let (h, data) = read_npy(path)?;
+    batch_of(&h, data).map_err(|r| malformed(path, r))
+}
+
+/// A matrix from the bytes of a `.npy` file held in memory (what [`read_matrix`] does after
+/// reading the file); errors name the path `<memory>`.
+pub fn npy_matrix_from_bytes(bytes: &[u8]) -> Result<DMatrix<f64>> {
+    let path = Path::new("<memory>");
+    let (h, data) = npy_from_bytes(bytes).map_err(|e| with_path(e, path))?;
+    matrix_of(&h, data).map_err(|r| malformed(path, r))
+}
+
+/// A batch from the bytes of a `.npy` file held in memory (as [`read_batch`]).
+pub fn npy_batch_from_bytes(bytes: &[u8]) -> Result<Vec<DMatrix<f64>>> {
+    let path = Path::new("<memory>");
+    let (h, data) = npy_from_bytes(bytes).map_err(|e| with_path(e, path))?;
+    batch_of(&h, data).map_err(|r| malformed(path, r))
+}
+
+/// A matrix from CSV text (as [`read_matrix_with`] reads a `.csv`); errors name `<memory>`.
+pub fn csv_matrix_from_str(text: &str, header: CsvHeader) -> Result<DMatrix<f64>> {
+    csv_matrix(text, header).map_err(|e| with_path(e, Path::new("<memory>")))
+}
+
+/// Puts `path` into a reader error made without one.
+fn with_path(e: NsaError, path: &Path) -> NsaError {
+    match e {
+        NsaError::MalformedFile { reason, .. } => malformed(path, reason),
+        other => other,
     }
 }
 
-/// Returns the shape and the data in C (row-major) order.
-fn read_npy(path: &Path) -> Result<(Vec<usize>, Vec<f64>)> {
-    let bytes = std::fs::read(path).map_err(|e| io_err(path, e))?;
-    check_npy_shape(path, &bytes)?;
-    let npy = npyz::NpyFile::new(&bytes[..])
-        .map_err(|e| malformed(path, format!("not a valid .npy file: {e}")))?;
-    let shape: Vec<usize> = npy.shape().iter().map(|&d| d as usize).collect();
-    let order = npy.order();
-    let dtype = match npy.dtype() {
-        npyz::DType::Plain(ts) => ts.to_string(),
-        other => {
-            return Err(malformed(
-                path,
-                format!("unsupported dtype {other:?}; expected f4 or f8"),
-            ))
-        }
-    };
-    let data: Vec<f64> = if dtype.ends_with("f8") {
-        npy.into_vec::<f64>()
-            .map_err(|e| malformed(path, e.to_string()))?
-    } else if dtype.ends_with("f4") {
-        npy.into_vec::<f32>()
-            .map_err(|e| malformed(path, e.to_string()))?
-            .into_iter()
-            .map(f64::from)
-            .collect()
+fn csv_matrix(text: &str, header: CsvHeader) -> Result<DMatrix<f64>> {
+    let nowhere = Path::new("");
+    let (p, k, values) = csv::parse(text, header).map_err(|r| malformed(nowhere, r))?;
+    let bytes = memory::bytes_of("the CSV's matrix", &[p, k], 8)?;
+    memory::ensure_fits(&format!("a {p}×{k} matrix"), bytes)?;
+    let mut col_major = memory::try_with_capacity::<f64>("the CSV's matrix", values.len())?;
+    col_major.extend((0..p * k).map(|f| values[(f % p) * k + f / p]));
+    Ok(DMatrix::from_vec(p, k, col_major))
+}
+
+/// Refuses what is not a regular file before opening it (opening a FIFO blocks until a writer
+/// appears; a device can be read forever), then reads at most `limit` bytes (the whole file
+/// when `None`, its size known from the metadata).
+fn open_regular(path: &Path) -> Result<(std::fs::File, u64)> {
+    let meta = std::fs::metadata(path).map_err(|e| io_err(path, e))?;
+    if !meta.is_file() {
+        return Err(not_regular(path, &meta));
+    }
+    let f = std::fs::File::open(path).map_err(|e| io_err(path, e))?;
+    // the path may have been swapped between the two calls: check what was opened
+    let meta = f.metadata().map_err(|e| io_err(path, e))?;
+    if !meta.is_file() {
+        return Err(not_regular(path, &meta));
+    }
+    Ok((f, meta.len()))
+}
+
+fn not_regular(path: &Path, meta: &std::fs::Metadata) -> NsaError {
+    let what = if meta.is_dir() {
+        "a directory"
     } else {
+        "a FIFO, socket or device"
+    };
+    malformed(path, format!("not a regular file ({what}): inputs must be regular files"))
+}
+
+fn read_bounded(path: &Path, limit: Option<u64>) -> Result<Vec<u8>> {
+    let (f, len) = open_regular(path)?;
+    let want = limit.map_or(len, |l| l.min(len));
+    memory::ensure_fits(&format!("reading {}", path.display()), want)?;
+    let want_usize = usize::try_from(want).map_err(|_| NsaError::SizeOverflow {
+        what: format!("the file {}", path.display()),
+        dims: vec![],
+    })?;
+    let mut buf = memory::try_with_capacity::<u8>("the file's bytes", want_usize)?;
+    f.take(want).read_to_end(&mut buf).map_err(|e| io_err(path, e))?;
+    Ok(buf)
+}
+
+/// Reads a `.npy` file: the preamble and header first, then exactly the data bytes the
+/// checked header announces, decoded straight into an f64 buffer (file order).
+fn read_npy(path: &Path) -> Result<(npy::Header, Vec<f64>)> {
+    let (f, file_len) = open_regular(path)?;
+    let mut r = std::io::BufReader::with_capacity(1 << 16, f);
+    let mut pre = [0u8; 12];
+    let mut got = 0usize;
+    let (hlen, start) = loop {
+        if let Some(v) = npy::preamble(&pre[..got]).map_err(|e| malformed(path, e))? {
+            break v;
+        }
+        if got == pre.len() {
+            unreachable!("a 12-byte preamble always decides");
+        }
+        match r.read(&mut pre[got..got + 1]).map_err(|e| io_err(path, e))? {
+            0 => return Err(malformed(path, "not a .npy file (shorter than its preamble)")),
+            n => got += n,
+        }
+    };
+    if (start as u64).saturating_add(hlen as u64) > file_len {
         return Err(malformed(
             path,
-            format!("unsupported dtype '{dtype}'; expected f4 or f8"),
-        ));
-    };
-    let expected: usize = shape.iter().product();
-    if data.len() != expected {
-        return Err(malformed(
-            path,
-            format!("{} values for shape {shape:?}", data.len()),
+            "the header is truncated (its length runs past the end of the file)",
         ));
     }
-    let data = if order == npyz::Order::Fortran && shape.len() > 1 {
-        fortran_to_c(&shape, &data)
-    } else {
-        data
-    };
-    Ok((shape, data))
+    // the header is at most 4 GiB (a u32), and no larger than the file
+    let mut text = memory::try_vec::<u8>("the .npy header", hlen, 0)?;
+    r.read_exact(&mut text).map_err(|e| io_err(path, e))?;
+    let h = npy::parse_header(&text, start, file_len).map_err(|e| malformed(path, e))?;
+    drop(text);
+    let data = read_values(&h, &mut r).map_err(|e| match e {
+        NsaError::Io { source, .. } => io_err(path, source),
+        other => other,
+    })?;
+    Ok((h, data))
 }
 
-/// Reads the shape from the header ourselves and checks, without overflow, that the data it
-/// promises fit in the file, before the parser computes sizes from it.
-fn check_npy_shape(path: &Path, bytes: &[u8]) -> Result<()> {
-    if bytes.len() < 10 || &bytes[..6] != b"\x93NUMPY" {
-        return Err(malformed(path, "not a .npy file (bad magic)"));
+fn read_values(h: &npy::Header, r: &mut impl Read) -> Result<Vec<f64>> {
+    // the values, plus a transposed copy for C-order matrices
+    let bytes = memory::bytes_of("the array", &[h.len], 16)?;
+    memory::ensure_fits(&format!("an array of shape {:?}", h.shape), bytes)?;
+    let mut out = memory::try_with_capacity::<f64>("the array", h.len)?;
+    let mut chunk = vec![0u8; (1 << 16) / 8 * 8];
+    let mut left = h.data_bytes;
+    while left > 0 {
+        let n = left.min(chunk.len());
+        r.read_exact(&mut chunk[..n]).map_err(|source| NsaError::Io {
+            path: Default::default(),
+            source,
+        })?;
+        npy::decode_into(h, &chunk[..n], &mut out);
+        left -= n;
     }
-    let (hlen, start): (usize, usize) = match bytes[6] {
-        1 => (u16::from_le_bytes([bytes[8], bytes[9]]) as usize, 10),
-        2 | 3 if bytes.len() >= 12 => (
-            u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize,
-            12,
-        ),
-        v => return Err(malformed(path, format!("unsupported .npy version {v}"))),
-    };
-    let header = bytes
-        .get(start..start.saturating_add(hlen))
-        .ok_or_else(|| malformed(path, "truncated header"))?;
-    let header = String::from_utf8_lossy(header);
-    let shape_txt = header
-        .split("'shape':")
-        .nth(1)
-        .and_then(|r| r.split('(').nth(1))
-        .and_then(|r| r.split(')').next())
-        .ok_or_else(|| malformed(path, "no shape in the header"))?;
-    let mut count: u64 = 1;
-    for d in shape_txt
-        .split(',')
-        .map(str::trim)
-        .filter(|d| !d.is_empty())
-    {
-        let d: u64 = d
-            .parse()
-            .map_err(|_| malformed(path, format!("bad dimension '{d}'")))?;
-        count = count
-            .checked_mul(d)
-            .ok_or_else(|| malformed(path, "the shape's element count overflows"))?;
-    }
-    let data = (bytes.len() - start - hlen) as u64;
-    if count.checked_mul(4).is_none_or(|b| b > data) {
-        return Err(malformed(
-            path,
-            format!("the header promises {count} elements but the file holds {data} data bytes"),
-        ));
-    }
-    Ok(())
+    Ok(out)
 }
 
-fn fortran_to_c(shape: &[usize], data: &[f64]) -> Vec<f64> {
-    let n = data.len();
-    let mut out = vec![0.0; n];
-    let nd = shape.len();
-    let mut idx = vec![0usize; nd];
-    for (f, v) in data.iter().enumerate() {
-        // index from the Fortran offset (first axis fastest)
-        let mut r = f;
-        for (a, i) in idx.iter_mut().enumerate() {
-            *i = r % shape[a];
-            r /= shape[a];
-        }
-        let mut c = 0;
-        for a in 0..nd {
-            c = c * shape[a] + idx[a];
-        }
-        out[c] = *v;
-    }
-    out
+fn npy_from_bytes(bytes: &[u8]) -> Result<(npy::Header, Vec<f64>)> {
+    let nowhere = Path::new("");
+    let h = npy::parse(bytes).map_err(|e| malformed(nowhere, e))?;
+    let mut data = &bytes[h.data_offset..h.data_offset + h.data_bytes];
+    let values = read_values(&h, &mut data)?;
+    Ok((h, values))
 }
 
-fn to_matrix_2d(path: &Path, shape: &[usize], data: Vec<f64>) -> Result<DMatrix<f64>> {
-    match shape.len() {
-        1 => Ok(DMatrix::from_vec(shape[0], 1, data)),
-        2 => Ok(DMatrix::from_row_slice(shape[0], shape[1], &data)),
-        n => Err(malformed(
-            path,
-            format!("expected a 2-D array, found {n}-D"),
-        )),
+/// The values of `data` (file order) as a column-major `rows×cols` matrix: `shape` is
+/// `[rows, cols]` with row-major (C) file order, or column-major (Fortran) when `fortran`.
+fn to_column_major(rows: usize, cols: usize, fortran: bool, data: Vec<f64>) -> Result<DMatrix<f64>> {
+    debug_assert_eq!(data.len(), rows * cols);
+    if fortran || rows <= 1 || cols <= 1 {
+        return Ok(DMatrix::from_vec(rows, cols, data));
+    }
+    let mut m = memory::try_with_capacity::<f64>("the matrix", data.len())?;
+    m.extend((0..rows * cols).map(|f| data[(f % rows) * cols + f / rows]));
+    Ok(DMatrix::from_vec(rows, cols, m))
+}
+
+fn matrix_of(h: &npy::Header, data: Vec<f64>) -> std::result::Result<DMatrix<f64>, String> {
+    match h.shape[..] {
+        [p] => Ok(DMatrix::from_vec(p, 1, data)),
+        [p, k] => to_column_major(p, k, h.fortran_order, data).map_err(|e| e.to_string()),
+        _ => Err(format!("expected a 2-D array, found {}-D", h.shape.len())),
     }
 }
 
-fn read_csv(path: &Path) -> Result<DMatrix<f64>> {
-    let text = std::fs::read_to_string(path).map_err(|e| io_err(path, e))?;
-    let mut rows: Vec<Vec<f64>> = Vec::new();
-    for (lineno, line) in text.lines().enumerate() {
-        let line = line.trim();
-        if line.is_empty() || line.starts_with('#') {
-            continue;
-        }
-        let fields: Vec<&str> = line.split(',').map(|f| f.trim()).collect();
-        let parsed: std::result::Result<Vec<f64>, _> =
-            fields.iter().map(|f| f.parse::<f64>()).collect();
-        match parsed {
-            Ok(v) => {
-                if let Some(first) = rows.first() {
-                    if first.len() != v.len() {
-                        return Err(malformed(
-                            path,
-                            format!(
-                                "line {} has {} fields, expected {}",
-                                lineno + 1,
-                                v.len(),
-                                first.len()
-                            ),
-                        ));
-                    }
-                }
-                rows.push(v);
+fn batch_of(h: &npy::Header, data: Vec<f64>) -> std::result::Result<Vec<DMatrix<f64>>, String> {
+    match h.shape[..] {
+        [_, _] => Ok(vec![matrix_of(h, data)?]),
+        [b, p, k] => {
+            if b == 0 || p == 0 || k == 0 {
+                return Err(format!(
+                    "the batch is empty (shape ({b}, {p}, {k})): each of B, p and k must be at least 1"
+                ));
             }
-            // one header line before the numbers is allowed
-            Err(_) if rows.is_empty() && lineno == 0 => continue,
-            Err(e) => return Err(malformed(path, format!("line {}: {e}", lineno + 1))),
+            let per = p * k; // ≤ h.len, which the header check bounded
+            let mut out = memory::try_with_capacity::<DMatrix<f64>>("the batch", b)
+                .map_err(|e| e.to_string())?;
+            for i in 0..b {
+                // C order: member i is the contiguous row-major block i; Fortran order:
+                // entry (i, r, c) lies at i + b·(r + p·c)
+                let m = if h.fortran_order {
+                    let mut v = memory::try_with_capacity::<f64>("a batch member", per)
+                        .map_err(|e| e.to_string())?;
+                    v.extend((0..per).map(|f| data[i + b * f]));
+                    DMatrix::from_vec(p, k, v)
+                } else {
+                    let block = data[i * per..(i + 1) * per].to_vec();
+                    to_column_major(p, k, false, block).map_err(|e| e.to_string())?
+                };
+                out.push(m);
+            }
+            Ok(out)
         }
+        _ => Err(format!(
+            "expected a 2-D or 3-D array, found {}-D",
+            h.shape.len()
+        )),
     }
-    if rows.is_empty() {
-        return Err(malformed(path, "no numeric rows"));
-    }
-    let (p, k) = (rows.len(), rows[0].len());
-    Ok(DMatrix::from_fn(p, k, |i, j| rows[i][j]))
 }
 
-/// A file in the same directory as `path` to write into before renaming it over `path`.
-fn temp_path(path: &Path) -> PathBuf {
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    path.with_file_name(format!(".{name}.{}.tmp", std::process::id()))
+/// Whether a finite value lies beyond f32's range.
+fn beyond_f32(mut values: impl Iterator<Item = f64>) -> bool {
+    values.any(|v| v.is_finite() && v.abs() > f64::from(f32::MAX))
 }
 
-fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let tmp = temp_path(path);
-    let res = (|| {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)
-    })();
-    if let Err(e) = res {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(io_err(path, e));
-    }
-    Ok(())
-}
-
-fn npy_bytes(shape: &[usize], c_order_data: impl Iterator<Item = f64>, dtype: NpyDtype) -> Vec<u8> {
-    let descr = match dtype {
-        NpyDtype::F64 => "<f8",
-        NpyDtype::F32 => "<f4",
+fn npy_bytes(
+    shape: &[usize],
+    c_order_data: impl Iterator<Item = f64> + Clone,
+    dtype: NpyDtype,
+) -> Result<Vec<u8>> {
+    let (descr, size) = match dtype {
+        NpyDtype::F64 => ("<f8", 8),
+        NpyDtype::F32 => ("<f4", 4),
     };
     let shape_txt = match shape.len() {
         1 => format!("({},)", shape[0]),
@@ -305,7 +345,24 @@ fn npy_bytes(shape: &[usize], c_order_data: impl Iterator<Item = f64>, dtype: Np
     let total = 10 + header.len() + 1;
     header.push_str(&" ".repeat((64 - total % 64) % 64));
     header.push('\n');
-    let mut out = Vec::with_capacity(10 + header.len() + shape.iter().product::<usize>() * 8);
+    if dtype == NpyDtype::F32 {
+        // an f64 beyond f32's range would be written as ±Inf: refuse instead
+        if beyond_f32(c_order_data.clone()) {
+            return Err(NsaError::NonFiniteComputation {
+                what: "matrix written as f32",
+                cause: crate::error::NumericCause::F32Range,
+            });
+        }
+    }
+    let data = memory::bytes_of("the output array", shape, size)?;
+    let total = usize::try_from(data)
+        .ok()
+        .and_then(|d| d.checked_add(10 + header.len()))
+        .ok_or_else(|| NsaError::SizeOverflow {
+            what: "the output file".into(),
+            dims: shape.to_vec(),
+        })?;
+    let mut out = memory::try_with_capacity::<u8>("the output file", total)?;
     out.extend_from_slice(b"\x93NUMPY\x01\x00");
     out.extend_from_slice(&(header.len() as u16).to_le_bytes());
     out.extend_from_slice(header.as_bytes());
@@ -315,7 +372,7 @@ fn npy_bytes(shape: &[usize], c_order_data: impl Iterator<Item = f64>, dtype: Np
             NpyDtype::F32 => out.extend_from_slice(&(v as f32).to_le_bytes()),
         }
     }
-    out
+    Ok(out)
 }
 
 fn csv_bytes(m: &DMatrix<f64>) -> Vec<u8> {
@@ -328,11 +385,9 @@ fn csv_bytes(m: &DMatrix<f64>) -> Vec<u8> {
     s.into_bytes()
 }
 
-/// Writes a matrix as `.npy` (C order, `dtype`) or `.csv` (shortest round-trip decimal
-/// text), chosen by the extension; atomically.
-pub fn write_matrix(path: impl AsRef<Path>, m: &DMatrix<f64>, dtype: NpyDtype) -> Result<()> {
-    let path = path.as_ref();
-    let bytes = match kind_of(path)? {
+/// The bytes [`write_matrix`] writes to `path` (its extension picks the format).
+pub fn matrix_bytes(path: &Path, m: &DMatrix<f64>, dtype: NpyDtype) -> Result<Vec<u8>> {
+    match kind_of(path)? {
         Kind::Npy => {
             let (p, k) = m.shape();
             npy_bytes(
@@ -341,23 +396,19 @@ pub fn write_matrix(path: impl AsRef<Path>, m: &DMatrix<f64>, dtype: NpyDtype) -
                 dtype,
             )
         }
-        Kind::Csv => csv_bytes(m),
-    };
-    write_atomic(path, &bytes)
+        Kind::Csv => Ok(csv_bytes(m)),
+    }
 }
 
-/// Writes `B` matrices of one shape as a 3-D `.npy` array `[B, p, k]`; atomically.
-///
-/// ```
-/// use nsa_flow::io::{read_batch, write_batch, NpyDtype};
-/// # let dir = tempfile::tempdir().unwrap();
-/// let path = dir.path().join("batch.npy");
-/// let ms = vec![nalgebra::DMatrix::from_element(3, 2, 1.0), nalgebra::DMatrix::from_element(3, 2, 2.0)];
-/// write_batch(&path, &ms, NpyDtype::F32).unwrap();
-/// assert_eq!(read_batch(&path).unwrap(), ms);
-/// ```
-pub fn write_batch(path: impl AsRef<Path>, ms: &[DMatrix<f64>], dtype: NpyDtype) -> Result<()> {
+/// Writes a matrix as `.npy` (C order, `dtype`) or `.csv` (shortest round-trip decimal
+/// text), chosen by the extension; atomically.
+pub fn write_matrix(path: impl AsRef<Path>, m: &DMatrix<f64>, dtype: NpyDtype) -> Result<()> {
     let path = path.as_ref();
+    output::write_atomic(path, matrix_bytes(path, m, dtype)?)
+}
+
+/// The bytes [`write_batch`] writes.
+pub fn batch_bytes(path: &Path, ms: &[DMatrix<f64>], dtype: NpyDtype) -> Result<Vec<u8>> {
     if !matches!(kind_of(path)?, Kind::Npy) {
         return Err(NsaError::InvalidParameter {
             name: "file name",
@@ -377,12 +428,32 @@ pub fn write_batch(path: impl AsRef<Path>, ms: &[DMatrix<f64>], dtype: NpyDtype)
     let data = ms
         .iter()
         .flat_map(|m| (0..p).flat_map(move |i| (0..k).map(move |j| m[(i, j)])));
-    write_atomic(path, &npy_bytes(&[ms.len(), p, k], data, dtype))
+    npy_bytes(&[ms.len(), p, k], data, dtype)
+}
+
+/// Writes `B` matrices of one shape as a 3-D `.npy` array `[B, p, k]`; atomically.
+///
+/// ```
+/// use nsa_flow::io::{read_batch, write_batch, NpyDtype};
+/// # let dir = tempfile::tempdir().unwrap();
+/// let path = dir.path().join("batch.npy");
+/// let ms = vec![nalgebra::DMatrix::from_element(3, 2, 1.0), nalgebra::DMatrix::from_element(3, 2, 2.0)];
+/// write_batch(&path, &ms, NpyDtype::F32).unwrap();
+/// assert_eq!(read_batch(&path).unwrap(), ms);
+/// ```
+pub fn write_batch(path: impl AsRef<Path>, ms: &[DMatrix<f64>], dtype: NpyDtype) -> Result<()> {
+    let path = path.as_ref();
+    output::write_atomic(path, batch_bytes(path, ms, dtype)?)
 }
 
 /// Writes text atomically (summaries, traces).
 pub fn write_text(path: impl AsRef<Path>, text: &str) -> Result<()> {
-    write_atomic(path.as_ref(), text.as_bytes())
+    output::write_atomic(path.as_ref(), text.as_bytes().to_vec())
+}
+
+/// Writes bytes atomically (figures).
+pub fn write_bytes(path: impl AsRef<Path>, bytes: Vec<u8>) -> Result<()> {
+    output::write_atomic(path.as_ref(), bytes)
 }
 
 #[cfg(test)]

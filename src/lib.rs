@@ -46,6 +46,7 @@ pub mod flow;
 pub mod gpu;
 pub mod io;
 pub mod layer;
+pub mod memory;
 pub mod linalg;
 pub mod lr_estimate;
 mod on_backend;
@@ -64,7 +65,7 @@ pub use energy::{
     apply_nonnegativity, compute_energy, defect_fast, invariant_orthogonality_defect, Energy,
     EnergyTerms, FidelityType, OrthType,
 };
-pub use error::{GpuErrorKind, NsaError, Result};
+pub use error::{GpuErrorKind, NsaError, NumericCause, Result};
 pub use flow::{nsa_flow, nsa_flow_with_callback};
 pub use layer::NsaFlowLayer;
 pub use lr_estimate::{

@@ -366,6 +366,7 @@ pub(crate) fn estimate_for_spec(
     if !f_ref.is_finite() || grad.iter().any(|v| !v.is_finite()) {
         return Err(NsaError::NonFiniteComputation {
             what: "energy (or its gradient) at Y0",
+            cause: crate::error::NumericCause::Unknown,
         });
     }
     let grad_norm = grad.norm() + 1e-12;

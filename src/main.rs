@@ -12,10 +12,11 @@ use nsa_flow::backend::cpu::CpuBackend;
 use nsa_flow::backend::gpu::GpuBackend;
 use nsa_flow::backend::Backend;
 use nsa_flow::gpu::{list_adapters, AdapterSummary};
-use nsa_flow::io::{read_matrix, write_matrix, write_text, NpyDtype};
+use nsa_flow::io::{read_matrix_with, CsvHeader, NpyDtype, OutputSet, ReadOptions};
 use nsa_flow::{
-    BackendChoice, Control, InvSqrtMethod, LearningRate, Mode, NonNeg, NsaError, NsaResult,
-    OptimizerKind, Params, Precision, RetractOptions, VerifyReport,
+    BackendChoice, Control, FidelityType, InvSqrtMethod, LearningRate, Mode, NonNeg, NsaError,
+    NsaResult, OptimizerKind, OrthType, Params, Precision, RetractOptions, Retraction,
+    VerifyReport,
 };
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
@@ -143,11 +144,13 @@ enum Command {
         /// The matrix (.npy or .csv).
         input: PathBuf,
         /// cpu | gpu | auto.
-        #[arg(long, default_value = "cpu")]
-        backend: String,
+        #[arg(long, default_value = "cpu", value_parser = parse_named::<BackendChoice>)]
+        backend: BackendChoice,
         /// f64 | f32 (the device's arithmetic; the CPU path always uses f64 here).
-        #[arg(long, default_value = "f64")]
-        precision: String,
+        #[arg(long, default_value = "f64", value_parser = parse_named::<Precision>)]
+        precision: Precision,
+        #[command(flatten)]
+        csv: CsvArgs,
     },
     /// Time the flow on random data: seconds per iteration on the CPU or a GPU, against the
     /// memory-bandwidth bound.
@@ -237,30 +240,30 @@ struct FlowArgs {
     #[arg(long)]
     x0: Option<PathBuf>,
     /// soft_polar | polar | none.
-    #[arg(long, default_value = "soft_polar")]
-    retraction: String,
-    /// Maximum number of iterations.
-    #[arg(long, default_value_t = 500)]
+    #[arg(long, default_value = "soft_polar", value_parser = parse_named::<Retraction>)]
+    retraction: Retraction,
+    /// Maximum number of iterations (at least 1).
+    #[arg(long, default_value_t = 500, value_parser = parse_positive)]
     max_iter: usize,
-    /// Convergence tolerance.
-    #[arg(long, default_value_t = 1e-5)]
+    /// Convergence tolerance (finite, ≥ 0).
+    #[arg(long, default_value_t = 1e-5, value_parser = parse_tol)]
     tol: f64,
     /// hard | softplus | none.
-    #[arg(long, default_value = "hard")]
-    nonneg: String,
+    #[arg(long, default_value = "hard", value_parser = parse_named::<NonNeg>)]
+    nonneg: NonNeg,
     /// fast (the plain gradient step) or a registry name: adabound, adagrad, adam, adamax,
     /// adamp, adamw, asgd, lars, lbfgs, lookahead, nadam, pid, qhadam, qhm, radam, rmsprop,
     /// rprop, sgd, sgd_nesterov, sgdp, yogi (see `nsa-flow optimizers`; padam is an error).
-    #[arg(long, default_value = "fast")]
-    optimizer: String,
+    #[arg(long, default_value = "fast", value_parser = parse_named::<OptimizerKind>)]
+    optimizer: OptimizerKind,
     /// Initial learning rate: 'default' or a positive number.
-    #[arg(long, default_value = "default")]
-    lr: String,
-    /// Record a trace row every N iterations.
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value = "default", value_parser = parse_named::<LearningRate>)]
+    lr: LearningRate,
+    /// Record a trace row every N iterations (at least 1).
+    #[arg(long, default_value_t = 1, value_parser = parse_positive)]
     record_every: usize,
-    /// Length of the energy window of the plateau test.
-    #[arg(long, default_value_t = 5)]
+    /// Length of the energy window of the plateau test (at least 1).
+    #[arg(long, default_value_t = 5, value_parser = parse_positive)]
     window_size: usize,
     /// Use the off-diagonal Gram penalty instead of the invariant defect.
     #[arg(long)]
@@ -269,15 +272,15 @@ struct FlowArgs {
     #[arg(long)]
     project_full_gradient: bool,
     /// f64 | f32.
-    #[arg(long, default_value = "f64")]
-    precision: String,
+    #[arg(long, default_value = "f64", value_parser = parse_named::<Precision>)]
+    precision: Precision,
     /// corrected | reference.
-    #[arg(long, default_value = "corrected")]
-    mode: String,
+    #[arg(long, default_value = "corrected", value_parser = parse_named::<Mode>)]
+    mode: Mode,
     /// auto | cpu | gpu. auto: a hardware GPU that computes in --precision when present, else
     /// the CPU; gpu: any adapter, software ones included (an error without one).
-    #[arg(long, default_value = "auto")]
-    backend: String,
+    #[arg(long, default_value = "auto", value_parser = parse_named::<BackendChoice>)]
+    backend: BackendChoice,
     /// GPU adapter: a case-insensitive substring of its name (see `nsa-flow info`). A usage
     /// error with --backend cpu.
     #[arg(long)]
@@ -289,6 +292,29 @@ struct FlowArgs {
     /// reference run).
     #[arg(long)]
     start: Option<PathBuf>,
+    #[command(flatten)]
+    csv: CsvArgs,
+}
+
+/// How .csv inputs are read.
+#[derive(Args)]
+struct CsvArgs {
+    /// Whether the first row of a .csv input is a header: auto (only when none of its cells
+    /// is a number; a row with some numbers and a bad cell is an error), yes (always skip
+    /// it), no (it is data).
+    #[arg(long, default_value = "auto", value_parser = parse_named::<CsvHeader>)]
+    csv_header: CsvHeader,
+}
+
+impl CsvArgs {
+    fn read(&self, path: &Path) -> Result<DMatrix<f64>, NsaError> {
+        read_matrix_with(
+            path,
+            &ReadOptions {
+                csv_header: self.csv_header,
+            },
+        )
+    }
 }
 
 #[derive(Args)]
@@ -296,7 +322,7 @@ struct RunArgs {
     #[command(flatten)]
     flow: FlowArgs,
     /// Weight in [0, 1]: 0 = fidelity only, 1 = orthogonality only.
-    #[arg(long, default_value_t = 0.5)]
+    #[arg(long, default_value_t = 0.5, value_parser = parse_weight)]
     w: f64,
     /// Run the same problem on the CPU and on the GPU (--adapter is honoured, --backend must
     /// not be cpu), print how they compare, and exit 0 when they agree (same iteration count,
@@ -308,20 +334,20 @@ struct RunArgs {
     #[arg(long, conflicts_with = "verbose")]
     verify: bool,
     /// Output: the best Y (.npy in the run's precision, or .csv). Required unless --verify.
-    #[arg(long, required_unless_present = "verify")]
+    #[arg(long, required_unless_present = "verify", value_parser = parse_matrix_path)]
     out: Option<PathBuf>,
     /// Trace output (.csv with header iter,time,fidelity,orthogonality,total_energy, or .json).
-    #[arg(long)]
+    #[arg(long, value_parser = parse_trace_path)]
     trace: Option<PathBuf>,
     /// Trace figure (.svg or .png), what the reference's plot_nsa_trace draws: the fidelity
     /// term (left axis) and the orthogonality defect (right axis) of each recorded
     /// iteration, titled with the retraction and w.
-    #[arg(long)]
+    #[arg(long, value_parser = parse_plot_path)]
     plot: Option<PathBuf>,
     /// Summary output (.json). Besides the run's statistics it holds "readbacks" (device
     /// round trips; null on the CPU) and "adapter" ({name, api, device_type, software}; null on
     /// the CPU).
-    #[arg(long)]
+    #[arg(long, value_parser = parse_json_path)]
     summary: Option<PathBuf>,
     /// Print one line per iteration on stderr (what the reference's verbose=True printed)
     /// instead of the progress bar.
@@ -359,11 +385,11 @@ struct BatchArgs {
     #[arg(long, value_parser = parse_batch_ws, default_value = "0.5")]
     ws: BatchWeights,
     /// Output: the best Y of each problem, a 3-D .npy [B, p, k] in the run's precision.
-    #[arg(long)]
+    #[arg(long, value_parser = parse_npy_path)]
     out: PathBuf,
     /// Summary (.json): one entry per problem (w, iterations, best_iteration,
     /// best_total_energy, stop_reason, defect, sparsity) and the batch's backend and seconds.
-    #[arg(long)]
+    #[arg(long, value_parser = parse_json_path)]
     summary: Option<PathBuf>,
     /// Print nothing on success.
     #[arg(long, short)]
@@ -397,10 +423,11 @@ fn cmd_batch(a: BatchArgs) -> Result<ExitCode, NsaError> {
         );
     }
     let params = flow_params(&a.flow, a.ws.0[0], "batch")?;
-    check_ext("--out", &a.out, &["npy"])?;
-    if let Some(p) = &a.summary {
-        check_ext("--summary", p, &["json"])?;
-    }
+    check_paths(
+        "batch",
+        &[("--out", Some(a.out.as_path())), ("--summary", a.summary.as_deref())],
+        &flow_inputs(&a.flow),
+    );
     let y0s = nsa_flow::io::read_batch(&a.flow.y0)?;
     let x0s = a
         .flow
@@ -466,11 +493,14 @@ fn cmd_batch(a: BatchArgs) -> Result<ExitCode, NsaError> {
         });
         outputs.push(Output::Text(p.clone(), pretty(&summary)));
     }
-    nsa_flow::io::write_batch(&a.out, &ys, dtype_of(params.precision))?;
-    if let Err(e) = write_all(outputs) {
-        let _ = std::fs::remove_file(&a.out);
-        return Err(e);
+    for y in &ys {
+        nsa_flow::validate_matrix("the result", y)?;
     }
+    outputs.push(Output::Bytes(
+        a.out.clone(),
+        nsa_flow::io::batch_bytes(&a.out, &ys, dtype_of(params.precision))?,
+    ));
+    write_all(outputs)?;
     if !a.quiet {
         println!(
             "{b} problems of {}×{} in {:.3} s on {}{}",
@@ -521,44 +551,44 @@ struct AutogradArgs {
     #[arg(long)]
     x0: Option<PathBuf>,
     /// Weight in [0, 1]: 0 = fidelity only, 1 = orthogonality only.
-    #[arg(long, default_value_t = 0.5)]
+    #[arg(long, default_value_t = 0.5, value_parser = parse_weight)]
     w: f64,
     /// soft_polar | polar | none.
-    #[arg(long, default_value = "soft_polar")]
-    retraction: String,
-    /// Maximum number of iterations.
-    #[arg(long, default_value_t = 500)]
+    #[arg(long, default_value = "soft_polar", value_parser = parse_named::<Retraction>)]
+    retraction: Retraction,
+    /// Maximum number of iterations (at least 1).
+    #[arg(long, default_value_t = 500, value_parser = parse_positive)]
     max_iter: usize,
     /// Threshold of the energy-window test (corrected mode: also of the stationarity test).
-    #[arg(long, default_value_t = 1e-6)]
+    #[arg(long, default_value_t = 1e-6, value_parser = parse_tol)]
     tol: f64,
     /// hard | softplus | none (the map after the retraction).
-    #[arg(long, default_value = "hard")]
-    nonneg: String,
+    #[arg(long, default_value = "hard", value_parser = parse_named::<NonNeg>)]
+    nonneg: NonNeg,
     /// An optimizer of the registry (see `nsa-flow optimizers`).
-    #[arg(long, default_value = "asgd")]
+    #[arg(long, default_value = "asgd", value_parser = parse_autograd_optimizer)]
     optimizer: String,
     /// Initial learning rate: 'default' (let --lr-strategy choose) or a positive number.
-    #[arg(long, default_value = "default")]
-    lr: String,
+    #[arg(long, default_value = "default", value_parser = parse_named::<LearningRate>)]
+    lr: LearningRate,
     /// auto | armijo | armijo_aggressive | exponential | linear | adaptive | poly_decay |
     /// momentum_boost | random | entropy | bayes | grid. Reference mode: auto = 1e-3.
-    #[arg(long, default_value = "auto")]
+    #[arg(long, default_value = "auto", value_parser = parse_lr_strategy)]
     lr_strategy: String,
     /// Aggression of the learning-rate strategy, in [0, 1].
-    #[arg(long, default_value_t = 0.5)]
+    #[arg(long, default_value_t = 0.5, value_parser = parse_unit)]
     aggression: f64,
     /// basic | scale_invariant | symmetric.
-    #[arg(long, default_value = "scale_invariant")]
-    fidelity_type: String,
+    #[arg(long, default_value = "scale_invariant", value_parser = parse_named::<FidelityType>)]
+    fidelity_type: FidelityType,
     /// basic | scale_invariant.
-    #[arg(long, default_value = "scale_invariant")]
-    orth_type: String,
-    /// Record a trace row every N iterations.
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value = "scale_invariant", value_parser = parse_named::<OrthType>)]
+    orth_type: OrthType,
+    /// Record a trace row every N iterations (at least 1).
+    #[arg(long, default_value_t = 1, value_parser = parse_positive)]
     record_every: usize,
-    /// Length of the energy window of the stopping test.
-    #[arg(long, default_value_t = 5)]
+    /// Length of the energy window of the stopping test (at least 1).
+    #[arg(long, default_value_t = 5, value_parser = parse_positive)]
     window_size: usize,
     /// nsa_flow's off-diagonal penalty: not part of the autograd energy (use --orth-type); an
     /// error here.
@@ -568,14 +598,14 @@ struct AutogradArgs {
     #[arg(long, hide = true)]
     project_full_gradient: bool,
     /// f64 | f32.
-    #[arg(long, default_value = "f64")]
-    precision: String,
+    #[arg(long, default_value = "f64", value_parser = parse_named::<Precision>)]
+    precision: Precision,
     /// corrected | reference.
-    #[arg(long, default_value = "corrected")]
-    mode: String,
+    #[arg(long, default_value = "corrected", value_parser = parse_named::<Mode>)]
+    mode: Mode,
     /// auto | cpu | gpu (as for `run`).
-    #[arg(long, default_value = "auto")]
-    backend: String,
+    #[arg(long, default_value = "auto", value_parser = parse_named::<BackendChoice>)]
+    backend: BackendChoice,
     /// GPU adapter: a case-insensitive substring of its name (see `nsa-flow info`).
     #[arg(long)]
     adapter: Option<String>,
@@ -590,19 +620,21 @@ struct AutogradArgs {
     /// With no --x0: the perturbed start to use instead of drawing one.
     #[arg(long)]
     start: Option<PathBuf>,
+    #[command(flatten)]
+    csv: CsvArgs,
     /// Output: the best Y (.npy in the run's precision, or .csv). Required unless --verify.
-    #[arg(long, required_unless_present = "verify")]
+    #[arg(long, required_unless_present = "verify", value_parser = parse_matrix_path)]
     out: Option<PathBuf>,
     /// Trace output (.csv or .json; orthogonality is the weighted term, as the reference's
     /// autograd traces record it).
-    #[arg(long)]
+    #[arg(long, value_parser = parse_trace_path)]
     trace: Option<PathBuf>,
     /// Trace figure (.svg or .png): the fidelity and orthogonality terms of each recorded
     /// iteration on two y-axes, titled with the retraction and w (as for `run`).
-    #[arg(long)]
+    #[arg(long, value_parser = parse_plot_path)]
     plot: Option<PathBuf>,
     /// Summary output (.json).
-    #[arg(long)]
+    #[arg(long, value_parser = parse_json_path)]
     summary: Option<PathBuf>,
     /// Print one line per iteration on stderr instead of the progress bar.
     #[arg(long, short)]
@@ -614,17 +646,17 @@ struct AutogradArgs {
 
 #[derive(Args)]
 struct BenchArgs {
-    /// Rows.
-    #[arg(long, default_value_t = 1000)]
+    /// Rows (at least 1).
+    #[arg(long, default_value_t = 1000, value_parser = parse_positive)]
     p: usize,
-    /// Columns.
-    #[arg(long, default_value_t = 20)]
+    /// Columns (at least 1).
+    #[arg(long, default_value_t = 20, value_parser = parse_positive)]
     k: usize,
     /// Iterations per run (tol = 0, so every run does them all unless it stalls).
-    #[arg(long, default_value_t = 50)]
+    #[arg(long, default_value_t = 50, value_parser = parse_positive)]
     iters: usize,
     /// Timed runs (the best is reported).
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, default_value_t = 3, value_parser = parse_positive)]
     repeats: usize,
     /// corrected | reference | both.
     #[arg(long, default_value = "both", value_parser = parse_bench_modes)]
@@ -672,6 +704,134 @@ fn parse_named<T: std::str::FromStr<Err = NsaError>>(s: &str) -> Result<T, NsaEr
     s.parse()
 }
 
+/// `w`: a finite number in [0, 1].
+fn parse_weight(s: &str) -> Result<f64, NsaError> {
+    let w: f64 = parse_number("w", s)?;
+    if !(w.is_finite() && (0.0..=1.0).contains(&w)) {
+        return Err(NsaError::InvalidWeight(w));
+    }
+    Ok(w)
+}
+
+/// A number in [0, 1] (aggression).
+fn parse_unit(s: &str) -> Result<f64, NsaError> {
+    let v: f64 = parse_number("the value", s)?;
+    if !(v.is_finite() && (0.0..=1.0).contains(&v)) {
+        return Err(NsaError::InvalidParameter {
+            name: "the value",
+            reason: format!("{v:?} is outside [0, 1]"),
+        });
+    }
+    Ok(v)
+}
+
+/// A tolerance: finite and ≥ 0.
+fn parse_tol(s: &str) -> Result<f64, NsaError> {
+    let v: f64 = parse_number("tol", s)?;
+    if !(v.is_finite() && v >= 0.0) {
+        return Err(NsaError::InvalidParameter {
+            name: "tol",
+            reason: format!("{v:?} is not a finite non-negative number"),
+        });
+    }
+    Ok(v)
+}
+
+/// A count of at least 1.
+fn parse_positive(s: &str) -> Result<usize, NsaError> {
+    match s.parse::<usize>() {
+        Ok(0) => Err(NsaError::InvalidParameter {
+            name: "the count",
+            reason: "must be at least 1".into(),
+        }),
+        Ok(n) => Ok(n),
+        Err(e) => Err(NsaError::InvalidParameter {
+            name: "the count",
+            reason: format!("{:?} is not a whole number below 2^64 ({e})", short(s)),
+        }),
+    }
+}
+
+fn parse_number(name: &'static str, s: &str) -> Result<f64, NsaError> {
+    s.trim().parse::<f64>().map_err(|_| NsaError::InvalidParameter {
+        name,
+        reason: format!("{:?} is not a number", short(s)),
+    })
+}
+
+/// At most 40 characters of a user's value, for messages.
+fn short(s: &str) -> String {
+    if s.chars().count() <= 40 {
+        s.to_string()
+    } else {
+        s.chars().take(40).collect::<String>() + "…"
+    }
+}
+
+fn parse_path_with(s: &str, exts: &[&str]) -> Result<PathBuf, NsaError> {
+    let p = PathBuf::from(s);
+    if exts.iter().any(|e| ext_is(&p, e)) {
+        return Ok(p);
+    }
+    Err(NsaError::InvalidParameter {
+        name: "the path",
+        reason: format!(
+            "{}: the extension must be one of .{}",
+            p.display(),
+            exts.join(", .")
+        ),
+    })
+}
+
+fn parse_matrix_path(s: &str) -> Result<PathBuf, NsaError> {
+    parse_path_with(s, &["npy", "csv"])
+}
+
+fn parse_npy_path(s: &str) -> Result<PathBuf, NsaError> {
+    parse_path_with(s, &["npy"])
+}
+
+fn parse_trace_path(s: &str) -> Result<PathBuf, NsaError> {
+    parse_path_with(s, &["csv", "json"])
+}
+
+fn parse_plot_path(s: &str) -> Result<PathBuf, NsaError> {
+    parse_path_with(s, &["svg", "png"])
+}
+
+fn parse_json_path(s: &str) -> Result<PathBuf, NsaError> {
+    parse_path_with(s, &["json"])
+}
+
+/// An optimizer name the autograd solver accepts (its own validation decides).
+fn parse_autograd_optimizer(s: &str) -> Result<String, NsaError> {
+    AutogradParams {
+        optimizer: s.to_string(),
+        ..AutogradParams::default()
+    }
+    .validate()
+    .map(|()| s.to_string())
+}
+
+/// A learning-rate strategy name (or auto).
+fn parse_lr_strategy(s: &str) -> Result<String, NsaError> {
+    AutogradParams {
+        lr_strategy: s.to_string(),
+        ..AutogradParams::default()
+    }
+    .validate()
+    .map(|()| s.to_string())
+}
+
+/// Refuses, as a usage error of `sub`, outputs that name one file or that name an input.
+fn check_paths(sub: &str, outputs: &[(&str, Option<&Path>)], inputs: &[(&str, Option<&Path>)]) {
+    let outs: Vec<(&str, &Path)> = outputs.iter().filter_map(|(f, p)| p.map(|p| (*f, p))).collect();
+    let ins: Vec<(&str, &Path)> = inputs.iter().filter_map(|(f, p)| p.map(|p| (*f, p))).collect();
+    if let Err(same) = nsa_flow::io::check_distinct(&outs, &ins) {
+        usage_error(sub, ErrorKind::ArgumentConflict, same.to_string());
+    }
+}
+
 /// Reports a usage error of `subcommand` the way clap does (usage line, exit code 2).
 fn usage_error(subcommand: &str, kind: ErrorKind, message: String) -> ! {
     let mut cmd = Cli::command();
@@ -686,33 +846,35 @@ fn usage_error(subcommand: &str, kind: ErrorKind, message: String) -> ! {
 struct RetractArgs {
     /// The matrix to retract (.npy or .csv).
     input: PathBuf,
-    /// Blend weight (≤ 0 returns the input).
-    #[arg(long, default_value_t = 1.0)]
+    /// Blend weight in [0, 1] (0 returns the input, 1 the polar factor).
+    #[arg(long, default_value_t = 1.0, value_parser = parse_weight)]
     w: f64,
     /// soft_polar | polar | none.
-    #[arg(long, default_value = "soft_polar")]
-    retraction: String,
+    #[arg(long, default_value = "soft_polar", value_parser = parse_named::<Retraction>)]
+    retraction: Retraction,
     /// auto | eig | ns | diag.
-    #[arg(long, default_value = "auto")]
-    inv_sqrt: String,
+    #[arg(long, default_value = "auto", value_parser = parse_named::<InvSqrtMethod>)]
+    inv_sqrt: InvSqrtMethod,
     /// Newton–Schulz iterations (reference: exactly this many, default 4; corrected: the cap,
     /// default 100).
     #[arg(long)]
     ns_iter: Option<usize>,
     /// reference (nsa_flow_retract_auto exactly) | corrected (scale-invariant blend,
     /// accurate Newton–Schulz).
-    #[arg(long, default_value = "reference")]
-    mode: String,
+    #[arg(long, default_value = "reference", value_parser = parse_named::<Mode>)]
+    mode: Mode,
     /// f64 | f32.
-    #[arg(long, default_value = "f64")]
-    precision: String,
+    #[arg(long, default_value = "f64", value_parser = parse_named::<Precision>)]
+    precision: Precision,
     /// cpu | gpu | auto (where the retraction runs; the result is the same to working
     /// precision).
-    #[arg(long, default_value = "cpu")]
-    backend: String,
+    #[arg(long, default_value = "cpu", value_parser = parse_named::<BackendChoice>)]
+    backend: BackendChoice,
     /// Output (.npy or .csv).
-    #[arg(long)]
+    #[arg(long, value_parser = parse_matrix_path)]
     out: PathBuf,
+    #[command(flatten)]
+    csv: CsvArgs,
 }
 
 fn dtype_of(p: Precision) -> NpyDtype {
@@ -722,8 +884,8 @@ fn dtype_of(p: Precision) -> NpyDtype {
     }
 }
 
-/// Outputs are produced in memory, then written; if one write fails, those already written
-/// by this invocation are removed, so a failure leaves nothing behind.
+/// Outputs are produced in memory, then written together ([`OutputSet`]): every file lands,
+/// or none changes.
 enum Output {
     Matrix(PathBuf, DMatrix<f64>, NpyDtype),
     Text(PathBuf, String),
@@ -731,74 +893,27 @@ enum Output {
     Bytes(PathBuf, Vec<u8>),
 }
 
-/// Writes `bytes` to a temporary file beside `path`, then renames it into place.
-fn write_bytes(path: &Path, bytes: &[u8]) -> Result<(), NsaError> {
-    use std::io::Write;
-    let mut name = path.file_name().unwrap_or_default().to_os_string();
-    name.push(".tmp");
-    let tmp = path.with_file_name(name);
-    let res = (|| {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)
-    })();
-    res.map_err(|source| {
-        let _ = std::fs::remove_file(&tmp);
-        NsaError::Io {
-            path: path.to_path_buf(),
-            source,
-        }
-    })
-}
-
 fn write_all(outputs: Vec<Output>) -> Result<(), NsaError> {
-    let mut written: Vec<PathBuf> = Vec::new();
+    let mut set = OutputSet::new();
     for o in outputs {
-        let (path, res) = match o {
+        match o {
             Output::Matrix(p, m, d) => {
-                let r = write_matrix(&p, &m, d);
-                (p, r)
+                // a matrix with NaN/Inf is never an answer (the solvers refuse it already)
+                nsa_flow::validate_matrix("the result", &m)?;
+                let bytes = nsa_flow::io::matrix_bytes(&p, &m, d)?;
+                set.add(p, bytes)?;
             }
-            Output::Text(p, t) => {
-                let r = write_text(&p, &t);
-                (p, r)
-            }
-            Output::Bytes(p, b) => {
-                let r = write_bytes(&p, &b);
-                (p, r)
-            }
-        };
-        if let Err(e) = res {
-            for w in &written {
-                let _ = std::fs::remove_file(w);
-            }
-            return Err(e);
+            Output::Text(p, t) => set.add(p, t.into_bytes())?,
+            Output::Bytes(p, b) => set.add(p, b)?,
         }
-        written.push(path);
     }
-    Ok(())
+    set.commit()
 }
 
 fn ext_is(p: &Path, e: &str) -> bool {
     p.extension()
         .and_then(|x| x.to_str())
         .is_some_and(|x| x.eq_ignore_ascii_case(e))
-}
-
-/// Rejects an output path whose extension is not one of `exts`, before any work is done.
-fn check_ext(flag: &'static str, path: &Path, exts: &[&str]) -> Result<(), NsaError> {
-    if exts.iter().any(|e| ext_is(path, e)) {
-        return Ok(());
-    }
-    Err(NsaError::InvalidParameter {
-        name: flag,
-        reason: format!(
-            "{}: the extension must be one of {}",
-            path.display(),
-            exts.join(", ")
-        ),
-    })
 }
 
 fn trace_text(path: &Path, res: &NsaResult) -> Result<String, NsaError> {
@@ -915,7 +1030,7 @@ fn adapter_of_run(res: &NsaResult) -> Option<AdapterSummary> {
 /// The flow's parameters from the shared flags and `w`; `sub` names the subcommand for
 /// usage errors.
 fn flow_params(f: &FlowArgs, w: f64, sub: &str) -> Result<Params, NsaError> {
-    let backend: BackendChoice = f.backend.parse()?;
+    let backend = f.backend;
     if backend == BackendChoice::Cpu && f.adapter.is_some() {
         usage_error(
             sub,
@@ -926,19 +1041,19 @@ fn flow_params(f: &FlowArgs, w: f64, sub: &str) -> Result<Params, NsaError> {
     }
     let params = Params {
         w,
-        retraction: f.retraction.parse()?,
+        retraction: f.retraction,
         max_iter: f.max_iter,
         tol: f.tol,
         seed: f.seed,
-        nonneg: f.nonneg.parse::<NonNeg>()?,
-        optimizer: f.optimizer.parse::<OptimizerKind>()?,
-        learning_rate: f.lr.parse::<LearningRate>()?,
+        nonneg: f.nonneg,
+        optimizer: f.optimizer,
+        learning_rate: f.lr,
         record_every: f.record_every,
         window_size: f.window_size,
         simplified: f.simplified,
         project_full_gradient: f.project_full_gradient,
-        precision: f.precision.parse::<Precision>()?,
-        mode: f.mode.parse::<Mode>()?,
+        precision: f.precision,
+        mode: f.mode,
         backend,
         gpu_adapter: f.adapter.clone(),
         perturbed_start: None,
@@ -947,15 +1062,24 @@ fn flow_params(f: &FlowArgs, w: f64, sub: &str) -> Result<Params, NsaError> {
     Ok(params)
 }
 
+/// The input files of the shared flags, for the same-file check.
+fn flow_inputs(f: &FlowArgs) -> [(&'static str, Option<&Path>); 3] {
+    [
+        ("--y0", Some(f.y0.as_path())),
+        ("--x0", f.x0.as_deref()),
+        ("--start", f.start.as_deref()),
+    ]
+}
+
 /// Reads Y0, X0 and the replayed start named by the shared flags.
 fn read_inputs(
     f: &FlowArgs,
     params: &mut Params,
 ) -> Result<(DMatrix<f64>, Option<DMatrix<f64>>), NsaError> {
-    let y0 = read_matrix(&f.y0)?;
-    let x0 = f.x0.as_ref().map(read_matrix).transpose()?;
+    let y0 = f.csv.read(&f.y0)?;
+    let x0 = f.x0.as_deref().map(|p| f.csv.read(p)).transpose()?;
     if let Some(s) = &f.start {
-        params.perturbed_start = Some(read_matrix(s)?);
+        params.perturbed_start = Some(f.csv.read(s)?);
     }
     Ok((y0, x0))
 }
@@ -1112,19 +1236,17 @@ fn cmd_run(a: RunArgs) -> Result<ExitCode, NsaError> {
                 .into(),
         );
     }
-    // check output names before the work, so a typo does not cost a long run
-    if let Some(o) = &a.out {
-        check_ext("--out", o, &["npy", "csv"])?;
-    }
-    if let Some(t) = &a.trace {
-        check_ext("--trace", t, &["csv", "json"])?;
-    }
-    if let Some(p) = &a.plot {
-        check_ext("--plot", p, &["svg", "png"])?;
-    }
-    if let Some(p) = &a.summary {
-        check_ext("--summary", p, &["json"])?;
-    }
+    // check output names before the work, so a clash does not cost a long run
+    check_paths(
+        "run",
+        &[
+            ("--out", a.out.as_deref()),
+            ("--trace", a.trace.as_deref()),
+            ("--plot", a.plot.as_deref()),
+            ("--summary", a.summary.as_deref()),
+        ],
+        &flow_inputs(&a.flow),
+    );
     let (y0, x0) = read_inputs(&a.flow, &mut params)?;
     if a.verify {
         return run_verify(&a, &y0, x0.as_ref(), &params);
@@ -1193,6 +1315,19 @@ fn cmd_sweep(a: SweepArgs) -> Result<ExitCode, NsaError> {
             reason: format!("{} exists and is not a folder", a.out_dir.display()),
         });
     }
+    let out_paths: Vec<PathBuf> = ws
+        .iter()
+        .map(|&w| a.out_dir.join(format!("Y_w{}.npy", nsa_flow::plot::fmt_w(w))))
+        .chain([a.out_dir.join("sweep.csv"), a.out_dir.join("sweep.svg")])
+        .collect();
+    check_paths(
+        "sweep",
+        &out_paths
+            .iter()
+            .map(|p| ("--out-dir", Some(p.as_path())))
+            .collect::<Vec<_>>(),
+        &flow_inputs(&a.flow),
+    );
     let (y0, x0) = read_inputs(&a.flow, &mut params)?;
     let verbose = a.verbose;
     let mut progress = Progress::new(!a.quiet && !verbose);
@@ -1218,10 +1353,7 @@ fn cmd_sweep(a: SweepArgs) -> Result<ExitCode, NsaError> {
             };
             match solve_flow(&run_params, &y0, x0.as_ref(), &mut callback) {
                 Ok((res, _)) => out.push(res),
-                Err(e) => {
-                    eprintln!("sweep: the run at w = {tag} failed; nothing was written");
-                    return Err(e);
-                }
+                Err(e) => return Ok(sweep_failed(&tag, &e)),
             }
         }
         out
@@ -1232,11 +1364,7 @@ fn cmd_sweep(a: SweepArgs) -> Result<ExitCode, NsaError> {
         match batch {
             Ok(b) => b.results,
             Err(NsaError::InBatch { index, source }) => {
-                eprintln!(
-                    "sweep: the run at w = {} failed; nothing was written",
-                    nsa_flow::plot::fmt_w(ws[index])
-                );
-                return Err(*source);
+                return Ok(sweep_failed(&nsa_flow::plot::fmt_w(ws[index]), &source));
             }
             Err(e) => return Err(e),
         }
@@ -1287,11 +1415,18 @@ fn cmd_sweep(a: SweepArgs) -> Result<ExitCode, NsaError> {
     let svg = nsa_flow::plot::render_sweep(&sorted, &subtitle, nsa_flow::plot::ImageFormat::Svg)?;
     outputs.push(Output::Text(a.out_dir.join("sweep.csv"), csv));
     outputs.push(Output::Bytes(a.out_dir.join("sweep.svg"), svg));
+    let created = !a.out_dir.exists();
     std::fs::create_dir_all(&a.out_dir).map_err(|source| NsaError::Io {
         path: a.out_dir.clone(),
         source,
     })?;
-    write_all(outputs)?;
+    if let Err(e) = write_all(outputs) {
+        if created {
+            // only removes the folder this command made, and only while it is empty
+            let _ = std::fs::remove_dir(&a.out_dir);
+        }
+        return Err(e);
+    }
     if !a.quiet {
         println!(
             "wrote {} Y_w<w>.npy, sweep.csv and sweep.svg to {} ({})",
@@ -1301,6 +1436,12 @@ fn cmd_sweep(a: SweepArgs) -> Result<ExitCode, NsaError> {
         );
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The error line of a sweep whose run at one w failed (exit 1, nothing written).
+fn sweep_failed(tag: &str, e: &NsaError) -> ExitCode {
+    eprintln!("error: the run at w = {tag} failed, so nothing was written: {e}");
+    ExitCode::from(1)
 }
 
 fn autograd_summary(
@@ -1403,7 +1544,7 @@ fn autograd_on(
 }
 
 fn cmd_autograd(a: AutogradArgs) -> Result<ExitCode, NsaError> {
-    let backend: BackendChoice = a.backend.parse()?;
+    let backend = a.backend;
     for (given, flag, why) in [
         (
             a.simplified,
@@ -1440,56 +1581,50 @@ fn cmd_autograd(a: AutogradArgs) -> Result<ExitCode, NsaError> {
                 .into(),
         );
     }
-    let learning_rate = match a.lr.as_str() {
-        "default" => None,
-        s => match s.parse::<f64>() {
-            Ok(v) => Some(v),
-            Err(_) => {
-                return Err(NsaError::InvalidParameter {
-                    name: "--lr",
-                    reason: format!("{s:?} is neither 'default' nor a number"),
-                })
-            }
-        },
+    let learning_rate = match a.lr {
+        LearningRate::Default => None,
+        LearningRate::Value(v) => Some(v),
     };
     let mut params = AutogradParams {
         w: a.w,
-        retraction: a.retraction.parse()?,
+        retraction: a.retraction,
         max_iter: a.max_iter,
         tol: a.tol,
         seed: a.seed,
-        nonneg: a.nonneg.parse()?,
+        nonneg: a.nonneg,
         optimizer: a.optimizer.clone(),
         learning_rate,
         lr_strategy: a.lr_strategy.clone(),
         aggression: a.aggression,
-        fidelity_type: a.fidelity_type.parse()?,
-        orth_type: a.orth_type.parse()?,
+        fidelity_type: a.fidelity_type,
+        orth_type: a.orth_type,
         record_every: a.record_every,
         window_size: a.window_size,
-        precision: a.precision.parse()?,
-        mode: a.mode.parse()?,
+        precision: a.precision,
+        mode: a.mode,
         backend,
         gpu_adapter: a.adapter.clone(),
         perturbed_start: None,
     };
     params.validate()?;
-    if let Some(o) = &a.out {
-        check_ext("--out", o, &["npy", "csv"])?;
-    }
-    if let Some(t) = &a.trace {
-        check_ext("--trace", t, &["csv", "json"])?;
-    }
-    if let Some(p) = &a.plot {
-        check_ext("--plot", p, &["svg", "png"])?;
-    }
-    if let Some(p) = &a.summary {
-        check_ext("--summary", p, &["json"])?;
-    }
-    let y0 = read_matrix(&a.y0)?;
-    let x0 = a.x0.as_ref().map(read_matrix).transpose()?;
+    check_paths(
+        "autograd",
+        &[
+            ("--out", a.out.as_deref()),
+            ("--trace", a.trace.as_deref()),
+            ("--plot", a.plot.as_deref()),
+            ("--summary", a.summary.as_deref()),
+        ],
+        &[
+            ("--y0", Some(a.y0.as_path())),
+            ("--x0", a.x0.as_deref()),
+            ("--start", a.start.as_deref()),
+        ],
+    );
+    let y0 = a.csv.read(&a.y0)?;
+    let x0 = a.x0.as_deref().map(|p| a.csv.read(p)).transpose()?;
     if let Some(s) = &a.start {
-        params.perturbed_start = Some(read_matrix(s)?);
+        params.perturbed_start = Some(a.csv.read(s)?);
     }
     let mut exit = ExitCode::SUCCESS;
     let (res, adapter, verify) = if a.verify {
@@ -1662,19 +1797,31 @@ fn run_verify(
 }
 
 fn cmd_retract(a: RetractArgs) -> Result<(), NsaError> {
-    let style: Mode = a.mode.parse()?;
     let opts = RetractOptions {
-        retraction: a.retraction.parse()?,
+        retraction: a.retraction,
         w: a.w,
-        inv_method: a.inv_sqrt.parse::<InvSqrtMethod>()?,
+        inv_method: a.inv_sqrt,
         ns_iter: a.ns_iter,
-        style,
+        style: a.mode,
         ..RetractOptions::default()
     };
-    let precision: Precision = a.precision.parse()?;
-    check_ext("--out", &a.out, &["npy", "csv"])?;
-    let backend: BackendChoice = a.backend.parse()?;
-    let y = read_matrix(&a.input)?;
+    let precision = a.precision;
+    let backend = a.backend;
+    check_paths(
+        "retract",
+        &[("--out", Some(a.out.as_path()))],
+        &[("input", Some(a.input.as_path()))],
+    );
+    let y = a.csv.read(&a.input)?;
+    nsa_flow::validate_matrix("Y", &y)?;
+    if y.iter().all(|v| *v == 0.0) {
+        // the library's reference style reproduces nsa_flow_retract_auto at 0; the command
+        // refuses it as `run` refuses a zero start
+        return Err(NsaError::ZeroMatrix {
+            what: "Y",
+            why: "the retraction needs a non-zero matrix (its polar factor is undefined at 0)",
+        });
+    }
     let gpu = nsa_flow::flow::gpu_backend_for(&Params {
         backend,
         precision,
@@ -1765,20 +1912,6 @@ fn cmd_bench(a: BenchArgs) -> Result<ExitCode, NsaError> {
                 .into(),
         );
     }
-    for (name, v) in [
-        ("--p", a.p),
-        ("--k", a.k),
-        ("--iters", a.iters),
-        ("--repeats", a.repeats),
-    ] {
-        if v == 0 {
-            usage_error(
-                "bench",
-                ErrorKind::ValueValidation,
-                format!("invalid value '0' for '{name}': p, k, iters and repeats must be positive"),
-            );
-        }
-    }
     let precision = a.precision;
     let base = Params {
         w: 0.5,
@@ -1790,9 +1923,23 @@ fn cmd_bench(a: BenchArgs) -> Result<ExitCode, NsaError> {
         ..Params::default()
     };
     base.validate()?;
+    // every size is checked before anything is allocated: the p·k product, the two inputs
+    // and the solve's workspace against the memory budget
+    let n = nsa_flow::memory::elements("the bench's p×k matrices", &[a.p, a.k])?;
+    let inputs = nsa_flow::memory::bytes_of("the bench's Y0 and X0", &[n, 2], 8)?;
+    let workspace = nsa_flow::memory::solve_bytes(a.p, a.k, precision.bytes(), false)?;
+    nsa_flow::memory::ensure_fits(
+        &format!("a bench of a {}×{} problem", a.p, a.k),
+        inputs.saturating_add(workspace),
+    )?;
     let mut rng = nsa_flow::rng::Rng::new(a.seed);
-    let y0 = DMatrix::from_fn(a.p, a.k, |_, _| rng.normal());
-    let x0 = DMatrix::from_fn(a.p, a.k, |_, _| rng.normal());
+    let mut random = || -> Result<DMatrix<f64>, NsaError> {
+        let mut v = nsa_flow::memory::try_with_capacity::<f64>("a bench matrix", n)?;
+        v.extend((0..n).map(|_| rng.normal()));
+        Ok(DMatrix::from_vec(a.p, a.k, v))
+    };
+    let y0 = random()?;
+    let x0 = random()?;
     let gpu: Option<GpuBackend> = nsa_flow::flow::gpu_backend_for(&base)?;
     let adapter = gpu.as_ref().map(|g| g.context().adapter().clone());
     if !a.json {
@@ -1837,7 +1984,9 @@ fn cmd_bench(a: BenchArgs) -> Result<ExitCode, NsaError> {
             (bw, runs)
         }
         None => {
-            let bytes = 256 * MIB;
+            // the probe's two buffers stay within an eighth of the memory budget
+            let room = nsa_flow::memory::budget()?.bytes / 16;
+            let bytes = (256 * MIB).min(usize::try_from(room).unwrap_or(usize::MAX)).max(MIB);
             let bw = Bandwidth {
                 gb_per_s: host_copy_bandwidth(bytes, 5),
                 bytes,
@@ -1862,7 +2011,7 @@ fn cmd_bench(a: BenchArgs) -> Result<ExitCode, NsaError> {
             (bw, runs)
         }
     };
-    let bound_bytes = 3 * a.p * a.k * precision.bytes();
+    let bound_bytes = 3 * n * precision.bytes(); // ≤ the workspace checked above
     let bound_secs = bound_bytes as f64 / (bandwidth.gb_per_s * 1e9);
     if a.json {
         let rows: Vec<Value> = runs
@@ -1978,6 +2127,18 @@ fn pick(
 }
 
 fn cmd_info(as_json: bool) -> Result<ExitCode, NsaError> {
+    if nsa_flow::memory::address_space_tight(nsa_flow::memory::GPU_PROBE_ROOM) {
+        let why = format!(
+            "adapters not probed: less than {} MiB of address space is left under ulimit -v, and GPU drivers can crash instead of failing there; --backend auto runs on the CPU",
+            nsa_flow::memory::GPU_PROBE_ROOM / MIB as u64
+        );
+        if as_json {
+            print!("{}", pretty(&json!({"adapters": [], "probe_skipped": why})));
+        } else {
+            println!("{why}");
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
     let adapters = list_adapters();
     let env = std::env::var("NSA_FLOW_ADAPTER")
         .ok()
@@ -2106,11 +2267,16 @@ fn main() -> ExitCode {
             input,
             backend,
             precision,
+            csv,
         } => (|| {
-            let backend: BackendChoice = backend.parse()?;
-            let precision: Precision = precision.parse()?;
-            let y = read_matrix(&input)?;
+            let y = csv.read(&input)?;
             nsa_flow::validate_matrix("Y", &y)?;
+            if y.iter().all(|v| *v == 0.0) {
+                return Err(NsaError::ZeroMatrix {
+                    what: "Y",
+                    why: "the invariant defect divides by ‖Y‖⁴",
+                });
+            }
             let gpu = nsa_flow::flow::gpu_backend_for(&Params {
                 backend,
                 precision,

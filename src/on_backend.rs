@@ -4,7 +4,7 @@
 
 use crate::backend::{Backend, Reduction};
 use crate::energy::{Energy, FidelityType, OrthType};
-use crate::error::{NsaError, Result};
+use crate::error::Result;
 use crate::retract::RetractOptions;
 use crate::validate;
 use nalgebra::DMatrix;
@@ -27,15 +27,17 @@ pub fn retract_on<B: Backend>(
 ) -> Result<DMatrix<f64>> {
     validate::finite_nonempty("Y", y)?;
     options.validate()?;
+    crate::retract::check_retract_input(y, 8, options.style)?;
     let src = be.upload(y)?;
     let mut dst = be.zeros(y.nrows(), y.ncols())?;
     be.retract(&src, &mut dst, options);
     let out = be.download(&dst)?;
-    if out.iter().any(|v| !v.is_finite()) {
-        return Err(NsaError::NonFiniteComputation {
-            what: "retraction of this input",
-        });
-    }
+    validate::finite_result(
+        "retraction of this input",
+        &out,
+        validate::Magnitude::of(y),
+        be.precision() == crate::Precision::F32,
+    )?;
     Ok(out)
 }
 
@@ -51,6 +53,7 @@ pub fn retract_on<B: Backend>(
 /// ```
 pub fn invariant_orthogonality_defect_on<B: Backend>(be: &mut B, y: &DMatrix<f64>) -> Result<f64> {
     validate::finite_nonempty("Y", y)?;
+    validate::nonzero("Y", y, "the invariant defect divides by ‖Y‖⁴")?;
     let m = be.upload(y)?;
     let t = be.reduce(&[Reduction::EnergyTerms { y: &m, target: &m }])?;
     let n = t[3];

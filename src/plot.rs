@@ -30,7 +30,6 @@
 use crate::{NsaError, Result, TraceRow};
 use plotters::coord::Shift;
 use plotters::prelude::*;
-use std::io::Write;
 use std::path::Path;
 use std::sync::Once;
 
@@ -217,24 +216,9 @@ fn png_bytes(
     Ok(out)
 }
 
+/// Through the crate's one writer: a unique temporary beside the target, renamed into place.
 fn write_file(path: &Path, bytes: &[u8]) -> Result<()> {
-    let io_err = |source| NsaError::Io {
-        path: path.to_path_buf(),
-        source,
-    };
-    let mut name = path.file_name().unwrap_or_default().to_os_string();
-    name.push(".tmp");
-    let tmp = path.with_file_name(name);
-    let res = (|| {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)
-    })();
-    res.map_err(|e| {
-        let _ = std::fs::remove_file(&tmp);
-        io_err(e)
-    })
+    crate::io::write_bytes(path, bytes.to_vec())
 }
 
 /// A tick label: plain for moderate magnitudes, scientific otherwise.

@@ -73,10 +73,9 @@ impl RetractOptions {
     }
 
     pub(crate) fn validate(&self) -> Result<()> {
-        if !self.w.is_finite() {
-            return Err(NsaError::InvalidWeight(self.w));
-        }
-        if self.style == Mode::Corrected && !(0.0..=1.0).contains(&self.w) {
+        // the reference returns Y for w ≤ 0 and extrapolates past the polar factor for w > 1;
+        // neither is a retraction, so both styles take w in [0, 1] only
+        if !(self.w.is_finite() && (0.0..=1.0).contains(&self.w)) {
             return Err(NsaError::InvalidWeight(self.w));
         }
         if !(self.eps.is_finite() && self.eps >= 0.0) {
@@ -310,17 +309,40 @@ pub fn retract(y: &DMatrix<f64>, options: &RetractOptions) -> Result<DMatrix<f64
 pub fn retract_in<T: Element>(y: &DMatrix<f64>, options: &RetractOptions) -> Result<DMatrix<f64>> {
     validate::finite_nonempty("Y", y)?;
     options.validate()?;
+    check_retract_input(y, std::mem::size_of::<T>(), options.style)?;
     let src: DMatrix<T> = cast_from_f64(y);
     let mut dst = DMatrix::zeros(y.nrows(), y.ncols());
     let mut ws = RetractWorkspace::new(y.ncols());
     retract_into(&src, &mut dst, options, &mut ws);
     let out = cast_to_f64(&dst);
-    if out.iter().any(|v| !v.is_finite()) {
-        return Err(NsaError::NonFiniteComputation {
-            what: "retraction of this input",
-        });
-    }
+    validate::finite_result(
+        "retraction of this input",
+        &out,
+        validate::Magnitude::of(y),
+        std::mem::size_of::<T>() == 4,
+    )?;
     Ok(out)
+}
+
+/// What every public retraction refuses besides bad options: a problem whose k×k workspace
+/// does not fit in memory, and in corrected style an all-zero Y (its polar factor is
+/// undefined; reference style returns what nsa_flow_retract_auto returns there, as the
+/// golden files record).
+pub(crate) fn check_retract_input(y: &DMatrix<f64>, elem_bytes: usize, style: Mode) -> Result<()> {
+    if style == Mode::Corrected {
+        validate::nonzero(
+            "Y",
+            y,
+            "the retraction needs a non-zero matrix (its polar factor is undefined at 0)",
+        )?;
+    }
+    let (p, k) = y.shape();
+    let pk = crate::memory::bytes_of("the retraction's p×k copies", &[p, k], 3 * 8)?;
+    let kk = crate::memory::bytes_of("the retraction's k×k workspace", &[k, k], 8 * elem_bytes.max(8))?;
+    crate::memory::ensure_fits(
+        &format!("the retraction of a {p}×{k} matrix"),
+        pk.saturating_add(kk),
+    )
 }
 
 /// The reference's `inv_sqrt_sym_adaptive(A, epsilon, method, ns_iter, eig_thresh)`:
@@ -370,6 +392,7 @@ pub fn inv_sqrt_sym(
     if out.iter().any(|v| !v.is_finite()) {
         return Err(NsaError::NonFiniteComputation {
             what: "inverse square root of this matrix",
+            cause: crate::error::NumericCause::Unknown,
         });
     }
     Ok(out)

@@ -75,17 +75,19 @@ fn shapes_empty_and_zero() {
         err(&neg, Some(&y.abs()), &Params::default()),
         NsaError::ZeroMatrix { .. }
     ));
-    // reference mode runs it, as the reference does
-    assert!(nsa_flow(
-        &y,
-        Some(&neg),
-        &Params {
-            mode: Mode::Reference,
-            max_iter: 5,
-            ..Params::default()
-        }
-    )
-    .is_ok());
+    // reference mode refuses it too: the reference divides by ‖X0‖² = 0 (FUZZ-FINDINGS D11)
+    assert!(matches!(
+        err(
+            &y,
+            Some(&neg),
+            &Params {
+                mode: Mode::Reference,
+                max_iter: 5,
+                ..Params::default()
+            }
+        ),
+        NsaError::ZeroMatrix { .. }
+    ));
 }
 
 #[test]

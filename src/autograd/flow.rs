@@ -299,6 +299,7 @@ struct Setup {
 
 fn setup(y0: &DMatrix<f64>, x0: Option<&DMatrix<f64>>, params: &AutogradParams) -> Result<Setup> {
     validate::finite_nonempty("Y0", y0)?;
+    validate::nonzero("Y0", y0, "the flow needs a non-zero start (its orthogonality defect and retraction are undefined at 0)")?;
     let (p, k) = y0.shape();
     let o = params.retract_options();
     grad::check_differentiable(p, k, &o)?;
@@ -318,6 +319,11 @@ fn setup(y0: &DMatrix<f64>, x0: Option<&DMatrix<f64>>, params: &AutogradParams) 
     };
     let (mut z, mut target) =
         crate::flow::start_and_target(y0, x0, clamp, params.seed, params.perturbed_start.as_ref())?;
+    validate::nonzero(
+        if x0.is_some() { "X0 (after the non-negativity projection)" } else { "the target (Y0's non-negative part)" },
+        &target,
+        "the energy measures fidelity relative to the target's scale",
+    )?;
     let pk = (p * k) as f64;
     let scale = (target.norm_squared() / pk).sqrt() + 1e-12;
     target /= scale;
@@ -416,6 +422,7 @@ fn forward<B: Backend>(
     if out[4] != 1.0 {
         return Err(NsaError::NonFiniteComputation {
             what: "the retracted iterate",
+            cause: crate::error::NumericCause::Unknown,
         });
     }
     Ok((spec.energy_spec().energy(&terms, x0n, k), terms))
@@ -461,6 +468,23 @@ pub fn solve_autograd<B: Backend, F: FnMut(&IterInfo) -> Control>(
     callback: &mut F,
 ) -> Result<AutogradResult> {
     params.validate()?;
+    let (p, k) = y0.shape();
+    let f32 = be.precision() == crate::Precision::F32;
+    crate::memory::ensure_solve_fits(p, k, if f32 { 4 } else { 8 }, be.readbacks().is_some())?;
+    let magnitude = validate::magnitude(&[Some(y0), x0]);
+    let res = validate::classify(solve_autograd_unchecked(be, y0, x0, params, callback), magnitude, f32)?;
+    // a result holding NaN/Inf is an error, never an answer
+    validate::finite_result("result Y", &res.y, magnitude, f32)?;
+    Ok(res)
+}
+
+fn solve_autograd_unchecked<B: Backend, F: FnMut(&IterInfo) -> Control>(
+    be: &mut B,
+    y0: &DMatrix<f64>,
+    x0: Option<&DMatrix<f64>>,
+    params: &AutogradParams,
+    callback: &mut F,
+) -> Result<AutogradResult> {
     let Setup {
         z0,
         target: target_h,
