@@ -227,7 +227,10 @@ impl std::fmt::Display for NumericCause {
 }
 
 fn fmt_dims(dims: &[usize]) -> String {
-    dims.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(" × ")
+    dims.iter()
+        .map(|d| d.to_string())
+        .collect::<Vec<_>>()
+        .join(" × ")
 }
 
 fn gib(b: u64) -> f64 {

@@ -168,7 +168,11 @@ fn prepare(y0: &DMatrix<f64>, x0: Option<&DMatrix<f64>>, params: &Params) -> Res
     let (y_init, target) =
         start_and_target(y0, x0, clamp, params.seed, params.perturbed_start.as_ref())?;
     validate::nonzero(
-        if x0.is_some() { "X0 (after the non-negativity projection)" } else { "the target (Y0's non-negative part)" },
+        if x0.is_some() {
+            "X0 (after the non-negativity projection)"
+        } else {
+            "the target (Y0's non-negative part)"
+        },
         &target,
         "both modes measure fidelity relative to ‖X0‖² (the reference divides by it)",
     )?;
@@ -404,11 +408,9 @@ pub fn solve<B: Backend, F: FnMut(&IterInfo) -> Control>(
     let res = validate::classify(res, magnitude, f32)?;
     // a result holding NaN/Inf is an error, never an answer (nor a file written with exit 0)
     validate::finite_result("result Y", &res.y, magnitude, f32)?;
-    if res
-        .traces
-        .iter()
-        .any(|t| !(t.fidelity.is_finite() && t.orthogonality.is_finite() && t.total_energy.is_finite()))
-    {
+    if res.traces.iter().any(|t| {
+        !(t.fidelity.is_finite() && t.orthogonality.is_finite() && t.total_energy.is_finite())
+    }) {
         return Err(NsaError::NonFiniteComputation {
             what: "energy of the run",
             cause: magnitude.cause(f32),

@@ -97,7 +97,10 @@ pub fn read_matrix_with(path: impl AsRef<Path>, options: &ReadOptions) -> Result
             let text = String::from_utf8(text).map_err(|e| {
                 malformed(
                     path,
-                    format!("not UTF-8 text (invalid byte at offset {})", e.utf8_error().valid_up_to()),
+                    format!(
+                        "not UTF-8 text (invalid byte at offset {})",
+                        e.utf8_error().valid_up_to()
+                    ),
                 )
             })?;
             csv_matrix(&text, options.csv_header).map_err(|e| with_path(e, path))
@@ -179,7 +182,10 @@ fn not_regular(path: &Path, meta: &std::fs::Metadata) -> NsaError {
     } else {
         "a FIFO, socket or device"
     };
-    malformed(path, format!("not a regular file ({what}): inputs must be regular files"))
+    malformed(
+        path,
+        format!("not a regular file ({what}): inputs must be regular files"),
+    )
 }
 
 fn read_bounded(path: &Path, limit: Option<u64>) -> Result<Vec<u8>> {
@@ -191,7 +197,9 @@ fn read_bounded(path: &Path, limit: Option<u64>) -> Result<Vec<u8>> {
         dims: vec![],
     })?;
     let mut buf = memory::try_with_capacity::<u8>("the file's bytes", want_usize)?;
-    f.take(want).read_to_end(&mut buf).map_err(|e| io_err(path, e))?;
+    f.take(want)
+        .read_to_end(&mut buf)
+        .map_err(|e| io_err(path, e))?;
     Ok(buf)
 }
 
@@ -209,8 +217,16 @@ fn read_npy(path: &Path) -> Result<(npy::Header, Vec<f64>)> {
         if got == pre.len() {
             unreachable!("a 12-byte preamble always decides");
         }
-        match r.read(&mut pre[got..got + 1]).map_err(|e| io_err(path, e))? {
-            0 => return Err(malformed(path, "not a .npy file (shorter than its preamble)")),
+        match r
+            .read(&mut pre[got..got + 1])
+            .map_err(|e| io_err(path, e))?
+        {
+            0 => {
+                return Err(malformed(
+                    path,
+                    "not a .npy file (shorter than its preamble)",
+                ))
+            }
             n => got += n,
         }
     };
@@ -241,10 +257,11 @@ fn read_values(h: &npy::Header, r: &mut impl Read) -> Result<Vec<f64>> {
     let mut left = h.data_bytes;
     while left > 0 {
         let n = left.min(chunk.len());
-        r.read_exact(&mut chunk[..n]).map_err(|source| NsaError::Io {
-            path: Default::default(),
-            source,
-        })?;
+        r.read_exact(&mut chunk[..n])
+            .map_err(|source| NsaError::Io {
+                path: Default::default(),
+                source,
+            })?;
         npy::decode_into(h, &chunk[..n], &mut out);
         left -= n;
     }
@@ -261,7 +278,12 @@ fn npy_from_bytes(bytes: &[u8]) -> Result<(npy::Header, Vec<f64>)> {
 
 /// The values of `data` (file order) as a column-major `rows×cols` matrix: `shape` is
 /// `[rows, cols]` with row-major (C) file order, or column-major (Fortran) when `fortran`.
-fn to_column_major(rows: usize, cols: usize, fortran: bool, data: Vec<f64>) -> Result<DMatrix<f64>> {
+fn to_column_major(
+    rows: usize,
+    cols: usize,
+    fortran: bool,
+    data: Vec<f64>,
+) -> Result<DMatrix<f64>> {
     debug_assert_eq!(data.len(), rows * cols);
     if fortran || rows <= 1 || cols <= 1 {
         return Ok(DMatrix::from_vec(rows, cols, data));

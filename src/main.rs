@@ -425,7 +425,10 @@ fn cmd_batch(a: BatchArgs) -> Result<ExitCode, NsaError> {
     let params = flow_params(&a.flow, a.ws.0[0], "batch")?;
     check_paths(
         "batch",
-        &[("--out", Some(a.out.as_path())), ("--summary", a.summary.as_deref())],
+        &[
+            ("--out", Some(a.out.as_path())),
+            ("--summary", a.summary.as_deref()),
+        ],
         &flow_inputs(&a.flow),
     );
     let y0s = nsa_flow::io::read_batch(&a.flow.y0)?;
@@ -753,10 +756,12 @@ fn parse_positive(s: &str) -> Result<usize, NsaError> {
 }
 
 fn parse_number(name: &'static str, s: &str) -> Result<f64, NsaError> {
-    s.trim().parse::<f64>().map_err(|_| NsaError::InvalidParameter {
-        name,
-        reason: format!("{:?} is not a number", short(s)),
-    })
+    s.trim()
+        .parse::<f64>()
+        .map_err(|_| NsaError::InvalidParameter {
+            name,
+            reason: format!("{:?} is not a number", short(s)),
+        })
 }
 
 /// At most 40 characters of a user's value, for messages.
@@ -825,8 +830,14 @@ fn parse_lr_strategy(s: &str) -> Result<String, NsaError> {
 
 /// Refuses, as a usage error of `sub`, outputs that name one file or that name an input.
 fn check_paths(sub: &str, outputs: &[(&str, Option<&Path>)], inputs: &[(&str, Option<&Path>)]) {
-    let outs: Vec<(&str, &Path)> = outputs.iter().filter_map(|(f, p)| p.map(|p| (*f, p))).collect();
-    let ins: Vec<(&str, &Path)> = inputs.iter().filter_map(|(f, p)| p.map(|p| (*f, p))).collect();
+    let outs: Vec<(&str, &Path)> = outputs
+        .iter()
+        .filter_map(|(f, p)| p.map(|p| (*f, p)))
+        .collect();
+    let ins: Vec<(&str, &Path)> = inputs
+        .iter()
+        .filter_map(|(f, p)| p.map(|p| (*f, p)))
+        .collect();
     if let Err(same) = nsa_flow::io::check_distinct(&outs, &ins) {
         usage_error(sub, ErrorKind::ArgumentConflict, same.to_string());
     }
@@ -1317,7 +1328,10 @@ fn cmd_sweep(a: SweepArgs) -> Result<ExitCode, NsaError> {
     }
     let out_paths: Vec<PathBuf> = ws
         .iter()
-        .map(|&w| a.out_dir.join(format!("Y_w{}.npy", nsa_flow::plot::fmt_w(w))))
+        .map(|&w| {
+            a.out_dir
+                .join(format!("Y_w{}.npy", nsa_flow::plot::fmt_w(w)))
+        })
         .chain([a.out_dir.join("sweep.csv"), a.out_dir.join("sweep.svg")])
         .collect();
     check_paths(
@@ -1986,7 +2000,9 @@ fn cmd_bench(a: BenchArgs) -> Result<ExitCode, NsaError> {
         None => {
             // the probe's two buffers stay within an eighth of the memory budget
             let room = nsa_flow::memory::budget()?.bytes / 16;
-            let bytes = (256 * MIB).min(usize::try_from(room).unwrap_or(usize::MAX)).max(MIB);
+            let bytes = (256 * MIB)
+                .min(usize::try_from(room).unwrap_or(usize::MAX))
+                .max(MIB);
             let bw = Bandwidth {
                 gb_per_s: host_copy_bandwidth(bytes, 5),
                 bytes,

@@ -158,9 +158,14 @@ fn mem_available() -> Option<u64> {
 #[cfg(target_os = "linux")]
 fn address_space_left() -> Option<u64> {
     let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
-    let line = limits.lines().find(|l| l.starts_with("Max address space"))?;
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max address space"))?;
     // "Max address space   <soft>   <hard>   bytes"
-    let soft = line.trim_start_matches("Max address space").split_whitespace().next()?;
+    let soft = line
+        .trim_start_matches("Max address space")
+        .split_whitespace()
+        .next()?;
     let limit: u64 = soft.parse().ok()?; // "unlimited" does not parse: no limit
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
     let used = kib_field(&status, "VmSize:").unwrap_or(0);

@@ -338,7 +338,11 @@ pub(crate) fn check_retract_input(y: &DMatrix<f64>, elem_bytes: usize, style: Mo
     }
     let (p, k) = y.shape();
     let pk = crate::memory::bytes_of("the retraction's p×k copies", &[p, k], 3 * 8)?;
-    let kk = crate::memory::bytes_of("the retraction's k×k workspace", &[k, k], 8 * elem_bytes.max(8))?;
+    let kk = crate::memory::bytes_of(
+        "the retraction's k×k workspace",
+        &[k, k],
+        8 * elem_bytes.max(8),
+    )?;
     crate::memory::ensure_fits(
         &format!("the retraction of a {p}×{k} matrix"),
         pk.saturating_add(kk),

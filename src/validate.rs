@@ -61,7 +61,12 @@ pub struct Magnitude {
 
 /// [`Magnitude`] of the given matrices (all-zero ones ignored).
 pub fn magnitude(ms: &[Option<&DMatrix<f64>>]) -> Magnitude {
-    let amaxes: Vec<f64> = ms.iter().flatten().map(|m| m.amax()).filter(|a| *a > 0.0).collect();
+    let amaxes: Vec<f64> = ms
+        .iter()
+        .flatten()
+        .map(|m| m.amax())
+        .filter(|a| *a > 0.0)
+        .collect();
     Magnitude {
         smallest: amaxes.iter().copied().fold(f64::INFINITY, f64::min),
         largest: amaxes.iter().copied().fold(0.0, f64::max),

@@ -160,15 +160,16 @@ fn autograd_errors_write_nothing() {
     write(&y0p, &randn(10, 3, 1));
     let out = dir.path().join("Y.npy");
     for (args, code) in [
-        (vec!["--optimizer", "padam"], 1),
-        (vec!["--optimizer", "nope"], 1),
-        (vec!["--lr-strategy", "nope"], 1),
-        (vec!["--aggression", "1.5"], 1),
-        (vec!["--fidelity-type", "nope"], 1),
-        (vec!["--orth-type", "symmetric"], 1),
-        (vec!["--w", "2"], 1),
-        (vec!["--lr=-1"], 1),
-        (vec!["--lr", "0"], 1),
+        // every bad value of a flag is a usage error, as --help states
+        (vec!["--optimizer", "padam"], 2),
+        (vec!["--optimizer", "nope"], 2),
+        (vec!["--lr-strategy", "nope"], 2),
+        (vec!["--aggression", "1.5"], 2),
+        (vec!["--fidelity-type", "nope"], 2),
+        (vec!["--orth-type", "symmetric"], 2),
+        (vec!["--w", "2"], 2),
+        (vec!["--lr=-1"], 2),
+        (vec!["--lr", "0"], 2),
         (vec!["--simplified"], 2),
         (vec!["--project-full-gradient"], 2),
     ] {

@@ -188,7 +188,7 @@ fn plot_with_a_bad_extension_fails_before_running_and_writes_nothing() {
         .arg(dir.path().join("t.pdf"))
         .output()
         .unwrap();
-    assert_eq!(o.status.code(), Some(1), "{}", show(&o));
+    assert_eq!(o.status.code(), Some(2), "{}", show(&o));
     assert!(String::from_utf8_lossy(&o.stderr).contains("--plot"));
     assert!(!out.exists());
 }

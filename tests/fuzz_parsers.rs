@@ -9,9 +9,7 @@
 //! printed (`cargo test --test fuzz_parsers -- --nocapture`).
 
 use nalgebra::DMatrix;
-use nsa_flow::io::{
-    csv_matrix_from_str, npy_batch_from_bytes, npy_matrix_from_bytes, CsvHeader,
-};
+use nsa_flow::io::{csv_matrix_from_str, npy_batch_from_bytes, npy_matrix_from_bytes, CsvHeader};
 use nsa_flow::NsaError;
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestRunner};
@@ -46,7 +44,12 @@ fn corpus() -> Vec<(String, Vec<u8>)> {
 /// input could hold (the values come from the bytes, 4 at least per value).
 fn check_npy(bytes: &[u8]) {
     match npy_matrix_from_bytes(bytes) {
-        Ok(m) => assert!(m.len() * 4 <= bytes.len(), "{} values from {} bytes", m.len(), bytes.len()),
+        Ok(m) => assert!(
+            m.len() * 4 <= bytes.len(),
+            "{} values from {} bytes",
+            m.len(),
+            bytes.len()
+        ),
         Err(e) => assert_reader_error(&e),
     }
     match npy_batch_from_bytes(bytes) {
@@ -117,21 +120,57 @@ enum Mutation {
 }
 
 const TOKENS: &[&str] = &[
-    "'shape'", "\"shape\"", "'descr'", "'fortran_order'", "(", ")", "[", "]", ",", ":", "{", "}",
-    "True", "False", "None", "'<f8'", "'>f4'", "'<f2'", "'|u1'", "0", "1", "-1", "3L",
-    "18446744073709551615", "18446744073709551616", "4294967296", "1099511627776",
-    "6148914691236517206", "9223372036854775809", "1e3", "'", "\"", "\\", "\n", " ",
-    "'shape': (3, 4), 'shape': (1,)", "(((((((((", "\u{feff}", "\u{0}",
+    "'shape'",
+    "\"shape\"",
+    "'descr'",
+    "'fortran_order'",
+    "(",
+    ")",
+    "[",
+    "]",
+    ",",
+    ":",
+    "{",
+    "}",
+    "True",
+    "False",
+    "None",
+    "'<f8'",
+    "'>f4'",
+    "'<f2'",
+    "'|u1'",
+    "0",
+    "1",
+    "-1",
+    "3L",
+    "18446744073709551615",
+    "18446744073709551616",
+    "4294967296",
+    "1099511627776",
+    "6148914691236517206",
+    "9223372036854775809",
+    "1e3",
+    "'",
+    "\"",
+    "\\",
+    "\n",
+    " ",
+    "'shape': (3, 4), 'shape': (1,)",
+    "(((((((((",
+    "\u{feff}",
+    "\u{0}",
 ];
 
 fn mutation(max: usize) -> impl Strategy<Value = Mutation> {
     let max = max.max(1);
     prop_oneof![
         (0..max, any::<u8>()).prop_map(|(i, b)| Mutation::Flip(i, b)),
-        (0..=max, proptest::collection::vec(any::<u8>(), 1..16)).prop_map(|(i, b)| Mutation::Insert(i, b)),
+        (0..=max, proptest::collection::vec(any::<u8>(), 1..16))
+            .prop_map(|(i, b)| Mutation::Insert(i, b)),
         (0..max, 1..64usize).prop_map(|(i, n)| Mutation::Delete(i, n)),
         (0..=max).prop_map(Mutation::Truncate),
-        (0..max, 0..12usize, proptest::sample::select(TOKENS)).prop_map(|(i, n, t)| Mutation::Splice(i, n, t)),
+        (0..max, 0..12usize, proptest::sample::select(TOKENS))
+            .prop_map(|(i, n, t)| Mutation::Splice(i, n, t)),
     ]
 }
 
@@ -179,7 +218,10 @@ fn mutated_npy_seeds_never_panic() {
     let n = seeds.len();
     run(
         "npy mutations",
-        (0..n, proptest::collection::vec(mutation(MUTATION_SPAN), 1..6)),
+        (
+            0..n,
+            proptest::collection::vec(mutation(MUTATION_SPAN), 1..6),
+        ),
         |(seed, muts)| {
             let mut b = seeds[seed].clone();
             for m in &muts {
@@ -226,14 +268,23 @@ fn header_dict() -> impl Strategy<Value = (String, usize)> {
         1 => format!("({},)", d[0]),
         _ => format!(
             "({})",
-            d.iter().map(|x| x.to_string()).collect::<Vec<_>>().join(", ")
+            d.iter()
+                .map(|x| x.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
         ),
     });
-    let shape = prop_oneof![shape.clone(), shape.prop_map(|s| s.replace('(', "[").replace(')', "]"))];
-    let descr = proptest::sample::select(vec!["'<f8'", "'>f8'", "'<f4'", "'>f4'", "'<f2'", "'|u1'", "'<i8'", "'f8'"]);
+    let shape = prop_oneof![
+        shape.clone(),
+        shape.prop_map(|s| s.replace('(', "[").replace(')', "]"))
+    ];
+    let descr = proptest::sample::select(vec![
+        "'<f8'", "'>f8'", "'<f4'", "'>f4'", "'<f2'", "'|u1'", "'<i8'", "'f8'",
+    ]);
     let entry = prop_oneof![
         descr.prop_map(|d| format!("'descr': {d}")),
-        any::<bool>().prop_map(|b| format!("'fortran_order': {}", if b { "True" } else { "False" })),
+        any::<bool>()
+            .prop_map(|b| format!("'fortran_order': {}", if b { "True" } else { "False" })),
         shape.prop_map(|s| format!("'shape': {s}")),
     ];
     (
@@ -325,13 +376,18 @@ fn well_formed_npy_round_trips_exactly() {
                     (false, true) => v.to_be_bytes().to_vec(),
                 })
                 .collect();
-            let descr = format!("{}{}", if big { ">" } else { "<" }, if f32 { "f4" } else { "f8" });
+            let descr = format!(
+                "{}{}",
+                if big { ">" } else { "<" },
+                if f32 { "f4" } else { "f8" }
+            );
             let order = if fortran { "True" } else { "False" };
             let dict = format!(
                 "{{'descr': '{descr}', 'fortran_order': {order}, 'shape': ({b}, {p}, {k}), }}"
             );
             assert_eq!(npy_batch_from_bytes(&npy_file(&dict, &data)).unwrap(), ms);
-            let dict2 = format!("{{'shape': ({p}, {k}), 'descr': '{descr}', 'fortran_order': {order}}}");
+            let dict2 =
+                format!("{{'shape': ({p}, {k}), 'descr': '{descr}', 'fortran_order': {order}}}");
             let n = p * k * if f32 { 4 } else { 8 };
             let first = if fortran {
                 // the first member alone, column-major
@@ -350,7 +406,10 @@ fn well_formed_npy_round_trips_exactly() {
             } else {
                 data[..n].to_vec()
             };
-            assert_eq!(npy_matrix_from_bytes(&npy_file(&dict2, &first)).unwrap(), ms[0]);
+            assert_eq!(
+                npy_matrix_from_bytes(&npy_file(&dict2, &first)).unwrap(),
+                ms[0]
+            );
         },
     );
 }
@@ -365,26 +424,41 @@ fn well_formed_csv_round_trips_exactly() {
         any::<bool>(),
         any::<u64>(),
     );
-    run("csv round trip", strategy, |(p, k, eol, bom, header, seed)| {
-        let mut rng = nsa_flow::rng::Rng::new(seed);
-        let m = DMatrix::from_fn(p, k, |_, _| rng.normal() * 10f64.powi((rng.normal() * 3.0) as i32));
-        let mut text = String::new();
-        if bom {
-            text.push('\u{feff}');
-        }
-        if header {
-            text.push_str(&(0..k).map(|j| format!("c{j}")).collect::<Vec<_>>().join(","));
-            text.push_str(eol);
-        }
-        for i in 0..p {
-            let row: Vec<String> = (0..k).map(|j| format!(" {:?} ", m[(i, j)])).collect();
-            text.push_str(&row.join(","));
-            text.push_str(eol);
-        }
-        assert_eq!(csv_matrix_from_str(&text, CsvHeader::Auto).unwrap(), m);
-        let given = if header { CsvHeader::Yes } else { CsvHeader::No };
-        assert_eq!(csv_matrix_from_str(&text, given).unwrap(), m);
-    });
+    run(
+        "csv round trip",
+        strategy,
+        |(p, k, eol, bom, header, seed)| {
+            let mut rng = nsa_flow::rng::Rng::new(seed);
+            let m = DMatrix::from_fn(p, k, |_, _| {
+                rng.normal() * 10f64.powi((rng.normal() * 3.0) as i32)
+            });
+            let mut text = String::new();
+            if bom {
+                text.push('\u{feff}');
+            }
+            if header {
+                text.push_str(
+                    &(0..k)
+                        .map(|j| format!("c{j}"))
+                        .collect::<Vec<_>>()
+                        .join(","),
+                );
+                text.push_str(eol);
+            }
+            for i in 0..p {
+                let row: Vec<String> = (0..k).map(|j| format!(" {:?} ", m[(i, j)])).collect();
+                text.push_str(&row.join(","));
+                text.push_str(eol);
+            }
+            assert_eq!(csv_matrix_from_str(&text, CsvHeader::Auto).unwrap(), m);
+            let given = if header {
+                CsvHeader::Yes
+            } else {
+                CsvHeader::No
+            };
+            assert_eq!(csv_matrix_from_str(&text, given).unwrap(), m);
+        },
+    );
 }
 
 #[test]

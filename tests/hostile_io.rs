@@ -7,7 +7,7 @@ mod common;
 
 use nalgebra::DMatrix;
 use nsa_flow::io::{read_batch, read_matrix, write_matrix, write_text, NpyDtype};
-use nsa_flow::{Mode, NsaError, Params, Retraction, RetractOptions};
+use nsa_flow::{Mode, NsaError, Params, RetractOptions, Retraction};
 use std::path::{Path, PathBuf};
 
 fn seed(name: &str) -> PathBuf {
@@ -36,7 +36,10 @@ fn d1_d3_duplicate_and_list_shapes_are_malformed_not_memory_unsafe() {
     let reason = malformed_reason(read_batch(seed("d3_dupkey_3d_wrap.npy")));
     assert!(reason.contains("duplicate key 'shape'"), "{reason}");
     let reason = malformed_reason(read_matrix(seed("d3_listshape_decoy.npy")));
-    assert!(reason.contains("tuple") || reason.contains("unknown key"), "{reason}");
+    assert!(
+        reason.contains("tuple") || reason.contains("unknown key"),
+        "{reason}"
+    );
 }
 
 #[test]
@@ -70,7 +73,10 @@ fn d4_sizes_are_checked_before_any_allocation() {
     };
     assert!((nsa_flow::invariant_orthogonality_defect(&m) - via_kxk).abs() < 1e-12);
     // the retraction of that matrix needs a k×k workspace: refused by the budget, typed
-    let r = nsa_flow::retract(&wide, &RetractOptions::reference(Retraction::SoftPolar, 1.0));
+    let r = nsa_flow::retract(
+        &wide,
+        &RetractOptions::reference(Retraction::SoftPolar, 1.0),
+    );
     assert!(matches!(r, Err(NsaError::MemoryBudget { .. })), "{r:?}");
 }
 
@@ -98,8 +104,15 @@ fn d14_d15_temporaries_are_unique_short_and_never_a_users_file() {
     assert_eq!(std::fs::read_to_string(&user).unwrap(), "mine");
     let long = dir.path().join(format!("{}.npy", "a".repeat(246)));
     write_matrix(&long, &DMatrix::from_element(2, 2, 1.0), NpyDtype::F64).unwrap();
-    assert_eq!(read_matrix(&long).unwrap(), DMatrix::from_element(2, 2, 1.0));
-    assert!(hidden_files(dir.path()).is_empty(), "{:?}", hidden_files(dir.path()));
+    assert_eq!(
+        read_matrix(&long).unwrap(),
+        DMatrix::from_element(2, 2, 1.0)
+    );
+    assert!(
+        hidden_files(dir.path()).is_empty(),
+        "{:?}",
+        hidden_files(dir.path())
+    );
 }
 
 #[test]
@@ -129,7 +142,10 @@ fn d6_values_beyond_f32_are_never_written_as_inf() {
     let p = dir.path().join("Y.npy");
     let m = common::randn(5, 3, 1) * 1e39;
     let e = write_matrix(&p, &m, NpyDtype::F32).unwrap_err();
-    assert!(e.to_string().contains("f32") && e.to_string().contains("f64"), "{e}");
+    assert!(
+        e.to_string().contains("f32") && e.to_string().contains("f64"),
+        "{e}"
+    );
     assert!(!p.exists());
     write_matrix(&p, &m, NpyDtype::F64).unwrap();
     assert_eq!(read_matrix(&p).unwrap(), m);
@@ -138,7 +154,10 @@ fn d6_values_beyond_f32_are_never_written_as_inf() {
 #[test]
 fn d7_d16_csv_bom_bad_first_rows_and_cr_line_ends() {
     let m = read_matrix(seed("d7_bom.csv")).unwrap();
-    assert_eq!(m, DMatrix::from_row_slice(3, 2, &[1.0, 2.0, 3.0, 4.0, 5.0, 7.0]));
+    assert_eq!(
+        m,
+        DMatrix::from_row_slice(3, 2, &[1.0, 2.0, 3.0, 4.0, 5.0, 7.0])
+    );
     for name in [
         "d7_bad_first_cell.csv",
         "d7_trailing_comma_first.csv",
@@ -148,7 +167,10 @@ fn d7_d16_csv_bom_bad_first_rows_and_cr_line_ends() {
         assert!(reason.contains("line 1"), "{name}: {reason}");
     }
     let m = read_matrix(seed("d16_cr_only.csv")).unwrap();
-    assert_eq!(m, DMatrix::from_row_slice(3, 2, &[1.0, 2.0, 3.0, 4.0, 5.0, 6.0]));
+    assert_eq!(
+        m,
+        DMatrix::from_row_slice(3, 2, &[1.0, 2.0, 3.0, 4.0, 5.0, 6.0])
+    );
     assert_eq!(read_matrix(seed("header.csv")).unwrap().shape(), (2, 3));
 }
 
@@ -214,7 +236,9 @@ fn d11_all_zero_inputs_are_refused_everywhere() {
         ..Params::default()
     };
     for x0 in [&z, &neg] {
-        assert!(zero(nsa_flow::nsa_flow(&y, Some(x0), &reference).map(|_| ())));
+        assert!(zero(
+            nsa_flow::nsa_flow(&y, Some(x0), &reference).map(|_| ())
+        ));
     }
     let ag = nsa_flow::autograd::AutogradParams {
         max_iter: 5,
@@ -247,7 +271,12 @@ fn d16_messages_say_what_is_wrong() {
         let reason = malformed_reason(read_matrix(seed(name)));
         assert!(reason.contains("unsupported dtype"), "{name}: {reason}");
     }
-    assert_eq!(read_matrix(seed("d16_double_quoted_keys.npy")).unwrap().shape(), (4, 3));
+    assert_eq!(
+        read_matrix(seed("d16_double_quoted_keys.npy"))
+            .unwrap()
+            .shape(),
+        (4, 3)
+    );
     let y = common::randn(10, 3, 6);
     let tiny = DMatrix::from_element(10, 3, 1e-310);
     let params = Params {
@@ -258,7 +287,10 @@ fn d16_messages_say_what_is_wrong() {
     match nsa_flow::nsa_flow(&y, Some(&tiny), &params) {
         Err(e) => {
             let msg = e.to_string();
-            assert!(!msg.contains("overflow") && msg.contains("underflow"), "{msg}");
+            assert!(
+                !msg.contains("overflow") && msg.contains("underflow"),
+                "{msg}"
+            );
         }
         Ok(r) => assert!(r.y.iter().all(|v| v.is_finite())),
     }

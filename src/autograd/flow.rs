@@ -320,7 +320,11 @@ fn setup(y0: &DMatrix<f64>, x0: Option<&DMatrix<f64>>, params: &AutogradParams) 
     let (mut z, mut target) =
         crate::flow::start_and_target(y0, x0, clamp, params.seed, params.perturbed_start.as_ref())?;
     validate::nonzero(
-        if x0.is_some() { "X0 (after the non-negativity projection)" } else { "the target (Y0's non-negative part)" },
+        if x0.is_some() {
+            "X0 (after the non-negativity projection)"
+        } else {
+            "the target (Y0's non-negative part)"
+        },
         &target,
         "the energy measures fidelity relative to the target's scale",
     )?;
@@ -472,7 +476,11 @@ pub fn solve_autograd<B: Backend, F: FnMut(&IterInfo) -> Control>(
     let f32 = be.precision() == crate::Precision::F32;
     crate::memory::ensure_solve_fits(p, k, if f32 { 4 } else { 8 }, be.readbacks().is_some())?;
     let magnitude = validate::magnitude(&[Some(y0), x0]);
-    let res = validate::classify(solve_autograd_unchecked(be, y0, x0, params, callback), magnitude, f32)?;
+    let res = validate::classify(
+        solve_autograd_unchecked(be, y0, x0, params, callback),
+        magnitude,
+        f32,
+    )?;
     // a result holding NaN/Inf is an error, never an answer
     validate::finite_result("result Y", &res.y, magnitude, f32)?;
     Ok(res)

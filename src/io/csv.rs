@@ -69,10 +69,7 @@ fn lines(text: &str) -> impl Iterator<Item = (usize, &str)> {
 
 /// The values of a CSV text, row-major, with the row and column counts. Errors are the reason
 /// only (the reader adds the path).
-pub(crate) fn parse(
-    text: &str,
-    header: CsvHeader,
-) -> Result<(usize, usize, Vec<f64>), String> {
+pub(crate) fn parse(text: &str, header: CsvHeader) -> Result<(usize, usize, Vec<f64>), String> {
     let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     let mut values: Vec<f64> = Vec::new();
     let mut cols: Option<usize> = None;
@@ -98,9 +95,7 @@ pub(crate) fn parse(
                     if values.len() == values.capacity() {
                         values
                             .try_reserve(values.capacity().max(1024))
-                            .map_err(|_| {
-                                format!("out of memory after {} values", values.len())
-                            })?;
+                            .map_err(|_| format!("out of memory after {} values", values.len()))?;
                     }
                     values.push(v);
                 }
@@ -129,9 +124,7 @@ pub(crate) fn parse(
         let n = values.len() - start;
         match cols {
             None => cols = Some(n),
-            Some(c) if c != n => {
-                return Err(format!("line {lineno} has {n} fields, expected {c}"))
-            }
+            Some(c) if c != n => return Err(format!("line {lineno} has {n} fields, expected {c}")),
             Some(_) => {}
         }
         rows += 1;
@@ -147,18 +140,46 @@ mod tests {
 
     #[test]
     fn line_endings_bom_and_headers() {
-        for text in ["1,2\n3,4\n", "1,2\r\n3,4\r\n", "1,2\r3,4\r", "\u{feff}1,2\n3,4", "# c\n\n1, 2\n3 ,4\n"] {
-            assert_eq!(parse(text, CsvHeader::Auto).unwrap(), (2, 2, vec![1.0, 2.0, 3.0, 4.0]), "{text:?}");
+        for text in [
+            "1,2\n3,4\n",
+            "1,2\r\n3,4\r\n",
+            "1,2\r3,4\r",
+            "\u{feff}1,2\n3,4",
+            "# c\n\n1, 2\n3 ,4\n",
+        ] {
+            assert_eq!(
+                parse(text, CsvHeader::Auto).unwrap(),
+                (2, 2, vec![1.0, 2.0, 3.0, 4.0]),
+                "{text:?}"
+            );
         }
-        assert_eq!(parse("a,b\n1,2\n", CsvHeader::Auto).unwrap(), (1, 2, vec![1.0, 2.0]));
-        assert_eq!(parse("1,2\n3,4\n", CsvHeader::Yes).unwrap(), (1, 2, vec![3.0, 4.0]));
-        assert!(parse("a,b\n1,2\n", CsvHeader::No).unwrap_err().contains("line 1"));
-        for bad in ["1,x\n3,4\n", "0x1,2\n3,4\n", "1,2,\n3,4\n", "1_000,2\n3,4\n"] {
+        assert_eq!(
+            parse("a,b\n1,2\n", CsvHeader::Auto).unwrap(),
+            (1, 2, vec![1.0, 2.0])
+        );
+        assert_eq!(
+            parse("1,2\n3,4\n", CsvHeader::Yes).unwrap(),
+            (1, 2, vec![3.0, 4.0])
+        );
+        assert!(parse("a,b\n1,2\n", CsvHeader::No)
+            .unwrap_err()
+            .contains("line 1"));
+        for bad in [
+            "1,x\n3,4\n",
+            "0x1,2\n3,4\n",
+            "1,2,\n3,4\n",
+            "1_000,2\n3,4\n",
+        ] {
             let e = parse(bad, CsvHeader::Auto).unwrap_err();
             assert!(e.contains("line 1"), "{bad:?}: {e}");
         }
-        assert!(parse("1,2\n3\n", CsvHeader::Auto).unwrap_err().contains("line 2"));
-        assert_eq!(parse("a\r\n", CsvHeader::Auto).unwrap_err(), "no numeric rows");
+        assert!(parse("1,2\n3\n", CsvHeader::Auto)
+            .unwrap_err()
+            .contains("line 2"));
+        assert_eq!(
+            parse("a\r\n", CsvHeader::Auto).unwrap_err(),
+            "no numeric rows"
+        );
         assert_eq!(parse("", CsvHeader::Auto).unwrap_err(), "no numeric rows");
     }
 }

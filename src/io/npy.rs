@@ -159,16 +159,18 @@ pub(crate) fn parse_header(
             .map(|d| match d {
                 Lit::Int(n) => Ok(n),
                 Lit::NegInt => Err("a dimension of 'shape' is negative".to_string()),
-                Lit::BigInt => Err("a dimension of 'shape' is too large for this machine".to_string()),
+                Lit::BigInt => {
+                    Err("a dimension of 'shape' is too large for this machine".to_string())
+                }
                 _ => Err("the dimensions of 'shape' must be integers".to_string()),
             })
             .collect::<Result<Vec<usize>, _>>()?,
         _ => return Err("'shape' must be a tuple of integers".into()),
     };
     let len = memory::elements("the array of the header", &shape).map_err(|e| e.to_string())?;
-    let data_bytes = len.checked_mul(element.size()).ok_or_else(|| {
-        format!("the size of shape {shape:?} overflows the address space")
-    })?;
+    let data_bytes = len
+        .checked_mul(element.size())
+        .ok_or_else(|| format!("the size of shape {shape:?} overflows the address space"))?;
     let data_offset = text_offset
         .checked_add(text.len())
         .ok_or("the header length overflows")?;
@@ -200,7 +202,10 @@ pub(crate) fn parse(bytes: &[u8]) -> Result<Header, FormatError> {
 
 /// Decodes `data` (exactly `h.data_bytes` bytes) into `out` in file order.
 pub(crate) fn decode_into(h: &Header, data: &[u8], out: &mut Vec<f64>) {
-    out.extend(data.chunks_exact(h.element.size()).map(|c| h.element.decode(c)));
+    out.extend(
+        data.chunks_exact(h.element.size())
+            .map(|c| h.element.decode(c)),
+    );
 }
 
 /// A Python literal of the subset a `.npy` header uses.
@@ -455,9 +460,12 @@ mod tests {
         assert_eq!(h.element, Element::F32 { big_endian: true });
         assert!(h.fortran_order);
         assert_eq!(
-            parse_with("{'descr': '<f8', 'fortran_order': False, 'shape': (3L, 2L)}", 48)
-                .unwrap()
-                .shape,
+            parse_with(
+                "{'descr': '<f8', 'fortran_order': False, 'shape': (3L, 2L)}",
+                48
+            )
+            .unwrap()
+            .shape,
             vec![3, 2]
         );
         assert_eq!(
@@ -471,21 +479,63 @@ mod tests {
     #[test]
     fn hostile_headers_are_errors() {
         let cases = [
-            ("{'descr': '<f8', 'fortran_order': False, 'shape': (1,), 'shape': (3, 4), }", "duplicate key 'shape'"),
-            ("{'descr': '<f8', 'fortran_order': False, 'shape': [3, 4], }", "tuple"),
-            ("{'descr': '<f8', 'fortran_order': False, 'shape': (3, 4), 'extra': 1}", "unknown key"),
-            ("{'descr': '<f2', 'fortran_order': False, 'shape': (3,), }", "unsupported dtype"),
-            ("{'descr': '|u1', 'fortran_order': False, 'shape': (3,), }", "unsupported dtype"),
-            ("{'descr': [('a', '<f8')], 'fortran_order': False, 'shape': (3,), }", "unsupported dtype"),
-            ("{'descr': '<f8', 'fortran_order': 0, 'shape': (3,), }", "True or False"),
-            ("{'descr': '<f8', 'fortran_order': False, 'shape': (-3,), }", "negative"),
-            ("{'descr': '<f8', 'fortran_order': False, 'shape': (3.5,), }", "integers"),
-            ("{'descr': '<f8', 'fortran_order': False, 'shape': (4294967296, 4294967296), }", "overflows"),
-            ("{'descr': '<f8', 'fortran_order': False, 'shape': (2305843009213693952,), }", "overflows"),
-            ("{'descr': '<f8', 'fortran_order': False, 'shape': (99999999999999999999999,), }", "too large"),
-            ("{'descr': '<f8', 'fortran_order': False, 'shape': (100, 100), }", "promises"),
+            (
+                "{'descr': '<f8', 'fortran_order': False, 'shape': (1,), 'shape': (3, 4), }",
+                "duplicate key 'shape'",
+            ),
+            (
+                "{'descr': '<f8', 'fortran_order': False, 'shape': [3, 4], }",
+                "tuple",
+            ),
+            (
+                "{'descr': '<f8', 'fortran_order': False, 'shape': (3, 4), 'extra': 1}",
+                "unknown key",
+            ),
+            (
+                "{'descr': '<f2', 'fortran_order': False, 'shape': (3,), }",
+                "unsupported dtype",
+            ),
+            (
+                "{'descr': '|u1', 'fortran_order': False, 'shape': (3,), }",
+                "unsupported dtype",
+            ),
+            (
+                "{'descr': [('a', '<f8')], 'fortran_order': False, 'shape': (3,), }",
+                "unsupported dtype",
+            ),
+            (
+                "{'descr': '<f8', 'fortran_order': 0, 'shape': (3,), }",
+                "True or False",
+            ),
+            (
+                "{'descr': '<f8', 'fortran_order': False, 'shape': (-3,), }",
+                "negative",
+            ),
+            (
+                "{'descr': '<f8', 'fortran_order': False, 'shape': (3.5,), }",
+                "integers",
+            ),
+            (
+                "{'descr': '<f8', 'fortran_order': False, 'shape': (4294967296, 4294967296), }",
+                "overflows",
+            ),
+            (
+                "{'descr': '<f8', 'fortran_order': False, 'shape': (2305843009213693952,), }",
+                "overflows",
+            ),
+            (
+                "{'descr': '<f8', 'fortran_order': False, 'shape': (99999999999999999999999,), }",
+                "too large",
+            ),
+            (
+                "{'descr': '<f8', 'fortran_order': False, 'shape': (100, 100), }",
+                "promises",
+            ),
             ("{'descr': '<f8', 'fortran_order': False}", "no 'shape'"),
-            ("{'descr': '<f8', 'fortran_order': False, 'shape': (3,) 'x'}", "could not parse"),
+            (
+                "{'descr': '<f8', 'fortran_order': False, 'shape': (3,) 'x'}",
+                "could not parse",
+            ),
             ("not a dict", "could not parse"),
         ];
         for (dict, needle) in cases {
@@ -502,7 +552,9 @@ mod tests {
         b.extend_from_slice(deep.as_bytes());
         assert!(parse(&b).unwrap_err().contains("nest"));
         assert!(parse(b"\x93NUMPY\x01").is_err());
-        assert!(parse(b"\x93NUMPY\x04\x00\x00\x00").unwrap_err().contains("version"));
+        assert!(parse(b"\x93NUMPY\x04\x00\x00\x00")
+            .unwrap_err()
+            .contains("version"));
         assert!(parse(b"PK\x03\x04").unwrap_err().contains("magic"));
     }
 }

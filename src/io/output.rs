@@ -219,13 +219,21 @@ fn temp_builder(suffix: &'static str) -> tempfile::Builder<'static, 'static> {
 
 /// A hard link to the file at `path`, if there is one, to restore it from.
 fn keep_existing(path: &Path) -> Result<Option<tempfile::TempPath>> {
-    match std::fs::symlink_metadata(path) {
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(io_err(path, e)),
-        Ok(_) => temp_builder(".bak")
-            .make_in(dir_of(path), |p| std::fs::hard_link(path, p))
-            .map(|f| Some(f.into_temp_path()))
-            .map_err(|e| io_err(path, e)),
+    // link(2) fails with ENOENT when another process renames a file over `path` between its
+    // lookup and the link (the old inode is gone by then): look again, a few times
+    let mut tries = 0;
+    loop {
+        match std::fs::symlink_metadata(path) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(io_err(path, e)),
+            Ok(_) => {
+                match temp_builder(".bak").make_in(dir_of(path), |p| std::fs::hard_link(path, p)) {
+                    Ok(f) => return Ok(Some(f.into_temp_path())),
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound && tries < 16 => tries += 1,
+                    Err(e) => return Err(io_err(path, e)),
+                }
+            }
+        }
     }
 }
 
@@ -271,7 +279,11 @@ mod tests {
     #[test]
     fn a_failed_rename_restores_every_target() {
         let dir = tempfile::tempdir().unwrap();
-        let (a, b, c) = (dir.path().join("a"), dir.path().join("b"), dir.path().join("c"));
+        let (a, b, c) = (
+            dir.path().join("a"),
+            dir.path().join("b"),
+            dir.path().join("c"),
+        );
         std::fs::write(&a, "old a").unwrap();
         std::fs::write(&c, "old c").unwrap();
         for fail in 0..3 {
@@ -331,8 +343,19 @@ mod tests {
             assert!(check_distinct(&[("--out", other)], &[("--y0", &y)]).is_err());
         }
         let new = dir.path().join("new.csv");
-        assert!(check_distinct(&[("--out", &new), ("--trace", &dotted.with_file_name("new.csv"))], &[]).is_err());
-        assert!(check_distinct(&[("--out", &new), ("--trace", &dir.path().join("t.csv"))], &[("--y0", &y)]).is_ok());
+        assert!(check_distinct(
+            &[
+                ("--out", &new),
+                ("--trace", &dotted.with_file_name("new.csv"))
+            ],
+            &[]
+        )
+        .is_err());
+        assert!(check_distinct(
+            &[("--out", &new), ("--trace", &dir.path().join("t.csv"))],
+            &[("--y0", &y)]
+        )
+        .is_ok());
         let mut set = OutputSet::new();
         set.add(&new, vec![]).unwrap();
         assert!(set.add(dir.path().join("./new.csv"), vec![]).is_err());
