@@ -283,7 +283,7 @@ struct FlowArgs {
     backend: BackendChoice,
     /// GPU adapter: a case-insensitive substring of its name (see `nsa-flow info`). A usage
     /// error with --backend cpu.
-    #[arg(long)]
+    #[arg(long, value_parser = parse_adapter)]
     adapter: Option<String>,
     /// Seed of the X0 = None perturbation.
     #[arg(long, default_value_t = 42)]
@@ -610,7 +610,7 @@ struct AutogradArgs {
     #[arg(long, default_value = "auto", value_parser = parse_named::<BackendChoice>)]
     backend: BackendChoice,
     /// GPU adapter: a case-insensitive substring of its name (see `nsa-flow info`).
-    #[arg(long)]
+    #[arg(long, value_parser = parse_adapter)]
     adapter: Option<String>,
     /// Run on the CPU and on the GPU, print how they compare, exit 0 when they agree (same
     /// iterations and best iteration, Y within 1e-8 relative in f64, 1e-3 in f32), 1 when not.
@@ -673,7 +673,7 @@ struct BenchArgs {
     backend: BackendChoice,
     /// GPU adapter: a case-insensitive substring of its name (see `nsa-flow info`). A usage
     /// error with --backend cpu.
-    #[arg(long)]
+    #[arg(long, value_parser = parse_adapter)]
     adapter: Option<String>,
     /// Random seed of the data (N(0,1) entries for Y0 and X0, as in the reference's quick start).
     #[arg(long, default_value_t = 1)]
@@ -816,6 +816,18 @@ fn parse_autograd_optimizer(s: &str) -> Result<String, NsaError> {
     }
     .validate()
     .map(|()| s.to_string())
+}
+
+/// An adapter name fragment: not empty (an empty one would match every adapter).
+fn parse_adapter(s: &str) -> Result<String, NsaError> {
+    if s.trim().is_empty() {
+        return Err(NsaError::InvalidParameter {
+            name: "--adapter",
+            reason: "an empty name matches every adapter; give part of one (see `nsa-flow info`)"
+                .into(),
+        });
+    }
+    Ok(s.to_string())
 }
 
 /// A learning-rate strategy name (or auto).

@@ -808,6 +808,15 @@ fn d12_bad_values_are_usage_errors() {
     }
     let o = bin().args(["bench", "--p", "0"]).output().unwrap();
     expect(&o, 2, "bench --p 0");
+    // an empty adapter name would match any adapter
+    let o = bin()
+        .args(["run", "--y0"])
+        .arg(&d.y0)
+        .args(["--adapter", "", "--out"])
+        .arg(&out)
+        .output()
+        .unwrap();
+    expect(&o, 2, "--adapter ''");
     // accepted values still work
     let o = bin()
         .args(["run", "--y0"])
