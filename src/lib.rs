@@ -19,6 +19,9 @@
 //! scalars the loop needs. [`Params::backend`] picks one (`auto` by default: a hardware GPU
 //! that computes in the requested precision, else the CPU).
 //!
+//! [`fit`] holds the second family, the solvers of nsa_flow 3.5 (calibration-free energy,
+//! projected L-BFGS-B to a stationarity certificate; anchored, data and signed modes).
+//!
 //! Beyond the solver: [`layer`] ([`NsaFlowLayer`]: a batch `[B, p, k]` forward through
 //! [`batch::nsa_flow_batch`] and the exact backward of its unrolled iterations),
 //! [`autograd`] (exact vector-Jacobian products and
@@ -42,6 +45,7 @@ pub mod batch;
 mod element;
 mod energy;
 mod error;
+pub mod fit;
 pub mod flow;
 pub mod gpu;
 pub mod io;

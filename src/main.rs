@@ -4,6 +4,9 @@
 //! file written) or, for `run --verify` and `autograd --verify`, CPU and GPU runs that
 //! disagree, 2 command-line usage error (`nsa-flow --help` says the same).
 
+#[path = "cli/fit.rs"]
+mod cli_fit;
+
 use clap::error::ErrorKind;
 use clap::{Args, CommandFactory, Parser, Subcommand};
 use nalgebra::DMatrix;
@@ -227,6 +230,28 @@ enum Command {
         "Exit codes: 0 always (2 for a usage error)."
     ))]
     Optimizers,
+    /// Fit with the solvers of nsa_flow 3.5: a calibration-free energy
+    /// (1 − w)·fidelity + w·orthogonality minimised over V ≥ 0 by projected L-BFGS-B (or SPG)
+    /// until the scale-invariant certificate ‖P(V − ‖V‖²∇E) − V‖/‖V‖ ≤ --tol.
+    ///
+    /// Modes: data (a non-negative basis V reconstructing X: ‖X − XVVᵀ‖²/‖X‖², matrix-free
+    /// when p > n), signed (V = V⁺ − V⁻ with near-disjoint non-negative parts), anchored (V
+    /// close to a target X0, entrywise or, for a signed target, sign-blind through
+    /// range(X0)). Runs on the CPU in f64. The final line goes to stdout; --summary holds
+    /// certificate, stop_reason, n_grad and the basis_report.
+    #[command(
+        after_help = EXIT_CODES,
+        after_long_help = concat!(
+            "Examples:\n",
+            "  nsa-flow fit --data X.npy --k 5 --w 0.5 --out V.npy --summary s.json\n",
+            "  nsa-flow fit --data Xc.npy --k 5 --mode signed --consolidate --out V.npy --parts W.npy\n",
+            "  nsa-flow fit --data X.npy --k 5 --orth Cg --sparseness 0.8 --init relax --out V.npy\n",
+            "  nsa-flow fit --target loadings.npy --w 0.5 --out Y.npy\n\n",
+            "Exit codes: 0 success (whatever the stop reason: see the summary's certificate); 1 failure\n",
+            "(message on stderr, nothing written); 2 usage error."
+        )
+    )]
+    Fit(Box<cli_fit::FitArgs>),
 }
 
 /// The flags `run` and `sweep` share: the input and every setting of the flow but `w`.
@@ -333,6 +358,15 @@ struct RunArgs {
     /// the summary gets a "verify" section. An error in either run writes nothing (exit 1).
     #[arg(long, conflicts_with = "verbose")]
     verify: bool,
+    /// lbfgsb | spg: solve with nsa_flow 3.5's anchored solver instead of the 0.7.7 flow
+    /// (target X0, or Y0 without --x0; started from Y0 when --x0 is given; f64 on the CPU).
+    /// --max-iter then counts gradient evaluations (default 20000) and --tol is the
+    /// certificate (default 1e-6); the flow's own settings do not apply and are refused.
+    #[arg(long, value_parser = parse_run_solver, conflicts_with_all = [
+        "retraction", "nonneg", "optimizer", "lr", "record_every", "window_size", "simplified",
+        "project_full_gradient", "precision", "mode", "backend", "adapter", "start", "seed",
+        "verify", "trace", "plot", "verbose"])]
+    solver: Option<nsa_flow::fit::FitOptimizer>,
     /// Output: the best Y (.npy in the run's precision, or .csv). Required unless --verify.
     #[arg(long, required_unless_present = "verify", value_parser = parse_matrix_path)]
     out: Option<PathBuf>,
@@ -699,6 +733,11 @@ fn parse_bench_modes(s: &str) -> Result<BenchModes, NsaError> {
                 expected: "corrected, reference, both".into(),
             })
     }
+}
+
+/// `run --solver`: a solver of nsa_flow 3.5.
+fn parse_run_solver(s: &str) -> Result<nsa_flow::fit::FitOptimizer, NsaError> {
+    nsa_flow::fit::FitOptimizer::parse(s)
 }
 
 /// The library's name parsing as a clap value parser: a bad name is a usage error (exit 2)
@@ -1247,6 +1286,28 @@ fn verbose_flow_line(prefix: &str, i: &nsa_flow::IterInfo) {
         "{prefix}iter {:5}  total_energy {:.8e}  fidelity {:.6e}  orthogonality {:.6e}  lr {:.3e}  backtracks {}",
         i.iter, i.total_energy, i.fidelity, i.orthogonality, i.learning_rate, i.backtracks
     );
+}
+
+/// `run --solver lbfgsb|spg`.
+fn cmd_run_fit(a: RunArgs, (max_iter_given, tol_given): (bool, bool)) -> Result<ExitCode, NsaError> {
+    check_paths(
+        "run",
+        &[("--out", a.out.as_deref()), ("--summary", a.summary.as_deref())],
+        &flow_inputs(&a.flow),
+    );
+    let y0 = a.flow.csv.read(&a.flow.y0)?;
+    let x0 = a.flow.x0.as_ref().map(|p| a.flow.csv.read(p)).transpose()?;
+    cli_fit::run_anchored(
+        &y0,
+        x0.as_ref(),
+        a.w,
+        a.solver.expect("dispatched on Some"),
+        max_iter_given.then_some(a.flow.max_iter),
+        tol_given.then_some(a.flow.tol),
+        a.out,
+        a.summary,
+        a.quiet,
+    )
 }
 
 fn cmd_run(a: RunArgs) -> Result<ExitCode, NsaError> {
@@ -2286,9 +2347,25 @@ fn cmd_info(as_json: bool) -> Result<ExitCode, NsaError> {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    use clap::parser::ValueSource;
+    use clap::FromArgMatches;
+    let matches = Cli::command().get_matches();
+    // `run --solver` needs to know which of --max-iter/--tol were given (their defaults are the
+    // flow's, not the 3.5 solver's)
+    let explicit = |name: &str| {
+        matches
+            .subcommand_matches("run")
+            .is_some_and(|m| m.value_source(name) == Some(ValueSource::CommandLine))
+    };
+    let run_explicit = (explicit("max_iter"), explicit("tol"));
+    let cli = match Cli::from_arg_matches(&matches) {
+        Ok(c) => c,
+        Err(e) => e.exit(),
+    };
     let res = match cli.command {
+        Command::Run(a) if a.solver.is_some() => cmd_run_fit(*a, run_explicit),
         Command::Run(a) => cmd_run(*a),
+        Command::Fit(a) => cli_fit::cmd_fit(*a),
         Command::Sweep(a) => cmd_sweep(*a),
         Command::Batch(a) => cmd_batch(*a),
         Command::Defect {
