@@ -1289,10 +1289,16 @@ fn verbose_flow_line(prefix: &str, i: &nsa_flow::IterInfo) {
 }
 
 /// `run --solver lbfgsb|spg`.
-fn cmd_run_fit(a: RunArgs, (max_iter_given, tol_given): (bool, bool)) -> Result<ExitCode, NsaError> {
+fn cmd_run_fit(
+    a: RunArgs,
+    (max_iter_given, tol_given): (bool, bool),
+) -> Result<ExitCode, NsaError> {
     check_paths(
         "run",
-        &[("--out", a.out.as_deref()), ("--summary", a.summary.as_deref())],
+        &[
+            ("--out", a.out.as_deref()),
+            ("--summary", a.summary.as_deref()),
+        ],
         &flow_inputs(&a.flow),
     );
     let y0 = a.flow.csv.read(&a.flow.y0)?;

@@ -8,7 +8,7 @@
 //! listed in `PATH_DIFFERS` with the reason.
 
 use nalgebra::DMatrix;
-use nsa_flow::fit::{self, FitMode, FitOptimizer, FitParams, Fidelity, Init, Orth};
+use nsa_flow::fit::{self, Fidelity, FitMode, FitOptimizer, FitParams, Init, Orth};
 use serde_json::Value;
 use std::path::PathBuf;
 
@@ -65,9 +65,18 @@ const PATH_DIFFERS: &[(&str, &str)] = &[
     ("data_matrixfree", "rounding, quartic objective"),
     ("data_pca_clamp_w0.25", "rounding, quartic objective"),
     ("data_pca_clamp_w0.5", "rounding, quartic objective"),
-    ("data_relax_w0.25", "rounding along the 9-stage relaxation path"),
-    ("data_relax_w0.5", "rounding along the 9-stage relaxation path"),
-    ("data_relax_w0.9", "rounding along the 9-stage relaxation path"),
+    (
+        "data_relax_w0.25",
+        "rounding along the 9-stage relaxation path",
+    ),
+    (
+        "data_relax_w0.5",
+        "rounding along the 9-stage relaxation path",
+    ),
+    (
+        "data_relax_w0.9",
+        "rounding along the 9-stage relaxation path",
+    ),
     ("data_spg", "rounding, 441 Barzilai-Borwein steps"),
     ("golub_data", "rounding, quartic objective"),
     ("signed_adaptive_pos", "rounding along the relaxation path"),
@@ -106,7 +115,10 @@ fn cases() -> Vec<String> {
 fn every_golden_case() {
     let mut failures = Vec::new();
     for name in cases() {
-        let meta: Value = serde_json::from_str(&std::fs::read_to_string(dir().join(format!("{name}.json"))).unwrap()).unwrap();
+        let meta: Value = serde_json::from_str(
+            &std::fs::read_to_string(dir().join(format!("{name}.json"))).unwrap(),
+        )
+        .unwrap();
         let gold = &meta["result"];
         let x = load(&format!("{name}.in.npy"));
         let y_ref = load(&format!("{name}.y.npy"));
@@ -114,8 +126,13 @@ fn every_golden_case() {
         if meta.get("init_kind").and_then(|v| v.as_str()) == Some("matrix") {
             p.init = Init::Matrix(load(&format!("{name}.init.npy")));
         }
-        let r = fit::fit(&x, if mode == FitMode::Anchored { None } else { k }, mode, &p)
-            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        let r = fit::fit(
+            &x,
+            if mode == FitMode::Anchored { None } else { k },
+            mode,
+            &p,
+        )
+        .unwrap_or_else(|e| panic!("{name}: {e}"));
         let e_ref = gold["energy"].as_f64().unwrap();
         let d = rel(&r.y, &y_ref);
         let path_differs = PATH_DIFFERS.iter().any(|(n, _)| *n == name);
@@ -131,26 +148,49 @@ fn every_golden_case() {
             gold["stop_reason"].as_str().unwrap()
         );
         if !(r.grad_map <= p.tol && r.converged) {
-            failures.push(format!("{name}: not certified ({}, {:.2e})", r.stop_reason, r.grad_map));
+            failures.push(format!(
+                "{name}: not certified ({}, {:.2e})",
+                r.stop_reason, r.grad_map
+            ));
         }
         // 3.5 reports the anchored energy with D̃ whatever `orth` was optimised; ours uses the
         // functional optimised (its own make_result contract), so compare energies under D only.
-        let same_energy_definition = !(mode == FitMode::Anchored && p.orth.unwrap_or(Orth::D) != Orth::D);
+        let same_energy_definition =
+            !(mode == FitMode::Anchored && p.orth.unwrap_or(Orth::D) != Orth::D);
         if path_differs {
             let dp = rel_up_to_permutation(&r.y, &y_ref);
             if dp > 1e-3 {
-                failures.push(format!("{name}: basis differs from 3.5's by {dp:.2e} even up to permutation"));
+                failures.push(format!(
+                    "{name}: basis differs from 3.5's by {dp:.2e} even up to permutation"
+                ));
             }
             let gref = gold["grad_map"].as_f64().unwrap();
             let mut tight = p.clone();
             tight.tol = gref / 100.0;
-            let rt = fit::fit(&x, if mode == FitMode::Anchored { None } else { k }, mode, &tight).unwrap();
-            println!("    tightened to {:.1e}: E {:.15e} ({:+.2e}) gmap {:.2e} {}", tight.tol, rt.energy, rt.energy - e_ref, rt.grad_map, rt.stop_reason);
-            if same_energy_definition && rt.energy > e_ref + 64.0 * f64::EPSILON * (1.0 + e_ref.abs()) {
+            let rt = fit::fit(
+                &x,
+                if mode == FitMode::Anchored { None } else { k },
+                mode,
+                &tight,
+            )
+            .unwrap();
+            println!(
+                "    tightened to {:.1e}: E {:.15e} ({:+.2e}) gmap {:.2e} {}",
+                tight.tol,
+                rt.energy,
+                rt.energy - e_ref,
+                rt.grad_map,
+                rt.stop_reason
+            );
+            if same_energy_definition
+                && rt.energy > e_ref + 64.0 * f64::EPSILON * (1.0 + e_ref.abs())
+            {
                 failures.push(format!("{name}: at a 100× tighter certificate, energy {:.15e} is above 3.5's {e_ref:.15e}", rt.energy));
             }
         } else if d > 1e-8 {
-            failures.push(format!("{name}: basis differs from 3.5's by {d:.2e} relative"));
+            failures.push(format!(
+                "{name}: basis differs from 3.5's by {d:.2e} relative"
+            ));
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
@@ -169,12 +209,21 @@ fn functionals_and_gradients_match_reference_and_differences() {
     for orth in Orth::ALL {
         let v = orth.value(&y);
         let v_ref = pj[orth.name()].as_f64().unwrap();
-        assert!((v - v_ref).abs() <= 1e-14 * v_ref.abs().max(1e-300) + 1e-300, "{}: {v} vs {v_ref}", orth.name());
+        assert!(
+            (v - v_ref).abs() <= 1e-14 * v_ref.abs().max(1e-300) + 1e-300,
+            "{}: {v} vs {v_ref}",
+            orth.name()
+        );
         let mut g = DMatrix::zeros(y.nrows(), y.ncols());
         let v2 = orth.value_and_add_grad(&y, 1.0, &mut g);
         assert_eq!(v, v2);
         let g_ref = load(&format!("pieces.grad_{}.npy", orth.name()));
-        assert!(rel(&g, &g_ref) < 1e-12, "{} gradient: {:.2e}", orth.name(), rel(&g, &g_ref));
+        assert!(
+            rel(&g, &g_ref) < 1e-12,
+            "{} gradient: {:.2e}",
+            orth.name(),
+            rel(&g, &g_ref)
+        );
         // central differences, h scaled to the entry
         for &(i, j) in &[(0usize, 0usize), (5, 2), (16, 4), (9, 1)] {
             let h = 1e-6 * y[(i, j)].abs().max(1e-3);
@@ -182,7 +231,12 @@ fn functionals_and_gradients_match_reference_and_differences() {
             yp[(i, j)] += h;
             ym[(i, j)] -= h;
             let fd = (orth.value(&yp) - orth.value(&ym)) / (2.0 * h);
-            assert!((fd - g[(i, j)]).abs() <= 1e-6 * g.amax().max(1e-12), "{} ({i},{j}): fd {fd} vs {}", orth.name(), g[(i, j)]);
+            assert!(
+                (fd - g[(i, j)]).abs() <= 1e-6 * g.amax().max(1e-12),
+                "{} ({i},{j}): fd {fd} vs {}",
+                orth.name(),
+                g[(i, j)]
+            );
         }
     }
 }
@@ -195,7 +249,9 @@ fn functionals_are_zero_at_k1_and_on_orthogonal_columns() {
     }
     // disjoint supports, unequal norms: C, Coff, Cg are zero, D is not
     let y = DMatrix::from_fn(6, 3, |i, j| if i / 2 == j { (j + 1) as f64 } else { 0.0 });
-    assert!(Orth::C.value(&y) < 1e-30 && Orth::Coff.value(&y) < 1e-30 && Orth::Cg.value(&y) < 1e-30);
+    assert!(
+        Orth::C.value(&y) < 1e-30 && Orth::Coff.value(&y) < 1e-30 && Orth::Cg.value(&y) < 1e-30
+    );
     assert!(Orth::D.value(&y) > 0.1);
     // a dead column: C charges 1/(k(k−1)) per floored column, Coff nothing
     let mut z = y.clone();
@@ -210,10 +266,18 @@ fn spectral_pieces_match_reference() {
     let e = fit::eig::top_k_eigenvectors_of_data(&x, 4).unwrap();
     assert!(rel(&e, &load("pieces.topk_data.npy")) < 1e-12);
     let v = fit::eig::varimax(&e);
-    assert!(rel(&v, &load("pieces.varimax.npy")) < 1e-10, "{:.2e}", rel(&v, &load("pieces.varimax.npy")));
+    assert!(
+        rel(&v, &load("pieces.varimax.npy")) < 1e-10,
+        "{:.2e}",
+        rel(&v, &load("pieces.varimax.npy"))
+    );
     let xw = load("data_matrixfree.in.npy");
     let ew = fit::eig::top_k_eigenvectors_of_data(&xw, 4).unwrap();
-    assert!(rel(&ew, &load("pieces.topk_wide.npy")) < 1e-11, "{:.2e}", rel(&ew, &load("pieces.topk_wide.npy")));
+    assert!(
+        rel(&ew, &load("pieces.topk_wide.npy")) < 1e-11,
+        "{:.2e}",
+        rel(&ew, &load("pieces.topk_wide.npy"))
+    );
 }
 
 #[test]
@@ -226,7 +290,10 @@ fn sparseness_and_basis_report_match_reference() {
     let r = fit::basis_report(&y);
     let close = |a: f64, key: &str| {
         let want = b[key].as_f64().unwrap();
-        assert!((a - want).abs() <= 1e-12 * want.abs().max(1.0), "{key}: {a} vs {want}");
+        assert!(
+            (a - want).abs() <= 1e-12 * want.abs().max(1.0),
+            "{key}: {a} vs {want}"
+        );
     };
     close(r.defect_d, "defect_D");
     close(r.defect_cg, "defect_Cg");
@@ -270,39 +337,93 @@ fn bad_input_is_a_typed_error() {
     let p = FitParams::default();
     let mut bad_w = p.clone();
     bad_w.w = 1.5;
-    assert!(matches!(fit::fit_data(&x, 3, &bad_w), Err(NsaError::InvalidWeight(_))));
+    assert!(matches!(
+        fit::fit_data(&x, 3, &bad_w),
+        Err(NsaError::InvalidWeight(_))
+    ));
     bad_w.w = f64::NAN;
-    assert!(matches!(fit::fit_signed(&x, 3, &bad_w), Err(NsaError::InvalidWeight(_))));
-    assert!(matches!(fit::fit_data(&x, 0, &p), Err(NsaError::InvalidParameter { .. })));
-    assert!(matches!(fit::fit_data(&x, 21, &p), Err(NsaError::KGreaterThanP { .. })));
+    assert!(matches!(
+        fit::fit_signed(&x, 3, &bad_w),
+        Err(NsaError::InvalidWeight(_))
+    ));
+    assert!(matches!(
+        fit::fit_data(&x, 0, &p),
+        Err(NsaError::InvalidParameter { .. })
+    ));
+    assert!(matches!(
+        fit::fit_data(&x, 21, &p),
+        Err(NsaError::KGreaterThanP { .. })
+    ));
     let mut xn = x.clone();
     xn[(3, 4)] = f64::NAN;
-    assert!(matches!(fit::fit_data(&xn, 3, &p), Err(NsaError::NonFinite { .. })));
-    assert!(matches!(fit::fit_anchored(&DMatrix::zeros(5, 2), &p), Err(NsaError::ZeroMatrix { .. })));
-    assert!(matches!(fit::fit_data(&DMatrix::zeros(5, 4), 2, &p), Err(NsaError::ZeroMatrix { .. })));
-    assert!(matches!(fit::fit_data(&DMatrix::zeros(0, 4), 2, &p), Err(NsaError::Empty { .. })));
+    assert!(matches!(
+        fit::fit_data(&xn, 3, &p),
+        Err(NsaError::NonFinite { .. })
+    ));
+    assert!(matches!(
+        fit::fit_anchored(&DMatrix::zeros(5, 2), &p),
+        Err(NsaError::ZeroMatrix { .. })
+    ));
+    assert!(matches!(
+        fit::fit_data(&DMatrix::zeros(5, 4), 2, &p),
+        Err(NsaError::ZeroMatrix { .. })
+    ));
+    assert!(matches!(
+        fit::fit_data(&DMatrix::zeros(0, 4), 2, &p),
+        Err(NsaError::Empty { .. })
+    ));
     let mut sp = p.clone();
     sp.sparseness = Some(1.0);
-    assert!(matches!(fit::fit_data(&x, 3, &sp), Err(NsaError::InvalidParameter { .. })));
+    assert!(matches!(
+        fit::fit_data(&x, 3, &sp),
+        Err(NsaError::InvalidParameter { .. })
+    ));
     let mut wrong_init = p.clone();
     wrong_init.init = Init::Matrix(DMatrix::from_element(20, 4, 0.5));
-    assert!(matches!(fit::fit_data(&x, 3, &wrong_init), Err(NsaError::ShapeMismatch { .. })));
+    assert!(matches!(
+        fit::fit_data(&x, 3, &wrong_init),
+        Err(NsaError::ShapeMismatch { .. })
+    ));
     wrong_init.init = Init::Split;
-    assert!(matches!(fit::fit_data(&x, 3, &wrong_init), Err(NsaError::InvalidParameter { .. })));
-    assert!(matches!(Init::parse("nmf"), Err(NsaError::InvalidParameter { .. })));
-    assert!(matches!(Init::parse("bogus"), Err(NsaError::UnknownName { .. })));
-    assert!(matches!(FitMode::parse("bogus"), Err(NsaError::UnknownName { .. })));
+    assert!(matches!(
+        fit::fit_data(&x, 3, &wrong_init),
+        Err(NsaError::InvalidParameter { .. })
+    ));
+    assert!(matches!(
+        Init::parse("nmf"),
+        Err(NsaError::InvalidParameter { .. })
+    ));
+    assert!(matches!(
+        Init::parse("bogus"),
+        Err(NsaError::UnknownName { .. })
+    ));
+    assert!(matches!(
+        FitMode::parse("bogus"),
+        Err(NsaError::UnknownName { .. })
+    ));
     let mut fid = p.clone();
     fid.fidelity = Fidelity::Subspace;
-    assert!(matches!(fit::fit(&x, Some(3), FitMode::Data, &fid), Err(NsaError::InvalidParameter { .. })));
-    assert!(matches!(fit::fit(&x, None, FitMode::Data, &p), Err(NsaError::InvalidParameter { .. })));
+    assert!(matches!(
+        fit::fit(&x, Some(3), FitMode::Data, &fid),
+        Err(NsaError::InvalidParameter { .. })
+    ));
+    assert!(matches!(
+        fit::fit(&x, None, FitMode::Data, &p),
+        Err(NsaError::InvalidParameter { .. })
+    ));
     // more components than samples: no k eigenvectors to start from
     let wide = load("data_matrixfree.in.npy"); // 20×50
-    assert!(matches!(fit::fit_data(&wide, 21, &p), Err(NsaError::InvalidParameter { .. })));
+    assert!(matches!(
+        fit::fit_data(&wide, 21, &p),
+        Err(NsaError::InvalidParameter { .. })
+    ));
     // a start whose energy overflows
     let mut huge = p.clone();
     huge.init = Init::Matrix(DMatrix::from_element(20, 3, 1e200));
-    assert!(matches!(fit::fit_data(&x, 3, &huge), Err(NsaError::NonFiniteComputation { .. })));
+    assert!(matches!(
+        fit::fit_data(&x, 3, &huge),
+        Err(NsaError::NonFiniteComputation { .. })
+    ));
 }
 
 /// Awkward shapes: k = 1, p = 1 (anchored), matrix-free forced on a tall matrix and dense on a
@@ -323,7 +444,9 @@ fn awkward_shapes_and_both_gram_routes() {
     assert!(a.matrix_free == Some(true) && b.matrix_free == Some(false));
     assert!(rel(&a.y, &b.y) < 1e-4 && (a.energy - b.energy).abs() < 1e-10);
     // signed k = 1 and p = 63 shape
-    let xs = DMatrix::from_fn(40, 63, |i, j| (((i * 31 + j * 17) % 23) as f64 - 11.0) / 7.0);
+    let xs = DMatrix::from_fn(40, 63, |i, j| {
+        (((i * 31 + j * 17) % 23) as f64 - 11.0) / 7.0
+    });
     let rs = fit::fit_signed(&xs, 1, &p).unwrap();
     assert!(rs.parts.as_ref().unwrap().iter().all(|v| *v >= 0.0));
     assert!(rs.grad_map.is_finite());

@@ -1,9 +1,14 @@
 //! `nsa-flow fit` (the solvers of nsa_flow 3.5) and `run --solver lbfgsb|spg`.
 
-use super::{check_paths, parse_json_path, parse_matrix_path, parse_named, parse_positive, parse_tol, parse_weight, write_all, CsvArgs, Output};
+use super::{
+    check_paths, parse_json_path, parse_matrix_path, parse_named, parse_positive, parse_tol,
+    parse_weight, write_all, CsvArgs, Output,
+};
 use clap::Args;
 use nalgebra::DMatrix;
-use nsa_flow::fit::{self, BasisReport, Fidelity, FitMode, FitOptimizer, FitParams, FitResult, Init, Orth};
+use nsa_flow::fit::{
+    self, BasisReport, Fidelity, FitMode, FitOptimizer, FitParams, FitResult, Init, Orth,
+};
 use nsa_flow::io::NpyDtype;
 use nsa_flow::NsaError;
 use serde_json::{json, Value};
@@ -96,22 +101,38 @@ fn parse_tristate(s: &str) -> Result<Tristate, NsaError> {
         "auto" => Ok(Tristate::Auto),
         "yes" => Ok(Tristate::Yes),
         "no" => Ok(Tristate::No),
-        other => Err(NsaError::UnknownName { kind: "matrix-free choice", name: other.into(), expected: "auto, yes, no".into() }),
+        other => Err(NsaError::UnknownName {
+            kind: "matrix-free choice",
+            name: other.into(),
+            expected: "auto, yes, no".into(),
+        }),
     }
 }
 
 fn parse_open_unit(s: &str) -> Result<f64, NsaError> {
-    let v: f64 = s.trim().parse().map_err(|_| NsaError::InvalidParameter { name: "sparseness", reason: format!("{s:?} is not a number") })?;
+    let v: f64 = s.trim().parse().map_err(|_| NsaError::InvalidParameter {
+        name: "sparseness",
+        reason: format!("{s:?} is not a number"),
+    })?;
     if !(v > 0.0 && v < 1.0) {
-        return Err(NsaError::InvalidParameter { name: "sparseness", reason: format!("{v:?} is outside (0, 1)") });
+        return Err(NsaError::InvalidParameter {
+            name: "sparseness",
+            reason: format!("{v:?} is outside (0, 1)"),
+        });
     }
     Ok(v)
 }
 
 fn parse_nonneg_number(s: &str) -> Result<f64, NsaError> {
-    let v: f64 = s.trim().parse().map_err(|_| NsaError::InvalidParameter { name: "the value", reason: format!("{s:?} is not a number") })?;
+    let v: f64 = s.trim().parse().map_err(|_| NsaError::InvalidParameter {
+        name: "the value",
+        reason: format!("{s:?} is not a number"),
+    })?;
     if !(v.is_finite() && v >= 0.0) {
-        return Err(NsaError::InvalidParameter { name: "the value", reason: format!("{v:?} is not a finite non-negative number") });
+        return Err(NsaError::InvalidParameter {
+            name: "the value",
+            reason: format!("{v:?} is not a finite non-negative number"),
+        });
     }
     Ok(v)
 }
@@ -128,7 +149,11 @@ pub fn report_json(r: &BasisReport) -> Value {
 }
 
 fn finite_or_null(v: f64) -> Value {
-    if v.is_finite() { json!(v) } else { Value::Null }
+    if v.is_finite() {
+        json!(v)
+    } else {
+        Value::Null
+    }
 }
 
 pub fn summary_json(r: &FitResult) -> Value {
@@ -149,7 +174,12 @@ pub fn summary_json(r: &FitResult) -> Value {
     if let Some(f) = r.fidelity_mode {
         o.insert("fidelity_mode".into(), json!(f.name()));
     }
-    for (key, v) in [("target_negative_mass", r.target_negative_mass), ("clamp_distance", r.clamp_distance), ("scale_ratio", r.scale_ratio), ("lobe_overlap", r.lobe_overlap)] {
+    for (key, v) in [
+        ("target_negative_mass", r.target_negative_mass),
+        ("clamp_distance", r.clamp_distance),
+        ("scale_ratio", r.scale_ratio),
+        ("lobe_overlap", r.lobe_overlap),
+    ] {
         if let Some(v) = v {
             o.insert(key.into(), finite_or_null(v));
         }
@@ -185,8 +215,15 @@ fn final_line(r: &FitResult) -> String {
 pub fn cmd_fit(a: FitArgs) -> Result<ExitCode, NsaError> {
     check_paths(
         "fit",
-        &[("--out", Some(a.out.as_path())), ("--parts", a.parts.as_deref()), ("--summary", a.summary.as_deref())],
-        &[("--data", Some(a.data.as_path())), ("--init-file", a.init_file.as_deref())],
+        &[
+            ("--out", Some(a.out.as_path())),
+            ("--parts", a.parts.as_deref()),
+            ("--summary", a.summary.as_deref()),
+        ],
+        &[
+            ("--data", Some(a.data.as_path())),
+            ("--init-file", a.init_file.as_deref()),
+        ],
     );
     let x = a.csv.read(&a.data)?;
     let mut p = FitParams::default();
@@ -218,14 +255,23 @@ pub fn cmd_fit(a: FitArgs) -> Result<ExitCode, NsaError> {
     };
     let r = fit_dispatch(&x, a.k, a.mode, &p, &mut cb)?;
     if a.parts.is_some() && r.parts.is_none() {
-        return Err(NsaError::InvalidParameter { name: "--parts", reason: format!("only the signed mode has parts; this fit ran the {} mode", r.mode.name()) });
+        return Err(NsaError::InvalidParameter {
+            name: "--parts",
+            reason: format!(
+                "only the signed mode has parts; this fit ran the {} mode",
+                r.mode.name()
+            ),
+        });
     }
     let mut outs = vec![Output::Matrix(a.out.clone(), r.y.clone(), NpyDtype::F64)];
     if let (Some(pp), Some(parts)) = (&a.parts, &r.parts) {
         outs.push(Output::Matrix(pp.clone(), parts.clone(), NpyDtype::F64));
     }
     if let Some(s) = &a.summary {
-        outs.push(Output::Text(s.clone(), serde_json::to_string_pretty(&summary_json(&r)).expect("serialisable") + "\n"));
+        outs.push(Output::Text(
+            s.clone(),
+            serde_json::to_string_pretty(&summary_json(&r)).expect("serialisable") + "\n",
+        ));
     }
     write_all(outs)?;
     if !a.quiet {
@@ -246,7 +292,11 @@ fn fit_dispatch(
         (FitMode::Auto, None) => FitMode::Anchored,
         (FitMode::Auto, Some(_)) => {
             nsa_flow::validate_matrix("the input", x)?;
-            if x.min() < -1e-12 { FitMode::Signed } else { FitMode::Data }
+            if x.min() < -1e-12 {
+                FitMode::Signed
+            } else {
+                FitMode::Data
+            }
         }
         (m, _) => m,
     };
@@ -262,7 +312,13 @@ fn fit_dispatch(
         }
         FitMode::Data | FitMode::Signed => {
             let Some(k) = k else {
-                return Err(NsaError::InvalidParameter { name: "--k", reason: format!("the {} mode needs the number of components", resolved.name()) });
+                return Err(NsaError::InvalidParameter {
+                    name: "--k",
+                    reason: format!(
+                        "the {} mode needs the number of components",
+                        resolved.name()
+                    ),
+                });
             };
             if resolved == FitMode::Data {
                 fit::fit_data_with_callback(x, k, p, Some(cb))
@@ -307,7 +363,10 @@ pub fn run_anchored(
         outs.push(Output::Matrix(o, r.y.clone(), NpyDtype::F64));
     }
     if let Some(s) = summary {
-        outs.push(Output::Text(s, serde_json::to_string_pretty(&summary_json(&r)).expect("serialisable") + "\n"));
+        outs.push(Output::Text(
+            s,
+            serde_json::to_string_pretty(&summary_json(&r)).expect("serialisable") + "\n",
+        ));
     }
     write_all(outs)?;
     if !quiet {

@@ -111,7 +111,11 @@ fn polar_orthogonal(b: &DMatrix<f64>) -> DMatrix<f64> {
     let eig = eigh(&btb);
     let singular = match &eig {
         Some((lam, _)) => {
-            let mx = lam.iter().cloned().fold(f64::NEG_INFINITY, f64::max).max(f64::MIN_POSITIVE);
+            let mx = lam
+                .iter()
+                .cloned()
+                .fold(f64::NEG_INFINITY, f64::max)
+                .max(f64::MIN_POSITIVE);
             let mn = lam.iter().cloned().fold(f64::INFINITY, f64::min);
             mn <= f64::EPSILON * mx
         }

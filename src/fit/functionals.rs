@@ -5,7 +5,7 @@
 //! Every value is dimensionless and in `[0, 1]`, so `w` is a convex weight with no
 //! calibration. All matrices are `p×k` column-major (nalgebra), `f64`.
 
-use crate::linalg::{gram, mul_small, sum_sq};
+use crate::linalg::{gram, mul_small, sum_sq, trace};
 use nalgebra::DMatrix;
 
 /// Column-norm floor of `C` and `Cg` (3.5's `_EPS`).
@@ -81,16 +81,16 @@ impl Orth {
     }
 }
 
-fn trace(m: &DMatrix<f64>) -> f64 {
-    (0..m.nrows().min(m.ncols())).map(|i| m[(i, i)]).sum()
-}
-
 /// The raw Stiefel defect `D = ‖G − I/k‖²` (in `[0, 1 − 1/k]`), computed from the difference so
 /// it is non-negative by construction.
 pub fn stiefel_defect(y: &DMatrix<f64>) -> f64 {
-    let k = y.ncols();
     let s = gram(y, y);
-    let t = trace(&s);
+    defect_of_gram(&s, trace(&s))
+}
+
+/// `‖S/t − I/k‖²` from the Gram matrix `S` and its trace `t`.
+fn defect_of_gram(s: &DMatrix<f64>, t: f64) -> f64 {
+    let k = s.ncols();
     let inv_k = 1.0 / k as f64;
     let mut acc = 0.0;
     for j in 0..k {
@@ -120,13 +120,7 @@ pub fn stiefel_defect_normalised_grad(y: &DMatrix<f64>) -> (f64, Option<DMatrix<
     let s = gram(y, y);
     let t = trace(&s);
     let inv_k = 1.0 / k as f64;
-    let mut d = 0.0;
-    for j in 0..k {
-        for i in 0..k {
-            let v = s[(i, j)] / t - if i == j { inv_k } else { 0.0 };
-            d += v * v;
-        }
-    }
+    let d = defect_of_gram(&s, t);
     let n = sum_sq(s.as_slice());
     let norm = 1.0 / (1.0 - inv_k);
     let mut g = mul_small(y, &s);
@@ -168,7 +162,9 @@ fn gram_offdiag_grad_impl(y: &DMatrix<f64>, want_grad: bool) -> (f64, Option<DMa
 }
 
 fn column_norms(y: &DMatrix<f64>) -> Vec<f64> {
-    (0..y.ncols()).map(|j| sum_sq(y.column(j).as_slice()).sqrt()).collect()
+    (0..y.ncols())
+        .map(|j| sum_sq(y.column(j).as_slice()).sqrt())
+        .collect()
 }
 
 /// `C = ‖Ĝ − R‖²/(k(k−1))` with `Ĝ` the cosine matrix (norms floored at [`COLUMN_FLOOR`]);
@@ -191,7 +187,10 @@ fn angle_defect_grad_impl(
     if k <= 1 {
         return (0.0, None);
     }
-    let nrm: Vec<f64> = column_norms(y).into_iter().map(|n| n.max(COLUMN_FLOOR)).collect();
+    let nrm: Vec<f64> = column_norms(y)
+        .into_iter()
+        .map(|n| n.max(COLUMN_FLOOR))
+        .collect();
     let u = DMatrix::from_fn(p, k, |i, j| y[(i, j)] / nrm[j]);
     let mut b = gram(&u, &u);
     for i in 0..k {
@@ -243,13 +242,21 @@ impl SubspaceAnchor {
         let eig = g.clone().symmetric_eigen();
         let top = eig.eigenvalues.iter().fold(0.0f64, |m, v| m.max(v.abs()));
         let rtol = k as f64 * f64::EPSILON;
-        let rank = eig.eigenvalues.iter().filter(|v| v.abs() > rtol * top).count();
+        let rank = eig
+            .eigenvalues
+            .iter()
+            .filter(|v| v.abs() > rtol * top)
+            .count();
         let mut reg = g;
         for i in 0..k {
             reg[(i, i)] += 1e-12 * scale;
         }
         let chol = nalgebra::Cholesky::new(reg)?;
-        Some(SubspaceAnchor { x0: x0.clone(), chol, rank_deficient: rank < k })
+        Some(SubspaceAnchor {
+            x0: x0.clone(),
+            chol,
+            rank_deficient: rank < k,
+        })
     }
 
     /// `P·Y`.

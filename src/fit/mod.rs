@@ -16,7 +16,9 @@
 //! use nalgebra::DMatrix;
 //! use nsa_flow::fit::{fit_data, FitParams};
 //! let x = DMatrix::from_fn(40, 12, |i, j| ((i * 7 + j * 3) % 11) as f64 / 10.0);
-//! let res = fit_data(&x, 3, &FitParams { w: 0.5, ..FitParams::default() }).unwrap();
+//! let mut params = FitParams::default();
+//! params.w = 0.5;
+//! let res = fit_data(&x, 3, &params).unwrap();
 //! assert!(res.y.iter().all(|&v| v >= 0.0));
 //! println!("{} ({}), certificate {:.1e}", res.stop_reason, res.certificate.name(), res.grad_map);
 //! ```
@@ -28,7 +30,9 @@ pub mod solver;
 
 pub use functionals::{GramOperator, Orth, SubspaceAnchor};
 pub use report::{basis_report, simlr_sparseness, BasisReport, PartStats};
-pub use solver::{gradient_mapping, Certificate, Feasible, Objective, SolverParams, Solved, StopReason};
+pub use solver::{
+    gradient_mapping, Certificate, Feasible, Objective, Solved, SolverParams, StopReason,
+};
 
 use crate::error::{NsaError, Result};
 use crate::linalg::sum_sq;
@@ -356,13 +360,19 @@ fn check_common(what: &'static str, m: &DMatrix<f64>, p: &FitParams) -> Result<(
         return Err(NsaError::InvalidWeight(p.w));
     }
     if !(p.tol.is_finite() && p.tol >= 0.0) {
-        return Err(invalid("tol", format!("{} is not a finite non-negative number", p.tol)));
+        return Err(invalid(
+            "tol",
+            format!("{} is not a finite non-negative number", p.tol),
+        ));
     }
     if p.max_grad == 0 {
         return Err(invalid("max_grad", "must be at least 1".into()));
     }
     if p.memory == 0 || p.memory > 100 {
-        return Err(invalid("memory", format!("{} is outside 1..=100", p.memory)));
+        return Err(invalid(
+            "memory",
+            format!("{} is outside 1..=100", p.memory),
+        ));
     }
     if !(p.sigma > 0.0 && p.sigma < 1.0) {
         return Err(invalid("sigma", format!("{} is outside (0, 1)", p.sigma)));
@@ -373,7 +383,10 @@ fn check_common(what: &'static str, m: &DMatrix<f64>, p: &FitParams) -> Result<(
         }
     }
     if !(p.lobe.is_finite() && p.lobe >= 0.0) {
-        return Err(invalid("lobe", format!("{} is not a finite non-negative number", p.lobe)));
+        return Err(invalid(
+            "lobe",
+            format!("{} is not a finite non-negative number", p.lobe),
+        ));
     }
     Ok(())
 }
@@ -383,7 +396,13 @@ fn invalid(name: &'static str, reason: String) -> NsaError {
 }
 
 fn init_not_for(init: &Init, mode: &str, allowed: &str) -> NsaError {
-    invalid("init", format!("'{}' is not a {mode} start; use one of: {allowed}", init.name()))
+    invalid(
+        "init",
+        format!(
+            "'{}' is not a {mode} start; use one of: {allowed}",
+            init.name()
+        ),
+    )
 }
 
 fn fro(m: &DMatrix<f64>) -> f64 {
@@ -408,8 +427,15 @@ fn solve_stage<O: Objective>(
             cause: crate::NumericCause::Unknown,
         });
     }
-    let prm = SolverParams { max_grad: p.max_grad, tol: p.tol, memory: p.memory, sigma: p.sigma };
-    let cb = callback.as_mut().map(|c| &mut **c as &mut dyn FnMut(usize, f64, f64, usize) -> bool);
+    let prm = SolverParams {
+        max_grad: p.max_grad,
+        tol: p.tol,
+        memory: p.memory,
+        sigma: p.sigma,
+    };
+    let cb = callback
+        .as_mut()
+        .map(|c| &mut **c as &mut dyn FnMut(usize, f64, f64, usize) -> bool);
     Ok(match p.optimizer {
         FitOptimizer::Lbfgsb => solver::lbfgsb(obj, y0, set, &prm, cb),
         FitOptimizer::Spg => solver::spg(obj, y0, set, &prm, cb),
@@ -540,14 +566,23 @@ pub fn fit_anchored_with_callback(
         return Err(NsaError::InvalidWeight(p.w_start));
     }
     if !(p.neg_mass_tol.is_finite() && p.neg_mass_tol >= 0.0) {
-        return Err(invalid("neg_mass_tol", format!("{} is not a finite non-negative number", p.neg_mass_tol)));
+        return Err(invalid(
+            "neg_mass_tol",
+            format!("{} is not a finite non-negative number", p.neg_mass_tol),
+        ));
     }
     let (rows, k) = target.shape();
-    crate::memory::ensure_fits("the anchored fit", crate::memory::bytes_of("the anchored fit", &[rows, k, 12], 8)?)?;
+    crate::memory::ensure_fits(
+        "the anchored fit",
+        crate::memory::bytes_of("the anchored fit", &[rows, k, 12], 8)?,
+    )?;
     let x0 = target.clone();
     let denom = sum_sq(x0.as_slice());
     if denom.is_nan() || denom <= 0.0 {
-        return Err(NsaError::ZeroMatrix { what: "target", why: "the fidelity ‖Y − X0‖²/‖X0‖² is undefined" });
+        return Err(NsaError::ZeroMatrix {
+            what: "target",
+            why: "the fidelity ‖Y − X0‖²/‖X0‖² is undefined",
+        });
     }
     let neg_mass = functionals::negative_mass(&x0);
     let fidelity = match p.fidelity {
@@ -563,7 +598,11 @@ pub fn fit_anchored_with_callback(
     let orth = p.orth.unwrap_or(Orth::D);
     let varimax_start = |x0: &DMatrix<f64>| {
         let v = eig::varimax(x0);
-        if p.nonneg { clamp0(&v) } else { v }
+        if p.nonneg {
+            clamp0(&v)
+        } else {
+            v
+        }
     };
     let mut y = match &p.init {
         Init::Auto => {
@@ -579,22 +618,38 @@ pub fn fit_anchored_with_callback(
             crate::validate::same_shape("init", m, (rows, k))?;
             m.clone()
         }
-        other => return Err(init_not_for(other, "anchored", "auto, varimax, or a matrix")),
+        other => {
+            return Err(init_not_for(
+                other,
+                "anchored",
+                "auto, varimax, or a matrix",
+            ))
+        }
     };
     let fid = match fidelity {
-        Fidelity::Subspace => AnchorFid::Subspace(SubspaceAnchor::new(&x0).ok_or(NsaError::ZeroMatrix {
-            what: "target",
-            why: "it spans no subspace, so the subspace fidelity is undefined",
-        })?),
-        _ => AnchorFid::Entrywise { x0: x0.clone(), denom },
+        Fidelity::Subspace => {
+            AnchorFid::Subspace(SubspaceAnchor::new(&x0).ok_or(NsaError::ZeroMatrix {
+                what: "target",
+                why: "it spans no subspace, so the subspace fidelity is undefined",
+            })?)
+        }
+        _ => AnchorFid::Entrywise {
+            x0: x0.clone(),
+            denom,
+        },
     };
     let ws: Vec<f64> = if p.continuation == 0 {
         vec![p.w]
     } else {
         let n = p.continuation;
-        (0..=n).map(|i| p.w_start + (p.w - p.w_start) * i as f64 / n as f64).collect()
+        (0..=n)
+            .map(|i| p.w_start + (p.w - p.w_start) * i as f64 / n as f64)
+            .collect()
     };
-    let set = Feasible { nonneg: p.nonneg, mask: None };
+    let set = Feasible {
+        nonneg: p.nonneg,
+        mask: None,
+    };
     let mut obj = AnchoredObjective { fid, w: p.w, orth };
     let mut st = Stages::new();
     for &wi in &ws {
@@ -608,7 +663,10 @@ pub fn fit_anchored_with_callback(
         let ys = simlr_sparseness(&y, q, p.nonneg, true);
         if ys != y {
             let mask = mask_of(&ys);
-            let set_m = Feasible { nonneg: p.nonneg, mask: Some(mask.clone()) };
+            let set_m = Feasible {
+                nonneg: p.nonneg,
+                mask: Some(mask.clone()),
+            };
             let s = solve_stage(&mut obj, &ys, &set_m, p, &mut callback)?;
             st.add(&s);
             y = s.y;
@@ -712,7 +770,10 @@ fn gram_operator(x: &DMatrix<f64>, matrix_free: Option<bool>) -> Result<(GramOpe
     let (n, p) = x.shape();
     let mf = matrix_free.unwrap_or(p > n);
     let ops = if mf {
-        crate::memory::ensure_fits("the data fit", crate::memory::bytes_of("the data fit", &[n, p, 2], 8)?)?;
+        crate::memory::ensure_fits(
+            "the data fit",
+            crate::memory::bytes_of("the data fit", &[n, p, 2], 8)?,
+        )?;
         GramOperator::MatrixFree(x.clone())
     } else {
         crate::memory::ensure_fits("XᵀX", crate::memory::bytes_of("XᵀX", &[p, p], 8)?)?;
@@ -724,7 +785,10 @@ fn gram_operator(x: &DMatrix<f64>, matrix_free: Option<bool>) -> Result<(GramOpe
     };
     let c = tr_s;
     if c.is_nan() || c <= 0.0 {
-        return Err(NsaError::ZeroMatrix { what: "X", why: "the reconstruction fidelity ‖X − XVVᵀ‖²/‖X‖² is undefined" });
+        return Err(NsaError::ZeroMatrix {
+            what: "X",
+            why: "the reconstruction fidelity ‖X − XVVᵀ‖²/‖X‖² is undefined",
+        });
     }
     Ok((ops, c, tr_s))
 }
@@ -734,7 +798,10 @@ fn leading(ops: &GramOperator, k: usize) -> Result<DMatrix<f64>> {
         GramOperator::Dense(s) => eig::top_k_eigenvectors_of_gram(s, k),
         GramOperator::MatrixFree(x) => eig::top_k_eigenvectors_of_data(x, k),
     };
-    e.ok_or(NsaError::NonFiniteComputation { what: "top-k eigenvectors of XᵀX", cause: crate::NumericCause::Unknown })
+    e.ok_or(NsaError::NonFiniteComputation {
+        what: "top-k eigenvectors of XᵀX",
+        cause: crate::NumericCause::Unknown,
+    })
 }
 
 struct DataObjective<'a> {
@@ -748,7 +815,11 @@ struct DataObjective<'a> {
 impl DataObjective<'_> {
     fn parts(&self, v: &DMatrix<f64>) -> (f64, f64, f64) {
         let (f, _) = reconstruction_fidelity(v, self.ops, self.c, self.tr_s, false);
-        let d = if v.ncols() > 1 { self.orth.value(v) } else { 0.0 };
+        let d = if v.ncols() > 1 {
+            self.orth.value(v)
+        } else {
+            0.0
+        };
         ((1.0 - self.w) * f + self.w * d, f, d)
     }
 }
@@ -763,7 +834,11 @@ impl Objective for DataObjective<'_> {
         g.copy_from(&gf.expect("asked for"));
         *g *= 1.0 - w;
         if v.ncols() > 1 {
-            let d = if w != 0.0 { self.orth.value_and_add_grad(v, w, g) } else { self.orth.value(v) };
+            let d = if w != 0.0 {
+                self.orth.value_and_add_grad(v, w, g)
+            } else {
+                self.orth.value(v)
+            };
             (1.0 - w) * f + w * d
         } else {
             (1.0 - w) * f
@@ -777,10 +852,19 @@ fn check_k(x: &DMatrix<f64>, k: usize, eigen_init: bool) -> Result<()> {
         return Err(invalid("k", "must be at least 1".into()));
     }
     if k > p {
-        return Err(NsaError::KGreaterThanP { p, k, why: "a basis of k columns in p features needs k ≤ p" });
+        return Err(NsaError::KGreaterThanP {
+            p,
+            k,
+            why: "a basis of k columns in p features needs k ≤ p",
+        });
     }
     if eigen_init && k > n {
-        return Err(invalid("k", format!("{k} exceeds the n = {n} samples, so X has fewer than k eigenvectors to start from")));
+        return Err(invalid(
+            "k",
+            format!(
+                "{k} exceeds the n = {n} samples, so X has fewer than k eigenvectors to start from"
+            ),
+        ));
     }
     Ok(())
 }
@@ -824,10 +908,25 @@ pub fn fit_data_with_callback(
             crate::validate::same_shape("init", m, (np, k))?;
             m.clone()
         }
-        other => return Err(init_not_for(other, "data", "auto, clamp, varimax, pca_clamp, relax, random, or a matrix")),
+        other => {
+            return Err(init_not_for(
+                other,
+                "data",
+                "auto, clamp, varimax, pca_clamp, relax, random, or a matrix",
+            ))
+        }
     };
-    let mut obj = DataObjective { ops: &ops, c, tr_s, w: p.w, orth };
-    let set = Feasible { nonneg: true, mask: None };
+    let mut obj = DataObjective {
+        ops: &ops,
+        c,
+        tr_s,
+        w: p.w,
+        orth,
+    };
+    let set = Feasible {
+        nonneg: true,
+        mask: None,
+    };
     let mut st = Stages::new();
     let s = solve_stage(&mut obj, &v0, &set, p, &mut callback)?;
     st.add(&s);
@@ -836,7 +935,10 @@ pub fn fit_data_with_callback(
         let vs = simlr_sparseness(&v, q, true, true);
         if vs != v {
             let mask = mask_of(&vs);
-            let set_m = Feasible { nonneg: true, mask: Some(mask.clone()) };
+            let set_m = Feasible {
+                nonneg: true,
+                mask: Some(mask.clone()),
+            };
             let s = solve_stage(&mut obj, &vs, &set_m, p, &mut callback)?;
             st.add(&s);
             v = s.y;
@@ -845,7 +947,18 @@ pub fn fit_data_with_callback(
     }
     let parts = obj.parts(&v);
     let mf = ops.matrix_free();
-    finish(v, None, p, orth, FitMode::Data, parts, st, t0, |r| r.matrix_free = Some(mf), p.init.name())
+    finish(
+        v,
+        None,
+        p,
+        orth,
+        FitMode::Data,
+        parts,
+        st,
+        t0,
+        |r| r.matrix_free = Some(mf),
+        p.init.name(),
+    )
 }
 
 /// Barzilai–Borwein descent with Armijo backtracking on a smooth unconstrained objective
@@ -900,8 +1013,21 @@ fn smooth_descent(
 /// 3.5's `relax_into_nonneg`: follow `E_w(V) + μ‖min(0, V)‖²` from the varimax-rotated
 /// signed PCA basis (`μ = 0`) through `μ ∈ {1e-3, …, 1e4}` (`fast`: `{0, 10}` with 25
 /// iterations at tol 1e-4), warm-starting each stage. Returns the (still signed) end point.
-fn relax_into_nonneg(ops: &GramOperator, c: f64, tr_s: f64, k: usize, w: f64, fast: bool) -> Result<DMatrix<f64>> {
-    let mus: Vec<f64> = if fast { vec![0.0, 10.0] } else { std::iter::once(0.0).chain((-3..5).map(|e| 10f64.powi(e))).collect() };
+fn relax_into_nonneg(
+    ops: &GramOperator,
+    c: f64,
+    tr_s: f64,
+    k: usize,
+    w: f64,
+    fast: bool,
+) -> Result<DMatrix<f64>> {
+    let mus: Vec<f64> = if fast {
+        vec![0.0, 10.0]
+    } else {
+        std::iter::once(0.0)
+            .chain((-3..5).map(|e| 10f64.powi(e)))
+            .collect()
+    };
     let (max_iter, tol) = if fast { (25, 1e-4) } else { (600, 1e-10) };
     let mut v = eig::varimax(&leading(ops, k)?);
     for mu in mus {
@@ -912,7 +1038,10 @@ fn relax_into_nonneg(ops: &GramOperator, c: f64, tr_s: f64, k: usize, w: f64, fa
                 e += w * functionals::stiefel_defect_normalised(vv);
             }
             if mu != 0.0 {
-                e += mu * vv.iter().map(|&x| if x < 0.0 { x * x } else { 0.0 }).sum::<f64>();
+                e += mu
+                    * vv.iter()
+                        .map(|&x| if x < 0.0 { x * x } else { 0.0 })
+                        .sum::<f64>();
             }
             e
         };
@@ -932,7 +1061,10 @@ fn relax_into_nonneg(ops: &GramOperator, c: f64, tr_s: f64, k: usize, w: f64, fa
         v = smooth_descent(v, &obj, &grad, max_iter, tol, 1e-4);
     }
     if !v.iter().all(|x| x.is_finite()) {
-        return Err(NsaError::NonFiniteComputation { what: "relaxation start", cause: crate::NumericCause::Unknown });
+        return Err(NsaError::NonFiniteComputation {
+            what: "relaxation start",
+            cause: crate::NumericCause::Unknown,
+        });
     }
     Ok(v)
 }
@@ -977,7 +1109,11 @@ impl Objective for SignedObjective<'_> {
         let gv = gv.expect("asked for") * (1.0 - w);
         g.columns_mut(0, k).copy_from(&gv);
         g.columns_mut(k, k).copy_from(&(-&gv));
-        let d = if w != 0.0 { self.orth.value_and_add_grad(wm, w, g) } else { self.orth.value(wm) };
+        let d = if w != 0.0 {
+            self.orth.value_and_add_grad(wm, w, g)
+        } else {
+            self.orth.value(wm)
+        };
         let mut e = (1.0 - w) * f + w * d;
         if self.lobe != 0.0 && w > 0.0 {
             let s = w * self.lobe / k as f64;
@@ -1017,7 +1153,13 @@ pub fn consolidate_supports(wm: &DMatrix<f64>) -> DMatrix<f64> {
 
 fn lift(e: &DMatrix<f64>) -> DMatrix<f64> {
     let (p, k) = e.shape();
-    DMatrix::from_fn(p, 2 * k, |i, j| if j < k { e[(i, j)].max(0.0) } else { (-e[(i, j - k)]).max(0.0) })
+    DMatrix::from_fn(p, 2 * k, |i, j| {
+        if j < k {
+            e[(i, j)].max(0.0)
+        } else {
+            (-e[(i, j - k)]).max(0.0)
+        }
+    })
 }
 
 /// Signed mode: `V = V⁺ − V⁻` with near-disjoint non-negative parts, reconstructing `X`
@@ -1040,10 +1182,18 @@ pub fn fit_signed_with_callback(
     let (ops, c, _) = gram_operator(x, p.matrix_free)?;
     let orth = p.orth.unwrap_or(Orth::Cg);
     let min_val = x.min();
-    let col_mean_max = (0..np).map(|j| (x.column(j).sum() / n as f64).abs()).fold(0.0, f64::max);
+    let col_mean_max = (0..np)
+        .map(|j| (x.column(j).sum() / n as f64).abs())
+        .fold(0.0, f64::max);
     let centred_or_signed = min_val < -1e-5 || col_mean_max < 1e-4;
     let strategy = match &p.init {
-        Init::Auto => if centred_or_signed { Init::Split } else { Init::Adaptive },
+        Init::Auto => {
+            if centred_or_signed {
+                Init::Split
+            } else {
+                Init::Adaptive
+            }
+        }
         other => other.clone(),
     };
     let w0 = match &strategy {
@@ -1056,10 +1206,26 @@ pub fn fit_signed_with_callback(
             crate::validate::same_shape("init (the parts [V⁺|V⁻])", m, (np, 2 * k))?;
             m.clone()
         }
-        other => return Err(init_not_for(other, "signed", "auto, split, varimax, pca_split, adaptive, relax, or a p×2k matrix")),
+        other => {
+            return Err(init_not_for(
+                other,
+                "signed",
+                "auto, split, varimax, pca_split, adaptive, relax, or a p×2k matrix",
+            ))
+        }
     };
-    let mut obj = SignedObjective { ops: &ops, c, w: p.w, orth, lobe: p.lobe, k };
-    let set = Feasible { nonneg: true, mask: None };
+    let mut obj = SignedObjective {
+        ops: &ops,
+        c,
+        w: p.w,
+        orth,
+        lobe: p.lobe,
+        k,
+    };
+    let set = Feasible {
+        nonneg: true,
+        mask: None,
+    };
     let mut st = Stages::new();
     let s = solve_stage(&mut obj, &w0, &set, p, &mut callback)?;
     st.add(&s);
@@ -1067,7 +1233,10 @@ pub fn fit_signed_with_callback(
     if p.consolidate {
         let wc = consolidate_supports(&wm);
         let mask = mask_of(&wc);
-        let set_m = Feasible { nonneg: true, mask: Some(mask) };
+        let set_m = Feasible {
+            nonneg: true,
+            mask: Some(mask),
+        };
         let s = solve_stage(&mut obj, &wc, &set_m, p, &mut callback)?;
         st.add(&s);
         wm = s.y;
@@ -1079,7 +1248,10 @@ pub fn fit_signed_with_callback(
         if vs != v {
             let wsp = lift(&vs);
             let mask = mask_of(&wsp);
-            let set_m = Feasible { nonneg: true, mask: Some(mask.clone()) };
+            let set_m = Feasible {
+                nonneg: true,
+                mask: Some(mask.clone()),
+            };
             let s = solve_stage(&mut obj, &wsp, &set_m, p, &mut callback)?;
             st.add(&s);
             wm = s.y;
@@ -1120,13 +1292,22 @@ pub fn fit_signed_with_callback(
 /// 3.5's entry point `nsa_flow(data_or_target, k, w, mode=…)`: `k = None` means a target
 /// (`anchored`); otherwise data (`n×p`), signed when it has an entry below −1e-12 under
 /// [`FitMode::Auto`].
-pub fn fit(input: &DMatrix<f64>, k: Option<usize>, mode: FitMode, p: &FitParams) -> Result<FitResult> {
+pub fn fit(
+    input: &DMatrix<f64>,
+    k: Option<usize>,
+    mode: FitMode,
+    p: &FitParams,
+) -> Result<FitResult> {
     let mode = match mode {
         FitMode::Auto => match k {
             None => FitMode::Anchored,
             Some(_) => {
                 crate::validate::finite_nonempty("input", input)?;
-                if input.min() < -1e-12 { FitMode::Signed } else { FitMode::Data }
+                if input.min() < -1e-12 {
+                    FitMode::Signed
+                } else {
+                    FitMode::Data
+                }
             }
         },
         m => m,
@@ -1134,12 +1315,25 @@ pub fn fit(input: &DMatrix<f64>, k: Option<usize>, mode: FitMode, p: &FitParams)
     if p.fidelity != Fidelity::Auto && mode != FitMode::Anchored {
         return Err(invalid("fidelity", format!("'{}' applies to the anchored mode only; mode '{}' uses the data reconstruction term", p.fidelity.name(), mode.name())));
     }
-    let need_k = |k: Option<usize>| k.ok_or_else(|| invalid("k", format!("mode '{}' needs the number of components k", mode.name())));
+    let need_k = |k: Option<usize>| {
+        k.ok_or_else(|| {
+            invalid(
+                "k",
+                format!("mode '{}' needs the number of components k", mode.name()),
+            )
+        })
+    };
     match mode {
         FitMode::Anchored => {
             if let Some(k) = k {
                 if k != input.ncols() {
-                    return Err(invalid("k", format!("the anchored mode takes k from the target's {} columns; got k = {k}", input.ncols())));
+                    return Err(invalid(
+                        "k",
+                        format!(
+                            "the anchored mode takes k from the target's {} columns; got k = {k}",
+                            input.ncols()
+                        ),
+                    ));
                 }
             }
             fit_anchored(input, p)
@@ -1171,7 +1365,11 @@ impl Fidelity {
             "auto" => Ok(Fidelity::Auto),
             "anchor" => Ok(Fidelity::Anchor),
             "subspace" => Ok(Fidelity::Subspace),
-            other => Err(NsaError::UnknownName { kind: "fidelity", name: other.into(), expected: "auto, anchor, subspace".into() }),
+            other => Err(NsaError::UnknownName {
+                kind: "fidelity",
+                name: other.into(),
+                expected: "auto, anchor, subspace".into(),
+            }),
         }
     }
 }
@@ -1180,6 +1378,10 @@ from_str_via_parse!(Fidelity);
 impl std::str::FromStr for Orth {
     type Err = NsaError;
     fn from_str(s: &str) -> Result<Orth> {
-        Orth::parse(s).ok_or_else(|| NsaError::UnknownName { kind: "orthogonality functional", name: s.into(), expected: "D, Cg, C, Coff".into() })
+        Orth::parse(s).ok_or_else(|| NsaError::UnknownName {
+            kind: "orthogonality functional",
+            name: s.into(),
+            expected: "D, Cg, C, Coff".into(),
+        })
     }
 }

@@ -42,8 +42,12 @@ pub fn basis_report(y: &DMatrix<f64>) -> BasisReport {
     let peak = y.iter().fold(0.0f64, |m, v| m.max(v.abs()));
     let thr = 1e-8 * peak;
     let used = |i: usize, j: usize| y[(i, j)].abs() > thr;
-    let nnz: Vec<usize> = (0..k).map(|j| (0..p).filter(|&i| used(i, j)).count()).collect();
-    let per_feature: Vec<usize> = (0..p).map(|i| (0..k).filter(|&j| used(i, j)).count()).collect();
+    let nnz: Vec<usize> = (0..k)
+        .map(|j| (0..p).filter(|&i| used(i, j)).count())
+        .collect();
+    let per_feature: Vec<usize> = (0..p)
+        .map(|i| (0..k).filter(|&j| used(i, j)).count())
+        .collect();
     let live: Vec<usize> = per_feature.iter().cloned().filter(|&c| c > 0).collect();
     let total_used: usize = nnz.iter().sum();
     BasisReport {
@@ -54,9 +58,17 @@ pub fn basis_report(y: &DMatrix<f64>) -> BasisReport {
         raw_defect: stiefel_defect(y),
         effective_rank: effective_rank(y),
         column_norm_ratio: if lo > 0.0 { hi / lo } else { f64::INFINITY },
-        sparsity: if p * k > 0 { 1.0 - total_used as f64 / (p * k) as f64 } else { 0.0 },
+        sparsity: if p * k > 0 {
+            1.0 - total_used as f64 / (p * k) as f64
+        } else {
+            0.0
+        },
         max_support: nnz.iter().cloned().max().unwrap_or(0),
-        mean_support: if k > 0 { total_used as f64 / k as f64 } else { 0.0 },
+        mean_support: if k > 0 {
+            total_used as f64 / k as f64
+        } else {
+            0.0
+        },
         n_dead_columns: nnz.iter().filter(|&&c| c == 0).count(),
         support_overlap: if live.is_empty() {
             0.0
@@ -87,7 +99,9 @@ pub struct PartStats {
 /// [`PartStats`] of `w`.
 pub fn part_sparsity(w: &DMatrix<f64>) -> PartStats {
     let (p, m) = w.shape();
-    let nnz: Vec<usize> = (0..m).map(|j| w.column(j).iter().filter(|v| v.abs() > 1e-10).count()).collect();
+    let nnz: Vec<usize> = (0..m)
+        .map(|j| w.column(j).iter().filter(|v| v.abs() > 1e-10).count())
+        .collect();
     let live: Vec<usize> = nnz.iter().cloned().filter(|&c| c > 0).collect();
     let kpart = (p / m.max(1)).max(1);
     let mut mass = 0.0;
@@ -101,7 +115,11 @@ pub fn part_sparsity(w: &DMatrix<f64>) -> PartStats {
     PartStats {
         n_dead: nnz.iter().filter(|&&c| c == 0).count(),
         max_nnz: nnz.iter().cloned().max().unwrap_or(0),
-        mean_nnz: if live.is_empty() { 0.0 } else { live.iter().sum::<usize>() as f64 / live.len() as f64 },
+        mean_nnz: if live.is_empty() {
+            0.0
+        } else {
+            live.iter().sum::<usize>() as f64 / live.len() as f64
+        },
         disjoint_ideal: kpart,
         mass_in_ideal: if m > 0 { mass / m as f64 } else { 0.0 },
         nnz_per_part: nnz,
@@ -113,7 +131,12 @@ pub fn part_sparsity(w: &DMatrix<f64>) -> PartStats {
 /// shrunk by the order statistic at that rank; a column already that sparse is only cleaned
 /// of dust below 1e-12 of its peak. With `nonneg`, each column's sign gauge is resolved and
 /// the result clamped at zero first.
-pub fn simlr_sparseness(y: &DMatrix<f64>, q: f64, nonneg: bool, only_if_denser: bool) -> DMatrix<f64> {
+pub fn simlr_sparseness(
+    y: &DMatrix<f64>,
+    q: f64,
+    nonneg: bool,
+    only_if_denser: bool,
+) -> DMatrix<f64> {
     let mut y = y.clone();
     if nonneg {
         crate::fit::eig::resolve_column_sign_gauge(&mut y);
@@ -159,7 +182,13 @@ pub fn simlr_sparseness(y: &DMatrix<f64>, q: f64, nonneg: bool, only_if_denser: 
             }
         };
         if mag[order[0]] - thresh > 1e-12 {
-            let shrunk: Vec<f64> = (0..p).map(|i| col[i].signum() * (mag[i] - thresh).max(0.0) * if col[i] == 0.0 { 0.0 } else { 1.0 }).collect();
+            let shrunk: Vec<f64> = (0..p)
+                .map(|i| {
+                    col[i].signum()
+                        * (mag[i] - thresh).max(0.0)
+                        * if col[i] == 0.0 { 0.0 } else { 1.0 }
+                })
+                .collect();
             let alive = shrunk.iter().filter(|v| v.abs() > 0.0).count();
             let peak = shrunk.iter().fold(0.0f64, |m, v| m.max(v.abs()));
             if peak <= 0.0 {

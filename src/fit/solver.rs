@@ -314,7 +314,12 @@ impl Compact {
         let mut w = DMatrix::zeros(n, 2 * m);
         for j in 0..m {
             w.column_mut(j).as_mut_slice().copy_from_slice(&self.y[j]);
-            for (dst, &v) in w.column_mut(m + j).as_mut_slice().iter_mut().zip(&self.s[j]) {
+            for (dst, &v) in w
+                .column_mut(m + j)
+                .as_mut_slice()
+                .iter_mut()
+                .zip(&self.s[j])
+            {
                 *dst = th * v;
             }
         }
@@ -364,9 +369,15 @@ fn cauchy_point(
         } else {
             f64::INFINITY
         };
-        t[i] = if ti.is_nan() { f64::INFINITY } else { ti.max(0.0) };
+        t[i] = if ti.is_nan() {
+            f64::INFINITY
+        } else {
+            ti.max(0.0)
+        };
     }
-    let mut d: Vec<f64> = (0..n).map(|i| if t[i] > 0.0 { -g[i] } else { 0.0 }).collect();
+    let mut d: Vec<f64> = (0..n)
+        .map(|i| if t[i] > 0.0 { -g[i] } else { 0.0 })
+        .collect();
     let mut fixed: Vec<bool> = t.iter().map(|&ti| ti <= 0.0).collect();
     let mut x_cp: Vec<f64> = (0..n)
         .map(|i| {
@@ -380,7 +391,11 @@ fn cauchy_point(
         })
         .collect();
     let two_m = h.two_m();
-    let mut p = if two_m > 0 { h.wt(&d) } else { DVector::zeros(0) };
+    let mut p = if two_m > 0 {
+        h.wt(&d)
+    } else {
+        DVector::zeros(0)
+    };
     let mut c = DVector::zeros(two_m);
     let mut fp = -dot(&d, &d);
     let mut fpp = -h.theta * fp;
@@ -517,7 +532,13 @@ fn subspace_min(
         vec![0.0; n]
     };
     let r: Vec<f64> = (0..n)
-        .map(|i| if fixed[i] { 0.0 } else { g[i] + th * (x_cp[i] - x[i]) - wmc[i] })
+        .map(|i| {
+            if fixed[i] {
+                0.0
+            } else {
+                g[i] + th * (x_cp[i] - x[i]) - wmc[i]
+            }
+        })
         .collect();
     let mut d_hat: Vec<f64>;
     if two_m == 0 {
@@ -714,7 +735,10 @@ struct Window {
 
 impl Window {
     fn new() -> Self {
-        Window { energy: Default::default(), gmap: Default::default() }
+        Window {
+            energy: Default::default(),
+            gmap: Default::default(),
+        }
     }
     fn push(&mut self, e: f64, g: f64) {
         self.energy.push_back(e);
@@ -738,7 +762,11 @@ impl Window {
             return false;
         }
         let lo = self.energy.iter().cloned().fold(f64::INFINITY, f64::min);
-        let hi = self.energy.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+        let hi = self
+            .energy
+            .iter()
+            .cloned()
+            .fold(f64::NEG_INFINITY, f64::max);
         (hi - lo) / (1.0 + lo.abs()) < PLATEAU_RTOL && self.stalled()
     }
 }
@@ -833,7 +861,13 @@ pub fn lbfgsb<O: Objective>(
                 set.project(&mut xa);
                 let (fa, ga) = cnt.fg(&xa);
                 let da = dot(&ga, d_ref);
-                Trial { a, f: fa, d: da, x: xa, g: ga }
+                Trial {
+                    a,
+                    f: fa,
+                    d: da,
+                    x: xa,
+                    g: ga,
+                }
             };
             strong_wolfe(&mut phi, a_max, f, g0_dir, remaining.min(20))
         };
@@ -966,7 +1000,11 @@ pub fn spg<O: Objective>(
                 rr += r * r;
             }
             if sr > 0.0 {
-                t = if it % 2 == 0 { sr / rr.max(1e-300) } else { ss / sr };
+                t = if it % 2 == 0 {
+                    sr / rr.max(1e-300)
+                } else {
+                    ss / sr
+                };
             }
             t = t.clamp(T_MIN, T_MAX);
         }
