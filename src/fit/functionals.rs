@@ -295,12 +295,12 @@ impl GramOperator {
     pub fn both(&self, v: &DMatrix<f64>) -> (DMatrix<f64>, DMatrix<f64>) {
         match self {
             GramOperator::Dense(s) => {
-                let sv = matmul(s, v);
+                let sv = mul_by_tall(s, v);
                 let a = gram(v, &sv);
                 (sv, a)
             }
             GramOperator::MatrixFree(x) => {
-                let xv = matmul(x, v);
+                let xv = mul_by_tall(x, v);
                 let sv = matmul_tn(x, &xv);
                 let a = gram(&xv, &xv);
                 (sv, a)
@@ -311,9 +311,9 @@ impl GramOperator {
     /// `VᵀSV` only (the matrix-free route skips the `Xᵀ` product).
     pub fn quad(&self, v: &DMatrix<f64>) -> DMatrix<f64> {
         match self {
-            GramOperator::Dense(s) => gram(v, &matmul(s, v)),
+            GramOperator::Dense(s) => gram(v, &mul_by_tall(s, v)),
             GramOperator::MatrixFree(x) => {
-                let xv = matmul(x, v);
+                let xv = mul_by_tall(x, v);
                 gram(&xv, &xv)
             }
         }
@@ -323,6 +323,45 @@ impl GramOperator {
     pub fn matrix_free(&self) -> bool {
         matches!(self, GramOperator::MatrixFree(_))
     }
+}
+
+/// `A·V` for a wide or square `A` (`m×p`) and a tall, thin, often sparse `V` (`p×k`): one pass
+/// over `A`'s columns, each added into the columns of the result that `V`'s row selects.
+///
+/// The solvers' bases are non-negative with nearly disjoint supports (most of `V` is exactly
+/// zero once the columns separate), so skipping `V`'s zeros removes most of the work; each
+/// column of `A` is read once whatever `k` is (a general matmul splits `k = 5` into panels and
+/// reads `A` once per panel). Every entry is summed over `i` in increasing order: fixed, so the
+/// same input gives the same bits, and skipping an exact zero does not change a sum.
+pub fn mul_by_tall(a: &DMatrix<f64>, v: &DMatrix<f64>) -> DMatrix<f64> {
+    let (m, p) = a.shape();
+    let k = v.ncols();
+    assert_eq!(v.nrows(), p, "mul_by_tall: inner dimension");
+    // Dense `V` (the start of a solve) goes through the general matmul, whose register tiles
+    // win when no zeros can be skipped (measured at 500×500·500×5: 114 µs vs 268 µs dense,
+    // 112 µs vs 77 µs at a final basis with 80 % zeros). The switch depends on `V` only.
+    let nnz = v.iter().filter(|&&x| x != 0.0).count();
+    if nnz * 2 > v.len() {
+        return matmul(a, v);
+    }
+    let mut out = DMatrix::zeros(m, k);
+    if m == 0 {
+        return out;
+    }
+    let (av, vv) = (a.as_slice(), v.as_slice());
+    let ov = out.as_mut_slice();
+    for i in 0..p {
+        let col = &av[i * m..(i + 1) * m];
+        for c in 0..k {
+            let vic = vv[c * p + i];
+            if vic != 0.0 {
+                for (o, &x) in ov[c * m..(c + 1) * m].iter_mut().zip(col) {
+                    *o += x * vic;
+                }
+            }
+        }
+    }
+    out
 }
 
 /// `A·B` for general dense operands, through faer's sequential matmul (fixed order).

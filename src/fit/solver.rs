@@ -311,7 +311,12 @@ impl Compact {
         let m = self.m();
         let n = self.s[0].len();
         let th = self.theta;
-        let mut w = DMatrix::zeros(n, 2 * m);
+        // W is rewritten whole (θ changes with every pair) into the buffer it already has:
+        // a fresh n×2m allocation per iteration cost more than the products that use it.
+        let mut w = std::mem::take(&mut self.w);
+        if w.shape() != (n, 2 * m) {
+            w = DMatrix::zeros(n, 2 * m);
+        }
         for j in 0..m {
             w.column_mut(j).as_mut_slice().copy_from_slice(&self.y[j]);
             for (dst, &v) in w
@@ -425,8 +430,15 @@ fn cauchy_point(
         let mut fpp_prev = fpp;
         let mut dt_min_prev = dt_min;
         let mut n_fix = cand.len();
-        #[allow(clippy::type_complexity)]
-        let mut last: Option<(f64, f64, f64, DVector<f64>, DVector<f64>)> = None;
+        // The walk visits up to `max_breakpoints` breakpoints: its 2m-vectors live in buffers
+        // made once, and Mᵀ is formed once, not per breakpoint.
+        let m_inv_t = h.m_inv.transpose();
+        let mut wb = DVector::zeros(two_m);
+        let mut pp = DVector::zeros(two_m);
+        let mut cj = DVector::zeros(two_m);
+        let mut mwb = DVector::zeros(two_m);
+        let (mut last_p, mut last_c) = (DVector::zeros(two_m), DVector::zeros(two_m));
+        let mut last: Option<(f64, f64, f64)> = None;
         for (j, &b) in cand.iter().enumerate() {
             let tb = t[b];
             let gb = g[b];
@@ -436,25 +448,29 @@ fn cauchy_point(
                 n_fix = j;
                 break;
             }
-            let (wmc, dfpp, p_prev, c_j);
+            let (wmc, dfpp);
             if two_m > 0 {
-                let wb = DVector::from_fn(two_m, |q, _| h.w[(b, q)]);
+                for q in 0..two_m {
+                    wb[q] = h.w[(b, q)];
+                }
                 acc_gw.axpy(gb, &wb, 1.0);
-                let pp = &p + &acc_gw - &wb * gb;
+                for q in 0..two_m {
+                    pp[q] = (p[q] + acc_gw[q]) - wb[q] * gb;
+                }
                 acc_c.axpy(dtb, &pp, 1.0);
-                let cj = &c + &acc_c;
-                let mwb = h.m_inv.transpose() * &wb;
+                for q in 0..two_m {
+                    cj[q] = c[q] + acc_c[q];
+                }
+                m_inv_t.mul_to(&wb, &mut mwb);
                 wmc = mwb.dot(&cj);
                 let wmp = mwb.dot(&pp);
                 let wmw = mwb.dot(&wb);
                 dfpp = -h.theta * gb * gb - 2.0 * gb * wmp - gb * gb * wmw;
-                p_prev = pp;
-                c_j = cj;
+                std::mem::swap(&mut pp, &mut last_p);
+                std::mem::swap(&mut cj, &mut last_c);
             } else {
                 wmc = 0.0;
                 dfpp = -h.theta * gb * gb;
-                p_prev = DVector::zeros(0);
-                c_j = DVector::zeros(0);
             }
             acc_fpp += dfpp;
             let fpp_j = (fpp + acc_fpp).max(tiny);
@@ -462,7 +478,7 @@ fn cauchy_point(
             acc_fp += dfp;
             let fp_j = fp + acc_fp;
             let dt_min_j = -fp_j / fpp_j;
-            last = Some((tb, fp_j, fpp_j, p_prev, c_j));
+            last = Some((tb, fp_j, fpp_j));
             fpp_prev = fpp_j;
             dt_min_prev = dt_min_j;
             t_prev = tb;
@@ -474,16 +490,18 @@ fn cauchy_point(
                 fixed[b] = true;
             }
             // `last` is the state after breakpoint n_fix − 1 (the loop broke at n_fix or ran out)
-            let (tb, fp_j, fpp_j, p_prev, c_j) = last.expect("n_fix > 0 means a step was taken");
+            let (tb, fp_j, fpp_j) = last.expect("n_fix > 0 means a step was taken");
             t_old = tb;
             fp = fp_j;
             fpp = fpp_j.max(tiny);
             dt_min = safe_div(-fp, fpp, tiny);
             if two_m > 0 {
+                let gb = g[cand[n_fix - 1]];
                 let b = cand[n_fix - 1];
-                let wb = DVector::from_fn(two_m, |q, _| h.w[(b, q)]);
-                p = p_prev + wb * g[b];
-                c = c_j;
+                for q in 0..two_m {
+                    p[q] = last_p[q] + h.w[(b, q)] * gb;
+                }
+                c = last_c;
             }
         }
     }
