@@ -241,8 +241,9 @@ struct Compact {
     sy: DMatrix<f64>,
     ss: DMatrix<f64>,
     theta: f64,
-    /// `n × 2m`, column-major.
-    w: DMatrix<f64>,
+    /// `M`, `2m × 2m` (empty until the first pair is accepted). `W` itself is never formed:
+    /// its columns are `y_j` and `θ s_j`, read from the pairs (an `n × 2m` copy rewritten per
+    /// iteration, as θ changes, doubled the memory traffic of the bookkeeping).
     m_inv: DMatrix<f64>,
 }
 
@@ -255,7 +256,6 @@ impl Compact {
             sy: DMatrix::zeros(0, 0),
             ss: DMatrix::zeros(0, 0),
             theta: 1.0,
-            w: DMatrix::zeros(0, 0),
             m_inv: DMatrix::zeros(0, 0),
         }
     }
@@ -263,7 +263,26 @@ impl Compact {
         self.s.len()
     }
     fn two_m(&self) -> usize {
-        self.w.ncols()
+        self.m_inv.nrows()
+    }
+    /// `W[b, q]`.
+    #[inline]
+    fn w_at(&self, b: usize, q: usize) -> f64 {
+        let m = self.m();
+        if q < m {
+            self.y[q][b]
+        } else {
+            self.theta * self.s[q - m][b]
+        }
+    }
+    /// Column `q` of `W` as (the stored vector, the factor it is scaled by).
+    fn w_col(&self, q: usize) -> (&[f64], Option<f64>) {
+        let m = self.m();
+        if q < m {
+            (&self.y[q], None)
+        } else {
+            (&self.s[q - m], Some(self.theta))
+        }
     }
     fn reset(&mut self) {
         self.s.clear();
@@ -271,7 +290,6 @@ impl Compact {
         self.sy = DMatrix::zeros(0, 0);
         self.ss = DMatrix::zeros(0, 0);
         self.theta = 1.0;
-        self.w = DMatrix::zeros(0, 0);
         self.m_inv = DMatrix::zeros(0, 0);
     }
     fn push(&mut self, s: Vec<f64>, y: Vec<f64>) {
@@ -309,25 +327,7 @@ impl Compact {
     }
     fn rebuild(&mut self) {
         let m = self.m();
-        let n = self.s[0].len();
         let th = self.theta;
-        // W is rewritten whole (θ changes with every pair) into the buffer it already has:
-        // a fresh n×2m allocation per iteration cost more than the products that use it.
-        let mut w = std::mem::take(&mut self.w);
-        if w.shape() != (n, 2 * m) {
-            w = DMatrix::zeros(n, 2 * m);
-        }
-        for j in 0..m {
-            w.column_mut(j).as_mut_slice().copy_from_slice(&self.y[j]);
-            for (dst, &v) in w
-                .column_mut(m + j)
-                .as_mut_slice()
-                .iter_mut()
-                .zip(&self.s[j])
-            {
-                *dst = th * v;
-            }
-        }
         let (sy, ss) = (&self.sy, &self.ss);
         let mut k = DMatrix::zeros(2 * m, 2 * m);
         for i in 0..m {
@@ -342,7 +342,6 @@ impl Compact {
         }
         match k.lu().try_inverse() {
             Some(inv) if inv.iter().all(|v| v.is_finite()) => {
-                self.w = w;
                 self.m_inv = inv;
             }
             _ => self.reset(),
@@ -351,7 +350,10 @@ impl Compact {
     /// `Wᵀv`.
     fn wt(&self, v: &[f64]) -> DVector<f64> {
         let two_m = self.two_m();
-        DVector::from_fn(two_m, |j, _| dot(self.w.column(j).as_slice(), v))
+        DVector::from_fn(two_m, |j, _| match self.w_col(j) {
+            (col, None) => dot(col, v),
+            (col, Some(th)) => th * dot(col, v),
+        })
     }
 }
 
@@ -451,7 +453,7 @@ fn cauchy_point(
             let (wmc, dfpp);
             if two_m > 0 {
                 for q in 0..two_m {
-                    wb[q] = h.w[(b, q)];
+                    wb[q] = h.w_at(b, q);
                 }
                 acc_gw.axpy(gb, &wb, 1.0);
                 for q in 0..two_m {
@@ -499,7 +501,7 @@ fn cauchy_point(
                 let gb = g[cand[n_fix - 1]];
                 let b = cand[n_fix - 1];
                 for q in 0..two_m {
-                    p[q] = last_p[q] + h.w[(b, q)] * gb;
+                    p[q] = last_p[q] + h.w_at(b, q) * gb;
                 }
                 c = last_c;
             }
@@ -539,10 +541,18 @@ fn subspace_min(
         let mc = &h.m_inv * c;
         let mut out = vec![0.0; n];
         for q in 0..two_m {
-            let col = h.w.column(q);
             let a = mc[q];
-            for (o, &wv) in out.iter_mut().zip(col.as_slice()) {
-                *o += wv * a;
+            match h.w_col(q) {
+                (col, None) => {
+                    for (o, &wv) in out.iter_mut().zip(col) {
+                        *o += wv * a;
+                    }
+                }
+                (col, Some(th)) => {
+                    for (o, &sv) in out.iter_mut().zip(col) {
+                        *o += (th * sv) * a;
+                    }
+                }
             }
         }
         out
@@ -567,10 +577,19 @@ fn subspace_min(
         let nf = free.len();
         let mut wf = DMatrix::zeros(nf, two_m);
         for q in 0..two_m {
-            let src = h.w.column(q);
-            let src = src.as_slice();
-            for (dst, &i) in wf.column_mut(q).as_mut_slice().iter_mut().zip(&free) {
-                *dst = src[i];
+            let (src, scale) = h.w_col(q);
+            let mut dst = wf.column_mut(q);
+            match scale {
+                None => {
+                    for (dst, &i) in dst.iter_mut().zip(&free) {
+                        *dst = src[i];
+                    }
+                }
+                Some(th) => {
+                    for (dst, &i) in dst.iter_mut().zip(&free) {
+                        *dst = th * src[i];
+                    }
+                }
             }
         }
         let rf = DMatrix::from_iterator(nf, 1, free.iter().map(|&i| r[i]));
