@@ -268,20 +268,17 @@ impl Compact {
     /// `W[b, q]`.
     #[inline]
     fn w_at(&self, b: usize, q: usize) -> f64 {
-        let m = self.m();
-        if q < m {
-            self.y[q][b]
-        } else {
-            self.theta * self.s[q - m][b]
-        }
+        let (col, scale) = self.w_col(q);
+        scale * col[b]
     }
-    /// Column `q` of `W` as (the stored vector, the factor it is scaled by).
-    fn w_col(&self, q: usize) -> (&[f64], Option<f64>) {
+    /// Column `q` of `W` as (the stored vector, the factor it is scaled by: 1 for a `y`, θ
+    /// for an `s`; multiplying by 1 is exact, so one code path serves both halves).
+    fn w_col(&self, q: usize) -> (&[f64], f64) {
         let m = self.m();
         if q < m {
-            (&self.y[q], None)
+            (&self.y[q], 1.0)
         } else {
-            (&self.s[q - m], Some(self.theta))
+            (&self.s[q - m], self.theta)
         }
     }
     fn reset(&mut self) {
@@ -350,9 +347,9 @@ impl Compact {
     /// `Wᵀv`.
     fn wt(&self, v: &[f64]) -> DVector<f64> {
         let two_m = self.two_m();
-        DVector::from_fn(two_m, |j, _| match self.w_col(j) {
-            (col, None) => dot(col, v),
-            (col, Some(th)) => th * dot(col, v),
+        DVector::from_fn(two_m, |j, _| {
+            let (col, scale) = self.w_col(j);
+            scale * dot(col, v)
         })
     }
 }
@@ -498,8 +495,8 @@ fn cauchy_point(
             fpp = fpp_j.max(tiny);
             dt_min = safe_div(-fp, fpp, tiny);
             if two_m > 0 {
-                let gb = g[cand[n_fix - 1]];
                 let b = cand[n_fix - 1];
+                let gb = g[b];
                 for q in 0..two_m {
                     p[q] = last_p[q] + h.w_at(b, q) * gb;
                 }
@@ -542,17 +539,9 @@ fn subspace_min(
         let mut out = vec![0.0; n];
         for q in 0..two_m {
             let a = mc[q];
-            match h.w_col(q) {
-                (col, None) => {
-                    for (o, &wv) in out.iter_mut().zip(col) {
-                        *o += wv * a;
-                    }
-                }
-                (col, Some(th)) => {
-                    for (o, &sv) in out.iter_mut().zip(col) {
-                        *o += (th * sv) * a;
-                    }
-                }
+            let (col, scale) = h.w_col(q);
+            for (o, &sv) in out.iter_mut().zip(col) {
+                *o += (scale * sv) * a;
             }
         }
         out
@@ -578,18 +567,8 @@ fn subspace_min(
         let mut wf = DMatrix::zeros(nf, two_m);
         for q in 0..two_m {
             let (src, scale) = h.w_col(q);
-            let mut dst = wf.column_mut(q);
-            match scale {
-                None => {
-                    for (dst, &i) in dst.iter_mut().zip(&free) {
-                        *dst = src[i];
-                    }
-                }
-                Some(th) => {
-                    for (dst, &i) in dst.iter_mut().zip(&free) {
-                        *dst = th * src[i];
-                    }
-                }
+            for (dst, &i) in wf.column_mut(q).iter_mut().zip(&free) {
+                *dst = scale * src[i];
             }
         }
         let rf = DMatrix::from_iterator(nf, 1, free.iter().map(|&i| r[i]));
