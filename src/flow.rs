@@ -98,38 +98,42 @@ pub fn gpu_backend_for(params: &Params) -> Result<Option<GpuBackend>> {
             params.precision,
         )?)),
         BackendChoice::Auto => {
-            // Without a usable adapter, auto answers the CPU for the rest of the process rather
-            // than enumerating adapters again on every solve (which costs tens of ms and starts
-            // driver threads).
-            static NO_ADAPTER: std::sync::Mutex<Vec<GpuOptions>> =
-                std::sync::Mutex::new(Vec::new());
-            let known_absent =
-                |o: &GpuOptions| NO_ADAPTER.lock().map(|v| v.contains(o)).unwrap_or(false);
-            if params.gpu_adapter.is_none() && known_absent(&options) {
+            let Some(ctx) = auto_gpu_context(&options)? else {
                 return Ok(None);
-            }
-            // Under a tight address-space limit some drivers (Mesa's GL) crash inside the
-            // enumeration instead of failing; auto then does not probe and runs on the CPU.
-            if params.gpu_adapter.is_none()
-                && crate::memory::address_space_tight(crate::memory::GPU_PROBE_ROOM)
-            {
-                return Ok(None);
-            }
-            let ctx = match GpuContext::shared(&options) {
-                Ok(ctx) => ctx,
-                // a named adapter that is missing is an error, not a silent fallback
-                Err(e) if params.gpu_adapter.is_some() => return Err(e),
-                Err(_) => {
-                    if let Ok(mut v) = NO_ADAPTER.lock() {
-                        v.push(options);
-                    }
-                    return Ok(None);
-                }
             };
             if params.precision == Precision::F64 && !ctx.supports_f64() {
                 return Ok(None);
             }
             Ok(GpuBackend::new(ctx, params.precision).ok())
+        }
+    }
+}
+
+/// The device `backend = auto` runs on: a hardware adapter (or the one `options` names), or
+/// `None` for the CPU. A named adapter that is missing is an error, not a silent fallback.
+pub(crate) fn auto_gpu_context(options: &GpuOptions) -> Result<Option<std::sync::Arc<GpuContext>>> {
+    // Without a usable adapter, auto answers the CPU for the rest of the process rather than
+    // enumerating adapters again on every solve (which costs tens of ms and starts driver
+    // threads).
+    static NO_ADAPTER: std::sync::Mutex<Vec<GpuOptions>> = std::sync::Mutex::new(Vec::new());
+    let named = options.adapter_name.is_some();
+    let known_absent = |o: &GpuOptions| NO_ADAPTER.lock().map(|v| v.contains(o)).unwrap_or(false);
+    if !named && known_absent(options) {
+        return Ok(None);
+    }
+    // Under a tight address-space limit some drivers (Mesa's GL) crash inside the enumeration
+    // instead of failing; auto then does not probe and runs on the CPU.
+    if !named && crate::memory::address_space_tight(crate::memory::GPU_PROBE_ROOM) {
+        return Ok(None);
+    }
+    match GpuContext::shared(options) {
+        Ok(ctx) => Ok(Some(ctx)),
+        Err(e) if named => Err(e),
+        Err(_) => {
+            if let Ok(mut v) = NO_ADAPTER.lock() {
+                v.push(options.clone());
+            }
+            Ok(None)
         }
     }
 }

@@ -1,8 +1,8 @@
 //! `nsa-flow fit` (the solvers of nsa_flow 3.5) and `run --solver lbfgsb|spg`.
 
 use super::{
-    check_paths, parse_json_path, parse_matrix_path, parse_named, parse_positive, parse_tol,
-    parse_weight, write_all, CsvArgs, Output,
+    check_paths, parse_adapter, parse_json_path, parse_matrix_path, parse_named, parse_positive,
+    parse_tol, parse_weight, write_all, CsvArgs, Output,
 };
 use clap::Args;
 use nalgebra::DMatrix;
@@ -10,7 +10,7 @@ use nsa_flow::fit::{
     self, BasisReport, Fidelity, FitMode, FitOptimizer, FitParams, FitResult, Init, Orth,
 };
 use nsa_flow::io::NpyDtype;
-use nsa_flow::NsaError;
+use nsa_flow::{BackendChoice, NsaError, Precision};
 use serde_json::{json, Value};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -64,9 +64,21 @@ pub struct FitArgs {
     /// Budget in gradient evaluations, per solve stage.
     #[arg(long, default_value_t = 20_000, value_parser = parse_positive)]
     max_grad: usize,
-    /// Stop when the certificate ‖P(Y − ‖Y‖²∇E) − Y‖/‖Y‖ is at most this.
-    #[arg(long, default_value_t = 1e-6, value_parser = parse_tol)]
-    tol: f64,
+    /// Stop when the certificate ‖P(Y − ‖Y‖²∇E) − Y‖/‖Y‖ is at most this (default 1e-6;
+    /// 1e-4 with --precision f32).
+    #[arg(long, value_parser = parse_tol)]
+    tol: Option<f64>,
+    /// Data/signed: where the products with XᵀX run. auto: a hardware GPU computing in
+    /// --precision when the products are large, else the CPU; gpu: any adapter, software
+    /// ones included (an error without one); cpu. The anchored mode runs on the CPU.
+    #[arg(long, default_value = "auto", value_parser = parse_named::<BackendChoice>)]
+    backend: BackendChoice,
+    /// Data/signed: f64 | f32, the arithmetic of the device products (f32 needs a GPU).
+    #[arg(long, default_value = "f64", value_parser = parse_named::<Precision>)]
+    precision: Precision,
+    /// GPU adapter: a case-insensitive substring of its name (see `nsa-flow info`).
+    #[arg(long, value_parser = parse_adapter)]
+    adapter: Option<String>,
     /// Data/signed: auto (when p > n) | yes (never form XᵀX) | no.
     #[arg(long, default_value = "auto", value_parser = parse_tristate)]
     matrix_free: Tristate,
@@ -169,6 +181,7 @@ pub fn summary_json(r: &FitResult) -> Value {
         "grad_map_start": finite_or_null(r.grad_map_start),
         "energy_reduction": finite_or_null(r.energy_reduction()),
         "basis_report": report_json(&r.report),
+        "backend": r.backend, "precision": r.precision.to_string(), "adapter": r.adapter,
     });
     let o = s.as_object_mut().expect("an object");
     if let Some(f) = r.fidelity_mode {
@@ -207,9 +220,16 @@ pub fn summary_json(r: &FitResult) -> Value {
 
 fn final_line(r: &FitResult) -> String {
     format!(
-        "{} {}: {} ({}) after {} gradient evaluations, energy {:.6e}, certificate {:.2e} (tol {:.0e}), defect_D {:.3e}, sparsity {:.3}, {:.3} s",
-        r.mode.name(), r.optimizer.name(), r.stop_reason, r.certificate.name(), r.n_grad, r.energy, r.grad_map, r.tol, r.report.defect_d, r.report.sparsity, r.seconds
+        "{} {}: {} ({}) after {} gradient evaluations, energy {:.6e}, certificate {:.2e} (tol {:.0e}), defect_D {:.3e}, sparsity {:.3}, {:.3} s on {}",
+        r.mode.name(), r.optimizer.name(), r.stop_reason, r.certificate.name(), r.n_grad, r.energy, r.grad_map, r.tol, r.report.defect_d, r.report.sparsity, r.seconds, device_of(r)
     )
+}
+
+fn device_of(r: &FitResult) -> String {
+    match &r.adapter {
+        Some(a) => format!("{} {} ({a})", r.backend, r.precision),
+        None => format!("{} {}", r.backend, r.precision),
+    }
 }
 
 pub fn cmd_fit(a: FitArgs) -> Result<ExitCode, NsaError> {
@@ -232,6 +252,9 @@ pub fn cmd_fit(a: FitArgs) -> Result<ExitCode, NsaError> {
     p.optimizer = a.optimizer;
     p.max_grad = a.max_grad;
     p.tol = a.tol;
+    p.backend = a.backend;
+    p.precision = a.precision;
+    p.gpu_adapter = a.adapter.clone();
     p.sparseness = a.sparseness;
     p.consolidate = a.consolidate;
     p.lobe = a.lobe;
@@ -350,9 +373,7 @@ pub fn run_anchored(
     if let Some(m) = max_grad {
         p.max_grad = m;
     }
-    if let Some(t) = tol {
-        p.tol = t;
-    }
+    p.tol = tol;
     let target = x0.unwrap_or(y0);
     if x0.is_some() {
         p.init = Init::Matrix(y0.clone());

@@ -288,6 +288,9 @@ pub enum GramOperator {
     Dense(DMatrix<f64>),
     /// `X`, `n×p`.
     MatrixFree(DMatrix<f64>),
+    /// Either of the above resident on a GPU, the products run there (see
+    /// [`super::gpu::GpuGramOperator`]).
+    Gpu(std::sync::Arc<super::gpu::GpuGramOperator>),
 }
 
 impl GramOperator {
@@ -305,6 +308,7 @@ impl GramOperator {
                 let a = gram(&xv, &xv);
                 (sv, a)
             }
+            GramOperator::Gpu(g) => g.both(v),
         }
     }
 
@@ -316,12 +320,34 @@ impl GramOperator {
                 let xv = mul_by_tall(x, v);
                 gram(&xv, &xv)
             }
+            GramOperator::Gpu(g) => g.quad(v),
         }
     }
 
     /// Whether `S` is never formed.
     pub fn matrix_free(&self) -> bool {
-        matches!(self, GramOperator::MatrixFree(_))
+        match self {
+            GramOperator::Dense(_) => false,
+            GramOperator::MatrixFree(_) => true,
+            GramOperator::Gpu(g) => g.host().matrix_free(),
+        }
+    }
+
+    /// The operator as the CPU holds it (`S` or `X`).
+    pub fn host(&self) -> &GramOperator {
+        match self {
+            GramOperator::Gpu(g) => g.host(),
+            other => other,
+        }
+    }
+
+    /// The first device error since the last call (a failed device product answers NaN,
+    /// which stops the solver; the fit reports this error instead of its consequence).
+    pub fn take_error(&self) -> Option<crate::NsaError> {
+        match self {
+            GramOperator::Gpu(g) => g.take_error(),
+            _ => None,
+        }
     }
 }
 

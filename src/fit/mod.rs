@@ -10,7 +10,8 @@
 //!
 //! [`fit`] dispatches as 3.5's `nsa_flow(data_or_target, k, w, mode=…)` does. This family is
 //! separate from the 0.7.7 flow ([`crate::flow`]): a different energy, optimizer and stopping
-//! contract. It runs on the CPU in `f64`.
+//! contract. The solver runs on the CPU in `f64`; the data and signed modes' products with
+//! `XᵀX` can run on a GPU ([`gpu`], [`FitParams::backend`]), in f64 or f32.
 //!
 //! ```
 //! use nalgebra::DMatrix;
@@ -25,6 +26,7 @@
 
 pub mod eig;
 pub mod functionals;
+pub mod gpu;
 pub mod report;
 pub mod solver;
 
@@ -221,8 +223,9 @@ pub struct FitParams {
     pub optimizer: FitOptimizer,
     /// Budget in gradient evaluations, per solve stage (default 20 000).
     pub max_grad: usize,
-    /// Certificate tolerance (default 1e-6).
-    pub tol: f64,
+    /// Certificate tolerance; `None` is 3.5's default for the precision: 1e-6 in f64, 1e-4
+    /// in f32 (the products' rounding floor).
+    pub tol: Option<f64>,
     /// L-BFGS memory (default 10).
     pub memory: usize,
     /// Sufficient-decrease constant (default 1e-4).
@@ -247,7 +250,24 @@ pub struct FitParams {
     pub matrix_free: Option<bool>,
     /// The start.
     pub init: Init,
+    /// Data/signed: where the products with `XᵀX` run (default auto). `cpu`; `gpu`, any
+    /// adapter, software ones included (an error without one); `auto`, a hardware adapter
+    /// computing in `precision` when each product is at least [`GPU_AUTO_WORK`]
+    /// multiply-adds, else the CPU. The anchored mode has no such product and runs on the
+    /// CPU (`gpu` is an error there).
+    pub backend: crate::BackendChoice,
+    /// Data/signed: the arithmetic of the device products (default f64; `f32` needs a GPU).
+    /// The solver's own bookkeeping is f64 either way.
+    pub precision: crate::Precision,
+    /// A GPU adapter: a case-insensitive substring of its name (an error with `cpu`).
+    pub gpu_adapter: Option<String>,
 }
+
+/// Multiply-adds per product (`p²k` dense, `2npk` matrix-free) from which `backend = auto`
+/// moves a data fit's products to a hardware GPU: below it one round trip (upload `V`,
+/// submit, map) costs more than the CPU's product. A conservative guess, not a measurement
+/// on hardware (this project's sessions had none to time it on).
+pub const GPU_AUTO_WORK: usize = 1 << 22;
 
 impl Default for FitParams {
     fn default() -> Self {
@@ -256,7 +276,7 @@ impl Default for FitParams {
             orth: None,
             optimizer: FitOptimizer::Lbfgsb,
             max_grad: 20_000,
-            tol: 1e-6,
+            tol: None,
             memory: 10,
             sigma: 1e-4,
             sparseness: None,
@@ -269,7 +289,20 @@ impl Default for FitParams {
             w_start: 0.0,
             matrix_free: None,
             init: Init::Auto,
+            backend: crate::BackendChoice::Auto,
+            precision: crate::Precision::F64,
+            gpu_adapter: None,
         }
+    }
+}
+
+impl FitParams {
+    /// The certificate tolerance in effect (see [`FitParams::tol`]).
+    pub fn effective_tol(&self) -> f64 {
+        self.tol.unwrap_or(match self.precision {
+            crate::Precision::F64 => 1e-6,
+            crate::Precision::F32 => 1e-4,
+        })
     }
 }
 
@@ -341,6 +374,12 @@ pub struct FitResult {
     pub part_stats: Option<PartStats>,
     /// The start strategy used.
     pub init: &'static str,
+    /// Where the products ran: `cpu` or `gpu`.
+    pub backend: &'static str,
+    /// Their arithmetic.
+    pub precision: crate::Precision,
+    /// The GPU adapter, when they ran on one.
+    pub adapter: Option<String>,
 }
 
 impl FitResult {
@@ -359,10 +398,18 @@ fn check_common(what: &'static str, m: &DMatrix<f64>, p: &FitParams) -> Result<(
     if !(0.0..=1.0).contains(&p.w) {
         return Err(NsaError::InvalidWeight(p.w));
     }
-    if !(p.tol.is_finite() && p.tol >= 0.0) {
+    if let Some(t) = p.tol {
+        if !(t.is_finite() && t >= 0.0) {
+            return Err(invalid(
+                "tol",
+                format!("{t} is not a finite non-negative number"),
+            ));
+        }
+    }
+    if p.backend == crate::BackendChoice::Cpu && p.gpu_adapter.is_some() {
         return Err(invalid(
-            "tol",
-            format!("{} is not a finite non-negative number", p.tol),
+            "gpu_adapter",
+            "an adapter was named but backend = cpu".into(),
         ));
     }
     if p.max_grad == 0 {
@@ -429,7 +476,7 @@ fn solve_stage<O: Objective>(
     }
     let prm = SolverParams {
         max_grad: p.max_grad,
-        tol: p.tol,
+        tol: p.effective_tol(),
         memory: p.memory,
         sigma: p.sigma,
     };
@@ -562,6 +609,21 @@ pub fn fit_anchored_with_callback(
 ) -> Result<FitResult> {
     let t0 = Instant::now();
     check_common("target", target, p)?;
+    // every product of the anchored energy is p×k by k×k: nothing a device speeds up
+    if p.backend == crate::BackendChoice::Gpu || p.gpu_adapter.is_some() {
+        return Err(invalid(
+            "backend",
+            "the anchored mode runs on the CPU (its products are O(pk²)); give backend cpu \
+             or auto"
+                .into(),
+        ));
+    }
+    if p.precision == crate::Precision::F32 {
+        return Err(invalid(
+            "precision",
+            "the anchored mode computes in f64 on the CPU".into(),
+        ));
+    }
     if !(0.0..=1.0).contains(&p.w_start) {
         return Err(NsaError::InvalidWeight(p.w_start));
     }
@@ -722,7 +784,7 @@ fn finish(
             cause: crate::NumericCause::Unknown,
         });
     }
-    let certificate = Certificate::of(st.stop, st.grad_map, p.tol);
+    let certificate = Certificate::of(st.stop, st.grad_map, p.effective_tol());
     let report = basis_report(&y);
     let mut r = FitResult {
         y,
@@ -737,7 +799,7 @@ fn finish(
         iters: st.iters,
         stop_reason: st.stop,
         grad_map: st.grad_map,
-        tol: p.tol,
+        tol: p.effective_tol(),
         converged: certificate != Certificate::None,
         certificate,
         seconds: 0.0,
@@ -757,6 +819,9 @@ fn finish(
         consolidated: false,
         part_stats: None,
         init,
+        backend: "cpu",
+        precision: crate::Precision::F64,
+        adapter: None,
     };
     extra(&mut r);
     r.seconds = t0.elapsed().as_secs_f64();
@@ -765,23 +830,22 @@ fn finish(
 
 // ---------------------------------------------------------------- data
 
-/// The reconstruction operator of a data matrix, sized and checked.
-fn gram_operator(x: &DMatrix<f64>, matrix_free: Option<bool>) -> Result<(GramOperator, f64, f64)> {
-    let (n, p) = x.shape();
-    let mf = matrix_free.unwrap_or(p > n);
-    let ops = if mf {
+/// The reconstruction operator of a data matrix, sized, checked and placed on the device
+/// `p.backend` picks, with `c = tr_s = ‖X‖²`.
+fn gram_operator(x: &DMatrix<f64>, k: usize, p: &FitParams) -> Result<(GramOperator, f64, f64)> {
+    let (n, np) = x.shape();
+    let mf = p.matrix_free.unwrap_or(np > n);
+    let (host, tr_s) = if mf {
         crate::memory::ensure_fits(
             "the data fit",
-            crate::memory::bytes_of("the data fit", &[n, p, 2], 8)?,
+            crate::memory::bytes_of("the data fit", &[n, np, 2], 8)?,
         )?;
-        GramOperator::MatrixFree(x.clone())
+        (GramOperator::MatrixFree(x.clone()), sum_sq(x.as_slice()))
     } else {
-        crate::memory::ensure_fits("XᵀX", crate::memory::bytes_of("XᵀX", &[p, p], 8)?)?;
-        GramOperator::Dense(crate::linalg::gram(x, x))
-    };
-    let tr_s = match &ops {
-        GramOperator::Dense(s) => (0..p).map(|i| s[(i, i)]).sum(),
-        GramOperator::MatrixFree(x) => sum_sq(x.as_slice()),
+        crate::memory::ensure_fits("XᵀX", crate::memory::bytes_of("XᵀX", &[np, np], 8)?)?;
+        let s = crate::linalg::gram(x, x);
+        let tr: f64 = (0..np).map(|i| s[(i, i)]).sum();
+        (GramOperator::Dense(s), tr)
     };
     let c = tr_s;
     if c.is_nan() || c <= 0.0 {
@@ -790,13 +854,72 @@ fn gram_operator(x: &DMatrix<f64>, matrix_free: Option<bool>) -> Result<(GramOpe
             why: "the reconstruction fidelity ‖X − XVVᵀ‖²/‖X‖² is undefined",
         });
     }
-    Ok((ops, c, tr_s))
+    let work = if mf {
+        n.saturating_mul(np).saturating_mul(2 * k)
+    } else {
+        np.saturating_mul(np).saturating_mul(k)
+    };
+    Ok((place(host, k, work, p)?, c, tr_s))
+}
+
+/// `host` on the device `p.backend` and `p.precision` ask for (see [`FitParams::backend`]).
+fn place(host: GramOperator, k: usize, work: usize, p: &FitParams) -> Result<GramOperator> {
+    use crate::gpu::{GpuContext, GpuOptions};
+    use crate::{BackendChoice, Precision};
+    let f32_on_cpu = || {
+        invalid(
+            "precision",
+            "f32 fits compute their products on a GPU; give backend = gpu (or auto with a \
+             hardware adapter), or precision f64 on the CPU"
+                .into(),
+        )
+    };
+    let options = GpuOptions {
+        adapter_name: p.gpu_adapter.clone(),
+        allow_software: p.backend == BackendChoice::Gpu || p.gpu_adapter.is_some(),
+    };
+    let ctx = match p.backend {
+        BackendChoice::Cpu if p.precision == Precision::F32 => return Err(f32_on_cpu()),
+        BackendChoice::Cpu => return Ok(host),
+        BackendChoice::Gpu => GpuContext::shared(&options)?,
+        BackendChoice::Auto => {
+            let wanted = p.precision == Precision::F32 || work >= GPU_AUTO_WORK;
+            let ctx = if wanted {
+                crate::flow::auto_gpu_context(&options)?
+            } else {
+                None
+            };
+            match ctx {
+                Some(ctx) if p.precision == Precision::F32 || ctx.supports_f64() => ctx,
+                _ if p.precision == Precision::F32 => return Err(f32_on_cpu()),
+                _ => return Ok(host),
+            }
+        }
+    };
+    let g = gpu::GpuGramOperator::new(ctx, host, k, p.precision)?;
+    Ok(GramOperator::Gpu(std::sync::Arc::new(g)))
+}
+
+/// The fit's error, a device error first: a failed device product answers NaN, and what the
+/// solver makes of that is only its consequence.
+fn device_first(ops: &GramOperator, r: Result<FitResult>) -> Result<FitResult> {
+    if let Some(e) = ops.take_error() {
+        return Err(e);
+    }
+    let mut r = r?;
+    if let GramOperator::Gpu(g) = ops {
+        r.backend = "gpu";
+        r.precision = g.precision();
+        r.adapter = Some(g.adapter_name().to_string());
+    }
+    Ok(r)
 }
 
 fn leading(ops: &GramOperator, k: usize) -> Result<DMatrix<f64>> {
-    let e = match ops {
+    let e = match ops.host() {
         GramOperator::Dense(s) => eig::top_k_eigenvectors_of_gram(s, k),
         GramOperator::MatrixFree(x) => eig::top_k_eigenvectors_of_data(x, k),
+        GramOperator::Gpu(g) => return leading(g.host(), k),
     };
     e.ok_or(NsaError::NonFiniteComputation {
         what: "top-k eigenvectors of XᵀX",
@@ -885,23 +1008,36 @@ pub fn fit_data_with_callback(
     x: &DMatrix<f64>,
     k: usize,
     p: &FitParams,
-    mut callback: Option<FitCallback<'_>>,
+    callback: Option<FitCallback<'_>>,
 ) -> Result<FitResult> {
     let t0 = Instant::now();
     check_common("X", x, p)?;
     let np = x.ncols();
     let eigen = !matches!(p.init, Init::Random(_) | Init::Matrix(_));
     check_k(x, k, eigen)?;
-    let (ops, c, tr_s) = gram_operator(x, p.matrix_free)?;
+    let (ops, c, tr_s) = gram_operator(x, k, p)?;
+    let r = fit_data_on(&ops, (c, tr_s), np, k, p, callback, t0);
+    device_first(&ops, r)
+}
+
+fn fit_data_on(
+    ops: &GramOperator,
+    (c, tr_s): (f64, f64),
+    np: usize,
+    k: usize,
+    p: &FitParams,
+    mut callback: Option<FitCallback<'_>>,
+    t0: Instant,
+) -> Result<FitResult> {
     let orth = p.orth.unwrap_or(Orth::D);
     let v0 = match &p.init {
-        Init::Auto | Init::Clamp | Init::Varimax => clamp0(&eig::varimax(&leading(&ops, k)?)),
+        Init::Auto | Init::Clamp | Init::Varimax => clamp0(&eig::varimax(&leading(ops, k)?)),
         Init::PcaClamp => {
-            let mut e = leading(&ops, k)?;
+            let mut e = leading(ops, k)?;
             eig::resolve_column_sign_gauge(&mut e);
             clamp0(&e)
         }
-        Init::Relax => relax_into_nonneg(&ops, c, tr_s, k, p.w, false)?,
+        Init::Relax => relax_into_nonneg(ops, c, tr_s, k, p.w, false)?,
         Init::Random(seed) => random_start(np, k, *seed),
         Init::Matrix(m) => {
             crate::validate::finite_nonempty("init", m)?;
@@ -917,7 +1053,7 @@ pub fn fit_data_with_callback(
         }
     };
     let mut obj = DataObjective {
-        ops: &ops,
+        ops,
         c,
         tr_s,
         w: p.w,
@@ -945,6 +1081,9 @@ pub fn fit_data_with_callback(
             apply_mask(&mut v, &mask);
         }
     }
+    // the reported energy is the host's f64 value of the returned basis, whatever arithmetic
+    // the products ran in (f32 products cancel in 1 − 2tr(VᵀSV)/c + …)
+    obj.ops = ops.host();
     let parts = obj.parts(&v);
     let mf = ops.matrix_free();
     finish(
@@ -1173,13 +1312,26 @@ pub fn fit_signed_with_callback(
     x: &DMatrix<f64>,
     k: usize,
     p: &FitParams,
-    mut callback: Option<FitCallback<'_>>,
+    callback: Option<FitCallback<'_>>,
 ) -> Result<FitResult> {
     let t0 = Instant::now();
     check_common("X", x, p)?;
-    let (n, np) = x.shape();
     check_k(x, k, !matches!(p.init, Init::Matrix(_)))?;
-    let (ops, c, _) = gram_operator(x, p.matrix_free)?;
+    let (ops, c, _) = gram_operator(x, k, p)?;
+    let r = fit_signed_on(&ops, c, x, k, p, callback, t0);
+    device_first(&ops, r)
+}
+
+fn fit_signed_on(
+    ops: &GramOperator,
+    c: f64,
+    x: &DMatrix<f64>,
+    k: usize,
+    p: &FitParams,
+    mut callback: Option<FitCallback<'_>>,
+    t0: Instant,
+) -> Result<FitResult> {
+    let (n, np) = x.shape();
     let orth = p.orth.unwrap_or(Orth::Cg);
     let min_val = x.min();
     let col_mean_max = (0..np)
@@ -1197,10 +1349,10 @@ pub fn fit_signed_with_callback(
         other => other.clone(),
     };
     let w0 = match &strategy {
-        Init::Split | Init::Varimax => lift(&eig::varimax(&leading(&ops, k)?)),
-        Init::PcaSplit => lift(&leading(&ops, k)?),
-        Init::Adaptive => lift(&relax_into_nonneg(&ops, c, c, k, p.w, true)?),
-        Init::Relax => lift(&relax_into_nonneg(&ops, c, c, k, p.w, false)?),
+        Init::Split | Init::Varimax => lift(&eig::varimax(&leading(ops, k)?)),
+        Init::PcaSplit => lift(&leading(ops, k)?),
+        Init::Adaptive => lift(&relax_into_nonneg(ops, c, c, k, p.w, true)?),
+        Init::Relax => lift(&relax_into_nonneg(ops, c, c, k, p.w, false)?),
         Init::Matrix(m) => {
             crate::validate::finite_nonempty("init", m)?;
             crate::validate::same_shape("init (the parts [V⁺|V⁻])", m, (np, 2 * k))?;
@@ -1215,7 +1367,7 @@ pub fn fit_signed_with_callback(
         }
     };
     let mut obj = SignedObjective {
-        ops: &ops,
+        ops,
         c,
         w: p.w,
         orth,
@@ -1258,6 +1410,7 @@ pub fn fit_signed_with_callback(
             apply_mask(&mut wm, &mask);
         }
     }
+    obj.ops = ops.host();
     let parts_e = obj.parts(&wm);
     let (vp, vm) = split(&wm);
     let v = &vp - &vm;

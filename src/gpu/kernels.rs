@@ -47,10 +47,12 @@ pub enum Kernel {
     TorchElem,
     AdampRows,
     AdampApply,
+    SkinnyPartial,
+    SkinnyReduce,
 }
 
 impl Kernel {
-    const ALL: [Kernel; 37] = [
+    const ALL: [Kernel; 39] = [
         Kernel::Combine,
         Kernel::ScaleInPlace,
         Kernel::NonnegInPlace,
@@ -88,6 +90,8 @@ impl Kernel {
         Kernel::TorchElem,
         Kernel::AdampRows,
         Kernel::AdampApply,
+        Kernel::SkinnyPartial,
+        Kernel::SkinnyReduce,
     ];
 
     fn source(self) -> (ShaderFile, &'static str) {
@@ -130,6 +134,8 @@ impl Kernel {
             TorchElem => (shaders::TORCH_OPTIM, "torch_elem"),
             AdampRows => (shaders::OPTIMIZER, "adamp_rows"),
             AdampApply => (shaders::OPTIMIZER, "adamp_apply"),
+            SkinnyPartial => (shaders::SKINNY, "skinny_partial"),
+            SkinnyReduce => (shaders::SKINNY, "skinny_reduce"),
         }
     }
 }

@@ -69,8 +69,15 @@ pub const AUTOGRAD: ShaderFile = ShaderFile {
     source: include_str!("../../shaders/autograd.wgsl"),
 };
 
+/// Dense × skinny products `A·B` (the data fit's Gram operator), split over the inner
+/// dimension with a fixed-order reduction.
+pub const SKINNY: ShaderFile = ShaderFile {
+    name: "skinny.wgsl",
+    source: include_str!("../../shaders/skinny.wgsl"),
+};
+
 /// Every kernel family.
-pub const ALL: [ShaderFile; 10] = [
+pub const ALL: [ShaderFile; 11] = [
     ELEMENTWISE,
     GRAM,
     MATMUL_SMALL,
@@ -81,6 +88,7 @@ pub const ALL: [ShaderFile; 10] = [
     TORCH_OPTIM,
     BANDWIDTH,
     AUTOGRAD,
+    SKINNY,
 ];
 
 const F32_ALIAS: &str = "alias T = f32;";
