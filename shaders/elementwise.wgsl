@@ -62,6 +62,7 @@ fn linear_id(wid: vec3<u32>, lid: vec3<u32>) -> u32 {
 // mode 1: out = a + c0·(b − a)       (lerp, written like the CPU oracle)
 // mode 2: out = a                    (a copy inside one buffer, which a buffer copy cannot do:
 //                                     the matrices of a batch share buffers)
+// k2 = 1: the result clamped at zero as nonneg_in_place mode 0 would clamp it afterwards.
 @compute @workgroup_size(256)
 fn combine(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
     enter_lane(wid.z);
@@ -70,14 +71,19 @@ fn combine(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) 
         return;
     }
     let c0 = coef(0u);
+    var v: T;
     if (params.mode == 0u) {
-        out[lane_b4 + i] = c0 * a[lane_b1 + i] + coef(1u) * b[lane_b2 + i];
+        v = c0 * a[lane_b1 + i] + coef(1u) * b[lane_b2 + i];
     } else if (params.mode == 2u) {
-        out[lane_b4 + i] = a[lane_b1 + i];
+        v = a[lane_b1 + i];
     } else {
         let base = a[lane_b1 + i];
-        out[lane_b4 + i] = base + c0 * (b[lane_b2 + i] - base);
+        v = base + c0 * (b[lane_b2 + i] - base);
     }
+    if (params.k2 == 1u) {
+        v = select(v, 0.0, v < 0.0);
+    }
+    out[lane_b4 + i] = v;
 }
 
 // out ← c0·out in place (c0 usually a device scalar).

@@ -81,6 +81,10 @@ fn epilogue(i: u32, prod: T) {
     if (c3 != 0.0) {
         v = v + c3 * cm[lane_b3 + i];
     }
+    // mode bit 2 (4): clamped at zero as nonneg_in_place mode 0 would clamp it afterwards
+    if ((params.mode & 4u) != 0u) {
+        v = select(v, 0.0, v < 0.0);
+    }
     out[lane_b4 + i] = v;
 }
 

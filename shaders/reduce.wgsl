@@ -23,6 +23,7 @@ struct Lane {
 @group(0) @binding(0) var<uniform> params: Params;
 @group(0) @binding(1) var<storage, read_write> a: array<T>;
 @group(0) @binding(2) var<storage, read_write> b: array<T>;
+@group(0) @binding(3) var<storage, read_write> c: array<T>;
 @group(0) @binding(5) var<storage, read_write> small: array<T>;
 @group(0) @binding(6) var<storage, read_write> aux: array<T>;
 @group(0) @binding(7) var<storage, read> lanes: array<Lane>;
@@ -30,6 +31,7 @@ struct Lane {
 var<private> lane: u32;
 var<private> lane_b1: u32;
 var<private> lane_b2: u32;
+var<private> lane_b3: u32;
 var<private> lane_b5: u32;
 var<private> lane_b6: u32;
 
@@ -38,6 +40,7 @@ fn enter_lane(z: u32) {
     lane = z;
     lane_b1 = lanes[z].base[0].x;
     lane_b2 = lanes[z].base[0].y;
+    lane_b3 = lanes[z].base[0].z;
     lane_b5 = lanes[z].base[1].x;
     lane_b6 = lanes[z].base[1].y;
 }
@@ -106,6 +109,101 @@ fn partial_sums(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation
     }
     if (lid.x == 0u) {
         aux[lane_b6 + params.off0 + wid.x] = tree[0];
+    }
+}
+
+// Operand `which` of partial_sums_multi: 0 a, 1 b, 2 c.
+fn operand(which: u32, i: u32) -> T {
+    switch (which) {
+        case 1u: {
+            return b[lane_b2 + i];
+        }
+        case 2u: {
+            return c[lane_b3 + i];
+        }
+        default: {
+            return a[lane_b1 + i];
+        }
+    }
+}
+
+// term(i) of partial_sums with x = its first operand's entry and y = its second's: the same
+// expressions, so a fused sum has the bits of the separate one.
+fn term_of(mode: u32, x: T, y: T) -> T {
+    switch (mode) {
+        case 0u: {
+            return x * x;
+        }
+        case 1u: {
+            return x * y;
+        }
+        case 2u: {
+            let d = x - y;
+            return d * d;
+        }
+        case 3u: {
+            var z = x - lanes[lane].c[0].x * y;
+            if (params.k2 == 1u && z < 0.0) {
+                z = 0.0;
+            }
+            let d = z - x;
+            return d * d;
+        }
+        case 5u: {
+            return abs(x);
+        }
+        case 6u: {
+            return select(T(0.0), T(1.0), abs(x * lanes[lane].c[0].x) > lanes[lane].c[0].y);
+        }
+        default: {
+            return select(T(1.0), T(0.0), is_finite(x));
+        }
+    }
+}
+
+fn slot_term(spec: u32, i: u32) -> T {
+    return term_of(spec & 0xffu, operand((spec >> 8u) & 0xffu, i), operand((spec >> 16u) & 0xffu, i));
+}
+
+// tree[0] ← Σ tree over the workgroup, in partial_sums' order; written to aux[at] by
+// invocation 0. Called in uniform control flow.
+fn tree_sum_into(acc: T, lid: u32, at: u32) {
+    tree[lid] = acc;
+    workgroupBarrier();
+    for (var s = 128u; s > 0u; s = s >> 1u) {
+        if (lid < s) {
+            tree[lid] = tree[lid] + tree[lid + s];
+        }
+        workgroupBarrier();
+    }
+    if (lid == 0u) {
+        aux[lane_b6 + at] = tree[0];
+    }
+    workgroupBarrier();
+}
+
+// Two or three partial_sums over one index space in one pass (each operand read once):
+// sum s < slot has spec p, k, chunk (s = 0, 1, 2) = mode | first << 8 | second << 16
+// (operands 0 a, 1 b, 2 c) and writes aux[off_s + wid] for wid < G = groups_x. Each sum is
+// accumulated and reduced exactly as partial_sums does it alone.
+@compute @workgroup_size(256)
+fn partial_sums_multi(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    enter_lane(wid.z);
+    let stride = params.groups_x * 256u;
+    var acc0: T = 0.0;
+    var acc1: T = 0.0;
+    var acc2: T = 0.0;
+    for (var i = wid.x * 256u + lid.x; i < params.n; i = i + stride) {
+        acc0 = acc0 + slot_term(params.p, i);
+        acc1 = acc1 + slot_term(params.k, i);
+        if (params.slot > 2u) {
+            acc2 = acc2 + slot_term(params.chunk, i);
+        }
+    }
+    tree_sum_into(acc0, lid.x, params.off0 + wid.x);
+    tree_sum_into(acc1, lid.x, params.off1 + wid.x);
+    if (params.slot > 2u) {
+        tree_sum_into(acc2, lid.x, params.off2 + wid.x);
     }
 }
 

@@ -925,7 +925,11 @@ fn solve_corrected<B: Backend, F: FnMut(&IterInfo) -> Control>(
     // asked after the uploads: a device sizes its batch by the problem's shape
     let batch = be.line_search_batch().clamp(1, MAX_BATCH);
     let mut grad = be.zeros(p, k)?;
-    let mut dir = be.zeros(p, k)?;
+    // the projected direction (without a projection the direction is the gradient itself)
+    let mut dir = match projection {
+        Projection::None => None,
+        _ => Some(be.zeros(p, k)?),
+    };
     let mut prop = be.zeros(p, k)?;
     // one scratch matrix for the pre-retraction candidates: backends run operations in order,
     // so each candidate is retracted before the next one overwrites it
@@ -993,16 +997,18 @@ fn solve_corrected<B: Backend, F: FnMut(&IterInfo) -> Control>(
 
     for it in 1..=params.max_iter {
         be.gradient(&y, &x0, &true_rule, &mut grad);
-        if projection != Projection::None {
-            be.gradient(&y, &x0, &dir_rule, &mut dir);
-        } else {
-            be.copy(&grad, &mut dir);
-        }
+        let direction = match &mut dir {
+            Some(dir) => {
+                be.gradient(&y, &x0, &dir_rule, dir);
+                &*dir
+            }
+            None => &grad,
+        };
         // LBFGS's closure: the corrected energy and the direction the other optimizers get
         stepper.step(
             be,
             &y,
-            &dir,
+            direction,
             lr,
             &mut prop,
             (p, k),

@@ -221,6 +221,45 @@ pub(super) struct Slots<'a> {
     pub(super) out: Option<&'a GpuMat>,
 }
 
+/// What the work recorded on one backend moves on the device, counted as it is recorded
+/// (a problem of a GPU batch counts nothing here: its batch encodes its work). Operand bytes
+/// are the sizes of the matrices a launch binds (each distinct matrix once, a matrix both read
+/// and written twice): what the launch may read and write of them, an upper bound on its
+/// traffic through the `p×k`-sized operands; the `k×k` workspace and partial sums are not
+/// counted.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Traffic {
+    /// Kernel launches (direct and indirect).
+    pub launches: u64,
+    /// Device-to-device buffer copies.
+    pub copies: u64,
+    /// Bytes of the operands the launches bind.
+    pub operand_bytes: u64,
+    /// Bytes the copies read and write.
+    pub copy_bytes: u64,
+    /// Bytes read back to the host.
+    pub readback_bytes: u64,
+}
+
+impl Traffic {
+    /// Operand and copy bytes together, in passes over a `p×k` matrix of `elem`-byte entries.
+    pub fn passes(&self, p: usize, k: usize, elem: usize) -> f64 {
+        (self.operand_bytes + self.copy_bytes) as f64 / (p * k * elem).max(1) as f64
+    }
+
+    /// `self − earlier`: the traffic of the work recorded in between.
+    pub fn since(&self, earlier: &Traffic) -> Traffic {
+        Traffic {
+            launches: self.launches - earlier.launches,
+            copies: self.copies - earlier.copies,
+            operand_bytes: self.operand_bytes - earlier.operand_bytes,
+            copy_bytes: self.copy_bytes - earlier.copy_bytes,
+            readback_bytes: self.readback_bytes - earlier.readback_bytes,
+        }
+    }
+}
+
 /// The wgpu backend (see the module documentation).
 ///
 /// ```no_run
@@ -254,9 +293,180 @@ pub struct GpuBackend {
     lane_bytes: Vec<u8>,
     lane_used: usize,
     launches: u64,
+    traffic: Traffic,
+    /// The last launch, when it wrote a whole matrix through an epilogue that can also clamp
+    /// it (`nonneg` then sets that flag instead of launching a pass of its own).
+    last_write: Option<LastWrite>,
+    /// Whether passes are fused (off only to check that fusing changes no bit).
+    fuse: bool,
+    /// Direct launches and their operand bytes per kernel, indexed by `Kernel as usize`.
+    launches_by_kernel: Vec<(u64, u64)>,
     /// Set for one problem of a GPU batch: its work is captured and run by the batch.
     lane: Option<LaneCtx>,
 }
+
+/// A launch whose output a following hard `nonneg` can clamp in the launch's own epilogue.
+#[derive(Clone, Copy)]
+struct LastWrite {
+    kernel: Kernel,
+    out: (u64, u32),
+    /// Where its header waits to be uploaded: a ring slot, or an op of this lane's capture.
+    at: HeaderAt,
+}
+
+#[derive(Clone, Copy)]
+enum HeaderAt {
+    Ring(usize),
+    Lane(usize),
+}
+
+/// One partial sum of [`GpuBackend::partial_sums`]: its mode, operands, where its partials
+/// go, and its coefficients (`[t, ·]` and the clamp flag, or CountAbove's pair) if it reads
+/// any.
+struct SumTerm<'a> {
+    mode: u32,
+    first: &'a GpuMat,
+    second: Option<&'a GpuMat>,
+    at: usize,
+    coefs: Option<([f64; 2], bool)>,
+}
+
+impl<'a> SumTerm<'a> {
+    fn new(mode: u32, first: &'a GpuMat, second: Option<&'a GpuMat>, at: usize) -> Self {
+        SumTerm {
+            mode,
+            first,
+            second,
+            at,
+            coefs: None,
+        }
+    }
+}
+
+/// Up to three partial sums over the same index space waiting to run as one launch of
+/// `partial_sums_multi` (each operand read once instead of once per sum): they bind at most
+/// three distinct matrices and at most one of them reads coefficients. A lone sum runs as
+/// `partial_sums`. Each sum is formed as it would be alone, so the bits do not change.
+struct FusedSums<'a> {
+    terms: Vec<SumTerm<'a>>,
+    /// Off: every sum its own launch.
+    fuse: bool,
+}
+
+fn same_mat(a: &GpuMat, b: &GpuMat) -> bool {
+    a.id == b.id && a.offset == b.offset
+}
+
+impl<'a> FusedSums<'a> {
+    fn push(&mut self, be: &mut GpuBackend, term: SumTerm<'a>) {
+        if !self.fits(&term) {
+            self.flush(be);
+        }
+        self.terms.push(term);
+        if self.terms.len() == 3 {
+            self.flush(be);
+        }
+    }
+
+    /// The distinct matrices of the waiting sums and `extra`.
+    fn operands(&self, extra: Option<&SumTerm<'a>>) -> Vec<&'a GpuMat> {
+        let mut mats: Vec<&'a GpuMat> = Vec::with_capacity(4);
+        for t in self.terms.iter().chain(extra) {
+            for m in std::iter::once(t.first).chain(t.second) {
+                if !mats.iter().any(|x| same_mat(x, m)) {
+                    mats.push(m);
+                }
+            }
+        }
+        mats
+    }
+
+    fn fits(&self, term: &SumTerm<'a>) -> bool {
+        let coefs = self.terms.iter().filter(|t| t.coefs.is_some()).count();
+        self.fuse
+            && self.terms.len() < 3
+            && !(coefs > 0 && term.coefs.is_some())
+            && self.operands(Some(term)).len() <= 3
+    }
+
+    fn flush(&mut self, be: &mut GpuBackend) {
+        match self.terms.len() {
+            0 => {}
+            1 => {
+                let t = &self.terms[0];
+                let (c, clamp) = t.coefs.unwrap_or(([0.0, 0.0], false));
+                be.partial_sums_c(t.mode, t.first, t.second, t.at, c, clamp);
+            }
+            n => {
+                let mats = self.operands(None);
+                let index =
+                    |m: &GpuMat| mats.iter().position(|x| same_mat(x, m)).unwrap_or(0) as u32;
+                let spec = |t: &SumTerm| {
+                    let first = index(t.first);
+                    let second = t.second.map_or(first, index);
+                    t.mode | first << 8 | second << 16
+                };
+                let g = be.ws().partials;
+                let mut h = ParamsHeader::new();
+                h.n = (self.terms[0].first.p * self.terms[0].first.k) as u32;
+                h.p = spec(&self.terms[0]);
+                h.k = spec(&self.terms[1]);
+                h.off0 = self.terms[0].at as u32;
+                h.off1 = self.terms[1].at as u32;
+                if n == 3 {
+                    h.chunk = spec(&self.terms[2]);
+                    h.off2 = self.terms[2].at as u32;
+                }
+                h.slot = n as u32;
+                h.groups_x = g as u32;
+                let (c, clamp) = self
+                    .terms
+                    .iter()
+                    .find_map(|t| t.coefs)
+                    .unwrap_or(([0.0, 0.0], false));
+                h.k2 = clamp as u32;
+                be.dispatch(
+                    Kernel::PartialSumsMulti,
+                    h,
+                    [c[0], c[1], 0.0, 0.0, 0.0, 0.0, 0.0, 0.0],
+                    Slots {
+                        a: mats.first().copied(),
+                        b: mats.get(1).copied(),
+                        c: mats.get(2).copied(),
+                        ..Default::default()
+                    },
+                    (g as u32, 1),
+                );
+            }
+        }
+        self.terms.clear();
+    }
+}
+
+/// The bytes of the distinct matrices `slots` binds, the output counted again when a launch
+/// also reads it (see [`Traffic`]).
+fn operand_bytes(slots: &Slots, elem: u64) -> u64 {
+    let size = |m: &GpuMat| (m.p * m.k) as u64 * elem;
+    let inputs = [slots.a, slots.b, slots.c];
+    let mut seen: [u64; 3] = [u64::MAX; 3];
+    let mut bytes = 0;
+    for (i, m) in inputs.iter().enumerate() {
+        if let Some(m) = m {
+            if !seen.contains(&m.id) {
+                seen[i] = m.id;
+                bytes += size(m);
+            }
+        }
+    }
+    if let Some(out) = slots.out {
+        bytes += size(out);
+    }
+    bytes
+}
+
+/// `mul_small`'s mode bit for a clamp at zero in its epilogue (bits 0 and 1 select the
+/// accumulation and the fidelity form).
+const MUL_SMALL_CLAMP: u32 = 4;
 
 fn limit_error(message: String) -> NsaError {
     NsaError::Gpu {
@@ -369,6 +579,10 @@ impl GpuBackend {
             lane_bytes: Vec::new(),
             lane_used: 0,
             launches: 0,
+            traffic: Traffic::default(),
+            last_write: None,
+            fuse: true,
+            launches_by_kernel: vec![(0, 0); Kernel::ALL.len()],
             lane,
             ctx,
         })
@@ -387,6 +601,68 @@ impl GpuBackend {
     /// Kernel launches encoded so far (a launch for many problems of a batch counts once).
     pub fn launches(&self) -> u64 {
         self.launches
+    }
+
+    /// What the work recorded so far moves (see [`Traffic`]).
+    pub fn traffic(&self) -> Traffic {
+        self.traffic
+    }
+
+    /// Turns the fusion of passes off or on (on by default): a hard `nonneg` clamping in the
+    /// epilogue of the launch that wrote its matrix, several partial sums over one index
+    /// space in one launch. Fused or not, the results have the same bits; off exists to test
+    /// exactly that and to count what fusing saves.
+    pub fn set_fusion(&mut self, on: bool) {
+        self.fuse = on;
+        self.last_write = None;
+    }
+
+    /// Clamps `m` at zero in the epilogue of the launch that just wrote it, when that launch
+    /// can (the same `select(x, 0, x < 0)` as `nonneg_in_place`, on the same value: the bits
+    /// do not change, one pass over `m` and one launch are saved).
+    fn clamp_last_write(&mut self, m: &GpuMat) -> bool {
+        let Some(lw) = self.last_write.take() else {
+            return false;
+        };
+        if lw.out != (m.id, m.offset) {
+            return false;
+        }
+        let patch = |h: &mut ParamsHeader| match lw.kernel {
+            Kernel::Combine => h.k2 = 1,
+            _ => h.mode |= MUL_SMALL_CLAMP,
+        };
+        match lw.at {
+            HeaderAt::Ring(slot) => {
+                let at = slot * RING_STRIDE as usize;
+                let size = std::mem::size_of::<ParamsHeader>();
+                let mut h: ParamsHeader =
+                    bytemuck::pod_read_unaligned(&self.ring_bytes[at..at + size]);
+                patch(&mut h);
+                self.ring_bytes[at..at + size].copy_from_slice(bytemuck::bytes_of(&h));
+            }
+            HeaderAt::Lane(op) => {
+                let Some(LaneOp::Dispatch { header, .. }) =
+                    self.lane.as_mut().and_then(|l| l.ops.get_mut(op))
+                else {
+                    return false;
+                };
+                patch(header);
+            }
+        }
+        true
+    }
+
+    /// The launches and operand bytes counted in [`GpuBackend::traffic`], per kernel (those
+    /// launched at least once), in [`Kernel::ALL`]'s order.
+    pub fn launches_by_kernel(&self) -> Vec<(Kernel, u64, u64)> {
+        Kernel::ALL
+            .iter()
+            .map(|&k| {
+                let (n, bytes) = self.launches_by_kernel[k as usize];
+                (k, n, bytes)
+            })
+            .filter(|&(_, n, _)| n > 0)
+            .collect()
     }
 
     fn elem(&self) -> usize {
@@ -622,6 +898,7 @@ impl GpuBackend {
 
     /// Submits what was recorded (writing the rings' parameter entries first).
     pub(super) fn flush(&mut self) {
+        self.last_write = None;
         if let Some(enc) = self.encoder.take() {
             if self.ring_used > 0 {
                 let used = self.ring_used * RING_STRIDE as usize;
@@ -761,6 +1038,12 @@ impl GpuBackend {
         let mut entry = std::mem::take(&mut self.scratch);
         encode_lane(&bases, &coefs, self.precision, &mut entry);
         let bufs = self.bind_buffers(&slots);
+        // Combine and MulSmall write every entry of `out` once, in their epilogue
+        let clampable = matches!(kernel, Kernel::Combine | Kernel::MulSmall)
+            && groups.is_some()
+            && slots.out.is_some_and(|o| header.n as usize == o.p * o.k);
+        let out_key = slots.out.map(|o| (o.id, o.offset));
+        self.last_write = None;
         let indirect = indirect.map(|m| (BufRef::of(m), m.offset as u64 * self.elem() as u64));
         if let Some(lane) = &mut self.lane {
             lane.ops.push(LaneOp::Dispatch {
@@ -771,9 +1054,29 @@ impl GpuBackend {
                 groups,
                 indirect,
             });
+            if clampable {
+                self.last_write = out_key.map(|out| LastWrite {
+                    kernel,
+                    out,
+                    at: HeaderAt::Lane(lane.ops.len() - 1),
+                });
+            }
         } else {
+            let bytes = operand_bytes(&slots, self.elem() as u64);
+            self.traffic.launches += 1;
+            self.traffic.operand_bytes += bytes;
+            let per = &mut self.launches_by_kernel[kernel as usize];
+            per.0 += 1;
+            per.1 += bytes;
             let indirect = indirect.as_ref().map(|(b, o)| (&b.buffer, *o));
             self.encode_dispatch(kernel, &header, &entry, 1, &bufs, groups, indirect);
+            if clampable {
+                self.last_write = out_key.map(|out| LastWrite {
+                    kernel,
+                    out,
+                    at: HeaderAt::Ring(self.ring_used - 1),
+                });
+            }
         }
         self.scratch = entry;
     }
@@ -852,6 +1155,7 @@ impl GpuBackend {
         bytes: u64,
     ) {
         let e = self.elem() as u64;
+        self.last_write = None;
         if self.lane.is_some() && src_elem == 0 && dst_elem == 0 && src.p * src.k > 0 {
             // the matrices of a batch share buffers, and a buffer copy cannot stay inside
             // one buffer: a copy kernel (which also merges across the batch)
@@ -883,6 +1187,8 @@ impl GpuBackend {
                 bytes,
             });
         } else {
+            self.traffic.copies += 1;
+            self.traffic.copy_bytes += 2 * bytes;
             self.encoder()
                 .copy_buffer_to_buffer(&src.buffer, so, &dst.buffer, d_o, bytes);
         }
@@ -892,6 +1198,7 @@ impl GpuBackend {
     /// trip: the problem's own, or the batch's shared one for a problem of a batch.
     fn read_regions(&mut self, regions: &[(&GpuMat, u64, u64)], out: &mut Vec<f64>) -> Result<()> {
         let e = self.elem() as u64;
+        self.last_write = None;
         if let Some(lane) = &mut self.lane {
             self.readbacks += 1;
             let reads = regions
@@ -910,6 +1217,7 @@ impl GpuBackend {
             return Ok(());
         }
         let total: u64 = regions.iter().map(|r| r.2 * e).sum();
+        self.traffic.readback_bytes += total;
         let staging = match &self.ws.as_ref().and_then(|w| w.staging.clone()) {
             Some(s) if s.size() >= total => s.clone(),
             _ => self.create_buffer(
@@ -1803,6 +2111,9 @@ impl Backend for GpuBackend {
             NonNeg::Hard => 0,
             NonNeg::Softplus => 1,
         };
+        if mode == NonNeg::Hard && self.fuse && self.clamp_last_write(m) {
+            return;
+        }
         self.elementwise(
             Kernel::NonnegInPlace,
             kind,
@@ -2079,6 +2390,10 @@ impl Backend for GpuBackend {
             let lay = self.ws().layout;
             let mut used = 0;
             let mut j = i;
+            let mut sums = FusedSums {
+                terms: Vec::new(),
+                fuse: self.fuse,
+            };
             while j < requests.len()
                 && used + requests[j].width() <= MAX_SLOTS
                 && shape_of(&requests[j]) == shape
@@ -2086,7 +2401,7 @@ impl Backend for GpuBackend {
                 let at = base + used * g;
                 match requests[j] {
                     Reduction::EnergyTerms { y, target } => {
-                        self.partial_sums(2, y, Some(target), at, 0.0, false);
+                        sums.push(self, SumTerm::new(2, y, Some(target), at));
                         self.gram(y, y, lay.m(), false);
                         let mut h = ParamsHeader::new();
                         h.k = lay.k as u32;
@@ -2094,28 +2409,37 @@ impl Backend for GpuBackend {
                         h.off1 = lay.m();
                         h.chunk = g as u32;
                         self.dispatch(Kernel::GramStats, h, [0.0; 8], Slots::default(), (1, 1));
-                        self.partial_sums(0, y, None, at + 3 * g, 0.0, false);
+                        sums.push(self, SumTerm::new(0, y, None, at + 3 * g));
                     }
-                    Reduction::NormSq(m) => self.partial_sums(0, m, None, at, 0.0, false),
-                    Reduction::Dot(a, b) => self.partial_sums(1, a, Some(b), at, 0.0, false),
-                    Reduction::DistSq(a, b) => self.partial_sums(2, a, Some(b), at, 0.0, false),
+                    Reduction::NormSq(m) => sums.push(self, SumTerm::new(0, m, None, at)),
+                    Reduction::Dot(a, b) => sums.push(self, SumTerm::new(1, a, Some(b), at)),
+                    Reduction::DistSq(a, b) => sums.push(self, SumTerm::new(2, a, Some(b), at)),
                     Reduction::GradMapSq {
                         y,
                         g: grad,
                         t,
                         clamp,
-                    } => self.partial_sums(3, y, Some(grad), at, t, clamp),
-                    Reduction::AllFinite(m) => self.partial_sums(4, m, None, at, 0.0, false),
-                    Reduction::AbsSum(m) => self.partial_sums(5, m, None, at, 0.0, false),
+                    } => {
+                        let mut term = SumTerm::new(3, y, Some(grad), at);
+                        term.coefs = Some(([t, 0.0], clamp));
+                        sums.push(self, term);
+                    }
+                    Reduction::AllFinite(m) => sums.push(self, SumTerm::new(4, m, None, at)),
+                    Reduction::AbsSum(m) => sums.push(self, SumTerm::new(5, m, None, at)),
                     Reduction::CountAbove {
                         m,
                         scale,
                         threshold,
-                    } => self.partial_sums_c(6, m, None, at, [scale, threshold], false),
+                    } => {
+                        let mut term = SumTerm::new(6, m, None, at);
+                        term.coefs = Some(([scale, threshold], false));
+                        sums.push(self, term);
+                    }
                 }
                 used += requests[j].width();
                 j += 1;
             }
+            sums.flush(self);
             let from = out.len();
             self.read_slots(used, out)?;
             // non-finite counts become the 1/0 flag

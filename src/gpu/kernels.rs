@@ -17,6 +17,7 @@ pub enum Kernel {
     GramReduce,
     MulSmall,
     PartialSums,
+    PartialSumsMulti,
     Finalize,
     GradCoef,
     GramStats,
@@ -52,7 +53,8 @@ pub enum Kernel {
 }
 
 impl Kernel {
-    const ALL: [Kernel; 39] = [
+    /// Every kernel, in declaration order.
+    pub const ALL: [Kernel; 40] = [
         Kernel::Combine,
         Kernel::ScaleInPlace,
         Kernel::NonnegInPlace,
@@ -60,6 +62,7 @@ impl Kernel {
         Kernel::GramReduce,
         Kernel::MulSmall,
         Kernel::PartialSums,
+        Kernel::PartialSumsMulti,
         Kernel::Finalize,
         Kernel::GradCoef,
         Kernel::GramStats,
@@ -104,6 +107,7 @@ impl Kernel {
             GramReduce => (shaders::GRAM, "gram_reduce"),
             MulSmall => (shaders::MATMUL_SMALL, "mul_small"),
             PartialSums => (shaders::REDUCE, "partial_sums"),
+            PartialSumsMulti => (shaders::REDUCE, "partial_sums_multi"),
             Finalize => (shaders::REDUCE, "finalize"),
             GradCoef => (shaders::SMALL, "grad_coef"),
             GramStats => (shaders::SMALL, "gram_stats"),
