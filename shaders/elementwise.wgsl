@@ -86,7 +86,8 @@ fn combine(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) 
     out[lane_b4 + i] = v;
 }
 
-// out ← c0·out in place (c0 usually a device scalar).
+// out ← c0·out in place (c0 usually a device scalar); k2 = 1: clamped at zero as
+// nonneg_in_place mode 0 would clamp it afterwards.
 @compute @workgroup_size(256)
 fn scale_in_place(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
     enter_lane(wid.z);
@@ -94,7 +95,11 @@ fn scale_in_place(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocati
     if (i >= params.n) {
         return;
     }
-    out[lane_b4 + i] = coef(0u) * out[lane_b4 + i];
+    var v = coef(0u) * out[lane_b4 + i];
+    if (params.k2 == 1u) {
+        v = select(v, 0.0, v < 0.0);
+    }
+    out[lane_b4 + i] = v;
 }
 
 // log(1 + u) for 0 < u ≤ 1 through atanh: 2·(z + z³/3 + …), z = u/(2+u) ≤ 1/3. Written out

@@ -628,8 +628,8 @@ impl GpuBackend {
             return false;
         }
         let patch = |h: &mut ParamsHeader| match lw.kernel {
-            Kernel::Combine => h.k2 = 1,
-            _ => h.mode |= MUL_SMALL_CLAMP,
+            Kernel::MulSmall => h.mode |= MUL_SMALL_CLAMP,
+            _ => h.k2 = 1,
         };
         match lw.at {
             HeaderAt::Ring(slot) => {
@@ -1038,8 +1038,11 @@ impl GpuBackend {
         let mut entry = std::mem::take(&mut self.scratch);
         encode_lane(&bases, &coefs, self.precision, &mut entry);
         let bufs = self.bind_buffers(&slots);
-        // Combine and MulSmall write every entry of `out` once, in their epilogue
-        let clampable = matches!(kernel, Kernel::Combine | Kernel::MulSmall)
+        // these write every entry of `out` once, in their epilogue
+        let clampable = matches!(
+            kernel,
+            Kernel::Combine | Kernel::MulSmall | Kernel::ScaleInPlace
+        )
             && groups.is_some()
             && slots.out.is_some_and(|o| header.n as usize == o.p * o.k);
         let out_key = slots.out.map(|o| (o.id, o.offset));
