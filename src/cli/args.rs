@@ -91,6 +91,7 @@ pub struct CsvArgs {
 }
 
 impl CsvArgs {
+    /// Reads the matrix at `path` (.npy, or .csv read with these settings).
     pub fn read(&self, path: &Path) -> Result<DMatrix<f64>, NsaError> {
         read_matrix_with(
             path,

@@ -26,6 +26,7 @@ Exit codes:
      disagree; the message is on stderr and no output file is written (--verify excepted)
   2  usage error: an unknown or malformed flag or value, or conflicting flags";
 
+// The doc comments of the variants and of their flags are the help text: keep them verbatim.
 #[derive(Subcommand)]
 pub enum Command {
     /// Run NSA-Flow from Y0 towards X0 and write the best Y.
