@@ -1,8 +1,10 @@
 //! `nsa-flow fit` (the solvers of nsa_flow 3.5) and `run --solver lbfgsb|spg`.
 
-use super::{
-    check_paths, parse_adapter, parse_json_path, parse_matrix_path, parse_named, parse_positive,
-    parse_tol, parse_weight, write_all, CsvArgs, Output,
+use super::args::CsvArgs;
+use super::output::{check_paths, write_all, Output};
+use super::parse::{
+    parse_adapter, parse_json_path, parse_matrix_path, parse_named, parse_nonneg_number,
+    parse_open_unit, parse_positive, parse_tol, parse_tristate, parse_weight, Tristate,
 };
 use clap::Args;
 use nalgebra::DMatrix;
@@ -99,54 +101,6 @@ pub struct FitArgs {
     quiet: bool,
     #[command(flatten)]
     csv: CsvArgs,
-}
-
-#[derive(Clone, Copy, Debug)]
-pub enum Tristate {
-    Auto,
-    Yes,
-    No,
-}
-
-fn parse_tristate(s: &str) -> Result<Tristate, NsaError> {
-    match s {
-        "auto" => Ok(Tristate::Auto),
-        "yes" => Ok(Tristate::Yes),
-        "no" => Ok(Tristate::No),
-        other => Err(NsaError::UnknownName {
-            kind: "matrix-free choice",
-            name: other.into(),
-            expected: "auto, yes, no".into(),
-        }),
-    }
-}
-
-fn parse_open_unit(s: &str) -> Result<f64, NsaError> {
-    let v: f64 = s.trim().parse().map_err(|_| NsaError::InvalidParameter {
-        name: "sparseness",
-        reason: format!("{s:?} is not a number"),
-    })?;
-    if !(v > 0.0 && v < 1.0) {
-        return Err(NsaError::InvalidParameter {
-            name: "sparseness",
-            reason: format!("{v:?} is outside (0, 1)"),
-        });
-    }
-    Ok(v)
-}
-
-fn parse_nonneg_number(s: &str) -> Result<f64, NsaError> {
-    let v: f64 = s.trim().parse().map_err(|_| NsaError::InvalidParameter {
-        name: "the value",
-        reason: format!("{s:?} is not a number"),
-    })?;
-    if !(v.is_finite() && v >= 0.0) {
-        return Err(NsaError::InvalidParameter {
-            name: "the value",
-            reason: format!("{v:?} is not a finite non-negative number"),
-        });
-    }
-    Ok(v)
 }
 
 pub fn report_json(r: &BasisReport) -> Value {
