@@ -319,6 +319,21 @@ fn bench_on_the_gpu_prints_the_bandwidth_ratio() {
     assert!(run["ratio_to_bound"].as_f64().unwrap() > 0.0, "{v}");
     assert!(run["readbacks_per_iteration"].as_f64().is_some(), "{v}");
     assert!(v["adapter"]["name"].is_string(), "{v}");
+    // the device work, counted from the recorded launches
+    let work = &run["device_work"];
+    let launches = work["launches_per_iteration"].as_f64().unwrap();
+    let passes = work["passes_over_pk_per_iteration"].as_f64().unwrap();
+    assert!(launches >= 5.0, "{v}");
+    assert!(
+        passes >= 3.0,
+        "{v}: an iteration reads Y and X0 and writes Y at least"
+    );
+    assert!(
+        work["launches_per_evaluation"].as_f64().unwrap() <= launches,
+        "{v}"
+    );
+    assert_eq!(work["copies_per_iteration"], 0.0, "{v}");
+    assert!(stdout.contains("device work: "), "{}", text(&o));
 }
 
 #[test]

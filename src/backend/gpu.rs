@@ -1042,8 +1042,7 @@ impl GpuBackend {
         let clampable = matches!(
             kernel,
             Kernel::Combine | Kernel::MulSmall | Kernel::ScaleInPlace
-        )
-            && groups.is_some()
+        ) && groups.is_some()
             && slots.out.is_some_and(|o| header.n as usize == o.p * o.k);
         let out_key = slots.out.map(|o| (o.id, o.offset));
         self.last_write = None;

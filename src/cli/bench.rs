@@ -116,19 +116,20 @@ pub fn cmd_bench(a: BenchArgs) -> Result<ExitCode, NsaError> {
             };
             let mut runs = Vec::new();
             for &mode in &a.mode.0 {
-                runs.push((
-                    mode,
-                    bench_on(
-                        &mut be,
-                        &y0,
-                        &x0,
-                        &Params {
-                            mode,
-                            ..base.clone()
-                        },
-                        a.repeats,
-                    )?,
-                ));
+                let before = be.traffic();
+                let mut run = bench_on(
+                    &mut be,
+                    &y0,
+                    &x0,
+                    &Params {
+                        mode,
+                        ..base.clone()
+                    },
+                    a.repeats,
+                )?;
+                // every repeat records the same launches (same input, same path)
+                run.traffic = Some(be.traffic().since(&before));
+                runs.push((mode, run));
             }
             (bw, runs)
         }
@@ -176,6 +177,19 @@ pub fn cmd_bench(a: BenchArgs) -> Result<ExitCode, NsaError> {
                     "energy_evaluations_per_iteration": r.energy_evaluations as f64 / r.iterations.max(1) as f64,
                     "readbacks_per_iteration": r.readbacks.map(|n| n as f64 / r.iterations.max(1) as f64),
                     "ratio_to_bound": r.seconds_per_iteration / bound_secs,
+                    "device_work": r.traffic.map(|t| {
+                        let (per_it, per_ev) = r.per_iteration_and_evaluation(a.repeats);
+                        let passes = t.passes(a.p, a.k, precision.bytes());
+                        json!({
+                            "launches_per_iteration": t.launches as f64 * per_it,
+                            "launches_per_evaluation": t.launches as f64 * per_ev,
+                            "passes_over_pk_per_iteration": passes * per_it,
+                            "passes_over_pk_per_evaluation": passes * per_ev,
+                            "operand_bytes_per_iteration": t.operand_bytes as f64 * per_it,
+                            "copies_per_iteration": t.copies as f64 * per_it,
+                            "readback_bytes_per_iteration": t.readback_bytes as f64 * per_it,
+                        })
+                    }),
                 })
             })
             .collect();
@@ -236,6 +250,17 @@ pub fn cmd_bench(a: BenchArgs) -> Result<ExitCode, NsaError> {
             r.seconds_per_iteration * 1e3,
             r.seconds_per_iteration / bound_secs
         );
+        if let Some(t) = r.traffic {
+            let (per_it, per_ev) = r.per_iteration_and_evaluation(a.repeats);
+            let passes = t.passes(a.p, a.k, precision.bytes());
+            println!(
+                "  device work: {:.1} launches and {:.1} passes over p×k per iteration ({:.1} and {:.1} per energy evaluation), counted from the recorded launches",
+                t.launches as f64 * per_it,
+                passes * per_it,
+                t.launches as f64 * per_ev,
+                passes * per_ev
+            );
+        }
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -247,6 +272,20 @@ struct BenchRun {
     iterations: usize,
     energy_evaluations: usize,
     readbacks: Option<u64>,
+    /// A GPU run's work over all its repeats (they record the same launches).
+    traffic: Option<nsa_flow::backend::gpu::Traffic>,
+}
+
+impl BenchRun {
+    /// The factors that turn a count over all `repeats` into one per iteration and one per
+    /// energy evaluation.
+    fn per_iteration_and_evaluation(&self, repeats: usize) -> (f64, f64) {
+        let r = repeats.max(1) as f64;
+        (
+            1.0 / (r * self.iterations.max(1) as f64),
+            1.0 / (r * self.energy_evaluations.max(1) as f64),
+        )
+    }
 }
 
 fn bench_on<B: Backend>(
@@ -268,6 +307,7 @@ fn bench_on<B: Backend>(
                 iterations: res.iterations,
                 energy_evaluations: res.energy_evaluations,
                 readbacks: be.readbacks().map(|r| r - before.unwrap_or(0)),
+                traffic: None,
             });
         }
     }
