@@ -14,8 +14,9 @@
 
 use crate::backend::cpu::CpuBackend;
 pub use crate::backend::gpu_batch::BatchProfile;
+use crate::backend::select::gpu_backend_for;
 use crate::error::{NsaError, Result};
-use crate::flow::{gpu_backend_for, solve};
+use crate::flow::solve;
 use crate::params::{Params, Precision};
 use crate::result::{Control, NsaResult};
 use nalgebra::DMatrix;

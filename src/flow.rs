@@ -1,12 +1,10 @@
 //! The solver loop, written once over [`Backend`]: reference mode (nsa_flow 0.7.7, defects
 //! included) and corrected mode (see docs/ALGORITHM.md).
 
-use crate::backend::cpu::CpuBackend;
-use crate::backend::gpu::GpuBackend;
+use crate::backend::select::DeviceOptions;
 use crate::backend::{Backend, GradientRule, Projection, Reduction, UpdateRule};
 use crate::energy::EnergyTerms;
 use crate::error::{NsaError, Result};
-use crate::gpu::{GpuContext, GpuOptions};
 use crate::optim::{BackendLbfgs, Schedule};
 use crate::params::{
     BackendChoice, LearningRate, Mode, NonNeg, OptimizerKind, Params, Precision, Retraction,
@@ -64,79 +62,11 @@ where
     F: FnMut(&IterInfo) -> Control,
 {
     params.validate()?;
-    if let Some(mut be) = gpu_backend_for(params)? {
-        return solve(&mut be, y0, x0, params, &mut callback);
-    }
-    match params.precision {
-        Precision::F64 => solve(&mut CpuBackend::<f64>::new(), y0, x0, params, &mut callback),
-        Precision::F32 => solve(&mut CpuBackend::<f32>::new(), y0, x0, params, &mut callback),
-    }
+    let mut be = DeviceOptions::of(params).backend()?;
+    crate::with_backend!(&mut be, b => solve(b, y0, x0, params, &mut callback))
 }
 
-/// The GPU backend `params.backend` asks for: `gpu` must get one (an error naming the fix
-/// otherwise); `auto` takes a hardware adapter that can compute in the requested precision and
-/// answers `None` (the CPU) otherwise. Contexts are shared per process
-/// ([`GpuContext::shared`]), so repeated solves reuse one device and its compiled kernels.
-///
-/// ```
-/// use nsa_flow::{flow::gpu_backend_for, BackendChoice, Params};
-/// let cpu = Params { backend: BackendChoice::Cpu, ..Params::default() };
-/// assert!(gpu_backend_for(&cpu).unwrap().is_none());
-/// // `auto` answers Some(GpuBackend) only where a suitable hardware adapter exists
-/// let maybe_gpu = gpu_backend_for(&Params::default()).unwrap();
-/// println!("auto runs on {}", if maybe_gpu.is_some() { "the GPU" } else { "the CPU" });
-/// ```
-pub fn gpu_backend_for(params: &Params) -> Result<Option<GpuBackend>> {
-    let options = GpuOptions {
-        adapter_name: params.gpu_adapter.clone(),
-        allow_software: params.backend == BackendChoice::Gpu || params.gpu_adapter.is_some(),
-    };
-    match params.backend {
-        BackendChoice::Cpu => Ok(None),
-        BackendChoice::Gpu => Ok(Some(GpuBackend::new(
-            GpuContext::shared(&options)?,
-            params.precision,
-        )?)),
-        BackendChoice::Auto => {
-            let Some(ctx) = auto_gpu_context(&options)? else {
-                return Ok(None);
-            };
-            if params.precision == Precision::F64 && !ctx.supports_f64() {
-                return Ok(None);
-            }
-            Ok(GpuBackend::new(ctx, params.precision).ok())
-        }
-    }
-}
-
-/// The device `backend = auto` runs on: a hardware adapter (or the one `options` names), or
-/// `None` for the CPU. A named adapter that is missing is an error, not a silent fallback.
-pub(crate) fn auto_gpu_context(options: &GpuOptions) -> Result<Option<std::sync::Arc<GpuContext>>> {
-    // Without a usable adapter, auto answers the CPU for the rest of the process rather than
-    // enumerating adapters again on every solve (which costs tens of ms and starts driver
-    // threads).
-    static NO_ADAPTER: std::sync::Mutex<Vec<GpuOptions>> = std::sync::Mutex::new(Vec::new());
-    let named = options.adapter_name.is_some();
-    let known_absent = |o: &GpuOptions| NO_ADAPTER.lock().map(|v| v.contains(o)).unwrap_or(false);
-    if !named && known_absent(options) {
-        return Ok(None);
-    }
-    // Under a tight address-space limit some drivers (Mesa's GL) crash inside the enumeration
-    // instead of failing; auto then does not probe and runs on the CPU.
-    if !named && crate::memory::address_space_tight(crate::memory::GPU_PROBE_ROOM) {
-        return Ok(None);
-    }
-    match GpuContext::shared(options) {
-        Ok(ctx) => Ok(Some(ctx)),
-        Err(e) if named => Err(e),
-        Err(_) => {
-            if let Ok(mut v) = NO_ADAPTER.lock() {
-                v.push(options.clone());
-            }
-            Ok(None)
-        }
-    }
-}
+pub use crate::backend::select::gpu_backend_for;
 
 struct Prepared {
     y_init: DMatrix<f64>,
@@ -485,7 +415,7 @@ pub(crate) fn solve_corrected_recorded(
     let prep = prepare(y0, x0, &params)?;
     let mut tape = CorrectedTape::default();
     let res = solve_corrected(
-        &mut CpuBackend::<f64>::new(),
+        &mut crate::backend::cpu::CpuBackend::<f64>::new(),
         prep,
         &params,
         &mut |_: &IterInfo| Control::Continue,
@@ -1242,6 +1172,7 @@ fn be_eps<B: Backend>(be: &B) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::backend::cpu::CpuBackend;
 
     fn energy(model: &EnergyModel, y: &DMatrix<f64>, x0: &DMatrix<f64>) -> f64 {
         let mut g = DMatrix::zeros(y.ncols(), y.ncols());

@@ -4,7 +4,6 @@
 use super::grad::{self, EnergySpec};
 use super::stepper::Stepper;
 use super::CompositeSpec;
-use crate::backend::cpu::CpuBackend;
 use crate::backend::{Backend, Reduction};
 use crate::energy::{EnergyTerms, FidelityType, OrthType};
 use crate::error::{NsaError, Result};
@@ -276,17 +275,8 @@ pub fn nsa_flow_autograd_with_callback<F: FnMut(&IterInfo) -> Control>(
         precision: params.precision,
         ..crate::Params::default()
     };
-    if let Some(mut be) = crate::flow::gpu_backend_for(&flow_params)? {
-        return solve_autograd(&mut be, y0, x0, params, &mut callback);
-    }
-    match params.precision {
-        Precision::F64 => {
-            solve_autograd(&mut CpuBackend::<f64>::new(), y0, x0, params, &mut callback)
-        }
-        Precision::F32 => {
-            solve_autograd(&mut CpuBackend::<f32>::new(), y0, x0, params, &mut callback)
-        }
-    }
+    let mut be = crate::backend::select::DeviceOptions::of(&flow_params).backend()?;
+    crate::with_backend!(&mut be, b => solve_autograd(b, y0, x0, params, &mut callback))
 }
 
 /// The normalised problem and its calibration.

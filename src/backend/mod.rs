@@ -10,6 +10,7 @@ pub mod cpu;
 pub mod gpu;
 mod gpu_autograd;
 pub(crate) mod gpu_batch;
+pub mod select;
 
 use crate::autograd::EnergySpec;
 use crate::energy::EnergyTerms;

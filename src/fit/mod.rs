@@ -864,8 +864,8 @@ fn gram_operator(x: &DMatrix<f64>, k: usize, p: &FitParams) -> Result<(GramOpera
 
 /// `host` on the device `p.backend` and `p.precision` ask for (see [`FitParams::backend`]).
 fn place(host: GramOperator, k: usize, work: usize, p: &FitParams) -> Result<GramOperator> {
-    use crate::gpu::{GpuContext, GpuOptions};
-    use crate::{BackendChoice, Precision};
+    use crate::backend::select::DeviceOptions;
+    use crate::Precision;
     let f32_on_cpu = || {
         invalid(
             "precision",
@@ -874,27 +874,17 @@ fn place(host: GramOperator, k: usize, work: usize, p: &FitParams) -> Result<Gra
                 .into(),
         )
     };
-    let options = GpuOptions {
-        adapter_name: p.gpu_adapter.clone(),
-        allow_software: p.backend == BackendChoice::Gpu || p.gpu_adapter.is_some(),
+    let device = DeviceOptions {
+        backend: p.backend,
+        precision: p.precision,
+        adapter: p.gpu_adapter.clone(),
     };
-    let ctx = match p.backend {
-        BackendChoice::Cpu if p.precision == Precision::F32 => return Err(f32_on_cpu()),
-        BackendChoice::Cpu => return Ok(host),
-        BackendChoice::Gpu => GpuContext::shared(&options)?,
-        BackendChoice::Auto => {
-            let wanted = p.precision == Precision::F32 || work >= GPU_AUTO_WORK;
-            let ctx = if wanted {
-                crate::flow::auto_gpu_context(&options)?
-            } else {
-                None
-            };
-            match ctx {
-                Some(ctx) if p.precision == Precision::F32 || ctx.supports_f64() => ctx,
-                _ if p.precision == Precision::F32 => return Err(f32_on_cpu()),
-                _ => return Ok(host),
-            }
+    let worth_it = p.precision == Precision::F32 || work >= GPU_AUTO_WORK;
+    let Some(ctx) = device.gpu_context(worth_it)? else {
+        if p.precision == Precision::F32 {
+            return Err(f32_on_cpu());
         }
+        return Ok(host);
     };
     let g = gpu::GpuGramOperator::new(ctx, host, k, p.precision)?;
     Ok(GramOperator::Gpu(std::sync::Arc::new(g)))
