@@ -8,7 +8,7 @@
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use nalgebra::DMatrix;
-use nsa_flow::autograd::{CompositeSpec, EnergySpec};
+use nsa_flow::autograd::{CompositeSpec, DifferentiableBackend, EnergySpec};
 use nsa_flow::backend::cpu::CpuBackend;
 use nsa_flow::backend::gpu::GpuBackend;
 use nsa_flow::backend::{Backend, Reduction};
@@ -77,7 +77,7 @@ fn forward<B: Backend>(be: &mut B, pr: &mut Problem<B::Mat>) -> EnergyTerms {
     }
 }
 
-fn forward_backward<B: Backend>(be: &mut B, pr: &mut Problem<B::Mat>) -> f64 {
+fn forward_backward<B: DifferentiableBackend>(be: &mut B, pr: &mut Problem<B::Mat>) -> f64 {
     let terms = forward(be, pr);
     let es: EnergySpec = pr.spec.energy_spec();
     be.energy_gradient(&pr.y, &pr.x0, &es, &terms, pr.x0n, &mut pr.gy);
@@ -86,7 +86,7 @@ fn forward_backward<B: Backend>(be: &mut B, pr: &mut Problem<B::Mat>) -> f64 {
     be.reduce(&[Reduction::NormSq(&pr.gz)]).unwrap()[0]
 }
 
-fn run<B: Backend>(c: &mut Criterion, group: &str, be: &mut B) {
+fn run<B: DifferentiableBackend>(c: &mut Criterion, group: &str, be: &mut B) {
     let mut g = c.benchmark_group(group);
     g.sample_size(10)
         .measurement_time(Duration::from_secs(3))

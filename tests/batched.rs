@@ -74,30 +74,6 @@ impl Backend for Batched {
     ) {
         self.inner.optimizer_step(rule, param, grad, state, lr, out)
     }
-    fn energy_gradient(
-        &mut self,
-        y: &Self::Mat,
-        x0: &Self::Mat,
-        spec: &nsa_flow::autograd::EnergySpec,
-        terms: &nsa_flow::EnergyTerms,
-        x0_norm_sq: f64,
-        out: &mut Self::Mat,
-    ) {
-        self.inner
-            .energy_gradient(y, x0, spec, terms, x0_norm_sq, out)
-    }
-    fn nonneg_backward(&mut self, pre: &Self::Mat, mode: NonNeg, g: &mut Self::Mat) {
-        self.inner.nonneg_backward(pre, mode, g)
-    }
-    fn retract_backward(
-        &mut self,
-        y: &Self::Mat,
-        options: &RetractOptions,
-        g: &Self::Mat,
-        out: &mut Self::Mat,
-    ) {
-        self.inner.retract_backward(y, options, g, out)
-    }
     fn reduce_into(
         &mut self,
         requests: &[Reduction<'_, Self::Mat>],
@@ -183,4 +159,31 @@ fn batch_size_does_not_change_results() {
         }
     }
     assert!(compared >= 8, "only {compared} configurations");
+}
+
+impl nsa_flow::autograd::DifferentiableBackend for Batched {
+    fn energy_gradient(
+        &mut self,
+        y: &Self::Mat,
+        x0: &Self::Mat,
+        spec: &nsa_flow::autograd::EnergySpec,
+        terms: &nsa_flow::EnergyTerms,
+        x0_norm_sq: f64,
+        out: &mut Self::Mat,
+    ) {
+        self.inner
+            .energy_gradient(y, x0, spec, terms, x0_norm_sq, out)
+    }
+    fn nonneg_backward(&mut self, pre: &Self::Mat, mode: NonNeg, g: &mut Self::Mat) {
+        self.inner.nonneg_backward(pre, mode, g)
+    }
+    fn retract_backward(
+        &mut self,
+        y: &Self::Mat,
+        options: &RetractOptions,
+        g: &Self::Mat,
+        out: &mut Self::Mat,
+    ) {
+        self.inner.retract_backward(y, options, g, out)
+    }
 }

@@ -7,13 +7,13 @@ mod common;
 
 use common::*;
 use nalgebra::DMatrix;
-use nsa_flow::autograd::{CompositeSpec, EnergySpec};
+use nsa_flow::autograd::{CompositeSpec, DifferentiableBackend, EnergySpec};
 use nsa_flow::backend::{cpu::CpuBackend, Backend, Reduction};
 use nsa_flow::{EnergyTerms, FidelityType, Mode, NonNeg, OrthType, Precision, Retraction};
 
 /// `E(nonneg(R(Z)))` and its gradient with respect to Z on any backend, through the
 /// backend's own forward and backward operations.
-fn composite_on<B: Backend>(
+fn composite_on<B: DifferentiableBackend>(
     be: &mut B,
     z: &DMatrix<f64>,
     x0: &DMatrix<f64>,

@@ -349,30 +349,6 @@ impl<B: Backend> Backend for Spy<B> {
         self.last_lr = lr;
         self.inner.optimizer_step(rule, param, grad, state, lr, out)
     }
-    fn energy_gradient(
-        &mut self,
-        y: &Self::Mat,
-        x0: &Self::Mat,
-        spec: &nsa_flow::autograd::EnergySpec,
-        terms: &nsa_flow::EnergyTerms,
-        x0_norm_sq: f64,
-        out: &mut Self::Mat,
-    ) {
-        self.inner
-            .energy_gradient(y, x0, spec, terms, x0_norm_sq, out)
-    }
-    fn nonneg_backward(&mut self, pre: &Self::Mat, mode: NonNeg, g: &mut Self::Mat) {
-        self.inner.nonneg_backward(pre, mode, g)
-    }
-    fn retract_backward(
-        &mut self,
-        y: &Self::Mat,
-        options: &RetractOptions,
-        g: &Self::Mat,
-        out: &mut Self::Mat,
-    ) {
-        self.inner.retract_backward(y, options, g, out)
-    }
     fn reduce_into(
         &mut self,
         requests: &[Reduction<'_, Self::Mat>],
@@ -2205,4 +2181,33 @@ fn mesa_loop_cap_guard_at_stock_size() {
         "GPU f32 disagrees with the CPU at p = {p}, k = {k}:\n{}",
         failures.join("\n")
     );
+}
+
+impl<B: nsa_flow::autograd::DifferentiableBackend> nsa_flow::autograd::DifferentiableBackend
+    for Spy<B>
+{
+    fn energy_gradient(
+        &mut self,
+        y: &Self::Mat,
+        x0: &Self::Mat,
+        spec: &nsa_flow::autograd::EnergySpec,
+        terms: &nsa_flow::EnergyTerms,
+        x0_norm_sq: f64,
+        out: &mut Self::Mat,
+    ) {
+        self.inner
+            .energy_gradient(y, x0, spec, terms, x0_norm_sq, out)
+    }
+    fn nonneg_backward(&mut self, pre: &Self::Mat, mode: NonNeg, g: &mut Self::Mat) {
+        self.inner.nonneg_backward(pre, mode, g)
+    }
+    fn retract_backward(
+        &mut self,
+        y: &Self::Mat,
+        options: &RetractOptions,
+        g: &Self::Mat,
+        out: &mut Self::Mat,
+    ) {
+        self.inner.retract_backward(y, options, g, out)
+    }
 }

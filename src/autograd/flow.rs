@@ -4,6 +4,7 @@
 use super::grad::{self, EnergySpec};
 use super::stepper::Stepper;
 use super::CompositeSpec;
+use super::DifferentiableBackend;
 use crate::backend::{Backend, Reduction};
 use crate::energy::{EnergyTerms, FidelityType, OrthType};
 use crate::error::{NsaError, Result};
@@ -423,7 +424,7 @@ fn forward<B: Backend>(
 }
 
 #[allow(clippy::too_many_arguments)]
-fn backward<B: Backend>(
+fn backward<B: DifferentiableBackend>(
     be: &mut B,
     z: &B::Mat,
     ev: &Eval<B::Mat>,
@@ -454,7 +455,7 @@ fn backward<B: Backend>(
 /// assert_eq!(res.precision, Precision::F32);
 /// assert!(res.y.iter().all(|&v| v >= 0.0));
 /// ```
-pub fn solve_autograd<B: Backend, F: FnMut(&IterInfo) -> Control>(
+pub fn solve_autograd<B: DifferentiableBackend, F: FnMut(&IterInfo) -> Control>(
     be: &mut B,
     y0: &DMatrix<f64>,
     x0: Option<&DMatrix<f64>>,
@@ -476,7 +477,7 @@ pub fn solve_autograd<B: Backend, F: FnMut(&IterInfo) -> Control>(
     Ok(res)
 }
 
-fn solve_autograd_unchecked<B: Backend, F: FnMut(&IterInfo) -> Control>(
+fn solve_autograd_unchecked<B: DifferentiableBackend, F: FnMut(&IterInfo) -> Control>(
     be: &mut B,
     y0: &DMatrix<f64>,
     x0: Option<&DMatrix<f64>>,

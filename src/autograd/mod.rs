@@ -18,12 +18,41 @@ pub use flow::{
 };
 pub use grad::EnergySpec;
 
+use crate::backend::Backend;
 use crate::energy::{Energy, EnergyTerms, FidelityType, OrthType};
 use crate::error::Result;
 use crate::params::{Mode, NonNeg, Retraction};
 use crate::retract::RetractOptions;
 use crate::validate;
 use nalgebra::DMatrix;
+
+/// What the autograd loop needs of a backend beyond [`Backend`]: the energy's gradient and
+/// the backward maps of the non-negativity and the retraction. Both backends implement it;
+/// the flow's loop needs only [`Backend`].
+pub trait DifferentiableBackend: Backend {
+    /// `out ← ∇E(Y)`, the gradient of the energy `spec` at `y` against `x0`, given `terms`
+    /// (the [`Reduction::EnergyTerms`](crate::backend::Reduction::EnergyTerms) of `y` against `x0`, already read) and `‖X0‖²`.
+    #[allow(clippy::too_many_arguments)]
+    fn energy_gradient(
+        &mut self,
+        y: &Self::Mat,
+        x0: &Self::Mat,
+        spec: &EnergySpec,
+        terms: &EnergyTerms,
+        x0_norm_sq: f64,
+        out: &mut Self::Mat,
+    );
+    /// `g ← g ∘ J(pre)`: the backward of the non-negativity map `mode` applied to `pre`.
+    fn nonneg_backward(&mut self, pre: &Self::Mat, mode: NonNeg, g: &mut Self::Mat);
+    /// `out ← J_R(y)ᵀ·g`: the backward of the retraction `options` at `y`.
+    fn retract_backward(
+        &mut self,
+        y: &Self::Mat,
+        options: &RetractOptions,
+        g: &Self::Mat,
+        out: &mut Self::Mat,
+    );
+}
 
 /// The energy `E(Y)` of `spec` and its exact gradient with respect to `Y`.
 ///

@@ -400,34 +400,6 @@ impl<T: Element> Backend for CpuBackend<T> {
         }
     }
 
-    fn energy_gradient(
-        &mut self,
-        y: &DMatrix<T>,
-        x0: &DMatrix<T>,
-        spec: &EnergySpec,
-        terms: &EnergyTerms,
-        x0_norm_sq: f64,
-        out: &mut DMatrix<T>,
-    ) {
-        self.size_for(y.ncols());
-        let coefs = spec.gradient_coefficients(terms, x0_norm_sq);
-        crate::autograd::grad::energy_grad_into(y, x0, &coefs, &mut self.gram, out);
-    }
-
-    fn nonneg_backward(&mut self, pre: &DMatrix<T>, mode: NonNeg, g: &mut DMatrix<T>) {
-        crate::autograd::grad::nonneg_backward_in_place(pre, mode, g);
-    }
-
-    fn retract_backward(
-        &mut self,
-        y: &DMatrix<T>,
-        options: &RetractOptions,
-        g: &DMatrix<T>,
-        out: &mut DMatrix<T>,
-    ) {
-        crate::autograd::grad::retract_backward_into(y, options, g, out);
-    }
-
     fn reduce_into(
         &mut self,
         requests: &[Reduction<'_, DMatrix<T>>],
@@ -477,5 +449,35 @@ impl<T: Element> Backend for CpuBackend<T> {
             }
         }
         Ok(())
+    }
+}
+
+impl<T: Element> crate::autograd::DifferentiableBackend for CpuBackend<T> {
+    fn energy_gradient(
+        &mut self,
+        y: &DMatrix<T>,
+        x0: &DMatrix<T>,
+        spec: &EnergySpec,
+        terms: &EnergyTerms,
+        x0_norm_sq: f64,
+        out: &mut DMatrix<T>,
+    ) {
+        self.size_for(y.ncols());
+        let coefs = spec.gradient_coefficients(terms, x0_norm_sq);
+        crate::autograd::grad::energy_grad_into(y, x0, &coefs, &mut self.gram, out);
+    }
+
+    fn nonneg_backward(&mut self, pre: &DMatrix<T>, mode: NonNeg, g: &mut DMatrix<T>) {
+        crate::autograd::grad::nonneg_backward_in_place(pre, mode, g);
+    }
+
+    fn retract_backward(
+        &mut self,
+        y: &DMatrix<T>,
+        options: &RetractOptions,
+        g: &DMatrix<T>,
+        out: &mut DMatrix<T>,
+    ) {
+        crate::autograd::grad::retract_backward_into(y, options, g, out);
     }
 }

@@ -2322,32 +2322,6 @@ impl Backend for GpuBackend {
         }
     }
 
-    fn energy_gradient(
-        &mut self,
-        y: &GpuMat,
-        x0: &GpuMat,
-        spec: &crate::autograd::EnergySpec,
-        terms: &crate::energy::EnergyTerms,
-        x0_norm_sq: f64,
-        out: &mut GpuMat,
-    ) {
-        self.ag_energy_gradient(y, x0, spec, terms, x0_norm_sq, out);
-    }
-
-    fn nonneg_backward(&mut self, pre: &GpuMat, mode: NonNeg, g: &mut GpuMat) {
-        self.ag_nonneg_backward(pre, mode, g);
-    }
-
-    fn retract_backward(
-        &mut self,
-        y: &GpuMat,
-        options: &RetractOptions,
-        g: &GpuMat,
-        out: &mut GpuMat,
-    ) {
-        self.ag_retract_backward(y, options, g, out);
-    }
-
     fn reduce_into(
         &mut self,
         requests: &[Reduction<'_, GpuMat>],
@@ -2455,5 +2429,33 @@ impl Backend for GpuBackend {
             i = j;
         }
         Ok(())
+    }
+}
+
+impl crate::autograd::DifferentiableBackend for GpuBackend {
+    fn energy_gradient(
+        &mut self,
+        y: &GpuMat,
+        x0: &GpuMat,
+        spec: &crate::autograd::EnergySpec,
+        terms: &crate::energy::EnergyTerms,
+        x0_norm_sq: f64,
+        out: &mut GpuMat,
+    ) {
+        self.ag_energy_gradient(y, x0, spec, terms, x0_norm_sq, out);
+    }
+
+    fn nonneg_backward(&mut self, pre: &GpuMat, mode: NonNeg, g: &mut GpuMat) {
+        self.ag_nonneg_backward(pre, mode, g);
+    }
+
+    fn retract_backward(
+        &mut self,
+        y: &GpuMat,
+        options: &RetractOptions,
+        g: &GpuMat,
+        out: &mut GpuMat,
+    ) {
+        self.ag_retract_backward(y, options, g, out);
     }
 }

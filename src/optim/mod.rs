@@ -10,9 +10,12 @@
 //! * [`optimizers`]: the 22 names; padam is listed, as the reference lists it, but is an
 //!   error (torch_optimizer 0.3.0 has no PAdam, so the reference raises).
 
-use crate::backend::{cpu::CpuBackend, Backend, Reduction, UpdateRule};
+pub mod rule;
+
+use crate::backend::{cpu::CpuBackend, Backend, Reduction};
 use crate::error::{NsaError, Result};
 use nalgebra::DMatrix;
+pub use rule::UpdateRule;
 
 /// Every name `get_torch_optimizer` lists, sorted as its `return_list=True` answer.
 pub const OPTIMIZER_NAMES: [&str; 22] = [
