@@ -320,11 +320,44 @@ enum HeaderAt {
     Lane(usize),
 }
 
+/// `combine`'s modes (elementwise.wgsl).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u32)]
+enum CombineMode {
+    /// `out = c0·a + c1·b`.
+    Lincomb = 0,
+    /// `out = a + c0·(b − a)`.
+    Lerp = 1,
+    /// `out = a` (a copy inside one buffer).
+    Copy = 2,
+}
+
+/// What one partial sum of `partial_sums` (reduce.wgsl's `term`) adds up: the shader's mode
+/// numbers, named.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u32)]
+pub(super) enum SumMode {
+    /// `‖a‖²`.
+    NormSq = 0,
+    /// `⟨a, b⟩`.
+    Dot = 1,
+    /// `‖a − b‖²`.
+    DistSq = 2,
+    /// `‖P(a − t·b) − a‖²`, `P` the clamp at zero when asked.
+    GradMapSq = 3,
+    /// The count of non-finite entries of `a`.
+    NonFinite = 4,
+    /// `Σ|a|`.
+    AbsSum = 5,
+    /// The count of `|c0·a| > c1`.
+    CountAbove = 6,
+}
+
 /// One partial sum of [`GpuBackend::partial_sums`]: its mode, operands, where its partials
 /// go, and its coefficients (`[t, ·]` and the clamp flag, or CountAbove's pair) if it reads
 /// any.
 struct SumTerm<'a> {
-    mode: u32,
+    mode: SumMode,
     first: &'a GpuMat,
     second: Option<&'a GpuMat>,
     at: usize,
@@ -332,7 +365,7 @@ struct SumTerm<'a> {
 }
 
 impl<'a> SumTerm<'a> {
-    fn new(mode: u32, first: &'a GpuMat, second: Option<&'a GpuMat>, at: usize) -> Self {
+    fn new(mode: SumMode, first: &'a GpuMat, second: Option<&'a GpuMat>, at: usize) -> Self {
         SumTerm {
             mode,
             first,
@@ -404,7 +437,7 @@ impl<'a> FusedSums<'a> {
                 let spec = |t: &SumTerm| {
                     let first = index(t.first);
                     let second = t.second.map_or(first, index);
-                    t.mode | first << 8 | second << 16
+                    t.mode as u32 | first << 8 | second << 16
                 };
                 let g = be.ws().partials;
                 let mut h = ParamsHeader::new();
@@ -1164,7 +1197,7 @@ impl GpuBackend {
             let n = (bytes / e) as usize;
             self.elementwise(
                 Kernel::Combine,
-                2,
+                CombineMode::Copy as u32,
                 [0.0; 8],
                 LITERAL,
                 Slots {
@@ -1493,7 +1526,7 @@ impl GpuBackend {
     /// Partial sums of one reduction into aux[at .. at + G].
     pub(super) fn partial_sums(
         &mut self,
-        mode: u32,
+        mode: SumMode,
         a: &GpuMat,
         b: Option<&GpuMat>,
         at: usize,
@@ -1506,7 +1539,7 @@ impl GpuBackend {
     /// [`GpuBackend::partial_sums`] with two coefficients.
     fn partial_sums_c(
         &mut self,
-        mode: u32,
+        mode: SumMode,
         a: &GpuMat,
         b: Option<&GpuMat>,
         at: usize,
@@ -1516,7 +1549,7 @@ impl GpuBackend {
         let g = self.ws().partials;
         let mut h = ParamsHeader::new();
         h.n = (a.p * a.k) as u32;
-        h.mode = mode;
+        h.mode = mode as u32;
         h.off0 = at as u32;
         h.groups_x = g as u32;
         h.k2 = clamp as u32;
@@ -1855,7 +1888,7 @@ impl GpuBackend {
                 let ws = self.ws();
                 (ws.aux_finalize, ws.partials)
             };
-            self.partial_sums(0, dst, None, fin, 0.0, false);
+            self.partial_sums(SumMode::NormSq, dst, None, fin, 0.0, false);
             let mut h = ParamsHeader::new();
             h.off0 = fin as u32;
             h.off1 = lay.scalar(SC_FACTOR);
@@ -1950,7 +1983,7 @@ impl GpuBackend {
             KernelBench::Lincomb => self.lincomb(1.0, y, -0.5, x, out),
             KernelBench::DistSq => {
                 let at = self.ws().aux_readback;
-                self.partial_sums(2, y, Some(x), at, 0.0, false)
+                self.partial_sums(SumMode::DistSq, y, Some(x), at, 0.0, false)
             }
             KernelBench::InvSqrt => {
                 self.inv_sqrt_corrected(lay.s(), lay.t(), InvSqrtMethod::Auto, None)
@@ -2075,7 +2108,7 @@ impl Backend for GpuBackend {
         }
         self.elementwise(
             Kernel::Combine,
-            0,
+            CombineMode::Lincomb as u32,
             [a, b, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0],
             LITERAL,
             Slots {
@@ -2094,7 +2127,7 @@ impl Backend for GpuBackend {
         }
         self.elementwise(
             Kernel::Combine,
-            1,
+            CombineMode::Lerp as u32,
             [alpha, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0],
             LITERAL,
             Slots {
@@ -2377,7 +2410,7 @@ impl Backend for GpuBackend {
                 let at = base + used * g;
                 match requests[j] {
                     Reduction::EnergyTerms { y, target } => {
-                        sums.push(self, SumTerm::new(2, y, Some(target), at));
+                        sums.push(self, SumTerm::new(SumMode::DistSq, y, Some(target), at));
                         self.gram(y, y, lay.m(), false);
                         let mut h = ParamsHeader::new();
                         h.k = lay.k as u32;
@@ -2385,29 +2418,39 @@ impl Backend for GpuBackend {
                         h.off1 = lay.m();
                         h.chunk = g as u32;
                         self.dispatch(Kernel::GramStats, h, [0.0; 8], Slots::default(), (1, 1));
-                        sums.push(self, SumTerm::new(0, y, None, at + 3 * g));
+                        sums.push(self, SumTerm::new(SumMode::NormSq, y, None, at + 3 * g));
                     }
-                    Reduction::NormSq(m) => sums.push(self, SumTerm::new(0, m, None, at)),
-                    Reduction::Dot(a, b) => sums.push(self, SumTerm::new(1, a, Some(b), at)),
-                    Reduction::DistSq(a, b) => sums.push(self, SumTerm::new(2, a, Some(b), at)),
+                    Reduction::NormSq(m) => {
+                        sums.push(self, SumTerm::new(SumMode::NormSq, m, None, at))
+                    }
+                    Reduction::Dot(a, b) => {
+                        sums.push(self, SumTerm::new(SumMode::Dot, a, Some(b), at))
+                    }
+                    Reduction::DistSq(a, b) => {
+                        sums.push(self, SumTerm::new(SumMode::DistSq, a, Some(b), at))
+                    }
                     Reduction::GradMapSq {
                         y,
                         g: grad,
                         t,
                         clamp,
                     } => {
-                        let mut term = SumTerm::new(3, y, Some(grad), at);
+                        let mut term = SumTerm::new(SumMode::GradMapSq, y, Some(grad), at);
                         term.coefs = Some(([t, 0.0], clamp));
                         sums.push(self, term);
                     }
-                    Reduction::AllFinite(m) => sums.push(self, SumTerm::new(4, m, None, at)),
-                    Reduction::AbsSum(m) => sums.push(self, SumTerm::new(5, m, None, at)),
+                    Reduction::AllFinite(m) => {
+                        sums.push(self, SumTerm::new(SumMode::NonFinite, m, None, at))
+                    }
+                    Reduction::AbsSum(m) => {
+                        sums.push(self, SumTerm::new(SumMode::AbsSum, m, None, at))
+                    }
                     Reduction::CountAbove {
                         m,
                         scale,
                         threshold,
                     } => {
-                        let mut term = SumTerm::new(6, m, None, at);
+                        let mut term = SumTerm::new(SumMode::CountAbove, m, None, at);
                         term.coefs = Some(([scale, threshold], false));
                         sums.push(self, term);
                     }

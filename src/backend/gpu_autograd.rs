@@ -4,7 +4,9 @@
 //! Sylvester equation `S½·X + X·S½ = G` by the Newton–Schulz sign iteration on the small
 //! buffer (shaders/autograd.wgsl), so the host reads nothing back.
 
-use super::gpu::{GpuBackend, GpuMat, Slots, NS_CAP, SC_ALPHA, SC_RADIAL, SC_TRACE, TRIP_BUDGET};
+use super::gpu::{
+    GpuBackend, GpuMat, Slots, SumMode, NS_CAP, SC_ALPHA, SC_RADIAL, SC_TRACE, TRIP_BUDGET,
+};
 use crate::autograd::grad::OrthGrad;
 use crate::autograd::EnergySpec;
 use crate::energy::EnergyTerms;
@@ -162,7 +164,12 @@ impl GpuBackend {
     /// `small[sum] = ⟨a, b⟩` (or `‖a‖²` without `b`), summed on the device.
     fn device_dot(&mut self, a: &GpuMat, b: Option<&GpuMat>, slot: u32) {
         let (fin, g) = (self.ws().aux_finalize, self.ws().partials);
-        self.partial_sums(if b.is_some() { 1 } else { 0 }, a, b, fin, 0.0, false);
+        let mode = if b.is_some() {
+            SumMode::Dot
+        } else {
+            SumMode::NormSq
+        };
+        self.partial_sums(mode, a, b, fin, 0.0, false);
         let mut h = ParamsHeader::new();
         h.off0 = fin as u32;
         h.off1 = slot;
