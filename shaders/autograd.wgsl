@@ -5,55 +5,7 @@
 // Single-workgroup kernels loop ⌈k²/256⌉ (or ⌈k/256⌉·k) times; the product kernels give one
 // entry to each invocation (k trips), so no invocation approaches the 65 535-trip cap.
 
-alias T = f32;
-
-struct Params {
-    p: u32, k: u32, n: u32, mode: u32,
-    k2: u32, off0: u32, off1: u32, off2: u32,
-    off3: u32, slot: u32, groups_x: u32, chunk: u32,
-    src: vec4<u32>,
-}
-
-// What differs between the problems of a batched dispatch (one entry per problem, indexed by
-// workgroup_id.z): where each binding's data starts, in elements, and the coefficients.
-struct Lane {
-    base: array<vec4<u32>, 2>,
-    c: array<vec4<T>, 2>,
-}
-
-const LITERAL: u32 = 0xffffffffu;
-
-@group(0) @binding(0) var<uniform> params: Params;
-@group(0) @binding(5) var<storage, read_write> small: array<T>;
-@group(0) @binding(7) var<storage, read> lanes: array<Lane>;
-
-var<private> lane: u32;
-var<private> lane_b5: u32;
-
-// Selects the problem of this workgroup: its coefficients and the start of its data.
-fn enter_lane(z: u32) {
-    lane = z;
-    lane_b5 = lanes[z].base[1].x;
-}
-
-var<workgroup> tree: array<T, 256>;
-var<workgroup> tree2: array<T, 256>;
-
-fn reduce2(lid: u32, x: T, y: T) -> vec2<T> {
-    tree[lid] = x;
-    tree2[lid] = y;
-    workgroupBarrier();
-    for (var s = 128u; s > 0u; s = s >> 1u) {
-        if (lid < s) {
-            tree[lid] = tree[lid] + tree[lid + s];
-            tree2[lid] = tree2[lid] + tree2[lid + s];
-        }
-        workgroupBarrier();
-    }
-    let r = vec2<T>(tree[0], tree2[0]);
-    workgroupBarrier();
-    return r;
-}
+// After prelude.wgsl (T, Params, Lane, bindings 0/5/6/7, enter_lane, coef, reduce2, …).
 
 // small[off2] = c0·small[off0] + (c1 + c3·small[src.x]/k)·small[off1] + c2·I (off1 = LITERAL:
 // no second term; src.x = LITERAL: no device part, which adds a shift relative to a trace).

@@ -4,55 +4,10 @@
 // One entry per invocation on a 2-D grid (65 535 workgroups per dimension is the limit), so no
 // invocation loops: the Mesa 22.3 loop cap cannot bite.
 
-alias T = f32;
-
-// The uniform shared by every kernel family (see src/gpu/params.rs).
-struct Params {
-    p: u32, k: u32, n: u32, mode: u32,
-    k2: u32, off0: u32, off1: u32, off2: u32,
-    off3: u32, slot: u32, groups_x: u32, chunk: u32,
-    src: vec4<u32>,
-}
-
-// What differs between the problems of a batched dispatch (one entry per problem, indexed by
-// workgroup_id.z): where each binding's data starts, in elements, and the coefficients.
-struct Lane {
-    base: array<vec4<u32>, 2>,
-    c: array<vec4<T>, 2>,
-}
-
-const LITERAL: u32 = 0xffffffffu;
-
-@group(0) @binding(0) var<uniform> params: Params;
+// After prelude.wgsl (T, Params, Lane, bindings 0/5/6/7, enter_lane, coef, reduce2, …).
 @group(0) @binding(1) var<storage, read_write> a: array<T>;
 @group(0) @binding(2) var<storage, read_write> b: array<T>;
 @group(0) @binding(4) var<storage, read_write> out: array<T>;
-@group(0) @binding(5) var<storage, read_write> small: array<T>;
-@group(0) @binding(7) var<storage, read> lanes: array<Lane>;
-
-var<private> lane: u32;
-var<private> lane_b1: u32;
-var<private> lane_b2: u32;
-var<private> lane_b4: u32;
-var<private> lane_b5: u32;
-
-// Selects the problem of this workgroup: its coefficients and the start of its data.
-fn enter_lane(z: u32) {
-    lane = z;
-    lane_b1 = lanes[z].base[0].x;
-    lane_b2 = lanes[z].base[0].y;
-    lane_b4 = lanes[z].base[0].w;
-    lane_b5 = lanes[z].base[1].x;
-}
-
-// Coefficient i: the literal from the uniform plus, when a device slot is named, that scalar.
-fn coef(i: u32) -> T {
-    var v = lanes[lane].c[i / 4u][i % 4u];
-    if (i < 4u && params.src[i] != LITERAL) {
-        v = v + small[lane_b5 + params.src[i]];
-    }
-    return v;
-}
 
 fn linear_id(wid: vec3<u32>, lid: vec3<u32>) -> u32 {
     return (wid.x + wid.y * params.groups_x) * 256u + lid.x;

@@ -6,43 +6,9 @@
 // contiguous direction. An invocation loops about `chunk` times in pass 1 (the host keeps
 // chunk ≤ 4096) and ⌈p/chunk⌉/64 times in pass 2, far below Mesa 22.3's 65 535 cap.
 
-alias T = f32;
-
-struct Params {
-    p: u32, k: u32, n: u32, mode: u32,
-    k2: u32, off0: u32, off1: u32, off2: u32,
-    off3: u32, slot: u32, groups_x: u32, chunk: u32,
-    src: vec4<u32>,
-}
-
-// What differs between the problems of a batched dispatch (one entry per problem, indexed by
-// workgroup_id.z): where each binding's data starts, in elements, and the coefficients.
-struct Lane {
-    base: array<vec4<u32>, 2>,
-    c: array<vec4<T>, 2>,
-}
-
-@group(0) @binding(0) var<uniform> params: Params;
+// After prelude.wgsl (T, Params, Lane, bindings 0/5/6/7, enter_lane, coef, reduce2, …).
 @group(0) @binding(1) var<storage, read_write> a: array<T>;
 @group(0) @binding(2) var<storage, read_write> b: array<T>;
-@group(0) @binding(5) var<storage, read_write> small: array<T>;
-@group(0) @binding(6) var<storage, read_write> aux: array<T>;
-@group(0) @binding(7) var<storage, read> lanes: array<Lane>;
-
-var<private> lane: u32;
-var<private> lane_b1: u32;
-var<private> lane_b2: u32;
-var<private> lane_b5: u32;
-var<private> lane_b6: u32;
-
-// Selects the problem of this workgroup: its coefficients and the start of its data.
-fn enter_lane(z: u32) {
-    lane = z;
-    lane_b1 = lanes[z].base[0].x;
-    lane_b2 = lanes[z].base[0].y;
-    lane_b5 = lanes[z].base[1].x;
-    lane_b6 = lanes[z].base[1].y;
-}
 
 const TILE: u32 = 32u;
 const SLAB: u32 = 32u;
@@ -124,8 +90,8 @@ fn gram_partial(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation
     }
 }
 
-var<workgroup> tree: array<T, 64>;
-var<workgroup> tree_t: array<T, 64>;
+var<workgroup> tree64: array<T, 64>;
+var<workgroup> tree64_t: array<T, 64>;
 
 // One workgroup of 64 per output entry (a 2-D grid of ka·kb workgroups whose row length is
 // `chunk`); chunks = groups_x. Each thread adds every 64th partial, then a fixed tree adds
@@ -152,20 +118,20 @@ fn gram_reduce(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_
             acc_t = acc_t + aux[lane_b6 + params.off0 + c * size + et];
         }
     }
-    tree[lid] = acc;
-    tree_t[lid] = acc_t;
+    tree64[lid] = acc;
+    tree64_t[lid] = acc_t;
     workgroupBarrier();
     for (var s = 32u; s > 0u; s = s >> 1u) {
         if (lid < s) {
-            tree[lid] = tree[lid] + tree[lid + s];
-            tree_t[lid] = tree_t[lid] + tree_t[lid + s];
+            tree64[lid] = tree64[lid] + tree64[lid + s];
+            tree64_t[lid] = tree64_t[lid] + tree64_t[lid + s];
         }
         workgroupBarrier();
     }
     if (lid == 0u && valid) {
-        var v = tree[0];
+        var v = tree64[0];
         if (params.mode == 1u) {
-            v = 0.5 * (v + tree_t[0]);
+            v = 0.5 * (v + tree64_t[0]);
         }
         small[lane_b5 + params.off1 + e] = v;
     }

@@ -8,27 +8,12 @@
 // bits, no atomics. An invocation loops ⌈kb/8⌉·chunk times in pass 1 (the host keeps that
 // ≤ 4096) and ⌈c/chunk⌉ times in pass 2, far below Mesa 22.3's 65 535 cap.
 
-alias T = f32;
-
-struct Params {
-    p: u32, k: u32, n: u32, mode: u32,
-    k2: u32, off0: u32, off1: u32, off2: u32,
-    off3: u32, slot: u32, groups_x: u32, chunk: u32,
-    src: vec4<u32>,
-}
-
-// The layout every family shares; the fit's products are never batched, so no lane is read.
-struct Lane {
-    base: array<vec4<u32>, 2>,
-    c: array<vec4<T>, 2>,
-}
-
-@group(0) @binding(0) var<uniform> params: Params;
+// After prelude.wgsl (T, Params, Lane, bindings 0/5/6/7, enter_lane, coef, reduce2, …).
 @group(0) @binding(1) var<storage, read_write> a: array<T>;
 @group(0) @binding(2) var<storage, read_write> b: array<T>;
 @group(0) @binding(4) var<storage, read_write> out: array<T>;
-@group(0) @binding(6) var<storage, read_write> aux: array<T>;
-@group(0) @binding(7) var<storage, read> lanes: array<Lane>;
+
+// The fit's products are never batched: no kernel here calls enter_lane.
 
 // Columns of B per pass over a chunk, unrolled by hand: a loop over them would count toward
 // the per-invocation loop cap of Mesa 22.3.

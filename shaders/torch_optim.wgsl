@@ -6,44 +6,11 @@
 // set: a state's first step); the formula is `mode & 0xff` (ElemOp in src/backend/mod.rs,
 // in the same operation order); literals c0…c7. The destination is never bound as a source.
 
-alias T = f32;
-
-struct Params {
-    p: u32, k: u32, n: u32, mode: u32,
-    k2: u32, off0: u32, off1: u32, off2: u32,
-    off3: u32, slot: u32, groups_x: u32, chunk: u32,
-    src: vec4<u32>,
-}
-
-// What differs between the problems of a batched dispatch (one entry per problem, indexed by
-// workgroup_id.z): where each binding's data starts, in elements, and the coefficients.
-struct Lane {
-    base: array<vec4<u32>, 2>,
-    c: array<vec4<T>, 2>,
-}
-
-@group(0) @binding(0) var<uniform> params: Params;
+// After prelude.wgsl (T, Params, Lane, bindings 0/5/6/7, enter_lane, coef, reduce2, …).
 @group(0) @binding(1) var<storage, read_write> a: array<T>;
 @group(0) @binding(2) var<storage, read_write> b: array<T>;
 @group(0) @binding(3) var<storage, read_write> c: array<T>;
 @group(0) @binding(4) var<storage, read_write> out: array<T>;
-@group(0) @binding(7) var<storage, read> lanes: array<Lane>;
-
-var<private> lane: u32;
-var<private> lane_b1: u32;
-var<private> lane_b2: u32;
-var<private> lane_b3: u32;
-var<private> lane_b4: u32;
-
-// Selects the problem of this workgroup: its coefficients and the start of its data.
-fn enter_lane(z: u32) {
-    lane = z;
-    lane_b1 = lanes[z].base[0].x;
-    lane_b2 = lanes[z].base[0].y;
-    lane_b3 = lanes[z].base[0].z;
-    lane_b4 = lanes[z].base[0].w;
-}
-
 
 // torch's sign: 0 at 0
 fn sgn(x: T) -> T {

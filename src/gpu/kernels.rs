@@ -1,6 +1,8 @@
 //! Every compute pipeline, built once per device and element type, over one shared bind-group
-//! layout: binding 0 the uniform (dynamic offset into a ring), 1–3 read-only storage, 4–6
-//! read-write storage (the output, the small k×k buffer, the aux partials buffer).
+//! layout ([`Kernels::layout_entries`]): binding 0 the uniform (dynamic offset into a ring),
+//! 1–6 read-write storage (the inputs, the output, the small k×k buffer, the aux partials
+//! buffer), 7 the read-only per-problem entries (dynamic offset). The WGSL side of bindings 0,
+//! 5, 6 and 7 is declared once, in `shaders/prelude.wgsl`.
 
 use super::shaders::{self, specialize, ShaderFile};
 use crate::error::{GpuErrorKind, NsaError, Result};
@@ -97,7 +99,9 @@ impl Kernel {
         Kernel::SkinnyReduce,
     ];
 
-    fn source(self) -> (ShaderFile, &'static str) {
+    /// The kernel family (file) of this kernel and its entry point there.
+    #[doc(hidden)]
+    pub fn source(self) -> (ShaderFile, &'static str) {
         use Kernel::*;
         match self {
             Combine => (shaders::ELEMENTWISE, "combine"),
@@ -175,6 +179,44 @@ fn storage(binding: u32, read_only: bool) -> wgpu::BindGroupLayoutEntry {
 }
 
 impl Kernels {
+    /// The entries of the bind-group layout every pipeline shares (one per binding, in
+    /// binding order); `tests/shaders.rs` checks every kernel's WGSL bindings against them.
+    #[doc(hidden)]
+    pub fn layout_entries() -> [wgpu::BindGroupLayoutEntry; 8] {
+        [
+            wgpu::BindGroupLayoutEntry {
+                binding: 0,
+                visibility: wgpu::ShaderStages::COMPUTE,
+                ty: wgpu::BindingType::Buffer {
+                    ty: wgpu::BufferBindingType::Uniform,
+                    has_dynamic_offset: true,
+                    min_binding_size: None,
+                },
+                count: None,
+            },
+            // read-write although the kernels only read them: the matrices of a batch are
+            // blocks of shared buffers, and one buffer may be bound as input and output
+            // of a launch (read-only and read-write uses of one buffer cannot mix)
+            storage(1, false),
+            storage(2, false),
+            storage(3, false),
+            storage(4, false),
+            storage(5, false),
+            storage(6, false),
+            // one `struct Lane` per problem of a launch, at a per-launch offset
+            wgpu::BindGroupLayoutEntry {
+                binding: 7,
+                visibility: wgpu::ShaderStages::COMPUTE,
+                ty: wgpu::BindingType::Buffer {
+                    ty: wgpu::BufferBindingType::Storage { read_only: true },
+                    has_dynamic_offset: true,
+                    min_binding_size: None,
+                },
+                count: None,
+            },
+        ]
+    }
+
     /// Compiles every kernel family for `precision` on `device`.
     pub fn new(device: &wgpu::Device, precision: Precision) -> Result<Kernels> {
         if precision == Precision::F64 && !device.features().contains(wgpu::Features::SHADER_F64) {
@@ -186,40 +228,10 @@ impl Kernels {
                         .into(),
             });
         }
+        let entries = Kernels::layout_entries();
         let layout = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
             label: Some("nsa-flow kernels"),
-            entries: &[
-                wgpu::BindGroupLayoutEntry {
-                    binding: 0,
-                    visibility: wgpu::ShaderStages::COMPUTE,
-                    ty: wgpu::BindingType::Buffer {
-                        ty: wgpu::BufferBindingType::Uniform,
-                        has_dynamic_offset: true,
-                        min_binding_size: None,
-                    },
-                    count: None,
-                },
-                // read-write although the kernels only read them: the matrices of a batch are
-                // blocks of shared buffers, and one buffer may be bound as input and output
-                // of a launch (read-only and read-write uses of one buffer cannot mix)
-                storage(1, false),
-                storage(2, false),
-                storage(3, false),
-                storage(4, false),
-                storage(5, false),
-                storage(6, false),
-                // one `struct Lane` per problem of a launch, at a per-launch offset
-                wgpu::BindGroupLayoutEntry {
-                    binding: 7,
-                    visibility: wgpu::ShaderStages::COMPUTE,
-                    ty: wgpu::BindingType::Buffer {
-                        ty: wgpu::BufferBindingType::Storage { read_only: true },
-                        has_dynamic_offset: true,
-                        min_binding_size: None,
-                    },
-                    count: None,
-                },
-            ],
+            entries: &entries,
         });
         let pipeline_layout = device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
             label: Some("nsa-flow kernels"),
