@@ -1,4 +1,5 @@
-//! The uniform every kernel reads (`struct Params` in each WGSL file), as the host writes it.
+//! The uniform every kernel reads (`struct Params` of shaders/prelude.wgsl, assembled into
+//! every shader), and the per-problem `struct Lane`, as the host writes them.
 
 use crate::params::Precision;
 use bytemuck::{Pod, Zeroable};
@@ -6,8 +7,8 @@ use bytemuck::{Pod, Zeroable};
 /// A coefficient taken from the uniform's literals only (no device scalar added).
 pub const LITERAL: u32 = u32::MAX;
 
-/// The integer part of `struct Params`: 16 words, then 8 coefficients of the element type at
-/// byte 64 (`array<vec4<T>, 2>`).
+/// `struct Params`: 16 words (twelve integers and `src`), 64 bytes in both precisions. The
+/// coefficients are per problem, in `struct Lane` ([`encode_lane`]).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Pod, Zeroable)]
 pub struct ParamsHeader {
@@ -50,13 +51,14 @@ impl ParamsHeader {
     }
 }
 
-/// Size of the uniform `struct Params` (the header alone; the coefficients are per problem,
-/// in `struct Lane`).
-pub const COEF_OFFSET: usize = 64;
+/// Size of the uniform `struct Params` (the coefficients are per problem, in `struct Lane`).
+pub const PARAMS_SIZE: usize = std::mem::size_of::<ParamsHeader>();
+// the WGSL struct is 16 words; tests/shaders.rs checks naga's layout member by member
+const _: () = assert!(PARAMS_SIZE == 64);
 
-/// Size of the uniform for an element type (the same for both).
+/// Size of the uniform for an element type (the same for both: it holds no element).
 pub fn params_size(_precision: Precision) -> usize {
-    COEF_OFFSET
+    PARAMS_SIZE
 }
 
 /// Size (and array stride) of `struct Lane { base: array<vec4<u32>, 2>, c: array<vec4<T>, 2> }`:
@@ -93,7 +95,7 @@ pub fn encode_lane(bases: &[u32; 8], coefs: &[f64; 8], precision: Precision, out
 }
 
 /// Member names with byte offsets, and the struct size, of the uniform as the host lays it
-/// out (what a test compares with naga's layout of each WGSL file).
+/// out (what a test compares with naga's layout of the assembled shaders).
 #[derive(Clone, Debug, PartialEq)]
 pub struct ParamsLayout {
     /// `(name, offset)` of each member, in order.
