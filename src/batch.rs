@@ -37,6 +37,7 @@ pub struct BatchProblem {
 
 /// What [`nsa_flow_batch`] returns.
 #[derive(Clone, Debug)]
+#[non_exhaustive]
 pub struct BatchResult {
     /// One result per problem, in order.
     pub results: Vec<NsaResult>,

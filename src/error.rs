@@ -239,6 +239,7 @@ fn gib(b: u64) -> f64 {
 
 /// The kinds of [`NsaError::Gpu`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum GpuErrorKind {
     /// The device ran out of memory.
     OutOfMemory,

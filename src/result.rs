@@ -65,6 +65,7 @@ impl fmt::Display for StopReason {
 /// (`Y ≥ 0` with hard non-negativity), which is zero exactly at a first-order stationary
 /// point and is invariant to the scale of the data.
 #[derive(Clone, Copy, Debug, PartialEq)]
+#[non_exhaustive]
 pub struct Certificate {
     /// The value at the returned `Y`.
     pub value: f64,
@@ -81,6 +82,7 @@ pub struct Certificate {
 /// Corrected mode: `fid_weight = (1−w)/‖X0‖²`, `orth_weight = w/(1−1/k)` (`0` for `k = 1`),
 /// and `g0`, `d0` are reported but unused.
 #[derive(Clone, Copy, Debug, PartialEq)]
+#[non_exhaustive]
 pub struct Scaling {
     /// `max(½‖Y_init−X0‖²/(pk), 1e-8)`.
     pub g0: f64,
@@ -98,6 +100,7 @@ pub struct Scaling {
 
 /// The outcome of [`crate::nsa_flow`].
 #[derive(Clone, Debug)]
+#[non_exhaustive]
 pub struct NsaResult {
     /// The best `Y` found (lowest total energy among accepted iterates).
     pub y: DMatrix<f64>,
@@ -177,6 +180,7 @@ pub fn sparsity(y: &DMatrix<f64>) -> f64 {
 
 /// What the per-iteration callback sees (what the reference printed with `verbose=True`).
 #[derive(Clone, Copy, Debug)]
+#[non_exhaustive]
 pub struct IterInfo {
     /// Iteration number (1-based).
     pub iter: usize,

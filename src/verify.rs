@@ -10,6 +10,7 @@ use std::fmt;
 
 /// How the CPU and GPU runs of one problem agree.
 #[derive(Clone, Debug)]
+#[non_exhaustive]
 pub struct VerifyReport {
     /// The CPU run (same precision and mode).
     pub cpu: NsaResult,

@@ -165,6 +165,7 @@ impl AutogradParams {
 
 /// What [`nsa_flow_autograd`] returns.
 #[derive(Clone, Debug)]
+#[non_exhaustive]
 pub struct AutogradResult {
     /// The best `nonneg(R_w(Z))` found, rescaled by `scale` (retracted and non-negative).
     pub y: DMatrix<f64>,

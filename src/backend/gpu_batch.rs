@@ -35,6 +35,7 @@ use std::time::Instant;
 
 /// Where a GPU batch's time went (host seconds; they add up to about the batch's wall time).
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
+#[non_exhaustive]
 pub struct BatchProfile {
     /// Rounds: one submit and one readback each, for every problem still running.
     pub rounds: u64,
