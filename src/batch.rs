@@ -13,7 +13,7 @@
 //! that problem's solve alone on the same adapter (docs/GPU.md, "Batches").
 
 use crate::backend::cpu::CpuBackend;
-pub use crate::backend::gpu_batch::BatchProfile;
+#[cfg(feature = "gpu")]
 use crate::backend::select::gpu_backend_for;
 use crate::error::{NsaError, Result};
 use crate::flow::solve;
@@ -33,6 +33,23 @@ pub struct BatchProblem {
     pub x0: Option<DMatrix<f64>>,
     /// The weight `w` in [0, 1].
     pub w: f64,
+}
+
+/// Where a GPU batch's time went (host seconds; they add up to about the batch's wall time).
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+#[non_exhaustive]
+pub struct BatchProfile {
+    /// Rounds: one submit and one readback each, for every problem still running.
+    pub rounds: u64,
+    /// Kernel launches (one launch covers every problem whose launch agreed).
+    pub launches: u64,
+    /// Waiting for the problems' threads to reach their next readback (the solver loops'
+    /// host work between readbacks, in parallel).
+    pub problems_seconds: f64,
+    /// Encoding the rounds' launches, copies and uploads.
+    pub encoding_seconds: f64,
+    /// Submitting, running on the device and mapping the readbacks.
+    pub device_seconds: f64,
 }
 
 /// What [`nsa_flow_batch`] returns.
@@ -130,8 +147,19 @@ pub fn nsa_flow_batch(problems: &[BatchProblem], params: &Params) -> Result<Batc
         }
         .map_err(|e| in_batch(i, e))
     };
-    let mut batch_profile = None;
-    let (results, backend) = match gpu_backend_for(params)? {
+    #[cfg_attr(not(feature = "gpu"), allow(unused_mut))]
+    let mut batch_profile: Option<BatchProfile> = None;
+    #[cfg(feature = "gpu")]
+    let gpu = gpu_backend_for(params)?;
+    #[cfg(not(feature = "gpu"))]
+    let gpu: Option<std::convert::Infallible> = {
+        crate::backend::select::DeviceOptions::of(params).no_gpu()?;
+        None
+    };
+    let (results, backend) = match gpu {
+        #[cfg(not(feature = "gpu"))]
+        Some(never) => match never {},
+        #[cfg(feature = "gpu")]
         Some(mut exec) => {
             let name = format!(
                 "{} ×{} problems",

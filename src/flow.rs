@@ -66,6 +66,7 @@ where
     crate::with_backend!(&mut be, b => solve(b, y0, x0, params, &mut callback))
 }
 
+#[cfg(feature = "gpu")]
 pub use crate::backend::select::gpu_backend_for;
 
 struct Prepared {

@@ -47,6 +47,7 @@ mod energy;
 mod error;
 pub mod fit;
 pub mod flow;
+#[cfg(feature = "gpu")]
 pub mod gpu;
 pub mod io;
 pub mod layer;

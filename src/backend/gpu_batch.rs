@@ -33,22 +33,7 @@ use std::sync::mpsc;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Instant;
 
-/// Where a GPU batch's time went (host seconds; they add up to about the batch's wall time).
-#[derive(Clone, Copy, Debug, Default, PartialEq)]
-#[non_exhaustive]
-pub struct BatchProfile {
-    /// Rounds: one submit and one readback each, for every problem still running.
-    pub rounds: u64,
-    /// Kernel launches (one launch covers every problem whose launch agreed).
-    pub launches: u64,
-    /// Waiting for the problems' threads to reach their next readback (the solver loops'
-    /// host work between readbacks, in parallel).
-    pub problems_seconds: f64,
-    /// Encoding the rounds' launches, copies and uploads.
-    pub encoding_seconds: f64,
-    /// Submitting, running on the device and mapping the readbacks.
-    pub device_seconds: f64,
-}
+pub use crate::batch::BatchProfile;
 
 /// A buffer as a launch or a copy names it: an id (bind groups are cached by ids, and
 /// launches compare by them) and the handle.

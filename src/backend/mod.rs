@@ -7,8 +7,11 @@
 //! evaluates several candidates per readback (see [`Backend::line_search_batch`]).
 
 pub mod cpu;
+#[cfg(feature = "gpu")]
 pub mod gpu;
+#[cfg(feature = "gpu")]
 mod gpu_autograd;
+#[cfg(feature = "gpu")]
 pub(crate) mod gpu_batch;
 pub mod select;
 

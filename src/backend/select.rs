@@ -10,10 +10,13 @@
 //! nor enumerate adapters again.
 
 use super::cpu::CpuBackend;
+#[cfg(feature = "gpu")]
 use super::gpu::GpuBackend;
 use crate::error::{NsaError, Result};
+#[cfg(feature = "gpu")]
 use crate::gpu::{GpuContext, GpuOptions};
 use crate::params::{BackendChoice, Params, Precision};
+#[cfg(feature = "gpu")]
 use std::sync::Arc;
 
 /// Where a computation runs: the backend asked for, its precision, and an adapter by name.
@@ -58,6 +61,7 @@ impl DeviceOptions {
         Ok(())
     }
 
+    #[cfg(feature = "gpu")]
     fn gpu_options(&self) -> GpuOptions {
         GpuOptions {
             adapter_name: self.adapter.clone(),
@@ -65,6 +69,7 @@ impl DeviceOptions {
         }
     }
 
+    #[cfg(feature = "gpu")]
     /// The GPU these options run on, or `None` for the CPU. `worth_it` is the caller's say on
     /// whether a GPU would gain anything (`auto` stays on the CPU when it is false); `gpu`
     /// and a named adapter ignore it.
@@ -87,6 +92,7 @@ impl DeviceOptions {
     }
 
     /// The GPU backend these options ask for (see the module docs), or `None` for the CPU.
+    #[cfg(feature = "gpu")]
     pub fn gpu_backend(&self) -> Result<Option<GpuBackend>> {
         let auto = self.backend == BackendChoice::Auto;
         match self.gpu_context(true)? {
@@ -99,16 +105,35 @@ impl DeviceOptions {
 
     /// The backend these options ask for, ready to solve on.
     pub fn backend(&self) -> Result<AnyBackend> {
-        Ok(match self.gpu_backend()? {
-            Some(gpu) => AnyBackend::Gpu(Box::new(gpu)),
-            None => match self.precision {
-                Precision::F64 => AnyBackend::CpuF64(CpuBackend::new()),
-                Precision::F32 => AnyBackend::CpuF32(CpuBackend::new()),
-            },
+        #[cfg(feature = "gpu")]
+        if let Some(gpu) = self.gpu_backend()? {
+            return Ok(AnyBackend::Gpu(Box::new(gpu)));
+        }
+        #[cfg(not(feature = "gpu"))]
+        self.no_gpu()?;
+        Ok(match self.precision {
+            Precision::F64 => AnyBackend::CpuF64(CpuBackend::new()),
+            Precision::F32 => AnyBackend::CpuF32(CpuBackend::new()),
         })
+    }
+
+    /// Without the `gpu` feature: `gpu` and a named adapter are errors, `auto` is the CPU.
+    #[cfg(not(feature = "gpu"))]
+    pub(crate) fn no_gpu(&self) -> Result<()> {
+        self.validate()?;
+        if self.backend == BackendChoice::Gpu || self.adapter.is_some() {
+            return Err(NsaError::InvalidParameter {
+                name: "backend",
+                reason: "this build of nsa-flow has no GPU backend (its `gpu` feature is off); \
+                         use backend cpu or auto"
+                    .into(),
+            });
+        }
+        Ok(())
     }
 }
 
+#[cfg(feature = "gpu")]
 /// The GPU backend `params.backend` asks for: `gpu` must get one (an error naming the fix
 /// otherwise); `auto` takes a hardware adapter that can compute in the requested precision and
 /// answers `None` (the CPU) otherwise ([`DeviceOptions::gpu_backend`]). Contexts are shared
@@ -128,6 +153,7 @@ pub fn gpu_backend_for(params: &Params) -> Result<Option<GpuBackend>> {
 }
 
 /// The hardware adapter `auto` runs on (or the one `options` names), or `None` for the CPU.
+#[cfg(feature = "gpu")]
 fn auto_context(options: &GpuOptions) -> Result<Option<Arc<GpuContext>>> {
     // Without a usable adapter, auto answers the CPU for the rest of the process rather than
     // enumerating adapters again on every solve (which costs tens of ms and starts driver
@@ -164,6 +190,7 @@ pub enum AnyBackend {
     /// The CPU in f32.
     CpuF32(CpuBackend<f32>),
     /// A GPU, in the precision it was made for.
+    #[cfg(feature = "gpu")]
     Gpu(Box<GpuBackend>),
 }
 
@@ -179,6 +206,7 @@ pub enum AnyBackend {
 /// let name = with_backend!(&mut any, be => be.name());
 /// assert_eq!(name, "cpu-f64");
 /// ```
+#[cfg(feature = "gpu")]
 #[macro_export]
 macro_rules! with_backend {
     ($any:expr, $be:ident => $body:expr) => {
@@ -189,6 +217,19 @@ macro_rules! with_backend {
                 let $be = &mut **$be;
                 $body
             }
+        }
+    };
+}
+
+/// Runs `$body` with `$be` bound to the concrete backend inside an [`AnyBackend`] (this build
+/// has no GPU variant: the feature is decided here, not at the call site).
+#[cfg(not(feature = "gpu"))]
+#[macro_export]
+macro_rules! with_backend {
+    ($any:expr, $be:ident => $body:expr) => {
+        match $any {
+            $crate::backend::select::AnyBackend::CpuF64($be) => $body,
+            $crate::backend::select::AnyBackend::CpuF32($be) => $body,
         }
     };
 }

@@ -290,6 +290,7 @@ pub enum GramOperator {
     MatrixFree(DMatrix<f64>),
     /// Either of the above resident on a GPU, the products run there (see
     /// [`super::gpu::GpuGramOperator`]).
+    #[cfg(feature = "gpu")]
     Gpu(std::sync::Arc<super::gpu::GpuGramOperator>),
 }
 
@@ -308,6 +309,7 @@ impl GramOperator {
                 let a = gram(&xv, &xv);
                 (sv, a)
             }
+            #[cfg(feature = "gpu")]
             GramOperator::Gpu(g) => g.both(v),
         }
     }
@@ -320,6 +322,7 @@ impl GramOperator {
                 let xv = mul_by_tall(x, v);
                 gram(&xv, &xv)
             }
+            #[cfg(feature = "gpu")]
             GramOperator::Gpu(g) => g.quad(v),
         }
     }
@@ -329,6 +332,7 @@ impl GramOperator {
         match self {
             GramOperator::Dense(_) => false,
             GramOperator::MatrixFree(_) => true,
+            #[cfg(feature = "gpu")]
             GramOperator::Gpu(g) => g.host().matrix_free(),
         }
     }
@@ -336,6 +340,7 @@ impl GramOperator {
     /// The operator as the CPU holds it (`S` or `X`).
     pub fn host(&self) -> &GramOperator {
         match self {
+            #[cfg(feature = "gpu")]
             GramOperator::Gpu(g) => g.host(),
             other => other,
         }
@@ -345,6 +350,7 @@ impl GramOperator {
     /// which stops the solver; the fit reports this error instead of its consequence).
     pub fn take_error(&self) -> Option<crate::NsaError> {
         match self {
+            #[cfg(feature = "gpu")]
             GramOperator::Gpu(g) => g.take_error(),
             _ => None,
         }

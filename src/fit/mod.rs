@@ -26,6 +26,7 @@
 
 pub mod eig;
 pub mod functionals;
+#[cfg(feature = "gpu")]
 pub mod gpu;
 pub mod report;
 pub mod solver;
@@ -863,6 +864,7 @@ fn gram_operator(x: &DMatrix<f64>, k: usize, p: &FitParams) -> Result<(GramOpera
 }
 
 /// `host` on the device `p.backend` and `p.precision` ask for (see [`FitParams::backend`]).
+#[cfg(feature = "gpu")]
 fn place(host: GramOperator, k: usize, work: usize, p: &FitParams) -> Result<GramOperator> {
     use crate::backend::select::DeviceOptions;
     use crate::Precision;
@@ -890,13 +892,34 @@ fn place(host: GramOperator, k: usize, work: usize, p: &FitParams) -> Result<Gra
     Ok(GramOperator::Gpu(std::sync::Arc::new(g)))
 }
 
+/// Without the `gpu` feature the products stay on the CPU: `gpu`, a named adapter and f32
+/// are errors.
+#[cfg(not(feature = "gpu"))]
+fn place(host: GramOperator, _k: usize, _work: usize, p: &FitParams) -> Result<GramOperator> {
+    crate::backend::select::DeviceOptions {
+        backend: p.backend,
+        precision: p.precision,
+        adapter: p.gpu_adapter.clone(),
+    }
+    .no_gpu()?;
+    if p.precision == crate::Precision::F32 {
+        return Err(invalid(
+            "precision",
+            "f32 fits compute their products on a GPU, and this build has none".into(),
+        ));
+    }
+    Ok(host)
+}
+
 /// The fit's error, a device error first: a failed device product answers NaN, and what the
 /// solver makes of that is only its consequence.
 fn device_first(ops: &GramOperator, r: Result<FitResult>) -> Result<FitResult> {
     if let Some(e) = ops.take_error() {
         return Err(e);
     }
+    #[cfg_attr(not(feature = "gpu"), allow(unused_mut))]
     let mut r = r?;
+    #[cfg(feature = "gpu")]
     if let GramOperator::Gpu(g) = ops {
         r.backend = "gpu";
         r.precision = g.precision();
@@ -909,6 +932,7 @@ fn leading(ops: &GramOperator, k: usize) -> Result<DMatrix<f64>> {
     let e = match ops.host() {
         GramOperator::Dense(s) => eig::top_k_eigenvectors_of_gram(s, k),
         GramOperator::MatrixFree(x) => eig::top_k_eigenvectors_of_data(x, k),
+        #[cfg(feature = "gpu")]
         GramOperator::Gpu(g) => return leading(g.host(), k),
     };
     e.ok_or(NsaError::NonFiniteComputation {
