@@ -233,3 +233,52 @@ macro_rules! with_backend {
         }
     };
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpu_is_the_cpu_in_its_precision_and_an_adapter_with_it_is_an_error() {
+        let cpu = DeviceOptions {
+            backend: BackendChoice::Cpu,
+            precision: Precision::F32,
+            adapter: None,
+        };
+        assert!(matches!(cpu.backend().unwrap(), AnyBackend::CpuF32(_)));
+        let named = DeviceOptions {
+            adapter: Some("any".into()),
+            ..cpu
+        };
+        assert!(matches!(
+            named.backend(),
+            Err(NsaError::InvalidParameter {
+                name: "gpu_adapter",
+                ..
+            })
+        ));
+    }
+
+    #[cfg(not(feature = "gpu"))]
+    #[test]
+    fn without_the_gpu_feature_gpu_is_an_error_and_auto_the_cpu() {
+        let gpu = DeviceOptions {
+            backend: BackendChoice::Gpu,
+            ..DeviceOptions::default()
+        };
+        assert!(matches!(
+            gpu.backend(),
+            Err(NsaError::InvalidParameter {
+                name: "backend",
+                ..
+            })
+        ));
+        let auto = DeviceOptions::default();
+        assert!(matches!(auto.backend().unwrap(), AnyBackend::CpuF64(_)));
+        let named = DeviceOptions {
+            adapter: Some("any".into()),
+            ..DeviceOptions::default()
+        };
+        assert!(named.backend().is_err(), "a named adapter is never ignored");
+    }
+}
