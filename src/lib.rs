@@ -51,6 +51,8 @@ pub mod flow;
 pub mod gpu;
 pub mod io;
 pub mod layer;
+// dense helpers shared by the backends and the tests, no stability promise
+#[doc(hidden)]
 pub mod linalg;
 pub mod lr_estimate;
 pub mod memory;

@@ -91,6 +91,7 @@ impl GpuMat {
     }
 }
 
+#[doc(hidden)]
 /// A single kernel family, for per-kernel benchmarks ([`GpuBackend::record_kernel`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum KernelBench {
@@ -1962,6 +1963,7 @@ impl GpuBackend {
         Ok(2.0 * size as f64 * repeats.max(1) as f64 / secs / 1e9)
     }
 
+    #[doc(hidden)]
     /// Records one launch of a kernel family on `y` (and `x`, `out`) without reading anything
     /// back; [`GpuBackend::wait`] submits and waits. For per-kernel benchmarks.
     pub fn record_kernel(&mut self, which: KernelBench, y: &GpuMat, x: &GpuMat, out: &mut GpuMat) {
@@ -1991,6 +1993,7 @@ impl GpuBackend {
         }
     }
 
+    #[doc(hidden)]
     /// Submits what was recorded and waits for the device to finish it (for timing).
     pub fn wait(&mut self) -> Result<()> {
         self.flush();
@@ -2007,6 +2010,7 @@ impl GpuBackend {
         })
     }
 
+    #[doc(hidden)]
     /// Reads the state of the last Newton–Schulz run: (steps, residual ‖I − R‖_F/√k).
     /// One readback; for diagnostics and tests.
     pub fn last_newton_schulz(&mut self) -> Result<(usize, f64)> {

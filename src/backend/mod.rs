@@ -53,7 +53,10 @@ pub enum Projection {
 }
 
 // The optimizer rules live with the optimizers (`optim::rule`); a backend runs them.
-pub use crate::optim::rule::{elem_op, ElemOp, Operand, OptPass, OptPasses, UpdateRule};
+pub use crate::optim::rule::UpdateRule;
+// the rules' compiled passes: what the backends run, not an interface of the crate
+#[doc(hidden)]
+pub use crate::optim::rule::{elem_op, ElemOp, Operand, OptPass, OptPasses};
 
 /// A reduction to scalars; [`Backend::reduce`] answers a slice of them at once.
 #[derive(Clone, Copy, Debug)]

@@ -4,10 +4,16 @@
 mod context;
 mod kernels;
 mod params;
+// The shader sources, the pipelines and the uniform's layout are internals that tests and
+// benches reach (no stability promise): hidden from the documentation.
+#[doc(hidden)]
 pub mod shaders;
 
 pub use context::{list_adapters, AdapterSummary, GpuContext, GpuOptions};
-pub use kernels::{Kernel, Kernels};
+pub use kernels::Kernel;
+#[doc(hidden)]
+pub use kernels::Kernels;
+#[doc(hidden)]
 pub use params::{
     encode_lane, lane_size, params_size, BandwidthParams, ParamsHeader, ParamsLayout, LITERAL,
 };
