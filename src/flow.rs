@@ -768,8 +768,7 @@ fn solve_reference<B: Backend, F: FnMut(&IterInfo) -> Control>(
 /// most [`MAX_BATCH`] candidates, two requests each, plus two).
 type Requests<'a, M> = SmallVec<[Reduction<'a, M>; 2 * MAX_BATCH + 2]>;
 
-/// The largest line-search batch the solver honours.
-pub const MAX_BATCH: usize = 20;
+pub use crate::backend::MAX_BATCH;
 
 /// Halvings tried with the retraction before the plain steps, after an iteration whose
 /// accepted step was retracted; after one whose was not, only the full retracted step is

@@ -2055,7 +2055,7 @@ impl Backend for GpuBackend {
         self.precision
     }
 
-    /// Up to [`crate::flow::MAX_BATCH`] (20, a whole reference backtracking) candidates per
+    /// Up to [`super::MAX_BATCH`] (20, a whole reference backtracking) candidates per
     /// readback, fewer when their p×k matrices would take more than 4 GiB together (2 GiB on
     /// a software adapter, whose memory is the host's).
     fn line_search_batch(&self) -> usize {
@@ -2066,7 +2066,7 @@ impl Backend for GpuBackend {
         } else {
             4 << 30
         };
-        (budget / bytes.max(1)).clamp(4, crate::flow::MAX_BATCH)
+        (budget / bytes.max(1)).clamp(4, super::MAX_BATCH)
     }
 
     fn readbacks(&self) -> Option<u64> {

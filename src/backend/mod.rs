@@ -113,6 +113,9 @@ impl<M> Reduction<'_, M> {
     }
 }
 
+/// The largest line-search batch the solvers honour ([`Backend::line_search_batch`]).
+pub const MAX_BATCH: usize = 20;
+
 /// The operations of one NSA-Flow iteration. Implemented by the CPU oracle
 /// ([`cpu::CpuBackend`]) and by device backends.
 ///
@@ -154,7 +157,8 @@ pub trait Backend {
     /// The arithmetic precision.
     fn precision(&self) -> Precision;
     /// How many line-search candidates to evaluate per [`Backend::reduce`] call. The CPU
-    /// answers 1 (no wasted work); a device with expensive readbacks answers more.
+    /// answers 1 (no wasted work); a device with expensive readbacks answers more, at most
+    /// [`MAX_BATCH`].
     fn line_search_batch(&self) -> usize {
         1
     }
