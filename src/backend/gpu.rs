@@ -740,29 +740,7 @@ impl GpuBackend {
         size: u64,
         usage: wgpu::BufferUsages,
     ) -> Result<wgpu::Buffer> {
-        let device = &self.ctx.device;
-        let oom = device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
-        let val = device.push_error_scope(wgpu::ErrorFilter::Validation);
-        let buffer = device.create_buffer(&wgpu::BufferDescriptor {
-            label: Some(label),
-            size: size.max(4),
-            usage,
-            mapped_at_creation: false,
-        });
-        let v = pollster::block_on(val.pop());
-        let o = pollster::block_on(oom.pop());
-        if let Some(e) = o {
-            return Err(NsaError::Gpu {
-                kind: GpuErrorKind::OutOfMemory,
-                message: format!("allocating {size} bytes for {label}: {e}"),
-            });
-        }
-        if let Some(e) = v {
-            return Err(limit_error(format!(
-                "allocating {size} bytes for {label}: {e}"
-            )));
-        }
-        Ok(buffer)
+        self.ctx.create_buffer(label, size, usage)
     }
 
     /// A device region of `size` bytes: a buffer of its own, or for a problem of a batch its
@@ -1588,59 +1566,9 @@ impl GpuBackend {
     /// error before a value is used.
     fn map_values(&mut self, buffer: &wgpu::Buffer, bytes: u64, out: &mut Vec<f64>) -> Result<()> {
         self.readbacks += 1;
-        let slice = buffer.slice(0..bytes);
-        let (tx, rx) = std::sync::mpsc::channel();
-        slice.map_async(wgpu::MapMode::Read, move |r| {
-            let _ = tx.send(r);
-        });
-        let polled = self.ctx.device.poll(wgpu::PollType::wait_indefinitely());
-        if let Some(e) = self.error.take() {
-            buffer.unmap();
-            return Err(e);
-        }
-        if let Some(e) = self.ctx.take_error() {
-            return Err(e);
-        }
-        if let Err(e) = polled {
-            return Err(NsaError::Gpu {
-                kind: GpuErrorKind::DeviceLost,
-                message: format!("waiting for the device: {e}"),
-            });
-        }
-        match rx.recv() {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => {
-                return Err(NsaError::Gpu {
-                    kind: GpuErrorKind::DeviceLost,
-                    message: format!("reading results back: {e}"),
-                })
-            }
-            Err(_) => {
-                return Err(NsaError::Gpu {
-                    kind: GpuErrorKind::DeviceLost,
-                    message: "the device dropped a readback".into(),
-                })
-            }
-        }
-        out.clear();
-        {
-            let view = slice.get_mapped_range().map_err(|e| NsaError::Gpu {
-                kind: GpuErrorKind::Validation,
-                message: format!("mapping the readback: {e}"),
-            })?;
-            match self.precision {
-                Precision::F32 => out.extend(
-                    view.chunks_exact(4)
-                        .map(|c| f32::from_le_bytes(c.try_into().unwrap()) as f64),
-                ),
-                Precision::F64 => out.extend(
-                    view.chunks_exact(8)
-                        .map(|c| f64::from_le_bytes(c.try_into().unwrap())),
-                ),
-            }
-        }
-        buffer.unmap();
-        Ok(())
+        let error = &mut self.error;
+        self.ctx
+            .read_back(buffer, bytes, self.precision, out, || error.take())
     }
 
     fn to_bytes(&self, m: &DMatrix<f64>) -> Vec<u8> {

@@ -185,7 +185,7 @@ impl SkinnyChain {
         };
         let storage = wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST;
         let out_usage = storage | wgpu::BufferUsages::COPY_SRC;
-        let make = |label: &str, size: u64, usage| create_buffer(&ctx, label, size, usage);
+        let make = |label: &str, size: u64, usage| ctx.create_buffer(label, size, usage);
         let mut resident = Vec::new();
         for a in operands {
             let buf = make("fit: operand", check("the data operand", a.len())?, storage)?;
@@ -404,44 +404,9 @@ impl SkinnyChain {
     }
 
     fn map(&self, bytes: u64) -> Result<Vec<f64>> {
-        let slice = self.staging.slice(0..bytes);
-        let (tx, rx) = std::sync::mpsc::channel();
-        slice.map_async(wgpu::MapMode::Read, move |r| {
-            let _ = tx.send(r);
-        });
-        let polled = self.ctx.device().poll(wgpu::PollType::wait_indefinitely());
-        if let Some(e) = self.ctx.take_error() {
-            return Err(e);
-        }
-        if let Err(e) = polled {
-            return Err(NsaError::Gpu {
-                kind: GpuErrorKind::DeviceLost,
-                message: format!("waiting for the device: {e}"),
-            });
-        }
-        match rx.recv() {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => {
-                return Err(NsaError::Gpu {
-                    kind: GpuErrorKind::DeviceLost,
-                    message: format!("reading the products back: {e}"),
-                })
-            }
-            Err(_) => {
-                return Err(NsaError::Gpu {
-                    kind: GpuErrorKind::DeviceLost,
-                    message: "the device dropped a readback".into(),
-                })
-            }
-        }
-        let out = {
-            let view = slice.get_mapped_range().map_err(|e| NsaError::Gpu {
-                kind: GpuErrorKind::Validation,
-                message: format!("mapping the products: {e}"),
-            })?;
-            decode(&view, self.precision)
-        };
-        self.staging.unmap();
+        let mut out = Vec::new();
+        self.ctx
+            .read_back(&self.staging, bytes, self.precision, &mut out, || None)?;
         Ok(out)
     }
 
@@ -553,35 +518,6 @@ fn entry(binding: u32, buffer: &wgpu::Buffer) -> wgpu::BindGroupEntry<'_> {
     }
 }
 
-fn create_buffer(
-    ctx: &GpuContext,
-    label: &str,
-    size: u64,
-    usage: wgpu::BufferUsages,
-) -> Result<wgpu::Buffer> {
-    let device = ctx.device();
-    let oom = device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
-    let val = device.push_error_scope(wgpu::ErrorFilter::Validation);
-    let buffer = device.create_buffer(&wgpu::BufferDescriptor {
-        label: Some(label),
-        size: size.max(4),
-        usage,
-        mapped_at_creation: false,
-    });
-    let v = pollster::block_on(val.pop());
-    let o = pollster::block_on(oom.pop());
-    if let Some(e) = o {
-        return Err(NsaError::Gpu {
-            kind: GpuErrorKind::OutOfMemory,
-            message: format!("allocating {size} bytes for {label}: {e}"),
-        });
-    }
-    if let Some(e) = v {
-        return Err(limit(format!("allocating {size} bytes for {label}: {e}")));
-    }
-    Ok(buffer)
-}
-
 fn encode_into(values: &[f64], precision: Precision, out: &mut Vec<u8>) {
     match precision {
         Precision::F32 => {
@@ -601,19 +537,6 @@ fn to_bytes(values: &[f64], precision: Precision) -> Vec<u8> {
     let mut out = Vec::with_capacity(values.len() * precision.bytes());
     encode_into(values, precision, &mut out);
     out
-}
-
-fn decode(bytes: &[u8], precision: Precision) -> Vec<f64> {
-    match precision {
-        Precision::F32 => bytes
-            .chunks_exact(4)
-            .map(|c| f32::from_le_bytes(c.try_into().unwrap()) as f64)
-            .collect(),
-        Precision::F64 => bytes
-            .chunks_exact(8)
-            .map(|c| f64::from_le_bytes(c.try_into().unwrap()))
-            .collect(),
-    }
 }
 
 /// `A·B` on the device for a dense `A` (m×c) and a skinny `B` (c×kb), in `precision`: the

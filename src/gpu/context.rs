@@ -1,7 +1,7 @@
 //! One wgpu instance, adapter, device and queue, created once and shared.
 
 use super::kernels::Kernels;
-use crate::error::{NsaError, Result};
+use crate::error::{GpuErrorKind, NsaError, Result};
 use crate::params::Precision;
 use std::sync::{Arc, Mutex, OnceLock};
 
@@ -353,5 +353,107 @@ impl GpuContext {
     /// The first asynchronous error since the last call, if any.
     pub(crate) fn take_error(&self) -> Option<NsaError> {
         self.errors.lock().ok().and_then(|mut s| s.first.take())
+    }
+
+    /// A buffer, with the device's out-of-memory and validation errors turned into typed
+    /// errors (the one allocation path of every GPU user in the crate).
+    pub(crate) fn create_buffer(
+        &self,
+        label: &str,
+        size: u64,
+        usage: wgpu::BufferUsages,
+    ) -> Result<wgpu::Buffer> {
+        let device = &self.device;
+        let oom = device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
+        let val = device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let buffer = device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some(label),
+            size: size.max(4),
+            usage,
+            mapped_at_creation: false,
+        });
+        let v = pollster::block_on(val.pop());
+        let o = pollster::block_on(oom.pop());
+        if let Some(e) = o {
+            return Err(NsaError::Gpu {
+                kind: GpuErrorKind::OutOfMemory,
+                message: format!("allocating {size} bytes for {label}: {e}"),
+            });
+        }
+        if let Some(e) = v {
+            return Err(NsaError::Gpu {
+                kind: GpuErrorKind::Limit,
+                message: format!("allocating {size} bytes for {label}: {e}"),
+            });
+        }
+        Ok(buffer)
+    }
+
+    /// Maps the first `bytes` of a MAP_READ `buffer` after the work submitted so far and
+    /// decodes its `precision` elements into `out` (cleared first) as f64: the one readback
+    /// path. `pending` is asked, after the wait and before anything is read, for an error the
+    /// caller recorded meanwhile (it wins, and the buffer is unmapped); then the device's
+    /// asynchronous errors, a lost device and a failed map are typed errors.
+    pub(crate) fn read_back(
+        &self,
+        buffer: &wgpu::Buffer,
+        bytes: u64,
+        precision: Precision,
+        out: &mut Vec<f64>,
+        pending: impl FnOnce() -> Option<NsaError>,
+    ) -> Result<()> {
+        let slice = buffer.slice(0..bytes);
+        let (tx, rx) = std::sync::mpsc::channel();
+        slice.map_async(wgpu::MapMode::Read, move |r| {
+            let _ = tx.send(r);
+        });
+        let polled = self.device.poll(wgpu::PollType::wait_indefinitely());
+        if let Some(e) = pending() {
+            buffer.unmap();
+            return Err(e);
+        }
+        if let Some(e) = self.take_error() {
+            return Err(e);
+        }
+        if let Err(e) = polled {
+            return Err(NsaError::Gpu {
+                kind: GpuErrorKind::DeviceLost,
+                message: format!("waiting for the device: {e}"),
+            });
+        }
+        match rx.recv() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                return Err(NsaError::Gpu {
+                    kind: GpuErrorKind::DeviceLost,
+                    message: format!("reading results back: {e}"),
+                })
+            }
+            Err(_) => {
+                return Err(NsaError::Gpu {
+                    kind: GpuErrorKind::DeviceLost,
+                    message: "the device dropped a readback".into(),
+                })
+            }
+        }
+        out.clear();
+        {
+            let view = slice.get_mapped_range().map_err(|e| NsaError::Gpu {
+                kind: GpuErrorKind::Validation,
+                message: format!("mapping the readback: {e}"),
+            })?;
+            match precision {
+                Precision::F32 => out.extend(
+                    view.chunks_exact(4)
+                        .map(|c| f32::from_le_bytes(c.try_into().unwrap()) as f64),
+                ),
+                Precision::F64 => out.extend(
+                    view.chunks_exact(8)
+                        .map(|c| f64::from_le_bytes(c.try_into().unwrap())),
+                ),
+            }
+        }
+        buffer.unmap();
+        Ok(())
     }
 }
