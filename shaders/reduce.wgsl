@@ -55,17 +55,7 @@ fn partial_sums(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation
     for (var i = wid.x * 256u + lid.x; i < params.n; i = i + stride) {
         acc = acc + term(i);
     }
-    tree[lid.x] = acc;
-    workgroupBarrier();
-    for (var s = 128u; s > 0u; s = s >> 1u) {
-        if (lid.x < s) {
-            tree[lid.x] = tree[lid.x] + tree[lid.x + s];
-        }
-        workgroupBarrier();
-    }
-    if (lid.x == 0u) {
-        aux[lane_b6 + params.off0 + wid.x] = tree[0];
-    }
+    tree_sum_into(acc, lid.x, params.off0 + wid.x);
 }
 
 // Operand `which` of partial_sums_multi: 0 a, 1 b, 2 c.
@@ -121,8 +111,9 @@ fn slot_term(spec: u32, i: u32) -> T {
     return term_of(spec & 0xffu, operand((spec >> 8u) & 0xffu, i), operand((spec >> 16u) & 0xffu, i));
 }
 
-// tree[0] ← Σ tree over the workgroup, in partial_sums' order; written to aux[at] by
-// invocation 0. Called in uniform control flow.
+// The workgroup's sum of acc by a fixed tree, written to aux[at] by invocation 0 (every
+// partial sum ends here, fused or not, so fusing changes no bit). Called in uniform control
+// flow.
 fn tree_sum_into(acc: T, lid: u32, at: u32) {
     tree[lid] = acc;
     workgroupBarrier();

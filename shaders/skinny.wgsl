@@ -19,6 +19,15 @@
 // the per-invocation loop cap of Mesa 22.3.
 const KB: u32 = 8u;
 
+// mode 0 writes the result, mode 1 a chunk's partial.
+fn put(at: u32, v: T) {
+    if (params.mode == 1u) {
+        aux[at] = v;
+    } else {
+        out[at] = v;
+    }
+}
+
 // dispatch: (⌈m/256⌉, chunks). p = m (rows of A), k = c (inner), k2 = kb, chunk = inner
 // entries per chunk. mode 0 (one chunk): out[i + j·m]; mode 1: the partial of chunk y at
 // aux[y·m·kb + i + j·m].
@@ -69,25 +78,14 @@ fn skinny_partial(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocati
         }
         let n = min(KB, kb - j0);
         let base = dst + j0 * m;
-        if (params.mode == 1u) {
-            aux[base] = s0;
-            if (n > 1u) { aux[base + m] = s1; }
-            if (n > 2u) { aux[base + 2u * m] = s2; }
-            if (n > 3u) { aux[base + 3u * m] = s3; }
-            if (n > 4u) { aux[base + 4u * m] = s4; }
-            if (n > 5u) { aux[base + 5u * m] = s5; }
-            if (n > 6u) { aux[base + 6u * m] = s6; }
-            if (n > 7u) { aux[base + 7u * m] = s7; }
-        } else {
-            out[base] = s0;
-            if (n > 1u) { out[base + m] = s1; }
-            if (n > 2u) { out[base + 2u * m] = s2; }
-            if (n > 3u) { out[base + 3u * m] = s3; }
-            if (n > 4u) { out[base + 4u * m] = s4; }
-            if (n > 5u) { out[base + 5u * m] = s5; }
-            if (n > 6u) { out[base + 6u * m] = s6; }
-            if (n > 7u) { out[base + 7u * m] = s7; }
-        }
+        put(base, s0);
+        if (n > 1u) { put(base + m, s1); }
+        if (n > 2u) { put(base + 2u * m, s2); }
+        if (n > 3u) { put(base + 3u * m, s3); }
+        if (n > 4u) { put(base + 4u * m, s4); }
+        if (n > 5u) { put(base + 5u * m, s5); }
+        if (n > 6u) { put(base + 6u * m, s6); }
+        if (n > 7u) { put(base + 7u * m, s7); }
     }
 }
 

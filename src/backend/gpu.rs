@@ -382,7 +382,7 @@ impl<'a> SumTerm<'a> {
 /// three distinct matrices and at most one of them reads coefficients. A lone sum runs as
 /// `partial_sums`. Each sum is formed as it would be alone, so the bits do not change.
 struct FusedSums<'a> {
-    terms: Vec<SumTerm<'a>>,
+    terms: smallvec::SmallVec<[SumTerm<'a>; 3]>,
     /// Off: every sum its own launch.
     fuse: bool,
 }
@@ -403,8 +403,8 @@ impl<'a> FusedSums<'a> {
     }
 
     /// The distinct matrices of the waiting sums and `extra`.
-    fn operands(&self, extra: Option<&SumTerm<'a>>) -> Vec<&'a GpuMat> {
-        let mut mats: Vec<&'a GpuMat> = Vec::with_capacity(4);
+    fn operands(&self, extra: Option<&SumTerm<'a>>) -> smallvec::SmallVec<[&'a GpuMat; 8]> {
+        let mut mats = smallvec::SmallVec::<[&'a GpuMat; 8]>::new();
         for t in self.terms.iter().chain(extra) {
             for m in std::iter::once(t.first).chain(t.second) {
                 if !mats.iter().any(|x| same_mat(x, m)) {
@@ -1572,10 +1572,9 @@ impl GpuBackend {
     }
 
     fn to_bytes(&self, m: &DMatrix<f64>) -> Vec<u8> {
-        match self.precision {
-            Precision::F32 => m.iter().flat_map(|v| (*v as f32).to_le_bytes()).collect(),
-            Precision::F64 => m.iter().flat_map(|v| v.to_le_bytes()).collect(),
-        }
+        let mut out = Vec::with_capacity(m.len() * self.elem());
+        crate::gpu::encode_elements(m.iter().copied(), self.precision, &mut out);
+        out
     }
 
     /// A buffer of its own (for the batch coordinator's staging).
@@ -2332,7 +2331,7 @@ impl Backend for GpuBackend {
             let mut used = 0;
             let mut j = i;
             let mut sums = FusedSums {
-                terms: Vec::new(),
+                terms: smallvec::SmallVec::new(),
                 fuse: self.fuse,
             };
             while j < requests.len()

@@ -9,7 +9,7 @@
 
 use super::functionals::GramOperator;
 use crate::error::{GpuErrorKind, NsaError, Result};
-use crate::gpu::{lane_size, GpuContext, Kernel, Kernels, ParamsHeader};
+use crate::gpu::{encode_elements, lane_size, GpuContext, Kernel, Kernels, ParamsHeader};
 use crate::params::Precision;
 use nalgebra::DMatrix;
 use std::sync::{Arc, Mutex};
@@ -359,7 +359,7 @@ impl SkinnyChain {
     ) -> Result<Vec<DMatrix<f64>>> {
         let e = self.precision.bytes() as u64;
         state.upload.clear();
-        encode_into(v.as_slice(), self.precision, &mut state.upload);
+        encode_elements(v.iter().copied(), self.precision, &mut state.upload);
         let queue = self.ctx.queue();
         queue.write_buffer(&self.v, 0, &state.upload);
         let mut enc = self
@@ -518,24 +518,9 @@ fn entry(binding: u32, buffer: &wgpu::Buffer) -> wgpu::BindGroupEntry<'_> {
     }
 }
 
-fn encode_into(values: &[f64], precision: Precision, out: &mut Vec<u8>) {
-    match precision {
-        Precision::F32 => {
-            for x in values {
-                out.extend_from_slice(&(*x as f32).to_le_bytes());
-            }
-        }
-        Precision::F64 => {
-            for x in values {
-                out.extend_from_slice(&x.to_le_bytes());
-            }
-        }
-    }
-}
-
 fn to_bytes(values: &[f64], precision: Precision) -> Vec<u8> {
     let mut out = Vec::with_capacity(values.len() * precision.bytes());
-    encode_into(values, precision, &mut out);
+    encode_elements(values.iter().copied(), precision, &mut out);
     out
 }
 

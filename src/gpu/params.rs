@@ -94,6 +94,27 @@ pub fn encode_lane(bases: &[u32; 8], coefs: &[f64; 8], precision: Precision, out
     }
 }
 
+/// Appends `values` as the device's elements of `precision`, little-endian (what every
+/// upload writes; [`crate::gpu::GpuContext`]'s readback decodes the same way).
+pub(crate) fn encode_elements(
+    values: impl IntoIterator<Item = f64>,
+    precision: Precision,
+    out: &mut Vec<u8>,
+) {
+    match precision {
+        Precision::F32 => {
+            for x in values {
+                out.extend_from_slice(&(x as f32).to_le_bytes());
+            }
+        }
+        Precision::F64 => {
+            for x in values {
+                out.extend_from_slice(&x.to_le_bytes());
+            }
+        }
+    }
+}
+
 /// Member names with byte offsets, and the struct size, of the uniform as the host lays it
 /// out (what a test compares with naga's layout of the assembled shaders).
 #[derive(Clone, Debug, PartialEq)]
