@@ -38,6 +38,9 @@ fn term(i: u32) -> T {
         case 6u: {
             return select(T(0.0), T(1.0), abs(a[lane_b1 + i] * lanes[lane].c[0].x) > lanes[lane].c[0].y);
         }
+        case 7u: {
+            return select(T(0.0), T(1.0), a[lane_b1 + i] != b[lane_b2 + i]);
+        }
         default: {
             return select(T(1.0), T(0.0), is_finite(a[lane_b1 + i]));
         }
@@ -45,7 +48,7 @@ fn term(i: u32) -> T {
 }
 
 // mode: 0 ‖a‖², 1 ⟨a,b⟩, 2 ‖a−b‖², 3 gradient mapping, 4 count of non-finite entries,
-// 5 Σ|a|, 6 count of |c0·a| > c1.
+// 5 Σ|a|, 6 count of |c0·a| > c1, 7 count of a ≠ b.
 // Writes aux[off0 + wid] for wid < G = groups_x.
 @compute @workgroup_size(256)
 fn partial_sums(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
@@ -101,6 +104,9 @@ fn term_of(mode: u32, x: T, y: T) -> T {
         case 6u: {
             return select(T(0.0), T(1.0), abs(x * lanes[lane].c[0].x) > lanes[lane].c[0].y);
         }
+        case 7u: {
+            return select(T(0.0), T(1.0), x != y);
+        }
         default: {
             return select(T(1.0), T(0.0), is_finite(x));
         }
@@ -129,8 +135,8 @@ fn tree_sum_into(acc: T, lid: u32, at: u32) {
     workgroupBarrier();
 }
 
-// Two or three partial_sums over one index space in one pass (each operand read once):
-// sum s < slot has spec p, k, chunk (s = 0, 1, 2) = mode | first << 8 | second << 16
+// Two to four partial_sums over one index space in one pass (each operand read once):
+// sum s < slot has spec p, k, chunk, mode (s = 0, 1, 2, 3) = mode | first << 8 | second << 16
 // (operands 0 a, 1 b, 2 c) and writes aux[off_s + wid] for wid < G = groups_x. Each sum is
 // accumulated and reduced exactly as partial_sums does it alone.
 @compute @workgroup_size(256)
@@ -140,17 +146,24 @@ fn partial_sums_multi(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invo
     var acc0: T = 0.0;
     var acc1: T = 0.0;
     var acc2: T = 0.0;
+    var acc3: T = 0.0;
     for (var i = wid.x * 256u + lid.x; i < params.n; i = i + stride) {
         acc0 = acc0 + slot_term(params.p, i);
         acc1 = acc1 + slot_term(params.k, i);
         if (params.slot > 2u) {
             acc2 = acc2 + slot_term(params.chunk, i);
         }
+        if (params.slot > 3u) {
+            acc3 = acc3 + slot_term(params.mode, i);
+        }
     }
     tree_sum_into(acc0, lid.x, params.off0 + wid.x);
     tree_sum_into(acc1, lid.x, params.off1 + wid.x);
     if (params.slot > 2u) {
         tree_sum_into(acc2, lid.x, params.off2 + wid.x);
+    }
+    if (params.slot > 3u) {
+        tree_sum_into(acc3, lid.x, params.off3 + wid.x);
     }
 }
 

@@ -765,8 +765,8 @@ fn solve_reference<B: Backend, F: FnMut(&IterInfo) -> Control>(
 }
 
 /// Reduction requests built per readback without touching the heap (a device batch is at
-/// most [`MAX_BATCH`] candidates, two requests each, plus two).
-type Requests<'a, M> = SmallVec<[Reduction<'a, M>; 2 * MAX_BATCH + 2]>;
+/// most [`MAX_BATCH`] candidates, three requests each, plus three).
+type Requests<'a, M> = SmallVec<[Reduction<'a, M>; 3 * MAX_BATCH + 3]>;
 
 pub use crate::backend::MAX_BATCH;
 
@@ -923,7 +923,7 @@ fn solve_corrected<B: Backend, F: FnMut(&IterInfo) -> Control>(
     let mut best_iter = 0usize;
     let mut retracted_steps = 0usize;
     let mut retracted_tries = RETRACTED_TRIES;
-    let mut prev_backtracked = false;
+    let mut prev_tried = 0usize;
 
     for it in 1..=params.max_iter {
         be.gradient(&y, &x0, &true_rule, &mut grad);
@@ -971,23 +971,42 @@ fn solve_corrected<B: Backend, F: FnMut(&IterInfo) -> Control>(
                 unreachable!("trial index past the phases")
             };
 
+        // where the next phase starts, from a trial index inside the phases
+        let phase_end = |phases: &[(Candidate, usize, f64)], i: usize| -> usize {
+            let mut end = 0;
+            for &(_, n, _) in phases {
+                end += n;
+                if i < end {
+                    break;
+                }
+            }
+            end
+        };
+
         let mut accepted: Option<(usize, EnergyTerms)> = None;
         let mut cert = f64::NAN;
         let mut finite = true;
+        // `pos` indexes the trial sequence (skipped candidates included); `tried` counts the
+        // candidates evaluated and rejected (what IterInfo::backtracks reports)
+        let mut pos = 0usize;
         let mut tried = 0usize;
         let mut first = true;
         let mut safe_phase = usize::MAX;
+        // Candidates per readback: the first holds two more than the previous iteration
+        // rejected (its accepted position is the best guess of this one's), later ones four
+        // times as many (a stalled search then needs few readbacks). Which candidates are
+        // examined does not depend on these sizes, only how many are computed ahead and how
+        // often the device is read.
+        let mut n_next = (prev_tried + 2).min(batch);
         loop {
             let n_trials: usize = phases.iter().map(|ph| ph.1).sum();
-            if tried >= n_trials {
+            if pos >= n_trials {
                 break;
             }
-            // After an iteration that accepted its first candidate, the first readback
-            // evaluates only that one (no device work wasted when it is accepted again);
-            // after one that backtracked, a whole batch.
-            let n = if first && !prev_backtracked { 1 } else { batch }.min(n_trials - tried);
+            let n = n_next.min(n_trials - pos);
+            n_next = (4 * n).min(batch);
             for (j, eval) in evals.iter_mut().enumerate().take(n) {
-                let (kind, a, plr, _) = trial(&phases, tried + j);
+                let (kind, a, plr, _) = trial(&phases, pos + j);
                 match kind {
                     Candidate::Retracted => {
                         be.lerp(&y, &prop, a, &mut cand);
@@ -1014,6 +1033,7 @@ fn solve_corrected<B: Backend, F: FnMut(&IterInfo) -> Control>(
             for e in evals.iter().take(n) {
                 reqs.push(Reduction::EnergyTerms { y: e, target: &x0 });
                 reqs.push(Reduction::DistSq(e, &y));
+                reqs.push(Reduction::CountDiffer(e, &y));
             }
             be.reduce_into(&reqs, &mut vals)?;
             let v = &vals;
@@ -1033,14 +1053,16 @@ fn solve_corrected<B: Backend, F: FnMut(&IterInfo) -> Control>(
                     safe_lr(cur_norm_sq, v[2].sqrt()),
                 ));
             }
+            let mut skipped = false;
             for j in 0..n {
-                // candidates examined in order: the same count whatever the batch size
+                // candidates examined in order: the same ones whatever the batch size
                 energy_evals += 1;
-                let base = off + 5 * j;
+                let base = off + 6 * j;
                 let terms = EnergyModel::from_slice(&v[base..base + 4]);
                 let step_sq = v[base + 4];
+                let unchanged = v[base + 5] == 0.0;
                 let e = model.eval(&terms).2;
-                let (_, a, plr, _) = trial(&phases, tried + j);
+                let (kind, a, plr, _) = trial(&phases, pos + j);
                 let step = a * plr;
                 // a decrease must also exceed the energy's own rounding error (16 ulps of
                 // it): below that, "decrease" is a coin toss that two backends summing in
@@ -1050,14 +1072,27 @@ fn solve_corrected<B: Backend, F: FnMut(&IterInfo) -> Control>(
                     accepted = Some((j, terms));
                     break;
                 }
+                tried += 1;
+                // A plain candidate equal to Y (its step rounded away entrywise) has Y's
+                // energy and is rejected; the later ones of its phase take shorter steps
+                // along the same direction, and rounding is monotone, so each of them equals
+                // Y as well: the rest of the phase is skipped without changing any decision.
+                // (A retracted candidate is not monotone in its step: never skipped.)
+                if unchanged && kind != Candidate::Retracted {
+                    pos = phase_end(&phases, pos + j);
+                    skipped = true;
+                    break;
+                }
             }
             if let Some((j, _)) = accepted {
-                tried += j;
+                pos += j;
                 break;
             }
-            tried += n;
+            if !skipped {
+                pos += n;
+            }
         }
-        prev_backtracked = tried > 0 || accepted.is_none();
+        prev_tried = tried;
         if !finite {
             stop = StopReason::NonFiniteGradient;
             break;
@@ -1071,7 +1106,7 @@ fn solve_corrected<B: Backend, F: FnMut(&IterInfo) -> Control>(
             stop = StopReason::LineSearchStalled;
             break;
         };
-        let (kind, alpha, plr, phase) = trial(&phases, tried);
+        let (kind, alpha, plr, phase) = trial(&phases, pos);
         if kind == Candidate::Retracted {
             retracted_steps += 1;
             retracted_tries = RETRACTED_TRIES;

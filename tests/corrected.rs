@@ -303,3 +303,35 @@ fn same_input_same_bits() {
     assert_eq!(a.y, b.y);
     assert_eq!(a.best_total_energy, b.best_total_energy);
 }
+
+/// At f32's rounding floor the search stalls: every candidate is rejected. Its plain phases
+/// (50 halvings each) end as soon as a candidate equals `Y` (the step rounded away: every
+/// shorter one equals `Y` too), so the stalled iteration evaluates far fewer than the
+/// 1 + 2·50 candidates of its phases. The decisions are the same either way (the skipped
+/// candidates would have been rejected), which tests/gpu_flow.rs's mirror and the CPU/GPU
+/// comparisons check candidate by candidate.
+#[test]
+fn a_stalled_f32_search_skips_steps_that_rounded_away() {
+    let y0 = randn(300, 12, 71).map(|v| v + 0.3);
+    let x0 = randn(300, 12, 72).map(|v| v + 0.3);
+    let params = Params {
+        w: 0.9,
+        precision: Precision::F32,
+        max_iter: 400,
+        tol: 0.0,
+        ..Params::default()
+    };
+    let mut examined_in_accepted = 0;
+    let res = nsa_flow_with_callback(&y0, Some(&x0), &params, |info| {
+        examined_in_accepted += info.backtracks + 1;
+        Control::Continue
+    })
+    .unwrap();
+    assert_eq!(res.stop_reason, StopReason::LineSearchStalled, "{res:?}");
+    let in_stall = res.energy_evaluations - examined_in_accepted;
+    assert!(
+        in_stall < 1 + 2 * 50,
+        "the stalled iteration evaluated {in_stall} candidates: no phase ended early"
+    );
+    assert!(in_stall >= 2, "{in_stall}");
+}

@@ -216,6 +216,7 @@ enum Kind {
     Dot,
     Finite,
     Dist,
+    Differ,
     GradMap,
     Other,
 }
@@ -227,6 +228,8 @@ struct Readback {
     /// The step of each candidate built since the previous readback (corrected mode:
     /// `α·lr` of `lerp(Y, proposal, α)` and `−b` of `lincomb(1, Y, b, ∇E)`).
     steps: Vec<f64>,
+    /// Whether each of those candidates went through the retraction.
+    retracted: Vec<bool>,
 }
 
 impl Readback {
@@ -258,6 +261,7 @@ struct Spy<B> {
     inner: B,
     log: Log,
     steps: Vec<f64>,
+    retracted: Vec<bool>,
     last_lr: f64,
     /// the last line-search batch the backend offered the solver
     batch: Rc<Cell<usize>>,
@@ -300,17 +304,22 @@ impl<B: Backend> Backend for Spy<B> {
     fn lincomb(&mut self, a: f64, x: &Self::Mat, b: f64, y: &Self::Mat, dst: &mut Self::Mat) {
         if a == 1.0 {
             self.steps.push(-b);
+            self.retracted.push(false);
         }
         self.inner.lincomb(a, x, b, y, dst)
     }
     fn lerp(&mut self, base: &Self::Mat, toward: &Self::Mat, alpha: f64, dst: &mut Self::Mat) {
         self.steps.push(alpha * self.last_lr);
+        self.retracted.push(false);
         self.inner.lerp(base, toward, alpha, dst)
     }
     fn nonneg(&mut self, m: &mut Self::Mat, mode: NonNeg) {
         self.inner.nonneg(m, mode)
     }
     fn retract(&mut self, src: &Self::Mat, dst: &mut Self::Mat, options: &RetractOptions) {
+        if let Some(r) = self.retracted.last_mut() {
+            *r = true;
+        }
         if self.capture_iter > 0 {
             let done = self
                 .log
@@ -363,6 +372,7 @@ impl<B: Backend> Backend for Spy<B> {
                 Reduction::Dot(..) => Kind::Dot,
                 Reduction::AllFinite(_) => Kind::Finite,
                 Reduction::DistSq(..) => Kind::Dist,
+                Reduction::CountDiffer(..) => Kind::Differ,
                 Reduction::GradMapSq { .. } => Kind::GradMap,
                 Reduction::AbsSum(_) | Reduction::CountAbove { .. } => Kind::Other,
             })
@@ -371,6 +381,7 @@ impl<B: Backend> Backend for Spy<B> {
             kinds,
             vals: out.clone(),
             steps: std::mem::take(&mut self.steps),
+            retracted: std::mem::take(&mut self.retracted),
         }));
         Ok(())
     }
@@ -430,6 +441,7 @@ fn spied_run_capturing<B: Backend>(
         inner,
         log: log.clone(),
         steps: Vec::new(),
+        retracted: Vec::new(),
         last_lr: f64::NAN,
         batch: batch.clone(),
         capture_iter,
@@ -588,16 +600,19 @@ fn candidates(seg: &[Readback], mode: Mode, model: &Model) -> Option<(Vec<Cand>,
     let kinds: Vec<Kind> = items.iter().map(|x| x.0).collect();
     let mut out = Vec::new();
     let mut acc = None;
-    let pairs = |r: &Readback, items: &[(Kind, &[f64])], out: &mut Vec<Cand>| -> bool {
+    // Corrected mode: (energy, distance, differ) per candidate. The solver examines a
+    // readback's candidates in order and drops the rest of it after a plain (not retracted)
+    // candidate equal to `Y` (its phase is skipped: the later ones would equal `Y` too).
+    let triples = |r: &Readback, items: &[(Kind, &[f64])], out: &mut Vec<Cand>| -> bool {
         if items.is_empty()
-            || items.len() % 2 != 0
+            || items.len() % 3 != 0
             || !items
-                .chunks(2)
-                .all(|c| c[0].0 == Kind::Energy && c[1].0 == Kind::Dist)
+                .chunks(3)
+                .all(|c| c[0].0 == Kind::Energy && c[1].0 == Kind::Dist && c[2].0 == Kind::Differ)
         {
             return false;
         }
-        for (j, c) in items.chunks(2).enumerate() {
+        for (j, c) in items.chunks(3).enumerate() {
             out.push(Cand {
                 e: model.energy(c[0].1),
                 mag: model.mag(c[0].1),
@@ -605,6 +620,10 @@ fn candidates(seg: &[Readback], mode: Mode, model: &Model) -> Option<(Vec<Cand>,
                 step_sq: c[1].1[0],
                 norm_sq: c[0].1[3],
             });
+            let unchanged = c[2].1[0] == 0.0;
+            if unchanged && !r.retracted.get(j).copied().unwrap_or(true) {
+                break;
+            }
         }
         true
     };
@@ -637,11 +656,11 @@ fn candidates(seg: &[Readback], mode: Mode, model: &Model) -> Option<(Vec<Cand>,
             if kinds.len() < 3 || kinds[..3] != [Kind::Finite, Kind::GradMap, Kind::Norm] {
                 return None;
             }
-            if items.len() > 3 && !pairs(first, &items[3..], &mut out) {
+            if items.len() > 3 && !triples(first, &items[3..], &mut out) {
                 return None;
             }
             for r in &seg[1..] {
-                if !pairs(r, &r.items(), &mut out) {
+                if !triples(r, &r.items(), &mut out) {
                     break;
                 }
             }

@@ -1575,3 +1575,210 @@ fn interleaved_shapes_f64() {
     }
     rep.finish();
 }
+
+// ---------------------------------------------------------------------------------------
+// the line search's "step rounded away" test: CountDiffer, and the monotonicity it relies on
+
+fn count_differ_on<B: Backend>(b: &mut B, a: &M, c: &M) -> f64 {
+    let (da, dc) = (up(b, a), up(b, c));
+    b.reduce(&[Reduction::CountDiffer(&da, &dc)])
+        .expect("reduce")[0]
+}
+
+/// The line search's readback for a few candidates: per candidate `EnergyTerms`, `DistSq`
+/// and `CountDiffer` against `Y`, in one batch (four sums over one index space: one fused
+/// launch per candidate on the device).
+fn line_search_batch_on<B: Backend>(b: &mut B, y: &M, x0: &M, cands: &[M]) -> Vec<f64> {
+    let dy = up(b, y);
+    let dx = up(b, x0);
+    let dc: Vec<B::Mat> = cands.iter().map(|c| up(b, c)).collect();
+    let mut reqs = Vec::new();
+    for c in &dc {
+        reqs.push(Reduction::EnergyTerms { y: c, target: &dx });
+        reqs.push(Reduction::DistSq(c, &dy));
+        reqs.push(Reduction::CountDiffer(c, &dy));
+    }
+    b.reduce(&reqs).expect("reduce")
+}
+
+fn lone_requests_on<B: Backend>(b: &mut B, y: &M, x0: &M, cands: &[M]) -> Vec<f64> {
+    let dy = up(b, y);
+    let dx = up(b, x0);
+    let mut out = Vec::new();
+    for c in cands {
+        let dc = up(b, c);
+        out.extend(
+            b.reduce(&[Reduction::EnergyTerms {
+                y: &dc,
+                target: &dx,
+            }])
+            .unwrap(),
+        );
+        out.extend(b.reduce(&[Reduction::DistSq(&dc, &dy)]).unwrap());
+        out.extend(b.reduce(&[Reduction::CountDiffer(&dc, &dy)]).unwrap());
+    }
+    out
+}
+
+fn count_differ(name: &str, prec: Precision) {
+    let Some(mut g) = common::gpu_backend(name, prec) else {
+        return;
+    };
+    let mut rep = Report::new(name, prec);
+    for (p, k) in shapes() {
+        let case = shape_case(p, k);
+        let n = p * k;
+        let a = common::randn(p, k, 31 + n as u64);
+        // every 7th entry changed, the last one too (the last partial workgroup), and a +0
+        // against a −0 (equal as values: not counted)
+        let mut c = a.clone();
+        let mut want = 0usize;
+        for i in (0..n).step_by(7).chain(std::iter::once(n - 1)) {
+            if c[i] == a[i] {
+                c[i] += 1.0;
+                want += 1;
+            }
+        }
+        let mut z_pos = a.clone();
+        let mut z_neg = a.clone();
+        z_pos[n / 2] = 0.0;
+        z_neg[n / 2] = -0.0;
+        for (what, x, y, w) in [
+            ("changed entries", &a, &c, want),
+            ("itself", &a, &a, 0),
+            ("+0 against −0", &z_pos, &z_neg, 0),
+        ] {
+            let gpu = count_differ_on(&mut g, x, y);
+            let cpu = on_cpu!(prec, count_differ_on(x, y));
+            rep.expect(
+                &format!("CountDiffer ({what})"),
+                &case,
+                gpu == w as f64 && cpu == w as f64,
+                || format!("gpu {gpu} cpu {cpu}, want {w}"),
+            );
+        }
+
+        // the fused readback of the line search gives the numbers of the lone requests,
+        // to the bit
+        let y = a.map(|v| v.abs());
+        let x0 = common::randn(p, k, 37 + n as u64).map(|v| v.max(0.0));
+        let cands = vec![c.map(|v| v.abs()), y.clone(), y.map(|v| v * 0.5 + 0.125)];
+        let fused = line_search_batch_on(&mut g, &y, &x0, &cands);
+        let lone = lone_requests_on(&mut g, &y, &x0, &cands);
+        rep.expect(
+            "line-search batch vs lone requests (bits)",
+            &case,
+            fused.len() == lone.len()
+                && fused
+                    .iter()
+                    .zip(&lone)
+                    .all(|(a, b)| a.to_bits() == b.to_bits()),
+            || format!("fused {fused:?}\nlone {lone:?}"),
+        );
+        rep.expect(
+            "line-search batch: Y against itself",
+            &case,
+            fused[6 + 5] == 0.0 && fused[6 + 4] == 0.0,
+            || format!("{fused:?}"),
+        );
+    }
+    rep.finish();
+}
+
+#[test]
+fn count_differ_f64() {
+    count_differ("count_differ_f64", Precision::F64);
+}
+
+#[test]
+fn count_differ_f32() {
+    count_differ("count_differ_f32", Precision::F32);
+}
+
+/// The halvings of one plain step, `Π(Y + 2⁻ⁱ·(P − Y))` and `Π(Y − 2⁻ⁱ·s·G)`, built as the
+/// solver builds them; for each the count of entries that differ from `Y`.
+fn halvings_on<B: Backend>(
+    b: &mut B,
+    y: &M,
+    toward: &M,
+    g: &M,
+    s: f64,
+    n: usize,
+) -> Vec<(f64, f64)> {
+    let dy = up(b, y);
+    let dt = up(b, toward);
+    let dg = up(b, g);
+    let mut c = b.zeros(y.nrows(), y.ncols()).unwrap();
+    let mut out = Vec::new();
+    for i in 0..n {
+        let a = 0.5f64.powi(i as i32);
+        b.lerp(&dy, &dt, a, &mut c);
+        b.nonneg(&mut c, NonNeg::Hard);
+        let along = b.reduce(&[Reduction::CountDiffer(&c, &dy)]).unwrap()[0];
+        b.lincomb(1.0, &dy, -a * s, &dg, &mut c);
+        b.nonneg(&mut c, NonNeg::Hard);
+        let grad = b.reduce(&[Reduction::CountDiffer(&c, &dy)]).unwrap()[0];
+        out.push((along, grad));
+    }
+    out
+}
+
+/// The corrected line search skips the rest of a plain phase once a candidate equals `Y`:
+/// sound only if every shorter step of that phase then equals `Y` as well (rounding is
+/// monotone). Checked on both backends, both precisions, with entries at zero, tiny and
+/// ordinary, over 160 halvings (past f32's subnormals; f64 may not round away within them,
+/// the implication is checked as far as they go).
+fn rounded_away_stays_away(name: &str, prec: Precision) {
+    let Some(mut g) = common::gpu_backend(name, prec) else {
+        return;
+    };
+    let mut rep = Report::new(name, prec);
+    for (p, k) in [(1, 1), (63, 3), (65, 17), (1031, 3)] {
+        let case = shape_case(p, k);
+        let n = p * k;
+        let mut y = common::randn(p, k, 41 + n as u64).map(|v| v.max(0.0));
+        for i in (0..n).step_by(5) {
+            y[i] *= 1e-30;
+        }
+        let toward = &y + common::randn(p, k, 43 + n as u64) * 1e-3;
+        let grad = common::randn(p, k, 47 + n as u64);
+        for (what, counts) in [
+            ("gpu", halvings_on(&mut g, &y, &toward, &grad, 1e-3, 160)),
+            (
+                "cpu",
+                on_cpu!(prec, halvings_on(&y, &toward, &grad, 1e-3, 160)),
+            ),
+        ] {
+            for phase in 0..2 {
+                let seq: Vec<f64> = counts
+                    .iter()
+                    .map(|c| if phase == 0 { c.0 } else { c.1 })
+                    .collect();
+                // once equal, equal for every shorter step; in f32 160 halvings always get
+                // there (2⁻¹⁶⁰ is below f32's smallest subnormal relative to these entries)
+                let first_zero = seq.iter().position(|&c| c == 0.0);
+                let stays = match first_zero {
+                    Some(z) => seq[z..].iter().all(|&c| c == 0.0),
+                    None => prec == Precision::F64,
+                };
+                rep.expect(
+                    &format!("{what} {}", ["lerp", "lincomb"][phase]),
+                    &case,
+                    stays,
+                    || format!("counts by halving {seq:?}"),
+                );
+            }
+        }
+    }
+    rep.finish();
+}
+
+#[test]
+fn rounded_away_stays_away_f64() {
+    rounded_away_stays_away("rounded_away_stays_away_f64", Precision::F64);
+}
+
+#[test]
+fn rounded_away_stays_away_f32() {
+    rounded_away_stays_away("rounded_away_stays_away_f32", Precision::F32);
+}

@@ -423,6 +423,9 @@ impl<T: Element> Backend for CpuBackend<T> {
                 Reduction::DistSq(a, b) => {
                     out.push(linalg::dist_sq(a.as_slice(), b.as_slice()).as_f64())
                 }
+                Reduction::CountDiffer(a, b) => {
+                    out.push(a.iter().zip(b.iter()).filter(|(x, y)| x != y).count() as f64)
+                }
                 Reduction::AbsSum(m) => out.push(m.iter().map(|v| v.as_f64().abs()).sum()),
                 Reduction::CountAbove {
                     m,

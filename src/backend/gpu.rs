@@ -42,8 +42,13 @@ const LANE_RING: usize = 4 << 20;
 /// The span of per-problem entries one dispatch binds: a batched dispatch covers at most this
 /// many bytes of entries (1024 problems in f32, 682 in f64) and is split beyond that.
 pub(super) const LANE_WINDOW: u64 = 64 << 10;
-/// Loop-trip budget per invocation per dispatch for the fused Newton–Schulz kernel.
+/// Loop-trip budget per invocation per dispatch of the one-workgroup iterations (Newton–Schulz,
+/// Sylvester) on a driver that caps loop trips (a fifth of Mesa 22.3's 65 535: the rest of
+/// the shader loops too); the steps are split over several dispatches to stay under it.
 pub(super) const TRIP_BUDGET: usize = 12_000;
+/// The same budget where no cap is known: every step in one dispatch (at k = 32, 100
+/// Newton–Schulz steps are ~43 000 trips).
+pub(super) const TRIP_BUDGET_UNCAPPED: usize = 1 << 22;
 
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 
@@ -300,6 +305,8 @@ pub struct GpuBackend {
     last_write: Option<LastWrite>,
     /// Whether passes are fused (off only to check that fusing changes no bit).
     fuse: bool,
+    /// Loop trips one invocation may make per dispatch ([`TRIP_BUDGET`] on a capped driver).
+    pub(super) trip_budget: usize,
     /// Direct launches and their operand bytes per kernel, indexed by `Kernel as usize`.
     launches_by_kernel: Vec<(u64, u64)>,
     /// Set for one problem of a GPU batch: its work is captured and run by the batch.
@@ -352,6 +359,8 @@ pub(super) enum SumMode {
     AbsSum = 5,
     /// The count of `|c0·a| > c1`.
     CountAbove = 6,
+    /// The count of `a ≠ b` (as values).
+    CountDiffer = 7,
 }
 
 /// One partial sum of [`GpuBackend::partial_sums`]: its mode, operands, where its partials
@@ -377,12 +386,12 @@ impl<'a> SumTerm<'a> {
     }
 }
 
-/// Up to three partial sums over the same index space waiting to run as one launch of
+/// Up to four partial sums over the same index space waiting to run as one launch of
 /// `partial_sums_multi` (each operand read once instead of once per sum): they bind at most
 /// three distinct matrices and at most one of them reads coefficients. A lone sum runs as
 /// `partial_sums`. Each sum is formed as it would be alone, so the bits do not change.
 struct FusedSums<'a> {
-    terms: smallvec::SmallVec<[SumTerm<'a>; 3]>,
+    terms: smallvec::SmallVec<[SumTerm<'a>; 4]>,
     /// Off: every sum its own launch.
     fuse: bool,
 }
@@ -397,7 +406,7 @@ impl<'a> FusedSums<'a> {
             self.flush(be);
         }
         self.terms.push(term);
-        if self.terms.len() == 3 {
+        if self.terms.len() == 4 {
             self.flush(be);
         }
     }
@@ -418,7 +427,7 @@ impl<'a> FusedSums<'a> {
     fn fits(&self, term: &SumTerm<'a>) -> bool {
         let coefs = self.terms.iter().filter(|t| t.coefs.is_some()).count();
         self.fuse
-            && self.terms.len() < 3
+            && self.terms.len() < 4
             && !(coefs > 0 && term.coefs.is_some())
             && self.operands(Some(term)).len() <= 3
     }
@@ -447,9 +456,13 @@ impl<'a> FusedSums<'a> {
                 h.k = spec(&self.terms[1]);
                 h.off0 = self.terms[0].at as u32;
                 h.off1 = self.terms[1].at as u32;
-                if n == 3 {
+                if n >= 3 {
                     h.chunk = spec(&self.terms[2]);
                     h.off2 = self.terms[2].at as u32;
+                }
+                if n == 4 {
+                    h.mode = spec(&self.terms[3]);
+                    h.off3 = self.terms[3].at as u32;
                 }
                 h.slot = n as u32;
                 h.groups_x = g as u32;
@@ -616,6 +629,10 @@ impl GpuBackend {
             traffic: Traffic::default(),
             last_write: None,
             fuse: true,
+            trip_budget: match ctx.adapter().loop_trip_cap() {
+                Some(_) => TRIP_BUDGET,
+                None => TRIP_BUDGET_UNCAPPED,
+            },
             launches_by_kernel: vec![(0, 0); Kernel::ALL.len()],
             lane,
             ctx,
@@ -1413,7 +1430,7 @@ impl GpuBackend {
             } else {
                 (Kernel::NsFused, 2 * kk * k + 2 * kk + 16)
             };
-            let per = (TRIP_BUDGET / trips).max(1);
+            let per = (self.trip_budget / trips).max(1);
             let mut left = steps;
             while left > 0 {
                 let now = left.min(per);
@@ -2303,7 +2320,7 @@ impl Backend for GpuBackend {
                 Reduction::EnergyTerms { y, .. } => y,
                 Reduction::NormSq(m) | Reduction::AllFinite(m) | Reduction::AbsSum(m) => m,
                 Reduction::CountAbove { m, .. } => m,
-                Reduction::Dot(a, _) | Reduction::DistSq(a, _) => a,
+                Reduction::Dot(a, _) | Reduction::DistSq(a, _) | Reduction::CountDiffer(a, _) => a,
                 Reduction::GradMapSq { y, .. } => y,
             };
             (m.p, m.k)
@@ -2311,7 +2328,9 @@ impl Backend for GpuBackend {
         for r in requests {
             let ok = match *r {
                 Reduction::EnergyTerms { y, target } => self.same_shape(y, target),
-                Reduction::Dot(a, b) | Reduction::DistSq(a, b) => self.same_shape(a, b),
+                Reduction::Dot(a, b) | Reduction::DistSq(a, b) | Reduction::CountDiffer(a, b) => {
+                    self.same_shape(a, b)
+                }
                 Reduction::GradMapSq { y, g, .. } => self.same_shape(y, g),
                 _ => true,
             };
@@ -2359,6 +2378,9 @@ impl Backend for GpuBackend {
                     }
                     Reduction::DistSq(a, b) => {
                         sums.push(self, SumTerm::new(SumMode::DistSq, a, Some(b), at))
+                    }
+                    Reduction::CountDiffer(a, b) => {
+                        sums.push(self, SumTerm::new(SumMode::CountDiffer, a, Some(b), at))
                     }
                     Reduction::GradMapSq {
                         y,

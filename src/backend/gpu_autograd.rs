@@ -4,9 +4,7 @@
 //! Sylvester equation `S½·X + X·S½ = G` by the Newton–Schulz sign iteration on the small
 //! buffer (shaders/autograd.wgsl), so the host reads nothing back.
 
-use super::gpu::{
-    GpuBackend, GpuMat, Slots, SumMode, NS_CAP, SC_ALPHA, SC_RADIAL, SC_TRACE, TRIP_BUDGET,
-};
+use super::gpu::{GpuBackend, GpuMat, Slots, SumMode, NS_CAP, SC_ALPHA, SC_RADIAL, SC_TRACE};
 use crate::autograd::grad::OrthGrad;
 use crate::autograd::EnergySpec;
 use crate::energy::EnergyTerms;
@@ -232,7 +230,7 @@ impl GpuBackend {
         let tol = 8.0 * self.eps() * (k as f64).sqrt();
         if k <= 64 {
             // whole steps in one workgroup: ~3·⌈k²/256⌉·k loop trips a step
-            let per = (TRIP_BUDGET / (3 * kk.div_ceil(256) * k + 32)).clamp(1, SYL_STEPS);
+            let per = (self.trip_budget / (3 * kk.div_ceil(256) * k + 32)).clamp(1, SYL_STEPS);
             let mut left = SYL_STEPS;
             while left > 0 {
                 let now = left.min(per);

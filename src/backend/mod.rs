@@ -77,6 +77,10 @@ pub enum Reduction<'a, M> {
     AllFinite(&'a M),
     /// `‖A − B‖²`.
     DistSq(&'a M, &'a M),
+    /// `#{i : aᵢ ≠ bᵢ}`, compared as values (`+0 = −0`): 0 exactly when `A = B` entrywise.
+    /// Counted as a sum of ones, so it may round once it passes 2^24 (f32), but it is never
+    /// 0 unless every entry is equal (the only use: "the step rounded away").
+    CountDiffer(&'a M, &'a M),
     /// `‖P(Y − t·G) − Y‖²` with `P` the clamp to `≥ 0` when `clamp` (else the identity):
     /// the squared gradient mapping behind the corrected solver's certificate.
     GradMapSq {

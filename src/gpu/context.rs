@@ -69,6 +69,25 @@ impl AdapterSummary {
         }
     }
 
+    /// The most loop trips one shader invocation may make, when the driver caps them:
+    /// llvmpipe/lavapipe before Mesa 23 silently ends an invocation after 65 535 trips in
+    /// all (WGPU-NOTES.md §6.1; Mesa 25 has no cap). A Mesa driver whose version cannot be
+    /// read is assumed capped. `None`: no known cap.
+    pub fn loop_trip_cap(&self) -> Option<usize> {
+        let text = format!("{} {}", self.name, self.driver);
+        let mesa_major = text.split("Mesa ").nth(1).and_then(|rest| {
+            let digits: String = rest.chars().take_while(|c| c.is_ascii_digit()).collect();
+            digits.parse::<u32>().ok()
+        });
+        let software_mesa = text.contains("llvmpipe") || text.contains("lavapipe");
+        match mesa_major {
+            Some(v) if v >= 23 => None,
+            Some(_) => Some(65_535),
+            None if software_mesa || text.contains("Mesa") => Some(65_535),
+            None => None,
+        }
+    }
+
     /// `name (backend, type)`.
     pub fn label(&self) -> String {
         format!("{} ({}, {})", self.name, self.backend, self.device_type)
@@ -455,5 +474,46 @@ impl GpuContext {
         }
         buffer.unmap();
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::AdapterSummary;
+
+    fn adapter(name: &str, driver: &str) -> AdapterSummary {
+        AdapterSummary {
+            name: name.into(),
+            backend: "Vulkan".into(),
+            device_type: "Cpu".into(),
+            driver: driver.into(),
+            is_software: true,
+            shader_f64: true,
+            max_storage_buffer_binding_size: 1 << 27,
+            max_buffer_size: 1 << 28,
+            max_compute_workgroup_storage_size: 16384,
+            max_compute_invocations_per_workgroup: 256,
+            max_compute_workgroups_per_dimension: 65535,
+            max_storage_buffers_per_shader_stage: 8,
+            features: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn loop_trip_cap_follows_the_mesa_version() {
+        let llvmpipe = "llvmpipe (LLVM 15.0.6, 256 bits)";
+        assert_eq!(
+            adapter(llvmpipe, "llvmpipe Mesa 22.3.6 (LLVM 15.0.6)").loop_trip_cap(),
+            Some(65_535)
+        );
+        assert_eq!(
+            adapter(llvmpipe, "llvmpipe Mesa 25.0.7-2~bpo12+1 (LLVM 15.0.6)").loop_trip_cap(),
+            None
+        );
+        assert_eq!(adapter(llvmpipe, "llvmpipe").loop_trip_cap(), Some(65_535));
+        assert_eq!(
+            adapter("NVIDIA H100 80GB HBM3", "NVIDIA 570.86.15").loop_trip_cap(),
+            None
+        );
     }
 }
