@@ -58,7 +58,11 @@ fn z_of(i: u32, j: u32) -> T {
 @compute @workgroup_size(256)
 fn ns_init(@builtin(local_invocation_id) lid3: vec3<u32>, @builtin(workgroup_id) lane_wid: vec3<u32>) {
     enter_lane(lane_wid.z);
-    let lid = lid3.x;
+    init_state(lid3.x);
+}
+
+// ns_init's work, by one whole workgroup (in uniform control flow).
+fn init_state(lid: u32) {
     let k = params.k;
     var tr: T = 0.0;
     for (var i = lid; i < k; i = i + 256u) {
@@ -271,7 +275,7 @@ fn ns_check(@builtin(local_invocation_id) lid3: vec3<u32>, @builtin(workgroup_id
     }
 }
 
-// T (off2) = Q/√s.
+// T (off2) = Q/√s (ns_shared does the same in its epilogue when mode bit 8 is set).
 @compute @workgroup_size(256)
 fn ns_finish(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(workgroup_id) lane_wid: vec3<u32>) {
     enter_lane(lane_wid.z);
@@ -298,6 +302,8 @@ fn zs(i: u32, j: u32) -> T {
     return select(T(-0.5) * r, T(0.5) * (3.0 - r), i == j);
 }
 
+// Mode bit 4: first run ns_init's work (the chain's first dispatch); bit 8: end with
+// ns_finish's (its last). Same operations on the same values as the separate launches.
 @compute @workgroup_size(256)
 fn ns_shared(@builtin(local_invocation_id) lid3: vec3<u32>, @builtin(workgroup_id) lane_wid: vec3<u32>) {
     enter_lane(lane_wid.z);
@@ -306,6 +312,11 @@ fn ns_shared(@builtin(local_invocation_id) lid3: vec3<u32>, @builtin(workgroup_i
     let kk = k * k;
     let by_residual = (params.mode & 1u) != 0u;
     let cap = lanes[lane].c[1].x;
+    if ((params.mode & 4u) != 0u) {
+        init_state(lid);
+        storageBarrier();
+        workgroupBarrier();
+    }
     for (var e = lid; e < kk; e = e + 256u) {
         wr[e] = small[lane_b5 + r_at(e)];
         wq[e] = small[lane_b5 + q_at(e)];
@@ -404,9 +415,13 @@ fn ns_shared(@builtin(local_invocation_id) lid3: vec3<u32>, @builtin(workgroup_i
         }
         workgroupBarrier();
     }
+    let finish = (params.mode & 8u) != 0u;
     for (var e = lid; e < kk; e = e + 256u) {
         small[lane_b5 + r_at(e)] = wr[e];
         small[lane_b5 + q_at(e)] = wq[e];
+        if (finish) {
+            small[lane_b5 + params.off2 + e] = wq[e] / sqrt(small[lane_b5 + params.slot]);
+        }
     }
     if (lid == 0u) {
         small[lane_b5 + params.slot + 1u] = select(T(0.0), T(1.0), st_done != 0u);

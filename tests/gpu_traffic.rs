@@ -163,6 +163,16 @@ fn fused_passes_change_no_bit_and_save_launches_and_passes() {
         assert_eq!(a.traffic.readback_bytes, b.traffic.readback_bytes, "{what}");
         assert_eq!(launches_of(&a, Kernel::PartialSumsMulti), 0, "{what}");
         assert!(launches_of(&b, Kernel::PartialSumsMulti) > 0, "{what}");
+        // the Newton–Schulz chain (k ≤ 32): its set-up and finish run inside its steps'
+        // launch when fused, as launches of their own when not
+        let ns = launches_of(&a, Kernel::NsShared);
+        if ns > 0 {
+            assert!(launches_of(&a, Kernel::NsInit) > 0, "{what}");
+            assert!(launches_of(&a, Kernel::NsFinish) > 0, "{what}");
+            assert_eq!(launches_of(&b, Kernel::NsInit), 0, "{what}");
+            assert_eq!(launches_of(&b, Kernel::NsFinish), 0, "{what}");
+            assert!(launches_of(&b, Kernel::NsShared) > 0, "{what}");
+        }
         if mode == Mode::Corrected {
             // the corrected loop clamps only what a launch it fused with just wrote
             assert_eq!(launches_of(&b, Kernel::NonnegInPlace), 0, "{what}");

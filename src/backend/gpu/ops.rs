@@ -1,0 +1,492 @@
+//! The typed calls of the kernel families that are not reductions: elementwise passes, the
+//! Gram and p×k-by-k×k products, the k×k chain (products, inverse square roots) and the
+//! retraction built from them, and the optimizer passes.
+
+use super::*;
+
+/// ns_shared's mode bits: run ns_init's work first, ns_finish's last (inv_sqrt.wgsl).
+const NS_SHARED_INIT: u32 = 4;
+const NS_SHARED_FINISH: u32 = 8;
+
+/// `combine`'s modes (elementwise.wgsl).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u32)]
+pub(super) enum CombineMode {
+    /// `out = c0·a + c1·b`.
+    Lincomb = 0,
+    /// `out = a + c0·(b − a)`.
+    Lerp = 1,
+    /// `out = a` (a copy inside one buffer).
+    Copy = 2,
+}
+
+/// `mul_small`'s mode bit for a clamp at zero in its epilogue (bits 0 and 1 select the
+/// accumulation and the fidelity form).
+pub(super) const MUL_SMALL_CLAMP: u32 = 4;
+
+impl GpuBackend {
+    /// A 2-D grid of `groups` workgroups (65 535 per dimension).
+    pub(in crate::backend) fn grid(groups: usize) -> (u32, u32) {
+        let x = groups.clamp(1, 65_535);
+        (x as u32, groups.div_ceil(x) as u32)
+    }
+
+    pub(in crate::backend) fn elementwise(
+        &mut self,
+        kernel: Kernel,
+        mode: u32,
+        coefs: [f64; 8],
+        src0: u32,
+        slots: Slots,
+        n: usize,
+    ) {
+        let (gx, gy) = Self::grid(n.div_ceil(256));
+        let mut h = ParamsHeader::new();
+        h.n = n as u32;
+        h.mode = mode;
+        h.groups_x = gx;
+        h.src[0] = src0;
+        self.dispatch(kernel, h, coefs, slots, (gx, gy));
+    }
+
+    /// `small[off] = AᵀB` (symmetrised when `sym`).
+    pub(in crate::backend) fn gram(&mut self, a: &GpuMat, b: &GpuMat, off: u32, sym: bool) {
+        let (p, k) = (a.p, a.k);
+        let (chunk, chunks) = {
+            let ws = self.ws();
+            (ws.gram_chunk, ws.gram_chunks)
+        };
+        let tiles = k.div_ceil(32);
+        let mut h = ParamsHeader::new();
+        h.p = p as u32;
+        h.k = k as u32;
+        h.k2 = k as u32;
+        h.chunk = chunk as u32;
+        h.off0 = 0;
+        self.dispatch(
+            Kernel::GramPartial,
+            h,
+            [0.0; 8],
+            Slots {
+                a: Some(a),
+                b: Some(b),
+                ..Default::default()
+            },
+            (chunks as u32, (tiles * tiles) as u32),
+        );
+        let mut h = ParamsHeader::new();
+        h.k = k as u32;
+        h.k2 = k as u32;
+        h.off0 = 0;
+        h.off1 = off;
+        h.groups_x = chunks as u32;
+        h.mode = sym as u32;
+        let (gx, gy) = Self::grid(k * k);
+        h.chunk = gx;
+        self.dispatch(Kernel::GramReduce, h, [0.0; 8], Slots::default(), (gx, gy));
+    }
+
+    /// `out = c0·(A·small[m]) + …` (see matmul_small.wgsl).
+    #[allow(clippy::too_many_arguments)]
+    pub(in crate::backend) fn mul_small(
+        &mut self,
+        a: &GpuMat,
+        m: u32,
+        b: Option<&GpuMat>,
+        out: &GpuMat,
+        mode: u32,
+        coefs: [f64; 8],
+        src: [u32; 4],
+    ) {
+        let (p, k) = (a.p, a.k);
+        let mut h = ParamsHeader::new();
+        h.p = p as u32;
+        h.k = k as u32;
+        h.n = (p * k) as u32;
+        h.mode = mode;
+        h.off0 = m;
+        h.src = src;
+        self.dispatch(
+            Kernel::MulSmall,
+            h,
+            coefs,
+            Slots {
+                a: Some(a),
+                b,
+                out: Some(out),
+                ..Default::default()
+            },
+            (k.div_ceil(16) as u32, p.div_ceil(256) as u32),
+        );
+    }
+
+    pub(in crate::backend) fn kk_matmul(&mut self, a: u32, b: u32, c: u32, sym: bool) {
+        let k = self.ws().k;
+        let mut h = ParamsHeader::new();
+        h.k = k as u32;
+        h.off0 = a;
+        h.off1 = b;
+        h.off2 = c;
+        h.mode = sym as u32;
+        self.dispatch(
+            Kernel::KkMatmul,
+            h,
+            [0.0; 8],
+            Slots::default(),
+            ((k * k).div_ceil(256) as u32, 1),
+        );
+    }
+
+    /// `small[out] = (small[s] + shift)^{-1/2}` by Newton–Schulz. `fixed` = Some(steps): the
+    /// reference's unconverged iteration (Frobenius scaling); None: run to the residual.
+    pub(in crate::backend) fn inv_sqrt_ns(
+        &mut self,
+        s: u32,
+        out: u32,
+        abs_shift: [f64; 2],
+        rel_shift: f64,
+        fixed: Option<usize>,
+        cap: usize,
+    ) {
+        let lay = self.ws().layout;
+        let k = lay.k;
+        let slot = lay.scalar(SC_NS);
+        let residual_mode = fixed.is_none();
+        let steps = fixed.unwrap_or(cap);
+        let tol = 8.0 * self.eps() * (k as f64).sqrt();
+        let mut h = ParamsHeader::new();
+        h.k = k as u32;
+        h.off0 = s;
+        h.off1 = lay.ns();
+        h.off2 = out;
+        h.slot = slot;
+        h.mode = if residual_mode { 3 } else { 0 };
+        let coefs = [
+            abs_shift[0],
+            abs_shift[1],
+            rel_shift,
+            tol,
+            steps as f64,
+            0.0,
+            0.0,
+            0.0,
+        ];
+        let args = self.ws().ns_args.handle();
+        let with_args = Slots {
+            out: Some(&args),
+            ..Default::default()
+        };
+        let kk = (k * k).div_ceil(256);
+        if k <= 32 && steps > 0 && self.fuse {
+            // in workgroup memory (~3·4·k trips a step), as many steps per dispatch as the
+            // loop-trip budget allows; the first dispatch also sets the iteration up
+            // (ns_init's work) and the last one writes T (ns_finish's)
+            let trips = 12 * k + 48;
+            let per = (self.trip_budget / trips).max(1);
+            let mut left = steps;
+            let mut first = true;
+            while left > 0 {
+                let now = left.min(per);
+                left -= now;
+                let mut hs = h;
+                hs.chunk = now as u32;
+                if first {
+                    hs.mode |= NS_SHARED_INIT;
+                }
+                if left == 0 {
+                    hs.mode |= NS_SHARED_FINISH;
+                }
+                let slots = if first { with_args } else { Slots::default() };
+                self.dispatch(Kernel::NsShared, hs, coefs, slots, (1, 1));
+                first = false;
+            }
+            return;
+        }
+        self.dispatch(Kernel::NsInit, h, coefs, with_args, (1, 1));
+        if k <= 64 {
+            // one workgroup runs as many steps per dispatch as the loop-trip budget allows:
+            // in workgroup memory for k ≤ 32 (unfused, or zero steps), on the small buffer
+            let (kernel, trips) = if k <= 32 {
+                (Kernel::NsShared, 12 * k + 48)
+            } else {
+                (Kernel::NsFused, 2 * kk * k + 2 * kk + 16)
+            };
+            let per = (self.trip_budget / trips).max(1);
+            let mut left = steps;
+            while left > 0 {
+                let now = left.min(per);
+                let mut hs = h;
+                hs.chunk = now as u32;
+                self.dispatch(kernel, hs, coefs, Slots::default(), (1, 1));
+                left -= now;
+            }
+        } else {
+            for _ in 0..steps {
+                self.dispatch_indirect(Kernel::NsStepA, h, coefs, &args);
+                self.dispatch_indirect(Kernel::NsStepB, h, coefs, &args);
+                self.dispatch(Kernel::NsCheck, h, coefs, with_args, (1, 1));
+            }
+        }
+        self.dispatch(Kernel::NsFinish, h, coefs, Slots::default(), (kk as u32, 1));
+    }
+
+    pub(in crate::backend) fn inv_sqrt_diag(
+        &mut self,
+        s: u32,
+        out: u32,
+        abs_shift: f64,
+        rel_shift: f64,
+        floor: f64,
+        rel_floor: f64,
+    ) {
+        let k = self.ws().k;
+        let mut h = ParamsHeader::new();
+        h.k = k as u32;
+        h.off0 = s;
+        h.off1 = out;
+        self.dispatch(
+            Kernel::InvSqrtDiag,
+            h,
+            [abs_shift, rel_shift, floor, rel_floor, 0.0, 0.0, 0.0, 0.0],
+            Slots::default(),
+            (1, 1),
+        );
+    }
+
+    pub(in crate::backend) fn eps(&self) -> f64 {
+        match self.precision {
+            Precision::F32 => f32::EPSILON as f64,
+            Precision::F64 => f64::EPSILON,
+        }
+    }
+
+    /// `small[t] = inverse square root` of `small[s]` as the corrected retraction computes it:
+    /// `(S + δI)^{-1/2}`, `δ = 16·ε·tr(S)/k`.
+    pub(in crate::backend) fn inv_sqrt_corrected(
+        &mut self,
+        s: u32,
+        t: u32,
+        method: InvSqrtMethod,
+        cap: Option<usize>,
+    ) {
+        let rel = 16.0 * self.eps();
+        match method {
+            InvSqrtMethod::Diag => self.inv_sqrt_diag(s, t, 0.0, rel, f64::MIN_POSITIVE, rel),
+            _ => self.inv_sqrt_ns(s, t, [0.0, 0.0], rel, None, cap.unwrap_or(NS_CAP).max(1)),
+        }
+    }
+
+    /// `small[t]` = the reference's `inv_sqrt_sym_adaptive(S + εI)`.
+    pub(in crate::backend) fn inv_sqrt_reference(&mut self, s: u32, t: u32, o: &RetractOptions) {
+        let k = self.ws().k;
+        let method = match o.inv_method {
+            InvSqrtMethod::Auto if k <= o.eig_thresh => InvSqrtMethod::Eig,
+            InvSqrtMethod::Auto => InvSqrtMethod::NewtonSchulz,
+            m => m,
+        };
+        match method {
+            // eig clamps eigenvalues of S + ε at ε, which is Newton–Schulz run to convergence;
+            // eigenvalues below 16·ε_mach·tr(S)/k are rounding noise to an eigensolver too
+            // (its results there are arbitrary), and would stop Newton–Schulz converging, so
+            // they are lifted to that floor
+            InvSqrtMethod::Eig | InvSqrtMethod::Auto => {
+                let rel = 16.0 * self.eps();
+                self.inv_sqrt_ns(s, t, [o.eps, 0.0], rel, None, NS_CAP)
+            }
+            InvSqrtMethod::NewtonSchulz => {
+                self.inv_sqrt_ns(s, t, [o.eps, o.eps], 0.0, Some(o.ns_iter.unwrap_or(4)), 0)
+            }
+            InvSqrtMethod::Diag => self.inv_sqrt_diag(s, t, o.eps, 0.0, o.eps, 0.0),
+        }
+    }
+
+    /// Runs an optimizer rule as its passes ([`UpdateRule::passes`]): one `torch_elem`
+    /// dispatch per elementwise pass, a buffer copy per copy, and AdamP's projection as
+    /// SGDP's rows / decide / apply pattern.
+    pub(super) fn torch_passes(
+        &mut self,
+        rule: &UpdateRule,
+        param: &GpuMat,
+        grad: &GpuMat,
+        state: &[GpuMat],
+        lr: f64,
+        out: &GpuMat,
+    ) {
+        if !self.use_shape(param) {
+            return;
+        }
+        if state.len() < rule.state_len() {
+            self.error.get_or_insert(NsaError::InvalidParameter {
+                name: "optimizer state",
+                reason: format!(
+                    "this optimizer needs {} state matrices, got {}",
+                    rule.state_len(),
+                    state.len()
+                ),
+            });
+            return;
+        }
+        for m in &state[..rule.state_len()] {
+            if !self.same_shape(param, m) {
+                return;
+            }
+        }
+        let get = |o: Operand| -> &GpuMat {
+            match o {
+                Operand::Param => param,
+                Operand::Grad => grad,
+                Operand::Out => out,
+                Operand::State(i) => &state[i],
+            }
+        };
+        let n = param.p * param.k;
+        for pass in rule.passes(lr) {
+            match pass {
+                OptPass::Elem {
+                    op,
+                    dst,
+                    src,
+                    mut c,
+                    init,
+                } => {
+                    let mut mode = op as u32;
+                    if let Some(v) = init {
+                        mode |= 256;
+                        c[7] = v;
+                    }
+                    for (bit, s) in src.iter().enumerate() {
+                        if s.is_some() {
+                            mode |= 512 << bit;
+                        }
+                    }
+                    let slots = Slots {
+                        a: src[0].map(get),
+                        b: src[1].map(get),
+                        c: src[2].map(get),
+                        out: Some(get(dst)),
+                    };
+                    self.elementwise(Kernel::TorchElem, mode, c, LITERAL, slots, n);
+                }
+                OptPass::Copy { src, dst } => {
+                    let bytes = (n * self.elem()) as u64;
+                    let (s, d) = (get(src).handle(), get(dst).handle());
+                    self.copy_region(&s, 0, &d, 0, bytes);
+                }
+                OptPass::Project { eps, delta, step } => {
+                    let (lay, at) = {
+                        let ws = self.ws();
+                        (ws.layout, ws.aux_sgdp)
+                    };
+                    let (p, k) = (param.p, param.k);
+                    let rows = p.div_ceil(256);
+                    // sgdp_decide's literals: μ = 0, no weight decay, wd_ratio 1, lr = step
+                    let coefs = [0.0, 0.0, eps, 0.0, delta, 1.0, step, 0.0];
+                    let mut h = ParamsHeader::new();
+                    h.p = p as u32;
+                    h.k = k as u32;
+                    h.off0 = at as u32;
+                    h.slot = lay.scalar(SC_SGDP);
+                    h.groups_x = rows as u32;
+                    self.dispatch(
+                        Kernel::AdampRows,
+                        h,
+                        coefs,
+                        Slots {
+                            a: Some(param),
+                            b: Some(grad),
+                            c: Some(out),
+                            ..Default::default()
+                        },
+                        (rows as u32, 1),
+                    );
+                    self.dispatch(Kernel::SgdpDecide, h, coefs, Slots::default(), (1, 1));
+                    self.dispatch(
+                        Kernel::AdampApply,
+                        h,
+                        coefs,
+                        Slots {
+                            a: Some(param),
+                            out: Some(out),
+                            ..Default::default()
+                        },
+                        (rows as u32, 1),
+                    );
+                }
+            }
+        }
+    }
+
+    /// The soft-polar blend `dst = src·T_w` with `T_w` built in `small` (both styles).
+    pub(super) fn retract_soft_polar(&mut self, src: &GpuMat, dst: &GpuMat, o: &RetractOptions) {
+        let lay = self.ws().layout;
+        let k = lay.k;
+        let (s, t) = (lay.s(), lay.t());
+        self.gram(src, src, s, false);
+        let reference = o.style == Mode::Reference;
+        let polar = o.retraction == Retraction::Polar;
+        let w = if polar { 1.0 } else { o.w };
+        if reference {
+            if polar || (k > o.diag_thresh && src.p < k) {
+                // the reference's SVD polar factor U·Vᵀ = Y·(YᵀY)^{-1/2}
+                let rel = 16.0 * self.eps();
+                self.inv_sqrt_ns(s, t, [0.0, 0.0], rel, None, NS_CAP);
+            } else {
+                self.inv_sqrt_reference(s, t, o);
+            }
+        } else {
+            self.inv_sqrt_corrected(s, t, o.inv_method, o.ns_iter);
+            self.kk_matmul(t, s, lay.tmp(), false);
+        }
+        let mut h = ParamsHeader::new();
+        h.k = k as u32;
+        h.off0 = t;
+        h.off1 = s;
+        h.off2 = lay.tmp2();
+        h.off3 = lay.tmp();
+        h.slot = lay.scalar(SC_TRACE);
+        h.mode = (!reference) as u32;
+        let keep_below = if reference { 1e-24 } else { f64::MIN_POSITIVE };
+        self.dispatch(
+            Kernel::BlendMatrix,
+            h,
+            [w, keep_below, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0],
+            Slots::default(),
+            (1, 1),
+        );
+        self.mul_small(
+            src,
+            lay.tmp2(),
+            None,
+            dst,
+            0,
+            [1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0],
+            [LITERAL; 4],
+        );
+        if reference {
+            // renormalise to ‖Y‖ from the product itself, on the device
+            let (fin, g) = {
+                let ws = self.ws();
+                (ws.aux_finalize, ws.partials)
+            };
+            self.partial_sums(SumMode::NormSq, dst, None, fin, 0.0, false);
+            let mut h = ParamsHeader::new();
+            h.off0 = fin as u32;
+            h.off1 = lay.scalar(SC_FACTOR);
+            h.off2 = lay.scalar(SC_TRACE);
+            h.chunk = g as u32;
+            h.mode = 1;
+            self.dispatch(Kernel::Finalize, h, [0.0; 8], Slots::default(), (1, 1));
+            self.elementwise(
+                Kernel::ScaleInPlace,
+                0,
+                [0.0; 8],
+                lay.scalar(SC_FACTOR),
+                Slots {
+                    out: Some(dst),
+                    ..Default::default()
+                },
+                src.p * src.k,
+            );
+        }
+    }
+}
