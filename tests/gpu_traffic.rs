@@ -174,6 +174,11 @@ fn fused_passes_change_no_bit_and_save_launches_and_passes() {
             assert!(launches_of(&b, Kernel::NsShared) > 0, "{what}");
         }
         if mode == Mode::Corrected {
+            // an accepted candidate's energy left its Gram for the next gradient
+            assert!(
+                launches_of(&b, Kernel::GramPartial) < launches_of(&a, Kernel::GramPartial),
+                "{what}: the gradient recomputed every Gram"
+            );
             // the corrected loop clamps only what a launch it fused with just wrote
             assert_eq!(launches_of(&b, Kernel::NonnegInPlace), 0, "{what}");
             if !project {

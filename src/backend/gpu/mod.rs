@@ -111,9 +111,31 @@ impl GpuMat {
 #[derive(Clone, Copy, Debug)]
 pub(super) struct SmallLayout {
     pub(super) k: usize,
+    /// Gram slots of the energy evaluations (see `GpuBackend::gram_cache`).
+    cached: usize,
 }
 
+/// Largest `k` whose energy evaluations keep their Grams for the next gradient (a batch of
+/// `MAX_BATCH` k×k slots beside the rest of the small buffer).
+const GRAM_CACHE_MAX_K: usize = 64;
+
 impl SmallLayout {
+    pub(super) fn new(k: usize) -> SmallLayout {
+        let cached = if k <= GRAM_CACHE_MAX_K {
+            super::MAX_BATCH
+        } else {
+            0
+        };
+        SmallLayout { k, cached }
+    }
+    /// The Gram slot `i` of the energy evaluations (`i < slots()`).
+    pub(super) fn cached_gram(&self, i: usize) -> u32 {
+        (10 * self.k * self.k + 64 + i * self.k * self.k) as u32
+    }
+    /// How many energy evaluations keep their Grams.
+    pub(super) fn gram_slots(&self) -> usize {
+        self.cached
+    }
     pub(super) fn mat(&self, i: usize) -> u32 {
         (i * self.k * self.k) as u32
     }
@@ -143,7 +165,7 @@ impl SmallLayout {
         (10 * self.k * self.k + i) as u32
     }
     fn len(&self) -> usize {
-        10 * self.k * self.k + 64
+        10 * self.k * self.k + 64 + self.cached * self.k * self.k
     }
 }
 
@@ -263,6 +285,12 @@ pub struct GpuBackend {
     fuse: bool,
     /// Loop trips one invocation may make per dispatch ([`TRIP_BUDGET`] on a capped driver).
     pub(super) trip_budget: usize,
+    /// The matrices whose Gram `YᵀY` an energy evaluation left in a small-buffer slot
+    /// (buffer id, offset, slot), valid until anything but a reduction is recorded: the
+    /// gradient of an accepted candidate reads it instead of recomputing it (the same kernels
+    /// on the same matrix, so the same bits). Off with fusion, and for a problem of a batch.
+    gram_cache: smallvec::SmallVec<[(u64, u32, usize); super::MAX_BATCH]>,
+    gram_cache_next: usize,
     /// Direct launches and their operand bytes per kernel, indexed by `Kernel as usize`.
     launches_by_kernel: Vec<(u64, u64)>,
     /// Set for one problem of a GPU batch: its work is captured and run by the batch.
@@ -383,6 +411,8 @@ impl GpuBackend {
             traffic: Traffic::default(),
             last_write: None,
             fuse: true,
+            gram_cache: smallvec::SmallVec::new(),
+            gram_cache_next: 0,
             trip_budget: match ctx.adapter().loop_trip_cap() {
                 Some(_) => TRIP_BUDGET,
                 None => TRIP_BUDGET_UNCAPPED,
@@ -420,6 +450,36 @@ impl GpuBackend {
     pub fn set_fusion(&mut self, on: bool) {
         self.fuse = on;
         self.last_write = None;
+        self.gram_cache.clear();
+    }
+
+    /// The small-buffer slot holding `YᵀY` of `y` from an energy evaluation, if still valid.
+    fn cached_gram_of(&self, y: &GpuMat) -> Option<u32> {
+        let lay = self.ws().layout;
+        self.gram_cache
+            .iter()
+            .find(|e| e.0 == y.id && e.1 == y.offset)
+            .map(|e| lay.cached_gram(e.2))
+    }
+
+    /// Where an energy evaluation of `y` writes its Gram: a cache slot (remembered for the
+    /// next gradient) when caching is on, else `M`.
+    pub(super) fn gram_slot_for_energy(&mut self, y: &GpuMat) -> u32 {
+        let lay = self.ws().layout;
+        if !self.fuse || self.lane.is_some() || lay.gram_slots() == 0 {
+            return lay.m();
+        }
+        let slot = self.gram_cache_next % lay.gram_slots();
+        self.gram_cache_next = (slot + 1) % lay.gram_slots();
+        self.gram_cache
+            .retain(|e| e.2 != slot && !(e.0 == y.id && e.1 == y.offset));
+        self.gram_cache.push((y.id, y.offset, slot));
+        lay.cached_gram(slot)
+    }
+
+    /// Forgets every cached Gram (anything recorded may have written a matrix).
+    pub(super) fn forget_grams(&mut self) {
+        self.gram_cache.clear();
     }
 
     /// The launches and operand bytes counted in [`GpuBackend::traffic`], per kernel (those
@@ -520,7 +580,7 @@ impl GpuBackend {
     /// batches one after another.
     pub fn batch_capacity(&self, p: usize, k: usize) -> usize {
         let plan = WorkspacePlan::of(p, k);
-        let largest = [p * k, SmallLayout { k }.len(), plan.aux_len]
+        let largest = [p * k, SmallLayout::new(k).len(), plan.aux_len]
             .into_iter()
             .max()
             .unwrap_or(1) as u64
@@ -543,7 +603,8 @@ impl GpuBackend {
         }
         self.flush();
         self.bind_groups.clear();
-        let layout = SmallLayout { k };
+        self.forget_grams();
+        let layout = SmallLayout::new(k);
         let plan = WorkspacePlan::of(p, k);
         let (chunk, chunks, partials, aux_len) = (
             plan.gram_chunk,
@@ -810,8 +871,14 @@ impl Backend for GpuBackend {
         }
         let lay = self.ws().layout;
         let k = lay.k;
-        let (s, m) = (lay.s(), lay.m());
-        self.gram(y, y, s, false);
+        let m = lay.m();
+        let s = match self.cached_gram_of(y) {
+            Some(slot) => slot,
+            None => {
+                self.gram(y, y, lay.s(), false);
+                lay.s()
+            }
+        };
         let mut h = ParamsHeader::new();
         h.k = k as u32;
         h.off0 = s;

@@ -256,6 +256,18 @@ impl GpuBackend {
         groups: Option<(u32, u32)>,
         indirect: Option<&GpuMat>,
     ) {
+        // only these write nothing but partial sums and small-buffer entries other than the
+        // cached Grams: anything else may change a matrix whose Gram is cached
+        if !matches!(
+            kernel,
+            Kernel::GramPartial
+                | Kernel::GramReduce
+                | Kernel::GramStats
+                | Kernel::PartialSums
+                | Kernel::PartialSumsMulti
+        ) {
+            self.forget_grams();
+        }
         let ws = self.ws.as_ref().expect("workspace sized before a dispatch");
         let off = |m: Option<&GpuMat>| m.map_or(0, |m| m.offset);
         let bases = [
@@ -391,6 +403,7 @@ impl GpuBackend {
     ) {
         let e = self.elem() as u64;
         self.last_write = None;
+        self.forget_grams();
         if self.lane.is_some() && src_elem == 0 && dst_elem == 0 && src.p * src.k > 0 {
             // the matrices of a batch share buffers, and a buffer copy cannot stay inside
             // one buffer: a copy kernel (which also merges across the batch)

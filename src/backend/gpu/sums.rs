@@ -257,11 +257,12 @@ impl GpuBackend {
                 match requests[j] {
                     Reduction::EnergyTerms { y, target } => {
                         sums.push(self, SumTerm::new(SumMode::DistSq, y, Some(target), at));
-                        self.gram(y, y, lay.m(), false);
+                        let slot = self.gram_slot_for_energy(y);
+                        self.gram(y, y, slot, false);
                         let mut h = ParamsHeader::new();
                         h.k = lay.k as u32;
                         h.off0 = (at + g) as u32;
-                        h.off1 = lay.m();
+                        h.off1 = slot;
                         h.chunk = g as u32;
                         self.dispatch(Kernel::GramStats, h, [0.0; 8], Slots::default(), (1, 1));
                         sums.push(self, SumTerm::new(SumMode::NormSq, y, None, at + 3 * g));
