@@ -1033,7 +1033,7 @@ fn solve_corrected<B: Backend, F: FnMut(&IterInfo) -> Control>(
             for e in evals.iter().take(n) {
                 reqs.push(Reduction::EnergyTerms { y: e, target: &x0 });
                 reqs.push(Reduction::DistSq(e, &y));
-                reqs.push(Reduction::CountDiffer(e, &y));
+                reqs.push(Reduction::AnyDiffer(e, &y));
             }
             be.reduce_into(&reqs, &mut vals)?;
             let v = &vals;

@@ -372,7 +372,7 @@ impl<B: Backend> Backend for Spy<B> {
                 Reduction::Dot(..) => Kind::Dot,
                 Reduction::AllFinite(_) => Kind::Finite,
                 Reduction::DistSq(..) => Kind::Dist,
-                Reduction::CountDiffer(..) => Kind::Differ,
+                Reduction::AnyDiffer(..) => Kind::Differ,
                 Reduction::GradMapSq { .. } => Kind::GradMap,
                 Reduction::AbsSum(_) | Reduction::CountAbove { .. } => Kind::Other,
             })

@@ -1577,16 +1577,15 @@ fn interleaved_shapes_f64() {
 }
 
 // ---------------------------------------------------------------------------------------
-// the line search's "step rounded away" test: CountDiffer, and the monotonicity it relies on
+// the line search's "step rounded away" test: AnyDiffer, and the monotonicity it relies on
 
-fn count_differ_on<B: Backend>(b: &mut B, a: &M, c: &M) -> f64 {
+fn any_differ_on<B: Backend>(b: &mut B, a: &M, c: &M) -> f64 {
     let (da, dc) = (up(b, a), up(b, c));
-    b.reduce(&[Reduction::CountDiffer(&da, &dc)])
-        .expect("reduce")[0]
+    b.reduce(&[Reduction::AnyDiffer(&da, &dc)]).expect("reduce")[0]
 }
 
 /// The line search's readback for a few candidates: per candidate `EnergyTerms`, `DistSq`
-/// and `CountDiffer` against `Y`, in one batch (four sums over one index space: one fused
+/// and `AnyDiffer` against `Y`, in one batch (four sums over one index space: one fused
 /// launch per candidate on the device).
 fn line_search_batch_on<B: Backend>(b: &mut B, y: &M, x0: &M, cands: &[M]) -> Vec<f64> {
     let dy = up(b, y);
@@ -1596,7 +1595,7 @@ fn line_search_batch_on<B: Backend>(b: &mut B, y: &M, x0: &M, cands: &[M]) -> Ve
     for c in &dc {
         reqs.push(Reduction::EnergyTerms { y: c, target: &dx });
         reqs.push(Reduction::DistSq(c, &dy));
-        reqs.push(Reduction::CountDiffer(c, &dy));
+        reqs.push(Reduction::AnyDiffer(c, &dy));
     }
     b.reduce(&reqs).expect("reduce")
 }
@@ -1615,12 +1614,12 @@ fn lone_requests_on<B: Backend>(b: &mut B, y: &M, x0: &M, cands: &[M]) -> Vec<f6
             .unwrap(),
         );
         out.extend(b.reduce(&[Reduction::DistSq(&dc, &dy)]).unwrap());
-        out.extend(b.reduce(&[Reduction::CountDiffer(&dc, &dy)]).unwrap());
+        out.extend(b.reduce(&[Reduction::AnyDiffer(&dc, &dy)]).unwrap());
     }
     out
 }
 
-fn count_differ(name: &str, prec: Precision) {
+fn any_differ(name: &str, prec: Precision) {
     let Some(mut g) = common::gpu_backend(name, prec) else {
         return;
     };
@@ -1630,7 +1629,7 @@ fn count_differ(name: &str, prec: Precision) {
         let n = p * k;
         let a = common::randn(p, k, 31 + n as u64);
         // every 7th entry changed, the last one too (the last partial workgroup), and a +0
-        // against a −0 (equal as values: not counted)
+        // against a −0 (equal as values)
         let mut c = a.clone();
         let mut want = 0usize;
         for i in (0..n).step_by(7).chain(std::iter::once(n - 1)) {
@@ -1639,6 +1638,8 @@ fn count_differ(name: &str, prec: Precision) {
                 want += 1;
             }
         }
+        let mut last = a.clone();
+        last[n - 1] += 1.0;
         let mut z_pos = a.clone();
         let mut z_neg = a.clone();
         z_pos[n / 2] = 0.0;
@@ -1646,12 +1647,14 @@ fn count_differ(name: &str, prec: Precision) {
         for (what, x, y, w) in [
             ("changed entries", &a, &c, want),
             ("itself", &a, &a, 0),
+            ("the last entry only", &a, &last, 1),
             ("+0 against −0", &z_pos, &z_neg, 0),
         ] {
-            let gpu = count_differ_on(&mut g, x, y);
-            let cpu = on_cpu!(prec, count_differ_on(x, y));
+            let gpu = any_differ_on(&mut g, x, y);
+            let cpu = on_cpu!(prec, any_differ_on(x, y));
+            let w = usize::from(w > 0);
             rep.expect(
-                &format!("CountDiffer ({what})"),
+                &format!("AnyDiffer ({what})"),
                 &case,
                 gpu == w as f64 && cpu == w as f64,
                 || format!("gpu {gpu} cpu {cpu}, want {w}"),
@@ -1686,17 +1689,17 @@ fn count_differ(name: &str, prec: Precision) {
 }
 
 #[test]
-fn count_differ_f64() {
-    count_differ("count_differ_f64", Precision::F64);
+fn any_differ_f64() {
+    any_differ("any_differ_f64", Precision::F64);
 }
 
 #[test]
-fn count_differ_f32() {
-    count_differ("count_differ_f32", Precision::F32);
+fn any_differ_f32() {
+    any_differ("any_differ_f32", Precision::F32);
 }
 
 /// The halvings of one plain step, `Π(Y + 2⁻ⁱ·(P − Y))` and `Π(Y − 2⁻ⁱ·s·G)`, built as the
-/// solver builds them; for each the count of entries that differ from `Y`.
+/// solver builds them; for each whether it differs from `Y`.
 fn halvings_on<B: Backend>(
     b: &mut B,
     y: &M,
@@ -1714,10 +1717,10 @@ fn halvings_on<B: Backend>(
         let a = 0.5f64.powi(i as i32);
         b.lerp(&dy, &dt, a, &mut c);
         b.nonneg(&mut c, NonNeg::Hard);
-        let along = b.reduce(&[Reduction::CountDiffer(&c, &dy)]).unwrap()[0];
+        let along = b.reduce(&[Reduction::AnyDiffer(&c, &dy)]).unwrap()[0];
         b.lincomb(1.0, &dy, -a * s, &dg, &mut c);
         b.nonneg(&mut c, NonNeg::Hard);
-        let grad = b.reduce(&[Reduction::CountDiffer(&c, &dy)]).unwrap()[0];
+        let grad = b.reduce(&[Reduction::AnyDiffer(&c, &dy)]).unwrap()[0];
         out.push((along, grad));
     }
     out

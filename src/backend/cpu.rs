@@ -423,9 +423,14 @@ impl<T: Element> Backend for CpuBackend<T> {
                 Reduction::DistSq(a, b) => {
                     out.push(linalg::dist_sq(a.as_slice(), b.as_slice()).as_f64())
                 }
-                Reduction::CountDiffer(a, b) => {
-                    out.push(a.iter().zip(b.iter()).filter(|(x, y)| x != y).count() as f64)
-                }
+                // stops at the first difference: most candidates differ at their first entry
+                Reduction::AnyDiffer(a, b) => out.push(
+                    if a.as_slice().iter().zip(b.as_slice()).any(|(x, y)| x != y) {
+                        1.0
+                    } else {
+                        0.0
+                    },
+                ),
                 Reduction::AbsSum(m) => out.push(m.iter().map(|v| v.as_f64().abs()).sum()),
                 Reduction::CountAbove {
                     m,

@@ -77,10 +77,9 @@ pub enum Reduction<'a, M> {
     AllFinite(&'a M),
     /// `‖A − B‖²`.
     DistSq(&'a M, &'a M),
-    /// `#{i : aᵢ ≠ bᵢ}`, compared as values (`+0 = −0`): 0 exactly when `A = B` entrywise.
-    /// Counted as a sum of ones, so it may round once it passes 2^24 (f32), but it is never
-    /// 0 unless every entry is equal (the only use: "the step rounded away").
-    CountDiffer(&'a M, &'a M),
+    /// 1 when some entry of `A` differs from `B`'s (compared as values: `+0 = −0`), 0 when
+    /// `A = B` entrywise (the line search's "the step rounded away").
+    AnyDiffer(&'a M, &'a M),
     /// `‖P(Y − t·G) − Y‖²` with `P` the clamp to `≥ 0` when `clamp` (else the identity):
     /// the squared gradient mapping behind the corrected solver's certificate.
     GradMapSq {

@@ -22,7 +22,7 @@ pub(in crate::backend) enum SumMode {
     AbsSum = 5,
     /// The count of `|c0·a| > c1`.
     CountAbove = 6,
-    /// The count of `a ≠ b` (as values).
+    /// The count of `a ≠ b` (as values; `AnyDiffer` turns it into a flag).
     CountDiffer = 7,
 }
 
@@ -216,7 +216,7 @@ impl GpuBackend {
                 Reduction::EnergyTerms { y, .. } => y,
                 Reduction::NormSq(m) | Reduction::AllFinite(m) | Reduction::AbsSum(m) => m,
                 Reduction::CountAbove { m, .. } => m,
-                Reduction::Dot(a, _) | Reduction::DistSq(a, _) | Reduction::CountDiffer(a, _) => a,
+                Reduction::Dot(a, _) | Reduction::DistSq(a, _) | Reduction::AnyDiffer(a, _) => a,
                 Reduction::GradMapSq { y, .. } => y,
             };
             (m.p, m.k)
@@ -224,7 +224,7 @@ impl GpuBackend {
         for r in requests {
             let ok = match *r {
                 Reduction::EnergyTerms { y, target } => self.same_shape(y, target),
-                Reduction::Dot(a, b) | Reduction::DistSq(a, b) | Reduction::CountDiffer(a, b) => {
+                Reduction::Dot(a, b) | Reduction::DistSq(a, b) | Reduction::AnyDiffer(a, b) => {
                     self.same_shape(a, b)
                 }
                 Reduction::GradMapSq { y, g, .. } => self.same_shape(y, g),
@@ -276,7 +276,7 @@ impl GpuBackend {
                     Reduction::DistSq(a, b) => {
                         sums.push(self, SumTerm::new(SumMode::DistSq, a, Some(b), at))
                     }
-                    Reduction::CountDiffer(a, b) => {
+                    Reduction::AnyDiffer(a, b) => {
                         sums.push(self, SumTerm::new(SumMode::CountDiffer, a, Some(b), at))
                     }
                     Reduction::GradMapSq {
@@ -311,11 +311,18 @@ impl GpuBackend {
             sums.flush(self);
             let from = out.len();
             self.read_slots(used, out)?;
-            // non-finite counts become the 1/0 flag
+            // non-finite counts become the 1/0 flag, counts of differences the 0/1 flag (a sum
+            // of ones is 0 only when every term is)
             let mut pos = from;
             for r in &requests[i..j] {
-                if let Reduction::AllFinite(_) = r {
-                    out[pos] = if out[pos] == 0.0 { 1.0 } else { 0.0 };
+                match r {
+                    Reduction::AllFinite(_) => {
+                        out[pos] = if out[pos] == 0.0 { 1.0 } else { 0.0 };
+                    }
+                    Reduction::AnyDiffer(..) => {
+                        out[pos] = if out[pos] == 0.0 { 0.0 } else { 1.0 };
+                    }
+                    _ => {}
                 }
                 pos += r.width();
             }
