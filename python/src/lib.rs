@@ -15,7 +15,7 @@ use nalgebra::DMatrix;
 use nsa_flow::batch::BatchProblem;
 use nsa_flow::fit::FitResult;
 use nsa_flow::layer::LayerOutput;
-use nsa_flow::{Control, IterInfo, NsaFlowLayer, NsaResult, TraceRow};
+use nsa_flow::{NsaFlowLayer, NsaResult, TraceRow};
 use numpy::ndarray::Array2;
 use numpy::IntoPyArray;
 use params::Opts;
@@ -35,13 +35,6 @@ fn traces<'py>(py: Python<'py>, rows: &[TraceRow]) -> Bound<'py, PyAny> {
     })
     .into_pyarray(py)
     .into_any()
-}
-
-fn verbose_line(i: &IterInfo) -> String {
-    format!(
-        "[NSA-Flow] iter {:4} | fid {:.6e} | orth {:.6e} | total {:.6e} | lr {:.3e}",
-        i.iter, i.fidelity, i.orthogonality, i.total_energy, i.learning_rate
-    )
 }
 
 fn flow_dict<'py>(py: Python<'py>, r: NsaResult) -> PyResult<Bound<'py, PyDict>> {
@@ -89,14 +82,7 @@ fn flow<'py>(
     let p = params::flow_params(&mut o)?;
     o.finish("nsa_flow")?;
     let r = run::solve(py, n_threads, verbose, |g| {
-        nsa_flow::nsa_flow_with_callback(&y0, x0.as_ref(), &p, |i| {
-            g.say(|| verbose_line(i));
-            if g.poll() {
-                Control::Stop
-            } else {
-                Control::Continue
-            }
-        })
+        nsa_flow::nsa_flow_with_callback(&y0, x0.as_ref(), &p, |i| g.on_iteration(i))
     })?;
     flow_dict(py, r)
 }
@@ -143,12 +129,7 @@ fn autograd<'py>(
     o.finish("nsa_flow_autograd")?;
     let r = run::solve(py, n_threads, verbose, |g| {
         nsa_flow::autograd::nsa_flow_autograd_with_callback(&y0, x0.as_ref(), &p, |i| {
-            g.say(|| verbose_line(i));
-            if g.poll() {
-                Control::Stop
-            } else {
-                Control::Continue
-            }
+            g.on_iteration(i)
         })
     })?;
     let d = PyDict::new(py);

@@ -132,27 +132,55 @@ fn device(o: &mut Opts<'_, '_>) -> PyResult<(Option<BackendChoice>, Option<Strin
     ))
 }
 
+/// Reads the options `nsa_flow` and `nsa_flow_autograd` share (the same names, types and
+/// meaning in `Params` and `AutogradParams`) into `$p`; a macro because the two structs
+/// share the field names, not a type.
+macro_rules! read_common {
+    ($o:expr, $p:expr) => {{
+        let (o, p) = ($o, $p);
+        if let Some(v) = o.get::<f64>("w")? {
+            p.w = v;
+        }
+        if let Some(v) = o.name::<Retraction>("retraction")? {
+            p.retraction = v;
+        }
+        if let Some(v) = o.count("max_iter")? {
+            p.max_iter = v;
+        }
+        if let Some(v) = o.get::<f64>("tol")? {
+            p.tol = v;
+        }
+        if let Some(v) = o.get::<u64>("seed")? {
+            p.seed = v;
+        }
+        if let Some(v) = nonneg(o, "apply_nonneg")? {
+            p.nonneg = v;
+        }
+        if let Some(v) = o.count("record_every")? {
+            p.record_every = v;
+        }
+        if let Some(v) = o.count("window_size")? {
+            p.window_size = v;
+        }
+        if let Some(v) = precision(o)? {
+            p.precision = v;
+        }
+        if let Some(v) = o.name::<Mode>("mode")? {
+            p.mode = v;
+        }
+        let (b, a) = device(o)?;
+        if let Some(b) = b {
+            p.backend = b;
+        }
+        p.gpu_adapter = a;
+        p.perturbed_start = o.matrix("perturbed_start")?;
+    }};
+}
+
 /// `nsa_flow` (0.7.7) parameters. `verbose` is read by the caller.
 pub fn flow_params(o: &mut Opts<'_, '_>) -> PyResult<Params> {
     let mut p = Params::default();
-    if let Some(v) = o.get::<f64>("w")? {
-        p.w = v;
-    }
-    if let Some(v) = o.name::<Retraction>("retraction")? {
-        p.retraction = v;
-    }
-    if let Some(v) = o.count("max_iter")? {
-        p.max_iter = v;
-    }
-    if let Some(v) = o.get::<f64>("tol")? {
-        p.tol = v;
-    }
-    if let Some(v) = o.get::<u64>("seed")? {
-        p.seed = v;
-    }
-    if let Some(v) = nonneg(o, "apply_nonneg")? {
-        p.nonneg = v;
-    }
+    read_common!(&mut *o, &mut p);
     if let Some(v) = o.get::<String>("optimizer")? {
         p.optimizer = OptimizerKind::from_str(&v).py_err()?;
     }
@@ -169,30 +197,12 @@ pub fn flow_params(o: &mut Opts<'_, '_>) -> PyResult<Params> {
             LearningRate::Value(x)
         };
     }
-    if let Some(v) = o.count("record_every")? {
-        p.record_every = v;
-    }
-    if let Some(v) = o.count("window_size")? {
-        p.window_size = v;
-    }
     if let Some(v) = o.get::<bool>("simplified")? {
         p.simplified = v;
     }
     if let Some(v) = o.get::<bool>("project_full_gradient")? {
         p.project_full_gradient = v;
     }
-    if let Some(v) = precision(o)? {
-        p.precision = v;
-    }
-    if let Some(v) = o.name::<Mode>("mode")? {
-        p.mode = v;
-    }
-    let (b, a) = device(o)?;
-    if let Some(b) = b {
-        p.backend = b;
-    }
-    p.gpu_adapter = a;
-    p.perturbed_start = o.matrix("perturbed_start")?;
     // c1_armijo: the reference accepts it and never reads it (REFERENCE.md §1.1). Reference
     // mode reproduces that; corrected mode refuses a value other than the default rather
     // than ignore it.
@@ -211,24 +221,7 @@ pub fn flow_params(o: &mut Opts<'_, '_>) -> PyResult<Params> {
 /// `nsa_flow_autograd` parameters.
 pub fn autograd_params(o: &mut Opts<'_, '_>) -> PyResult<AutogradParams> {
     let mut p = AutogradParams::default();
-    if let Some(v) = o.get::<f64>("w")? {
-        p.w = v;
-    }
-    if let Some(v) = o.name::<Retraction>("retraction")? {
-        p.retraction = v;
-    }
-    if let Some(v) = o.count("max_iter")? {
-        p.max_iter = v;
-    }
-    if let Some(v) = o.get::<f64>("tol")? {
-        p.tol = v;
-    }
-    if let Some(v) = o.get::<u64>("seed")? {
-        p.seed = v;
-    }
-    if let Some(v) = nonneg(o, "apply_nonneg")? {
-        p.nonneg = v;
-    }
+    read_common!(&mut *o, &mut p);
     if let Some(v) = o.get::<String>("optimizer")? {
         p.optimizer = v;
     }
@@ -245,24 +238,6 @@ pub fn autograd_params(o: &mut Opts<'_, '_>) -> PyResult<AutogradParams> {
     if let Some(v) = o.name("orth_type")? {
         p.orth_type = v;
     }
-    if let Some(v) = o.count("record_every")? {
-        p.record_every = v;
-    }
-    if let Some(v) = o.count("window_size")? {
-        p.window_size = v;
-    }
-    if let Some(v) = precision(o)? {
-        p.precision = v;
-    }
-    if let Some(v) = o.name::<Mode>("mode")? {
-        p.mode = v;
-    }
-    let (b, a) = device(o)?;
-    if let Some(b) = b {
-        p.backend = b;
-    }
-    p.gpu_adapter = a;
-    p.perturbed_start = o.matrix("perturbed_start")?;
     p.validate().py_err()?;
     Ok(p)
 }

@@ -3,6 +3,7 @@
 //! solver has stopped), and with no panic crossing into Python.
 
 use crate::errors::{invalid, no_panic, to_py};
+use nsa_flow::{Control, IterInfo};
 use pyo3::prelude::*;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
@@ -48,6 +49,22 @@ impl Guard {
             }
         }
         false
+    }
+
+    /// The per-iteration callback of the flow solvers: the verbose line when asked, then
+    /// stop on Ctrl-C (or an earlier failure).
+    pub fn on_iteration(&self, i: &IterInfo) -> Control {
+        self.say(|| {
+            format!(
+                "[NSA-Flow] iter {:4} | fid {:.6e} | orth {:.6e} | total {:.6e} | lr {:.3e}",
+                i.iter, i.fidelity, i.orthogonality, i.total_energy, i.learning_rate
+            )
+        });
+        if self.poll() {
+            Control::Stop
+        } else {
+            Control::Continue
+        }
     }
 
     /// Prints one line on Python's `sys.stdout` when `verbose` was asked for; a failure to
