@@ -4,8 +4,9 @@ nsa-flow.
 `nsa_flow` serves both published APIs under one name:
 
 * the **0.7.7 flow**, `nsa_flow(Y0, X0=None, w=0.5, retraction=..., ..., mode="corrected"|
-  "reference", backend="auto"|"cpu"|"gpu")`, returning the reference's dict (`Y`, `traces`,
-  `final_iter`, `best_total_energy`, `best_Y_iteration`, `target`, and more);
+  "reference", backend="auto"|"cpu"|"gpu")`, returning the reference's dict (a `FlowResult`:
+  `Y`, `traces`, `final_iter`, `best_total_energy`, `best_Y_iteration`, `target`, and more;
+  its `traces` DataFrame is built when first read);
 * the **3.5 solvers**, `nsa_flow(data_or_target, k=None, w=0.5, mode="auto"|"anchored"|"data"|
   "signed", ...)`, returning an `NSAResult`.
 
@@ -37,6 +38,7 @@ from ._fit import FIT_ONLY, NSAResult, basis_report, nsa_flow_data, nsa_flow_fit
 from ._flow import (
     FIT_MODES,
     FLOW_MODES,
+    FlowResult,
     defect_fast,
     invariant_orthogonality_defect,
     nsa_flow_077,
@@ -96,6 +98,7 @@ __all__ = [
     "nsa_flow", "nsa_flow_fit", "nsa_flow_data", "nsa_flow_signed", "nsa_flow_autograd",
     "nsa_flow_retract_auto", "nsa_flow_batch", "invariant_orthogonality_defect",
     "defect_fast", "varimax", "basis_report", "plot_nsa_trace", "optimizers", "NSAResult",
+    "FlowResult",
     "NsaFlowError", "NonFiniteError", "ShapeError", "InvalidParameterError",
     "UnknownNameError", "BackendError", "NotDifferentiableError", "ResourceError",
 ]

@@ -30,6 +30,101 @@ def traces_table(t: np.ndarray) -> Any:
     return pd.DataFrame(cols)
 
 
+class FlowResult(dict):
+    """The result dict of `nsa_flow`, `nsa_flow_autograd` and `nsa_flow_batch`: a plain
+    `dict` with the reference's keys whose `traces` table is built on first use.
+
+    Building a pandas DataFrame costs several times what the rest of a small solve's Python
+    call does, so the rows stay a numpy array until `traces` is read, by indexing, `get`,
+    `items`, `values`, copying, comparing or printing. Pickling keeps the rows as they are
+    (a result sent from a joblib or Dask worker builds its table where it is read).
+    """
+
+    __slots__ = ("_rows",)
+
+    def __init__(self, d: dict, rows: np.ndarray | None = None):
+        super().__init__(d)
+        self._rows = rows
+
+    def _table(self) -> None:
+        rows = self._rows
+        if rows is not None:
+            self._rows = None
+            dict.__setitem__(self, "traces", traces_table(rows))
+
+    def __getitem__(self, key: Any) -> Any:
+        if key == "traces":
+            self._table()
+        return dict.__getitem__(self, key)
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        if key == "traces":
+            self._rows = None
+        dict.__setitem__(self, key, value)
+
+    def __delitem__(self, key: Any) -> None:
+        if key == "traces":
+            self._rows = None
+        dict.__delitem__(self, key)
+
+    def __iter__(self):  # also makes dict(r), {**r} and d.update(r) go through __getitem__
+        return dict.__iter__(self)
+
+    def get(self, key: Any, default: Any = None) -> Any:
+        if key == "traces":
+            self._table()
+        return dict.get(self, key, default)
+
+    def items(self):
+        self._table()
+        return dict.items(self)
+
+    def values(self):
+        self._table()
+        return dict.values(self)
+
+    def pop(self, key: Any, *default: Any) -> Any:
+        if key == "traces":
+            self._table()
+        return dict.pop(self, key, *default)
+
+    def popitem(self) -> tuple:
+        self._table()
+        return dict.popitem(self)
+
+    def setdefault(self, key: Any, default: Any = None) -> Any:
+        if key == "traces":
+            self._table()
+        return dict.setdefault(self, key, default)
+
+    def copy(self) -> "FlowResult":
+        self._table()
+        return FlowResult(self)
+
+    def __or__(self, other: Any) -> Any:
+        self._table()
+        return dict.__or__(self, other)
+
+    def __eq__(self, other: Any) -> Any:
+        self._table()
+        if isinstance(other, FlowResult):
+            other._table()
+        return dict.__eq__(self, other)
+
+    def __ne__(self, other: Any) -> Any:
+        eq = self.__eq__(other)
+        return eq if eq is NotImplemented else not eq
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        self._table()
+        return dict.__repr__(self)
+
+    def __reduce__(self) -> tuple:
+        return (FlowResult, (dict(dict.items(self)), self._rows))
+
+
 def _backend(backend: str, device: Any) -> str:
     """The reference's `device` argument (a torch device or its name) as a backend."""
     if device is None:
@@ -43,12 +138,12 @@ def _backend(backend: str, device: Any) -> str:
     return wanted
 
 
-def _result(d: dict, ref: Any) -> dict:
-    d["traces"] = traces_table(d["traces"])
-    for key in ("Y", "target", "start"):
-        if key in d:
-            d[key] = like(d[key], ref)
-    return d
+def _result(d: dict, ref: Any) -> FlowResult:
+    if is_tensor(ref):
+        for key in ("Y", "target", "start"):
+            if key in d:
+                d[key] = like(d[key], ref)
+    return FlowResult(d, d["traces"])
 
 
 def _check_precision(precision: str) -> str:
@@ -80,7 +175,7 @@ def nsa_flow_077(
     gpu_adapter: str | None = None,
     perturbed_start: Any = None,
     n_threads: int | None = None,
-) -> dict:
+) -> FlowResult:
     """nsa_flow 0.7.7's `nsa_flow` (see `nsa_flow`)."""
     y0 = as_array(Y0, "Y0")
     x0 = None if X0 is None else as_array(X0, "X0")
@@ -124,7 +219,7 @@ def nsa_flow_autograd(
     gpu_adapter: str | None = None,
     perturbed_start: Any = None,
     n_threads: int | None = None,
-) -> dict:
+) -> FlowResult:
     """nsa_flow 0.7.7's `nsa_flow_autograd`: an optimizer on E(nonneg(R_w(Z))) with exact
     gradients. Returns the reference's keys (Y, traces, final_iter, best_total_energy,
     best_Y_iteration, target) and more (iterations, stop_reason, optimizer, learning_rate, ...).
@@ -198,7 +293,7 @@ def nsa_flow_batch(
     backend: str = "auto",
     precision: str = "float64",
     **kwargs: Any,
-) -> list[dict]:
+) -> list[FlowResult]:
     """B problems of one shape at once: `Y0s` and `X0s` are `[B, p, k]`, `ws` one weight or B
     weights; the other keywords are `nsa_flow`'s (0.7.7) and apply to every problem. Returns
     one result dict per problem, each bit-identical to solving that problem alone on the same

@@ -275,3 +275,85 @@ def test_results_pickle(rng):
     r = nf.nsa_flow(y0, x0, 0.5, max_iter=10)
     back = pickle.loads(pickle.dumps(r))
     assert np.array_equal(back["Y"], r["Y"])
+
+
+def _stored(r, key):
+    return dict.__getitem__(r, key)
+
+
+def test_traces_table_is_built_when_first_read(rng):
+    pd = pytest.importorskip("pandas")
+    y0, x0 = problem(rng)
+    r = nf.nsa_flow(y0, x0, w=0.5, max_iter=12)
+    assert isinstance(r, nf.FlowResult) and isinstance(r, dict)
+    rows = _stored(r, "traces")
+    assert isinstance(rows, np.ndarray) and rows.shape == (r["final_iter"], 5)
+    assert "traces" in r and len(r) == len(list(r.keys()))
+    t = r["traces"]
+    assert isinstance(t, pd.DataFrame) and _stored(r, "traces") is t and r["traces"] is t
+    assert list(t.columns) == ["iter", "time", "fidelity", "orthogonality", "total_energy"]
+    assert t["iter"].dtype == np.int64
+    assert np.array_equal(t.to_numpy(dtype=float), rows)
+
+
+@pytest.mark.parametrize("how", ["dict", "splat", "update", "copy", "items", "values", "get", "pop",
+                                 "setdefault", "or", "ror", "pickle", "repr", "eq", "json_keys"])
+def test_every_way_of_reading_a_result_sees_the_table(rng, how):
+    pd = pytest.importorskip("pandas")
+    y0, x0 = problem(rng)
+    r = nf.nsa_flow(y0, x0, w=0.5, max_iter=8)
+    if how == "dict":
+        t = dict(r)["traces"]
+    elif how == "splat":
+        t = {**r}["traces"]
+    elif how == "update":
+        d = {}
+        d.update(r)
+        t = d["traces"]
+    elif how == "copy":
+        t = r.copy()["traces"]
+    elif how == "items":
+        t = dict(list(r.items()))["traces"]
+    elif how == "values":
+        t = [v for v in r.values() if isinstance(v, pd.DataFrame)][0]
+    elif how == "get":
+        t = r.get("traces")
+    elif how == "pop":
+        t = r.pop("traces")
+        assert "traces" not in r
+    elif how == "setdefault":
+        t = r.setdefault("traces", None)
+    elif how == "or":
+        t = (r | {"x": 1})["traces"]
+    elif how == "ror":
+        t = ({"x": 1} | r)["traces"]
+    elif how == "pickle":
+        back = pickle.loads(pickle.dumps(r))
+        assert isinstance(back, nf.FlowResult)
+        assert isinstance(_stored(back, "traces"), np.ndarray)  # still lazy on the far side
+        assert np.array_equal(back["Y"], r["Y"])
+        t = back["traces"]
+    elif how == "repr":
+        assert "DataFrame" not in repr(type(_stored(r, "traces")))
+        repr(r)
+        t = _stored(r, "traces")
+    elif how == "eq":
+        other = r.copy()
+        assert r.keys() == other.keys()
+        t = _stored(r, "traces")
+        r == {}  # noqa: B015 (comparing builds the table)
+        t = _stored(r, "traces")
+    else:  # json of the scalars, the way people log results
+        json.dumps({k: v for k, v in r.items() if isinstance(v, (int, float, str))})
+        t = _stored(r, "traces")
+    assert isinstance(t, pd.DataFrame), how
+    assert len(t) == r.get("final_iter", len(t))
+
+
+def test_a_replaced_traces_value_stays_replaced(rng):
+    y0, x0 = problem(rng)
+    r = nf.nsa_flow(y0, x0, w=0.5, max_iter=5)
+    r["traces"] = "mine"
+    assert r["traces"] == "mine" and dict(r)["traces"] == "mine"
+    del r["traces"]
+    assert "traces" not in r and r.get("traces") is None
