@@ -42,7 +42,7 @@ class FlowResult(dict):
 
     __slots__ = ("_rows",)
 
-    def __init__(self, d: dict, rows: np.ndarray | None = None):
+    def __init__(self, d: Any = (), rows: np.ndarray | None = None):
         super().__init__(d)
         self._rows = rows
 
@@ -97,6 +97,18 @@ class FlowResult(dict):
             self._table()
         return dict.setdefault(self, key, default)
 
+    def update(self, *args: Any, **kwargs: Any) -> None:
+        self._table()  # a `traces` among the new values must replace the table, not precede it
+        dict.update(self, *args, **kwargs)
+
+    def __ior__(self, other: Any) -> "FlowResult":
+        self._table()
+        return dict.__ior__(self, other)
+
+    def clear(self) -> None:
+        self._rows = None
+        dict.clear(self)
+
     def copy(self) -> "FlowResult":
         self._table()
         return FlowResult(self)
@@ -114,8 +126,6 @@ class FlowResult(dict):
     def __ne__(self, other: Any) -> Any:
         eq = self.__eq__(other)
         return eq if eq is NotImplemented else not eq
-
-    __hash__ = None  # type: ignore[assignment]
 
     def __repr__(self) -> str:
         self._table()

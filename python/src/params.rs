@@ -95,6 +95,13 @@ impl<'a, 'py> Opts<'a, 'py> {
 
 use pyo3::conversion::FromPyObjectOwned;
 
+/// `*slot = v` when the option was given; the default stays otherwise.
+fn set<T>(slot: &mut T, v: Option<T>) {
+    if let Some(v) = v {
+        *slot = v;
+    }
+}
+
 fn repr(v: &Bound<'_, PyAny>) -> String {
     v.repr()
         .map_or_else(|_| "this value".into(), |r| r.to_string())
@@ -138,36 +145,16 @@ fn device(o: &mut Opts<'_, '_>) -> PyResult<(Option<BackendChoice>, Option<Strin
 macro_rules! read_common {
     ($o:expr, $p:expr) => {{
         let (o, p) = ($o, $p);
-        if let Some(v) = o.get::<f64>("w")? {
-            p.w = v;
-        }
-        if let Some(v) = o.name::<Retraction>("retraction")? {
-            p.retraction = v;
-        }
-        if let Some(v) = o.count("max_iter")? {
-            p.max_iter = v;
-        }
-        if let Some(v) = o.get::<f64>("tol")? {
-            p.tol = v;
-        }
-        if let Some(v) = o.get::<u64>("seed")? {
-            p.seed = v;
-        }
-        if let Some(v) = nonneg(o, "apply_nonneg")? {
-            p.nonneg = v;
-        }
-        if let Some(v) = o.count("record_every")? {
-            p.record_every = v;
-        }
-        if let Some(v) = o.count("window_size")? {
-            p.window_size = v;
-        }
-        if let Some(v) = precision(o)? {
-            p.precision = v;
-        }
-        if let Some(v) = o.name::<Mode>("mode")? {
-            p.mode = v;
-        }
+        set(&mut p.w, o.get::<f64>("w")?);
+        set(&mut p.retraction, o.name::<Retraction>("retraction")?);
+        set(&mut p.max_iter, o.count("max_iter")?);
+        set(&mut p.tol, o.get::<f64>("tol")?);
+        set(&mut p.seed, o.get::<u64>("seed")?);
+        set(&mut p.nonneg, nonneg(o, "apply_nonneg")?);
+        set(&mut p.record_every, o.count("record_every")?);
+        set(&mut p.window_size, o.count("window_size")?);
+        set(&mut p.precision, precision(o)?);
+        set(&mut p.mode, o.name::<Mode>("mode")?);
         let (b, a) = device(o)?;
         if let Some(b) = b {
             p.backend = b;
@@ -197,12 +184,11 @@ pub fn flow_params(o: &mut Opts<'_, '_>) -> PyResult<Params> {
             LearningRate::Value(x)
         };
     }
-    if let Some(v) = o.get::<bool>("simplified")? {
-        p.simplified = v;
-    }
-    if let Some(v) = o.get::<bool>("project_full_gradient")? {
-        p.project_full_gradient = v;
-    }
+    set(&mut p.simplified, o.get::<bool>("simplified")?);
+    set(
+        &mut p.project_full_gradient,
+        o.get::<bool>("project_full_gradient")?,
+    );
     // c1_armijo: the reference accepts it and never reads it (REFERENCE.md §1.1). Reference
     // mode reproduces that; corrected mode refuses a value other than the default rather
     // than ignore it.
@@ -222,22 +208,12 @@ pub fn flow_params(o: &mut Opts<'_, '_>) -> PyResult<Params> {
 pub fn autograd_params(o: &mut Opts<'_, '_>) -> PyResult<AutogradParams> {
     let mut p = AutogradParams::default();
     read_common!(&mut *o, &mut p);
-    if let Some(v) = o.get::<String>("optimizer")? {
-        p.optimizer = v;
-    }
+    set(&mut p.optimizer, o.get::<String>("optimizer")?);
     p.learning_rate = o.get::<f64>("initial_learning_rate")?;
-    if let Some(v) = o.get::<String>("lr_strategy")? {
-        p.lr_strategy = v;
-    }
-    if let Some(v) = o.get::<f64>("aggression")? {
-        p.aggression = v;
-    }
-    if let Some(v) = o.name("fidelity_type")? {
-        p.fidelity_type = v;
-    }
-    if let Some(v) = o.name("orth_type")? {
-        p.orth_type = v;
-    }
+    set(&mut p.lr_strategy, o.get::<String>("lr_strategy")?);
+    set(&mut p.aggression, o.get::<f64>("aggression")?);
+    set(&mut p.fidelity_type, o.name("fidelity_type")?);
+    set(&mut p.orth_type, o.name("orth_type")?);
     p.validate().py_err()?;
     Ok(p)
 }
@@ -245,37 +221,21 @@ pub fn autograd_params(o: &mut Opts<'_, '_>) -> PyResult<AutogradParams> {
 /// `nsa_flow_retract_auto` options.
 pub fn retract_options(o: &mut Opts<'_, '_>) -> PyResult<RetractOptions> {
     let mut r = RetractOptions::default();
-    if let Some(v) = o.name::<Mode>("mode")? {
-        r.style = v;
-    }
-    if let Some(v) = o.get::<f64>("w_retract")? {
-        r.w = v;
-    }
-    if let Some(v) = o.name::<Retraction>("retraction_type")? {
-        r.retraction = v;
-    }
-    if let Some(v) = o.get::<f64>("eps_rf")? {
-        r.eps = v;
-    }
-    if let Some(v) = o.name::<InvSqrtMethod>("inv_method")? {
-        r.inv_method = v;
-    }
+    set(&mut r.style, o.name::<Mode>("mode")?);
+    set(&mut r.w, o.get::<f64>("w_retract")?);
+    set(&mut r.retraction, o.name::<Retraction>("retraction_type")?);
+    set(&mut r.eps, o.get::<f64>("eps_rf")?);
+    set(&mut r.inv_method, o.name::<InvSqrtMethod>("inv_method")?);
     r.ns_iter = o.count("ns_iter")?;
-    if let Some(v) = o.count("eig_thresh")? {
-        r.eig_thresh = v;
-    }
-    if let Some(v) = o.count("diag_thresh")? {
-        r.diag_thresh = v;
-    }
+    set(&mut r.eig_thresh, o.count("eig_thresh")?);
+    set(&mut r.diag_thresh, o.count("diag_thresh")?);
     Ok(r)
 }
 
 /// The 3.5 parameters (`nsa_flow(data_or_target, k, …)`, `nsa_flow_data`, `nsa_flow_signed`).
 pub fn fit_params(o: &mut Opts<'_, '_>) -> PyResult<FitParams> {
     let mut p = FitParams::default();
-    if let Some(v) = o.get::<f64>("w")? {
-        p.w = v;
-    }
+    set(&mut p.w, o.get::<f64>("w")?);
     if let Some(s) = o.get::<String>("orth")? {
         p.orth = Some(Orth::from_str(&s).py_err()?);
     }
@@ -289,34 +249,18 @@ pub fn fit_params(o: &mut Opts<'_, '_>) -> PyResult<FitParams> {
         p.max_grad = v;
     }
     p.tol = o.get::<f64>("tol")?;
-    if let Some(v) = o.count("memory")? {
-        p.memory = v;
-    }
-    if let Some(v) = o.get::<f64>("sigma")? {
-        p.sigma = v;
-    }
+    set(&mut p.memory, o.count("memory")?);
+    set(&mut p.sigma, o.get::<f64>("sigma")?);
     p.sparseness = o.get::<f64>("sparseness")?;
-    if let Some(v) = o.get::<bool>("consolidate")? {
-        p.consolidate = v;
-    }
-    if let Some(v) = o.get::<f64>("lobe")? {
-        p.lobe = v;
-    }
+    set(&mut p.consolidate, o.get::<bool>("consolidate")?);
+    set(&mut p.lobe, o.get::<f64>("lobe")?);
     if let Some(s) = o.get::<String>("fidelity")? {
         p.fidelity = Fidelity::parse(&s).py_err()?;
     }
-    if let Some(v) = o.get::<f64>("neg_mass_tol")? {
-        p.neg_mass_tol = v;
-    }
-    if let Some(v) = o.get::<bool>("nonneg_target")? {
-        p.nonneg = v;
-    }
-    if let Some(v) = o.count("continuation")? {
-        p.continuation = v;
-    }
-    if let Some(v) = o.get::<f64>("w_start")? {
-        p.w_start = v;
-    }
+    set(&mut p.neg_mass_tol, o.get::<f64>("neg_mass_tol")?);
+    set(&mut p.nonneg, o.get::<bool>("nonneg_target")?);
+    set(&mut p.continuation, o.count("continuation")?);
+    set(&mut p.w_start, o.get::<f64>("w_start")?);
     p.matrix_free = o.get::<bool>("matrix_free")?;
     let seed = o.get::<u64>("seed")?;
     if let Some(init) = o.raw("init")? {
@@ -332,9 +276,7 @@ pub fn fit_params(o: &mut Opts<'_, '_>) -> PyResult<FitParams> {
     if seed.is_some() && !matches!(p.init, Init::Random(_)) {
         return Err(invalid("seed", "only init='random' draws random numbers"));
     }
-    if let Some(v) = precision(o)? {
-        p.precision = v;
-    }
+    set(&mut p.precision, precision(o)?);
     let (b, a) = device(o)?;
     if let Some(b) = b {
         p.backend = b;

@@ -357,3 +357,12 @@ def test_a_replaced_traces_value_stays_replaced(rng):
     assert r["traces"] == "mine" and dict(r)["traces"] == "mine"
     del r["traces"]
     assert "traces" not in r and r.get("traces") is None
+    for how in ("update", "ior"):
+        r = nf.nsa_flow(y0, x0, w=0.5, max_iter=5)
+        if how == "update":
+            r.update(traces="mine")
+        else:
+            r |= {"traces": "mine"}
+        assert r["traces"] == "mine", how
+    r.clear()
+    assert "traces" not in r and r.get("traces") is None and len(r) == 0
