@@ -96,6 +96,44 @@ pub struct BatchResult {
 /// assert_eq!(batch.results[1].y, alone.y);
 /// ```
 pub fn nsa_flow_batch(problems: &[BatchProblem], params: &Params) -> Result<BatchResult> {
+    nsa_flow_batch_with_callback(problems, params, |_, _| Control::Continue)
+}
+
+/// [`nsa_flow_batch`] with a callback after every iteration of every problem:
+/// `callback(i, info)` for problem `i` (its index in `problems`), from whichever thread runs
+/// that problem, so it must be `Sync`. [`Control::Stop`] stops that problem at once with its
+/// best iterate so far (as [`crate::nsa_flow_with_callback`] does); the others go on. A
+/// callback that stops every problem (a Ctrl-C flag, a deadline) ends the batch within one
+/// iteration of each. While it answers `Continue`, every result is bit-identical to
+/// [`nsa_flow_batch`]'s.
+///
+/// ```
+/// use nalgebra::DMatrix;
+/// use nsa_flow::batch::{nsa_flow_batch_with_callback, BatchProblem};
+/// use nsa_flow::{BackendChoice, Control, Params, StopReason};
+/// let x0 = DMatrix::from_fn(20, 3, |i, j| ((i * 7 + j * 3) % 5) as f64 + 0.5);
+/// let problems: Vec<_> = [0.25, 0.75]
+///     .iter()
+///     .map(|&w| BatchProblem { y0: x0.clone(), x0: Some(x0.clone()), w })
+///     .collect();
+/// let params = Params { backend: BackendChoice::Cpu, ..Params::default() };
+/// // problem 1 stops after its third iteration; problem 0 runs on
+/// let batch = nsa_flow_batch_with_callback(&problems, &params, |i, info| {
+///     if i == 1 && info.iter == 3 { Control::Stop } else { Control::Continue }
+/// })
+/// .unwrap();
+/// assert_eq!(batch.results[1].iterations, 3);
+/// assert_eq!(batch.results[1].stop_reason, StopReason::Callback);
+/// assert_ne!(batch.results[0].stop_reason, StopReason::Callback);
+/// ```
+pub fn nsa_flow_batch_with_callback<F>(
+    problems: &[BatchProblem],
+    params: &Params,
+    callback: F,
+) -> Result<BatchResult>
+where
+    F: Fn(usize, &crate::IterInfo) -> Control + Sync,
+{
     if problems.is_empty() {
         return Err(NsaError::InvalidParameter {
             name: "problems",
@@ -128,7 +166,7 @@ pub fn nsa_flow_batch(problems: &[BatchProblem], params: &Params) -> Result<Batc
     let solve_one = |i: usize| -> Result<NsaResult> {
         let pr = &problems[i];
         let p = &per_problem[i];
-        let mut cont = |_: &crate::IterInfo| Control::Continue;
+        let mut cont = |info: &crate::IterInfo| callback(i, info);
         match p.precision {
             Precision::F64 => solve(
                 &mut CpuBackend::<f64>::new(),
@@ -175,7 +213,7 @@ pub fn nsa_flow_batch(problems: &[BatchProblem], params: &Params) -> Result<Batc
                 let (answers, part) =
                     crate::backend::gpu_batch::run_batch(&mut exec, chunk.len(), |be, i| {
                         let pr = &chunk[i];
-                        let mut cont = |_: &crate::IterInfo| Control::Continue;
+                        let mut cont = |info: &crate::IterInfo| callback(first + i, info);
                         solve(
                             be,
                             &pr.y0,

@@ -302,23 +302,24 @@ def nsa_flow_batch(
     device: Any = None,
     backend: str = "auto",
     precision: str = "float64",
+    verbose: bool = False,
     **kwargs: Any,
 ) -> list[FlowResult]:
     """B problems of one shape at once: `Y0s` and `X0s` are `[B, p, k]`, `ws` one weight or B
     weights; the other keywords are `nsa_flow`'s (0.7.7) and apply to every problem. Returns
     one result dict per problem, each bit-identical to solving that problem alone on the same
     backend. On a GPU the batch is one dispatch dimension; on the CPU the problems run in
-    parallel on `n_threads` threads (rayon's default pool when None). A batch cannot be
-    stopped early: Ctrl-C is raised as KeyboardInterrupt once the batch is done."""
-    for bad in ("verbose", "perturbed_start"):
-        if bad in kwargs:
-            raise UnknownNameError(f"option '{bad}' is not available for nsa_flow_batch")
+    parallel on `n_threads` threads (rayon's default pool when None). Ctrl-C stops every
+    problem within one iteration and raises KeyboardInterrupt. `verbose=True` prints each
+    iteration of each problem, prefixed by the problem's index."""
+    if "perturbed_start" in kwargs:
+        raise UnknownNameError("option 'perturbed_start' is not available for nsa_flow_batch")
     y0 = as_array(Y0s, "Y0s", ndim=3)
     x0 = None if X0s is None else as_array(X0s, "X0s", ndim=3)
     b = y0.shape[0]
     wl = [float(ws)] * b if np.ndim(ws) == 0 else [float(v) for v in ws]
     opts = dict(kwargs, precision=_check_precision(precision), backend=_backend(backend, device))
-    d = _native.batch(y0, x0, wl, opts, n_threads=n_threads)
+    d = _native.batch(y0, x0, wl, opts, n_threads=n_threads, verbose=bool(verbose))
     out = [_result(r, Y0s) for r in d["results"]]
     for r in out:
         r["batch_backend"] = d["backend"]

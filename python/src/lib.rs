@@ -366,7 +366,7 @@ fn optimizers() -> Vec<String> {
 
 /// `nsa_flow_batch`: B problems `[B, p, k]`, each with its own `w`.
 #[pyfunction]
-#[pyo3(signature = (y0s, x0s, ws, opts, n_threads=None))]
+#[pyo3(signature = (y0s, x0s, ws, opts, n_threads=None, verbose=false))]
 fn batch<'py>(
     py: Python<'py>,
     y0s: &Bound<'py, PyAny>,
@@ -374,6 +374,7 @@ fn batch<'py>(
     ws: Vec<f64>,
     opts: &Bound<'py, PyDict>,
     n_threads: Option<usize>,
+    verbose: bool,
 ) -> PyResult<Bound<'py, PyDict>> {
     let y0s = arrays::batch(y0s, "Y0")?;
     let x0s = match x0s {
@@ -408,8 +409,11 @@ fn batch<'py>(
             w: ws[i],
         })
         .collect();
-    let r = run::solve_unstoppable(py, n_threads, || {
-        nsa_flow::batch::nsa_flow_batch(&problems, &p)
+    let r = run::solve_waiting(py, n_threads, verbose, |guard| {
+        nsa_flow::batch::nsa_flow_batch_with_callback(&problems, &p, |i, info| {
+            guard.say(|| format!("[NSA-Flow] problem {i:3} | {}", run::iter_line(info)));
+            guard.control()
+        })
     })?;
     let d = PyDict::new(py);
     d.set_item("backend", &r.backend)?;

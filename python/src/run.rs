@@ -54,12 +54,12 @@ impl Guard {
     /// The per-iteration callback of the flow solvers: the verbose line when asked, then
     /// stop on Ctrl-C (or an earlier failure).
     pub fn on_iteration(&self, i: &IterInfo) -> Control {
-        self.say(|| {
-            format!(
-                "[NSA-Flow] iter {:4} | fid {:.6e} | orth {:.6e} | total {:.6e} | lr {:.3e}",
-                i.iter, i.fidelity, i.orthogonality, i.total_energy, i.learning_rate
-            )
-        });
+        self.say(|| format!("[NSA-Flow] {}", iter_line(i)));
+        self.control()
+    }
+
+    /// [`Guard::poll`] as the solvers' answer.
+    pub fn control(&self) -> Control {
         if self.poll() {
             Control::Stop
         } else {
@@ -96,6 +96,14 @@ impl Guard {
     }
 }
 
+/// The verbose line of one iteration, as the reference printed it (after its prefix).
+pub fn iter_line(i: &IterInfo) -> String {
+    format!(
+        "iter {:4} | fid {:.6e} | orth {:.6e} | total {:.6e} | lr {:.3e}",
+        i.iter, i.fidelity, i.orthogonality, i.total_energy, i.learning_rate
+    )
+}
+
 /// Runs `f` without the GIL. `n_threads`: `None` runs on this thread in rayon's global pool
 /// (for the parts that use rayon); `Some(n)` runs in a pool of `n` threads built for this
 /// call, and this thread waits, checking signals.
@@ -128,22 +136,35 @@ pub fn solve<T: Send>(
     }
 }
 
-/// Runs `f` (which cannot be stopped early: a batch) on a helper thread in rayon's pool while
-/// this thread checks signals; an interrupt is raised when `f` is done.
+/// Runs `f` on a helper thread (in rayon's pool, or in a pool of `n_threads`) while this
+/// thread checks signals: for work whose callbacks come from many threads (a batch), where
+/// only this thread may look at signals. `f`'s callbacks stop on `guard.poll()`, which a
+/// Ctrl-C seen here turns true; the interrupt is raised once `f` has returned.
+pub fn solve_waiting<T: Send>(
+    py: Python<'_>,
+    n_threads: Option<usize>,
+    verbose: bool,
+    f: impl FnOnce(&Guard) -> nsa_flow::Result<T> + Send,
+) -> PyResult<T> {
+    if n_threads.is_some() {
+        return solve(py, n_threads, verbose, f);
+    }
+    let guard = Guard::new(false, verbose);
+    let out = py.detach(|| wait_checking(&guard, || no_panic(|| f(&guard).map_err(to_py))));
+    match guard.take() {
+        Some(e) => Err(e),
+        None => out,
+    }
+}
+
+/// Runs `f`, which cannot be stopped early (the layer's forward and backward), as
+/// [`solve_waiting`] does: an interrupt is raised when `f` is done.
 pub fn solve_unstoppable<T: Send>(
     py: Python<'_>,
     n_threads: Option<usize>,
     f: impl FnOnce() -> nsa_flow::Result<T> + Send,
 ) -> PyResult<T> {
-    if n_threads.is_some() {
-        return solve(py, n_threads, false, |_| f());
-    }
-    let guard = Guard::new(false, false);
-    let out = py.detach(|| wait_checking(&guard, || no_panic(|| f().map_err(to_py))));
-    match guard.take() {
-        Some(e) => Err(e),
-        None => out,
-    }
+    solve_waiting(py, n_threads, false, |_| f())
 }
 
 /// Runs `f` on a scoped thread; this thread polls signals until it finishes.

@@ -251,6 +251,21 @@ def test_batch_equals_single_solves(rng):
         nf.nsa_flow_batch(y0s, x0s, 0.5, bogus=1)
 
 
+def test_batch_verbose_prints_each_problems_iterations(rng, capsys):
+    probs = [problem(rng, 30, 4) for _ in range(3)]
+    y0s = np.stack([p[0] for p in probs])
+    out = nf.nsa_flow_batch(y0s, None, [0.2, 0.5, 0.8], max_iter=4, tol=0.0, mode="reference",
+                            backend="cpu", verbose=True)
+    lines = [l for l in capsys.readouterr().out.splitlines() if l.startswith("[NSA-Flow] problem")]
+    for i, r in enumerate(out):
+        mine = [l for l in lines if l.startswith(f"[NSA-Flow] problem {i:3} | iter")]
+        assert len(mine) == r["iterations"] == 4, lines
+        # in order within each problem, whatever the interleaving between problems
+        assert [int(l.split("| iter")[1].split("|")[0]) for l in mine] == [1, 2, 3, 4]
+    with pytest.raises(nf.UnknownNameError):
+        nf.nsa_flow_batch(y0s, None, 0.5, perturbed_start=y0s[0])
+
+
 def test_plot_nsa_trace(rng, tmp_path):
     pytest.importorskip("matplotlib")
     import matplotlib

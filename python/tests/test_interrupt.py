@@ -1,5 +1,6 @@
 """Ctrl-C during a long solve: the GIL is released, the solver stops within milliseconds and
-KeyboardInterrupt is raised (on the calling thread, and with an n_threads pool)."""
+KeyboardInterrupt is raised (on the calling thread, and with an n_threads pool), for a single
+solve and for a batch."""
 
 from __future__ import annotations
 
@@ -31,6 +32,12 @@ SCRIPT = textwrap.dedent(
         elif what == "autograd":
             nf.nsa_flow_autograd(y, y * 0.9, 0.5, max_iter=10**8, tol=0.0, optimizer="sgd",
                                  initial_learning_rate=1e-4, mode="reference")
+        elif what == "batch":
+            nf.nsa_flow_batch(np.stack([y] * 3), None, [0.3, 0.5, 0.7], max_iter=10**8, tol=0.0,
+                              mode="reference", backend="cpu")
+        elif what == "batch_threads":
+            nf.nsa_flow_batch(np.stack([y] * 3), None, [0.3, 0.5, 0.7], max_iter=10**8, tol=0.0,
+                              mode="reference", backend="cpu", n_threads=2)
         print("finished without interrupt", flush=True)
     except KeyboardInterrupt:
         print(f"KeyboardInterrupt after {time.perf_counter() - t:.3f}s", flush=True)
@@ -38,7 +45,7 @@ SCRIPT = textwrap.dedent(
 )
 
 
-@pytest.mark.parametrize("what", ["flow", "threads", "autograd"])
+@pytest.mark.parametrize("what", ["flow", "threads", "autograd", "batch", "batch_threads"])
 def test_sigint_stops_a_long_solve(what, tmp_path):
     script = tmp_path / "long.py"
     script.write_text(SCRIPT)
