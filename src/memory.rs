@@ -86,10 +86,27 @@ pub fn budget() -> Result<Budget> {
     Ok(b)
 }
 
+/// Requests up to this size are not checked against `MemAvailable`: reading /proc/meminfo
+/// costs about as much as a whole small solve, and a machine without 16 MiB to spare is
+/// past what an up-front estimate can help with. They are still checked against
+/// `NSA_FLOW_MEMORY_BUDGET` and the address-space limit, which are exact.
+pub const UNCHECKED_AVAILABLE_BYTES: u64 = 16 << 20;
+
 /// Refuses, with [`NsaError::MemoryBudget`], a request of `bytes` that the budget cannot
-/// hold; `what` names it in the message.
+/// hold; `what` names it in the message. Requests up to [`UNCHECKED_AVAILABLE_BYTES`] skip
+/// the `MemAvailable` part of the budget.
 pub fn ensure_fits(what: &str, bytes: u64) -> Result<()> {
-    let b = budget()?;
+    let b = if bytes <= UNCHECKED_AVAILABLE_BYTES && std::env::var_os(BUDGET_ENV).is_none() {
+        match address_space_left() {
+            Some(room) => Budget {
+                bytes: room,
+                source: "the address-space limit (ulimit -v)",
+            },
+            None => return Ok(()),
+        }
+    } else {
+        budget()?
+    };
     if bytes > b.bytes {
         return Err(NsaError::MemoryBudget {
             what: what.to_string(),
@@ -154,21 +171,28 @@ fn mem_available() -> Option<u64> {
     None
 }
 
-/// `RLIMIT_AS` minus the address space already mapped, when a limit is set.
+/// `RLIMIT_AS` minus the address space already mapped, when a limit is set. The limit comes
+/// from `getrlimit` (a syscall; /proc/self/limits costs microseconds to format), and the
+/// mapped size is read only when there is a limit.
 #[cfg(target_os = "linux")]
 fn address_space_left() -> Option<u64> {
-    let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
-    let line = limits
-        .lines()
-        .find(|l| l.starts_with("Max address space"))?;
-    // "Max address space   <soft>   <hard>   bytes"
-    let soft = line
-        .trim_start_matches("Max address space")
-        .split_whitespace()
-        .next()?;
-    let limit: u64 = soft.parse().ok()?; // "unlimited" does not parse: no limit
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let used = kib_field(&status, "VmSize:").unwrap_or(0);
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes one rlimit through a valid pointer and touches nothing else.
+    if unsafe { libc::getrlimit(libc::RLIMIT_AS, &mut lim) } != 0
+        || lim.rlim_cur == libc::RLIM_INFINITY
+    {
+        return None;
+    }
+    let limit = lim.rlim_cur;
+    // /proc/self/statm: "<VmSize pages> <resident pages> ..."
+    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
+    let pages: u64 = statm.split_whitespace().next()?.parse().ok()?;
+    // SAFETY: sysconf only reads a configuration value.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    let used = pages.saturating_mul(u64::try_from(page).unwrap_or(4096));
     Some(limit.saturating_sub(used))
 }
 
@@ -222,5 +246,39 @@ mod tests {
             Err(NsaError::OutOfMemory { .. })
         ));
         assert_eq!(try_vec("x", 3, 1.5f64).unwrap(), vec![1.5; 3]);
+    }
+
+    /// The getrlimit reading agrees with what /proc/self/limits says (both unlimited, or a
+    /// finite room below the soft limit); the hostile CLI tests run the limited case under a
+    /// real `ulimit -v`.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn the_address_space_room_agrees_with_proc_limits() {
+        let limits = std::fs::read_to_string("/proc/self/limits").unwrap();
+        let soft = limits
+            .lines()
+            .find(|l| l.starts_with("Max address space"))
+            .and_then(|l| {
+                l.trim_start_matches("Max address space")
+                    .split_whitespace()
+                    .next()
+                    .map(str::to_string)
+            })
+            .unwrap();
+        match soft.parse::<u64>() {
+            Err(_) => assert_eq!(soft, "unlimited"),
+            Ok(limit) => {
+                let room = address_space_left().expect("a limit is set");
+                assert!(room < limit, "{room} of {limit}");
+            }
+        }
+        if soft == "unlimited" {
+            assert_eq!(address_space_left(), None);
+            // nothing limits a small request then, and no file is read for it
+            assert!(
+                ensure_fits("x", UNCHECKED_AVAILABLE_BYTES).is_ok()
+                    || std::env::var_os(BUDGET_ENV).is_some()
+            );
+        }
     }
 }
