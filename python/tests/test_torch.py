@@ -1,6 +1,6 @@
 """torch: tensors in → tensors out, and NSAFlowLayer's backward (the crate's exact backward)
-through torch.autograd.gradcheck in float64. Skipped, saying why, when torch is absent (CI
-does not install it: see README)."""
+through torch.autograd.gradcheck in float64. CI installs torch; elsewhere these skip, saying
+why, when torch is absent."""
 
 from __future__ import annotations
 
