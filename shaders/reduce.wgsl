@@ -135,10 +135,14 @@ fn tree_sum_into(acc: T, lid: u32, at: u32) {
     workgroupBarrier();
 }
 
-// Two to four partial_sums over one index space in one pass (each operand read once):
+// One to four partial_sums over one index space in one pass (each operand read once):
 // sum s < slot has spec p, k, chunk, mode (s = 0, 1, 2, 3) = mode | first << 8 | second << 16
 // (operands 0 a, 1 b, 2 c) and writes aux[off_s + wid] for wid < G = groups_x. Each sum is
 // accumulated and reduced exactly as partial_sums does it alone.
+// Then up to two energy evaluations' Gram statistics, each what gram_stats (small.wgsl)
+// writes, computed as it does them by workgroup 0 (the others write their zero partials):
+// pair m is (Gram slot src[2m] in small, readback slot src[2m + 1] in aux), LITERAL when
+// absent, and k is the top byte of p.
 @compute @workgroup_size(256)
 fn partial_sums_multi(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
     enter_lane(wid.z);
@@ -149,7 +153,9 @@ fn partial_sums_multi(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invo
     var acc3: T = 0.0;
     for (var i = wid.x * 256u + lid.x; i < params.n; i = i + stride) {
         acc0 = acc0 + slot_term(params.p, i);
-        acc1 = acc1 + slot_term(params.k, i);
+        if (params.slot > 1u) {
+            acc1 = acc1 + slot_term(params.k, i);
+        }
         if (params.slot > 2u) {
             acc2 = acc2 + slot_term(params.chunk, i);
         }
@@ -158,12 +164,40 @@ fn partial_sums_multi(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invo
         }
     }
     tree_sum_into(acc0, lid.x, params.off0 + wid.x);
-    tree_sum_into(acc1, lid.x, params.off1 + wid.x);
+    if (params.slot > 1u) {
+        tree_sum_into(acc1, lid.x, params.off1 + wid.x);
+    }
     if (params.slot > 2u) {
         tree_sum_into(acc2, lid.x, params.off2 + wid.x);
     }
     if (params.slot > 3u) {
         tree_sum_into(acc3, lid.x, params.off3 + wid.x);
+    }
+    let k = params.p >> 24u;
+    // workgroup 0 reads the Gram; the others' loops run no trip (the barriers in reduce2
+    // stay in uniform control flow)
+    let entries = select(0u, k * k, wid.x == 0u);
+    let diag = select(0u, k, wid.x == 0u);
+    for (var m = 0u; m < 2u; m = m + 1u) {
+        let gram = params.src[2u * m];
+        if (gram != LITERAL) {
+            var fro: T = 0.0;
+            var dsq: T = 0.0;
+            for (var e = lid.x; e < entries; e = e + 256u) {
+                let v = small[lane_b5 + gram + e];
+                fro = fro + v * v;
+            }
+            for (var j = lid.x; j < diag; j = j + 256u) {
+                let d = small[lane_b5 + gram + j + j * k];
+                dsq = dsq + d * d;
+            }
+            let s = reduce2(lid.x, fro, dsq);
+            if (lid.x == 0u) {
+                let dest = params.src[2u * m + 1u];
+                aux[lane_b6 + dest + wid.x] = select(T(0.0), s.x, wid.x == 0u);
+                aux[lane_b6 + dest + params.groups_x + wid.x] = select(T(0.0), s.y, wid.x == 0u);
+            }
+        }
     }
 }
 

@@ -114,19 +114,35 @@ fn kk_matmul(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(workgroup_i
 // T_w = I (the retraction leaves Y unchanged) when tr S < c1 (reference: ‖Y‖ < 1e-12, so
 // c1 = 1e-24; corrected: tr S = 0, so c1 = the smallest positive value). Literals: c0 = w,
 // c1 = the threshold. Writes tr S to small[slot]. Single workgroup.
+// Mode bit 2 (with mode 1): first compute TS = T·S into off3, as kk_matmul's mode 0 does
+// entry by entry (the same sums in the same order), saving its launch; k ≤ 64 keeps each
+// invocation's loop trips far below Mesa 22.3's 65,535 cap.
 @compute @workgroup_size(256)
 fn blend_matrix(@builtin(local_invocation_id) lid3: vec3<u32>, @builtin(workgroup_id) lane_wid: vec3<u32>) {
     enter_lane(lane_wid.z);
     let lid = lid3.x;
     let k = params.k;
     let w = lanes[lane].c[0].x;
+    let corrected = (params.mode & 1u) == 1u;
+    if ((params.mode & 2u) != 0u) {
+        for (var e = lid; e < k * k; e = e + 256u) {
+            let i = e % k;
+            let j = e / k;
+            var acc: T = 0.0;
+            for (var l = 0u; l < k; l = l + 1u) {
+                acc = acc + small[lane_b5 + params.off0 + i + l * k] * small[lane_b5 + params.off1 + l + j * k];
+            }
+            small[lane_b5 + params.off3 + e] = acc;
+        }
+        storageBarrier();
+    }
     var tr: T = 0.0;
     var num: T = 0.0;
     var den: T = 0.0;
     for (var i = lid; i < k; i = i + 256u) {
         tr = tr + small[lane_b5 + params.off1 + i + i * k];
     }
-    if (params.mode == 1u) {
+    if (corrected) {
         // tr(TS) = Σ_i (TS)_ii; tr(TS·T) = Σ_i Σ_l (TS)_il T_li, accumulated per row i
         for (var i = lid; i < k; i = i + 256u) {
             num = num + small[lane_b5 + params.off3 + i + i * k];
@@ -141,7 +157,7 @@ fn blend_matrix(@builtin(local_invocation_id) lid3: vec3<u32>, @builtin(workgrou
     let d = reduce2(lid, den, 0.0);
     let trace_s = s.x;
     var scale = w;
-    if (params.mode == 1u) {
+    if (corrected) {
         scale = w * select(T(0.0), s.y / d.x, d.x > 0.0);
     }
     let keep = trace_s < lanes[lane].c[0].y;

@@ -8,6 +8,9 @@ use super::*;
 const NS_SHARED_INIT: u32 = 4;
 const NS_SHARED_FINISH: u32 = 8;
 
+/// blend_matrix's mode bit: compute `TS = T·S` first, in the same launch (small.wgsl).
+const BLEND_WITH_TS: u32 = 2;
+
 /// `combine`'s modes (elementwise.wgsl).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(u32)]
@@ -435,6 +438,10 @@ impl GpuBackend {
             }
         } else {
             self.inv_sqrt_corrected(s, t, o.inv_method, o.ns_iter);
+        }
+        // corrected style needs TS = T·S: inside the blend's launch when fusing (k ≤ 64)
+        let ts_in_blend = !reference && self.fuse && k <= 64;
+        if !reference && !ts_in_blend {
             self.kk_matmul(t, s, lay.tmp(), false);
         }
         let mut h = ParamsHeader::new();
@@ -444,7 +451,7 @@ impl GpuBackend {
         h.off2 = lay.tmp2();
         h.off3 = lay.tmp();
         h.slot = lay.scalar(SC_TRACE);
-        h.mode = (!reference) as u32;
+        h.mode = (!reference) as u32 | if ts_in_blend { BLEND_WITH_TS } else { 0 };
         let keep_below = if reference { 1e-24 } else { f64::MIN_POSITIVE };
         self.dispatch(
             Kernel::BlendMatrix,

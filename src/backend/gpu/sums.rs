@@ -57,6 +57,24 @@ pub(super) struct FusedSums<'a> {
     terms: smallvec::SmallVec<[SumTerm<'a>; 4]>,
     /// Off: every sum its own launch.
     fuse: bool,
+    /// Up to two energy evaluations' Gram statistics (`‖S‖²`, `‖diag S‖²`) waiting to run in
+    /// the sums' launch instead of `gram_stats` launches of their own: (k, the Gram's slot in
+    /// `small`, the first of its two readback slots in `aux`).
+    stats: smallvec::SmallVec<[(u32, u32, u32); 2]>,
+}
+
+/// Most Gram statistics one `partial_sums_multi` launch takes (reduce.wgsl).
+const MAX_STATS: usize = 2;
+
+/// ‖S‖² and ‖diag S‖² of the k×k Gram at `small[gram]` into the readback slots at
+/// `aux[dest]` and `aux[dest + g]` (gram_stats in small.wgsl).
+fn gram_stats(be: &mut GpuBackend, k: u32, gram: u32, dest: u32, g: usize) {
+    let mut h = ParamsHeader::new();
+    h.k = k;
+    h.off0 = dest;
+    h.off1 = gram;
+    h.chunk = g as u32;
+    be.dispatch(Kernel::GramStats, h, [0.0; 8], Slots::default(), (1, 1));
 }
 
 pub(super) fn same_mat(a: &GpuMat, b: &GpuMat) -> bool {
@@ -95,15 +113,28 @@ impl<'a> FusedSums<'a> {
             && self.operands(Some(term)).len() <= 3
     }
 
+    /// Whether a further Gram's statistics can wait for the sums' launch (else flush first).
+    fn stats_full(&self) -> bool {
+        self.stats.len() == MAX_STATS
+    }
+
     fn flush(&mut self, be: &mut GpuBackend) {
+        if self.terms.is_empty() {
+            let g = be.ws().partials;
+            for (k, gram, dest) in std::mem::take(&mut self.stats) {
+                gram_stats(be, k, gram, dest, g);
+            }
+            return;
+        }
+        let alone = self.terms.len() == 1 && self.stats.is_empty();
         match self.terms.len() {
-            0 => {}
-            1 => {
+            _ if alone => {
                 let t = &self.terms[0];
                 let (c, clamp) = t.coefs.unwrap_or(([0.0, 0.0], false));
                 be.partial_sums_c(t.mode, t.first, t.second, t.at, c, clamp);
             }
             n => {
+                // n = 1 here only to carry Gram statistics
                 let mats = self.operands(None);
                 let index =
                     |m: &GpuMat| mats.iter().position(|x| same_mat(x, m)).unwrap_or(0) as u32;
@@ -116,9 +147,11 @@ impl<'a> FusedSums<'a> {
                 let mut h = ParamsHeader::new();
                 h.n = (self.terms[0].first.p * self.terms[0].first.k) as u32;
                 h.p = spec(&self.terms[0]);
-                h.k = spec(&self.terms[1]);
                 h.off0 = self.terms[0].at as u32;
-                h.off1 = self.terms[1].at as u32;
+                if n >= 2 {
+                    h.k = spec(&self.terms[1]);
+                    h.off1 = self.terms[1].at as u32;
+                }
                 if n >= 3 {
                     h.chunk = spec(&self.terms[2]);
                     h.off2 = self.terms[2].at as u32;
@@ -135,6 +168,17 @@ impl<'a> FusedSums<'a> {
                     .find_map(|t| t.coefs)
                     .unwrap_or(([0.0, 0.0], false));
                 h.k2 = clamp as u32;
+                // the statistics: k in the top byte of the first spec (k ≤ 64 here), then
+                // (Gram slot, readback slot) pairs in src, LITERAL where unused
+                if let Some(&(k, _, _)) = self.stats.first() {
+                    debug_assert!(k < 256 && self.stats.iter().all(|s| s.0 == k));
+                    h.p |= k << 24;
+                }
+                for (m, &(_, gram, dest)) in self.stats.iter().enumerate() {
+                    h.src[2 * m] = gram;
+                    h.src[2 * m + 1] = dest;
+                }
+                self.stats.clear();
                 be.dispatch(
                     Kernel::PartialSumsMulti,
                     h,
@@ -248,7 +292,12 @@ impl GpuBackend {
             let mut sums = FusedSums {
                 terms: smallvec::SmallVec::new(),
                 fuse: self.fuse,
+                stats: smallvec::SmallVec::new(),
             };
+            // the statistics wait for the sums' launch only where each evaluation's Gram has
+            // a slot of its own that outlives the wait (the rotating cache, ≥ MAX_STATS + 1
+            // slots, k ≤ 64), never in a batch lane (one shared slot)
+            let defer_stats = self.fuse && self.lane.is_none() && lay.gram_slots() > MAX_STATS;
             while j < requests.len()
                 && used + requests[j].width() <= MAX_SLOTS
                 && shape_of(&requests[j]) == shape
@@ -257,14 +306,18 @@ impl GpuBackend {
                 match requests[j] {
                     Reduction::EnergyTerms { y, target } => {
                         sums.push(self, SumTerm::new(SumMode::DistSq, y, Some(target), at));
+                        if sums.stats_full() {
+                            // before this Gram's slot could be one a waiting statistic reads
+                            sums.flush(self);
+                        }
                         let slot = self.gram_slot_for_energy(y);
                         self.gram(y, y, slot, false);
-                        let mut h = ParamsHeader::new();
-                        h.k = lay.k as u32;
-                        h.off0 = (at + g) as u32;
-                        h.off1 = slot;
-                        h.chunk = g as u32;
-                        self.dispatch(Kernel::GramStats, h, [0.0; 8], Slots::default(), (1, 1));
+                        let stats = (lay.k as u32, slot, (at + g) as u32);
+                        if defer_stats {
+                            sums.stats.push(stats);
+                        } else {
+                            gram_stats(self, stats.0, stats.1, stats.2, g);
+                        }
                         sums.push(self, SumTerm::new(SumMode::NormSq, y, None, at + 3 * g));
                     }
                     Reduction::NormSq(m) => {
