@@ -75,18 +75,28 @@ fn gram_partial(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation
     }
     let ia = ta * TILE + 2u * lid.x;
     let ib = tb * TILE + 2u * lid.y;
-    let base = params.off0 + wid.x * ka * kb;
     if (ia < ka && ib < kb) {
-        aux[lane_b6 + base + ia + ib * ka] = acc00;
+        put_gram(wid.x, ia + ib * ka, acc00);
     }
     if (ia < ka && ib + 1u < kb) {
-        aux[lane_b6 + base + ia + (ib + 1u) * ka] = acc01;
+        put_gram(wid.x, ia + (ib + 1u) * ka, acc01);
     }
     if (ia + 1u < ka && ib < kb) {
-        aux[lane_b6 + base + ia + 1u + ib * ka] = acc10;
+        put_gram(wid.x, ia + 1u + ib * ka, acc10);
     }
     if (ia + 1u < ka && ib + 1u < kb) {
-        aux[lane_b6 + base + ia + 1u + (ib + 1u) * ka] = acc11;
+        put_gram(wid.x, ia + 1u + (ib + 1u) * ka, acc11);
+    }
+}
+
+// Entry e of this workgroup's chunk partial: to aux[off0 + chunk·ka·kb + e], or with mode 1
+// (one chunk, ka×kb not symmetrised) to small[off1 + e], the value gram_reduce would have
+// written: it adds the partial to zeros, which changes only a −0 (to +0).
+fn put_gram(chunk: u32, e: u32, v: T) {
+    if (params.mode == 1u) {
+        small[lane_b5 + params.off1 + e] = select(v, T(0.0), v == 0.0);
+    } else {
+        aux[lane_b6 + params.off0 + chunk * params.k * params.k2 + e] = v;
     }
 }
 

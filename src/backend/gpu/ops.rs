@@ -8,6 +8,9 @@ use super::*;
 const NS_SHARED_INIT: u32 = 4;
 const NS_SHARED_FINISH: u32 = 8;
 
+/// gram_partial's mode: write the (single chunk's) product to small[off1] (gram.wgsl).
+const GRAM_DIRECT: u32 = 1;
+
 /// blend_matrix's mode bit: compute `TS = T·S` first, in the same launch (small.wgsl).
 const BLEND_WITH_TS: u32 = 2;
 
@@ -60,12 +63,19 @@ impl GpuBackend {
             (ws.gram_chunk, ws.gram_chunks)
         };
         let tiles = k.div_ceil(32);
+        // one chunk: its partial is the Gram itself (gram_reduce would add it to zeros),
+        // written straight to small[off] by the one launch
+        let direct = chunks == 1 && !sym && self.fuse;
         let mut h = ParamsHeader::new();
         h.p = p as u32;
         h.k = k as u32;
         h.k2 = k as u32;
         h.chunk = chunk as u32;
         h.off0 = 0;
+        if direct {
+            h.mode = GRAM_DIRECT;
+            h.off1 = off;
+        }
         self.dispatch(
             Kernel::GramPartial,
             h,
@@ -77,6 +87,9 @@ impl GpuBackend {
             },
             (chunks as u32, (tiles * tiles) as u32),
         );
+        if direct {
+            return;
+        }
         let mut h = ParamsHeader::new();
         h.k = k as u32;
         h.k2 = k as u32;
