@@ -19,6 +19,7 @@ use nsa_flow::{NsaFlowLayer, NsaResult, TraceRow};
 use numpy::ndarray::Array2;
 use numpy::IntoPyArray;
 use params::Opts;
+use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList};
 
@@ -37,31 +38,32 @@ fn traces<'py>(py: Python<'py>, rows: &[TraceRow]) -> Bound<'py, PyAny> {
     .into_any()
 }
 
+// the keys are interned: one string object each for the process, not 23 per call
 fn flow_dict<'py>(py: Python<'py>, r: NsaResult) -> PyResult<Bound<'py, PyDict>> {
     let d = PyDict::new(py);
-    d.set_item("traces", traces(py, &r.traces))?;
-    d.set_item("final_iter", r.final_iter)?;
-    d.set_item("best_total_energy", r.best_total_energy)?;
-    d.set_item("best_Y_iteration", r.best_iteration)?;
-    d.set_item("iterations", r.iterations)?;
-    d.set_item("stop_reason", r.stop_reason.as_str())?;
-    d.set_item("certificate", r.certificate.value)?;
-    d.set_item("certificate_satisfied", r.certificate.satisfied)?;
-    d.set_item("learning_rate_initial", r.learning_rate_initial)?;
-    d.set_item("learning_rate_final", r.learning_rate_final)?;
-    d.set_item("energy_evaluations", r.energy_evaluations)?;
-    d.set_item("mode", r.mode.as_str())?;
-    d.set_item("precision", r.precision.as_str())?;
-    d.set_item("backend", &r.backend)?;
-    d.set_item("readbacks", r.readbacks)?;
-    d.set_item("seconds", r.seconds)?;
-    d.set_item("defect", r.defect())?;
-    d.set_item("sparsity", r.sparsity())?;
-    d.set_item("fid_weight", r.scaling.fid_weight)?;
-    d.set_item("orth_weight", r.scaling.orth_weight)?;
-    d.set_item("Y", to_numpy(py, r.y))?;
-    d.set_item("target", to_numpy(py, r.target))?;
-    d.set_item("start", to_numpy(py, r.start))?;
+    d.set_item(intern!(py, "traces"), traces(py, &r.traces))?;
+    d.set_item(intern!(py, "final_iter"), r.final_iter)?;
+    d.set_item(intern!(py, "best_total_energy"), r.best_total_energy)?;
+    d.set_item(intern!(py, "best_Y_iteration"), r.best_iteration)?;
+    d.set_item(intern!(py, "iterations"), r.iterations)?;
+    d.set_item(intern!(py, "stop_reason"), r.stop_reason.as_str())?;
+    d.set_item(intern!(py, "certificate"), r.certificate.value)?;
+    d.set_item(intern!(py, "certificate_satisfied"), r.certificate.satisfied)?;
+    d.set_item(intern!(py, "learning_rate_initial"), r.learning_rate_initial)?;
+    d.set_item(intern!(py, "learning_rate_final"), r.learning_rate_final)?;
+    d.set_item(intern!(py, "energy_evaluations"), r.energy_evaluations)?;
+    d.set_item(intern!(py, "mode"), r.mode.as_str())?;
+    d.set_item(intern!(py, "precision"), r.precision.as_str())?;
+    d.set_item(intern!(py, "backend"), &r.backend)?;
+    d.set_item(intern!(py, "readbacks"), r.readbacks)?;
+    d.set_item(intern!(py, "seconds"), r.seconds)?;
+    d.set_item(intern!(py, "defect"), r.defect())?;
+    d.set_item(intern!(py, "sparsity"), r.sparsity())?;
+    d.set_item(intern!(py, "fid_weight"), r.scaling.fid_weight)?;
+    d.set_item(intern!(py, "orth_weight"), r.scaling.orth_weight)?;
+    d.set_item(intern!(py, "Y"), to_numpy(py, r.y))?;
+    d.set_item(intern!(py, "target"), to_numpy(py, r.target))?;
+    d.set_item(intern!(py, "start"), to_numpy(py, r.start))?;
     Ok(d)
 }
 
