@@ -303,7 +303,8 @@ fn zs(i: u32, j: u32) -> T {
 }
 
 // Mode bit 4: first run ns_init's work (the chain's first dispatch); bit 8: end with
-// ns_finish's (its last). Same operations on the same values as the separate launches.
+// ns_finish's (its last); bit 16: then the corrected blend (blend_tw). Same operations on the
+// same values as the separate launches.
 @compute @workgroup_size(256)
 fn ns_shared(@builtin(local_invocation_id) lid3: vec3<u32>, @builtin(workgroup_id) lane_wid: vec3<u32>) {
     enter_lane(lane_wid.z);
@@ -428,5 +429,12 @@ fn ns_shared(@builtin(local_invocation_id) lid3: vec3<u32>, @builtin(workgroup_i
         small[lane_b5 + params.slot + 2u] = st_steps;
         small[lane_b5 + params.slot + 3u] = st_prev;
         small[lane_b5 + params.slot + 4u] = st_best;
+    }
+    if ((params.mode & 16u) != 0u) {
+        // (with bit 8) the corrected blend of this T, as blend_matrix with TS: T_w to small[k2],
+        // TS to off3, tr S to small[groups_x]; w = c1.y, the threshold c1.z
+        storageBarrier();
+        blend_tw(lid, params.off2, params.off0, params.off3, params.k2, params.groups_x,
+            lanes[lane].c[1].y, lanes[lane].c[1].z, true, true);
     }
 }

@@ -90,3 +90,72 @@ fn reduce2(lid: u32, x: T, y: T) -> vec2<T> {
     workgroupBarrier();
     return r;
 }
+
+// The soft-polar blend matrix T_w into small[out_at] from T (t_at), S (s_at) and, in corrected
+// style, TS (ts_at), by one whole workgroup of 256 (in uniform control flow):
+//   reference style: T_w = w·T + (1−w)·I;
+//   corrected style: T_w = (w·c)·T + (1−w)·I with c = tr(TS)/tr(TS·T) (0 if that is ≤ 0);
+// T_w = I (the retraction leaves Y unchanged) when tr S < keep_below (reference: ‖Y‖ <
+// 1e-12, so 1e-24; corrected: tr S = 0, so the smallest positive value). Writes tr S to
+// small[trace_at]. with_ts: first compute TS = T·S into ts_at, as kk_matmul's mode 0 does
+// entry by entry (the same sums in the same order), saving its launch; for k ≤ 64, which
+// keeps each invocation's loop trips far below Mesa 22.3's 65,535 cap. blend_matrix
+// (small.wgsl) and ns_shared's last dispatch (inv_sqrt.wgsl) call it.
+fn blend_tw(lid: u32, t_at: u32, s_at: u32, ts_at: u32, out_at: u32, trace_at: u32, w: T,
+            keep_below: T, corrected: bool, with_ts: bool) {
+    let k = params.k;
+    if (with_ts) {
+        for (var e = lid; e < k * k; e = e + 256u) {
+            let i = e % k;
+            let j = e / k;
+            var acc: T = 0.0;
+            for (var l = 0u; l < k; l = l + 1u) {
+                acc = acc + small[lane_b5 + t_at + i + l * k] * small[lane_b5 + s_at + l + j * k];
+            }
+            small[lane_b5 + ts_at + e] = acc;
+        }
+        storageBarrier();
+    }
+    var tr: T = 0.0;
+    var num: T = 0.0;
+    var den: T = 0.0;
+    for (var i = lid; i < k; i = i + 256u) {
+        tr = tr + small[lane_b5 + s_at + i + i * k];
+    }
+    if (corrected) {
+        // tr(TS) = Σ_i (TS)_ii; tr(TS·T) = Σ_i Σ_l (TS)_il T_li, accumulated per row i
+        for (var i = lid; i < k; i = i + 256u) {
+            num = num + small[lane_b5 + ts_at + i + i * k];
+            var row: T = 0.0;
+            for (var l = 0u; l < k; l = l + 1u) {
+                row = row + small[lane_b5 + ts_at + i + l * k] * small[lane_b5 + t_at + l + i * k];
+            }
+            den = den + row;
+        }
+    }
+    let s = reduce2(lid, tr, num);
+    let d = reduce2(lid, den, 0.0);
+    let trace_s = s.x;
+    var scale = w;
+    if (corrected) {
+        scale = w * select(T(0.0), s.y / d.x, d.x > 0.0);
+    }
+    let keep = trace_s < keep_below;
+    for (var e = lid; e < k * k; e = e + 256u) {
+        let i = e % k;
+        let j = e / k;
+        var v: T = 0.0;
+        if (keep) {
+            v = select(T(0.0), T(1.0), i == j);
+        } else {
+            v = scale * small[lane_b5 + t_at + e];
+            if (i == j) {
+                v = v + (1.0 - w);
+            }
+        }
+        small[lane_b5 + out_at + e] = v;
+    }
+    if (lid == 0u) {
+        small[lane_b5 + trace_at] = trace_s;
+    }
+}

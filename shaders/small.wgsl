@@ -109,75 +109,13 @@ fn kk_matmul(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(workgroup_i
 }
 
 // The blend matrix T_w (off2) from T (off0), S (off1) and, in corrected style, TS (off3):
-//   mode 0 (reference): T_w = w·T + (1−w)·I;
-//   mode 1 (corrected): T_w = (w·c)·T + (1−w)·I with c = tr(TS)/tr(TS·T) (0 if that is ≤ 0);
-// T_w = I (the retraction leaves Y unchanged) when tr S < c1 (reference: ‖Y‖ < 1e-12, so
-// c1 = 1e-24; corrected: tr S = 0, so c1 = the smallest positive value). Literals: c0 = w,
-// c1 = the threshold. Writes tr S to small[slot]. Single workgroup.
-// Mode bit 2 (with mode 1): first compute TS = T·S into off3, as kk_matmul's mode 0 does
-// entry by entry (the same sums in the same order), saving its launch; k ≤ 64 keeps each
-// invocation's loop trips far below Mesa 22.3's 65,535 cap.
+// blend_tw in prelude.wgsl, with mode bit 1 the corrected style and bit 2 TS computed first;
+// literals c0 = w, c1 = the threshold; tr S goes to small[slot]. Single workgroup.
 @compute @workgroup_size(256)
 fn blend_matrix(@builtin(local_invocation_id) lid3: vec3<u32>, @builtin(workgroup_id) lane_wid: vec3<u32>) {
     enter_lane(lane_wid.z);
-    let lid = lid3.x;
-    let k = params.k;
-    let w = lanes[lane].c[0].x;
-    let corrected = (params.mode & 1u) == 1u;
-    if ((params.mode & 2u) != 0u) {
-        for (var e = lid; e < k * k; e = e + 256u) {
-            let i = e % k;
-            let j = e / k;
-            var acc: T = 0.0;
-            for (var l = 0u; l < k; l = l + 1u) {
-                acc = acc + small[lane_b5 + params.off0 + i + l * k] * small[lane_b5 + params.off1 + l + j * k];
-            }
-            small[lane_b5 + params.off3 + e] = acc;
-        }
-        storageBarrier();
-    }
-    var tr: T = 0.0;
-    var num: T = 0.0;
-    var den: T = 0.0;
-    for (var i = lid; i < k; i = i + 256u) {
-        tr = tr + small[lane_b5 + params.off1 + i + i * k];
-    }
-    if (corrected) {
-        // tr(TS) = Σ_i (TS)_ii; tr(TS·T) = Σ_i Σ_l (TS)_il T_li, accumulated per row i
-        for (var i = lid; i < k; i = i + 256u) {
-            num = num + small[lane_b5 + params.off3 + i + i * k];
-            var row: T = 0.0;
-            for (var l = 0u; l < k; l = l + 1u) {
-                row = row + small[lane_b5 + params.off3 + i + l * k] * small[lane_b5 + params.off0 + l + i * k];
-            }
-            den = den + row;
-        }
-    }
-    let s = reduce2(lid, tr, num);
-    let d = reduce2(lid, den, 0.0);
-    let trace_s = s.x;
-    var scale = w;
-    if (corrected) {
-        scale = w * select(T(0.0), s.y / d.x, d.x > 0.0);
-    }
-    let keep = trace_s < lanes[lane].c[0].y;
-    for (var e = lid; e < k * k; e = e + 256u) {
-        let i = e % k;
-        let j = e / k;
-        var v: T = 0.0;
-        if (keep) {
-            v = select(T(0.0), T(1.0), i == j);
-        } else {
-            v = scale * small[lane_b5 + params.off0 + e];
-            if (i == j) {
-                v = v + (1.0 - w);
-            }
-        }
-        small[lane_b5 + params.off2 + e] = v;
-    }
-    if (lid == 0u) {
-        small[lane_b5 + params.slot] = trace_s;
-    }
+    blend_tw(lid3.x, params.off0, params.off1, params.off3, params.off2, params.slot,
+        lanes[lane].c[0].x, lanes[lane].c[0].y, (params.mode & 1u) == 1u, (params.mode & 2u) != 0u);
 }
 
 // The diagonal inverse square root: T (off1) = Diag(1/√max(S_jj + shift, floor)), with

@@ -104,6 +104,16 @@ fn fused_passes_change_no_bit_and_save_launches_and_passes() {
             OptimizerKind::Fast,
             false,
         ),
+        // 32 < k ≤ 64: the blend computes TS itself (k ≤ 32 has it in the Newton–Schulz launch)
+        (
+            Mode::Corrected,
+            Precision::F32,
+            90,
+            40,
+            0.6,
+            OptimizerKind::Fast,
+            false,
+        ),
     ];
     if ctx.supports_f64() {
         cases.push((

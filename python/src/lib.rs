@@ -48,8 +48,14 @@ fn flow_dict<'py>(py: Python<'py>, r: NsaResult) -> PyResult<Bound<'py, PyDict>>
     d.set_item(intern!(py, "iterations"), r.iterations)?;
     d.set_item(intern!(py, "stop_reason"), r.stop_reason.as_str())?;
     d.set_item(intern!(py, "certificate"), r.certificate.value)?;
-    d.set_item(intern!(py, "certificate_satisfied"), r.certificate.satisfied)?;
-    d.set_item(intern!(py, "learning_rate_initial"), r.learning_rate_initial)?;
+    d.set_item(
+        intern!(py, "certificate_satisfied"),
+        r.certificate.satisfied,
+    )?;
+    d.set_item(
+        intern!(py, "learning_rate_initial"),
+        r.learning_rate_initial,
+    )?;
     d.set_item(intern!(py, "learning_rate_final"), r.learning_rate_final)?;
     d.set_item(intern!(py, "energy_evaluations"), r.energy_evaluations)?;
     d.set_item(intern!(py, "mode"), r.mode.as_str())?;

@@ -13,6 +13,19 @@ const GRAM_DIRECT: u32 = 1;
 
 /// blend_matrix's mode bit: compute `TS = T·S` first, in the same launch (small.wgsl).
 const BLEND_WITH_TS: u32 = 2;
+/// ns_shared's mode bit: end with the corrected blend of its T (inv_sqrt.wgsl).
+const NS_SHARED_BLEND: u32 = 16;
+/// Loop trips the fused blend adds to an invocation for k ≤ 32 (TS: ≤ 4 entries of 32 terms,
+/// the traces, the writes and two reductions: about 200).
+const BLEND_TRIPS: usize = 256;
+
+/// The corrected soft-polar blend a Newton–Schulz chain can end with: the weight and the
+/// `tr S` threshold below which `T_w = I`.
+#[derive(Clone, Copy, Debug)]
+pub(in crate::backend) struct ThenBlend {
+    pub(in crate::backend) w: f64,
+    pub(in crate::backend) keep_below: f64,
+}
 
 /// `combine`'s modes (elementwise.wgsl).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -164,6 +177,24 @@ impl GpuBackend {
         fixed: Option<usize>,
         cap: usize,
     ) {
+        self.inv_sqrt_ns_then(s, out, abs_shift, rel_shift, fixed, cap, None);
+    }
+
+    /// [`GpuBackend::inv_sqrt_ns`], and then, when `blend` is given and the chain's last
+    /// launch has room for it (k ≤ 32, fused, within the trip budget), the corrected blend
+    /// in that launch: `T_w` to `tmp2`, `TS` to `tmp`, `tr S` to the trace slot, as
+    /// blend_matrix with TS computes them. Returns whether it did.
+    #[allow(clippy::too_many_arguments)]
+    pub(in crate::backend) fn inv_sqrt_ns_then(
+        &mut self,
+        s: u32,
+        out: u32,
+        abs_shift: [f64; 2],
+        rel_shift: f64,
+        fixed: Option<usize>,
+        cap: usize,
+        blend: Option<ThenBlend>,
+    ) -> bool {
         let lay = self.ws().layout;
         let k = lay.k;
         let slot = lay.scalar(SC_NS);
@@ -183,8 +214,8 @@ impl GpuBackend {
             rel_shift,
             tol,
             steps as f64,
-            0.0,
-            0.0,
+            blend.map_or(0.0, |b| b.w),
+            blend.map_or(0.0, |b| b.keep_below),
             0.0,
         ];
         let args = self.ws().ns_args.handle();
@@ -201,6 +232,7 @@ impl GpuBackend {
             let per = (self.trip_budget / trips).max(1);
             let mut left = steps;
             let mut first = true;
+            let mut blended = false;
             while left > 0 {
                 let now = left.min(per);
                 left -= now;
@@ -211,12 +243,19 @@ impl GpuBackend {
                 }
                 if left == 0 {
                     hs.mode |= NS_SHARED_FINISH;
+                    if blend.is_some() && now * trips + BLEND_TRIPS <= self.trip_budget {
+                        hs.mode |= NS_SHARED_BLEND;
+                        hs.off3 = lay.tmp();
+                        hs.k2 = lay.tmp2();
+                        hs.groups_x = lay.scalar(SC_TRACE);
+                        blended = true;
+                    }
                 }
                 let slots = if first { with_args } else { Slots::default() };
                 self.dispatch(Kernel::NsShared, hs, coefs, slots, (1, 1));
                 first = false;
             }
-            return;
+            return blended;
         }
         self.dispatch(Kernel::NsInit, h, coefs, with_args, (1, 1));
         if k <= 64 {
@@ -244,6 +283,7 @@ impl GpuBackend {
             }
         }
         self.dispatch(Kernel::NsFinish, h, coefs, Slots::default(), (kk as u32, 1));
+        false
     }
 
     pub(in crate::backend) fn inv_sqrt_diag(
@@ -285,10 +325,34 @@ impl GpuBackend {
         method: InvSqrtMethod,
         cap: Option<usize>,
     ) {
+        self.inv_sqrt_corrected_then(s, t, method, cap, None);
+    }
+
+    /// [`GpuBackend::inv_sqrt_corrected`], ending with the corrected blend where the chain
+    /// allows ([`GpuBackend::inv_sqrt_ns_then`]); returns whether it did.
+    pub(in crate::backend) fn inv_sqrt_corrected_then(
+        &mut self,
+        s: u32,
+        t: u32,
+        method: InvSqrtMethod,
+        cap: Option<usize>,
+        blend: Option<ThenBlend>,
+    ) -> bool {
         let rel = 16.0 * self.eps();
         match method {
-            InvSqrtMethod::Diag => self.inv_sqrt_diag(s, t, 0.0, rel, f64::MIN_POSITIVE, rel),
-            _ => self.inv_sqrt_ns(s, t, [0.0, 0.0], rel, None, cap.unwrap_or(NS_CAP).max(1)),
+            InvSqrtMethod::Diag => {
+                self.inv_sqrt_diag(s, t, 0.0, rel, f64::MIN_POSITIVE, rel);
+                false
+            }
+            _ => self.inv_sqrt_ns_then(
+                s,
+                t,
+                [0.0, 0.0],
+                rel,
+                None,
+                cap.unwrap_or(NS_CAP).max(1),
+                blend,
+            ),
         }
     }
 
@@ -450,7 +514,22 @@ impl GpuBackend {
                 self.inv_sqrt_reference(s, t, o);
             }
         } else {
-            self.inv_sqrt_corrected(s, t, o.inv_method, o.ns_iter);
+            // the blend rides in the chain's last launch where it can (k ≤ 32, fused)
+            let then = ThenBlend {
+                w,
+                keep_below: f64::MIN_POSITIVE,
+            };
+            if self.inv_sqrt_corrected_then(s, t, o.inv_method, o.ns_iter, Some(then)) {
+                return self.mul_small(
+                    src,
+                    lay.tmp2(),
+                    None,
+                    dst,
+                    0,
+                    [1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0],
+                    [LITERAL; 4],
+                );
+            }
         }
         // corrected style needs TS = T·S: inside the blend's launch when fusing (k ≤ 64)
         let ts_in_blend = !reference && self.fuse && k <= 64;
