@@ -40,12 +40,10 @@ fn problems(p: usize, k: usize, count: usize) -> Vec<BatchProblem> {
 }
 
 fn params(backend: BackendChoice) -> Params {
-    Params {
-        backend,
-        precision: Precision::F32,
-        max_iter: 40,
-        ..Params::default()
-    }
+    Params::default()
+        .backend(backend)
+        .precision(Precision::F32)
+        .max_iter(40)
 }
 
 fn bench(c: &mut Criterion) {
@@ -78,10 +76,7 @@ fn bench(c: &mut Criterion) {
             |b, probs| {
                 b.iter(|| {
                     for pr in probs {
-                        let one = Params {
-                            w: pr.w,
-                            ..cpu.clone()
-                        };
+                        let one = cpu.clone().w(pr.w);
                         black_box(nsa_flow(&pr.y0, pr.x0.as_ref(), &one).unwrap());
                     }
                 })

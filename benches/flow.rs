@@ -35,13 +35,7 @@ fn flow(c: &mut Criterion) {
             }
             let y0 = randn(p, k, 1);
             let x0 = randn(p, k, 2);
-            let params = Params {
-                w: 0.5,
-                max_iter: iters,
-                tol: 0.0,
-                mode,
-                ..Params::default()
-            };
+            let params = Params::default().w(0.5).max_iter(iters).tol(0.0).mode(mode);
             g.bench_with_input(
                 BenchmarkId::new("per_iteration", format!("{p}x{k}")),
                 &(),

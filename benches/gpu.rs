@@ -155,15 +155,13 @@ fn gpu_flow(c: &mut Criterion) {
         let x0 = randn(p, k, 2).abs();
         for mode in [Mode::Corrected, Mode::Reference] {
             for choice in [BackendChoice::Gpu, BackendChoice::Cpu] {
-                let params = Params {
-                    w: 0.5,
-                    max_iter: 10,
-                    tol: 0.0,
-                    mode,
-                    precision: Precision::F32,
-                    backend: choice,
-                    ..Params::default()
-                };
+                let params = Params::default()
+                    .w(0.5)
+                    .max_iter(10)
+                    .tol(0.0)
+                    .mode(mode)
+                    .precision(Precision::F32)
+                    .backend(choice);
                 let id = BenchmarkId::new(format!("{mode}/{choice}"), format!("{p}x{k}"));
                 g.bench_function(id, |b| {
                     b.iter_custom(|n| {

@@ -41,14 +41,7 @@ pub fn batch_vs_alone(
     let batch = nsa_flow_batch(problems, params)?;
     let t = Instant::now();
     for (i, pr) in problems.iter().enumerate() {
-        let alone = nsa_flow(
-            &pr.y0,
-            pr.x0.as_ref(),
-            &Params {
-                w: pr.w,
-                ..params.clone()
-            },
-        )?;
+        let alone = nsa_flow(&pr.y0, pr.x0.as_ref(), &params.clone().w(pr.w))?;
         assert_eq!(
             alone.y, batch.results[i].y,
             "problem {i}: the batch changed the bits"
@@ -66,12 +59,10 @@ fn main() -> nsa_flow::Result<()> {
         Some(b) => b.parse()?,
         None => BackendChoice::Auto,
     };
-    let params = Params {
-        backend,
-        precision: Precision::F32,
-        max_iter: 100,
-        ..Params::default()
-    };
+    let params = Params::default()
+        .backend(backend)
+        .precision(Precision::F32)
+        .max_iter(100);
     let problems = restarts(66, 5, count);
     // the first solve of a process opens the device and compiles the kernels: not timed
     nsa_flow(&problems[0].y0, problems[0].x0.as_ref(), &params)?;

@@ -110,11 +110,7 @@ pub(crate) fn main() -> Result<(), Box<dyn std::error::Error>> {
             "\n--- {precision} (kernels compiled in {:.3} s) ---",
             t.elapsed().as_secs_f64()
         );
-        let params = Params {
-            w: 0.5,
-            precision,
-            ..Params::default()
-        };
+        let params = Params::default().w(0.5).precision(precision);
         let report = verify(&x0, Some(&x0), &params)?;
         println!("{report}");
         // f32 rounding changes the line-search decisions a little, so f32 runs may take a
@@ -152,22 +148,8 @@ pub(crate) fn main() -> Result<(), Box<dyn std::error::Error>> {
             table.push((precision, report.cpu, report.gpu, report.y_rel_diff));
             continue;
         }
-        let cpu = best_of(
-            repeats,
-            &x0,
-            &Params {
-                backend: BackendChoice::Cpu,
-                ..params.clone()
-            },
-        )?;
-        let gpu = best_of(
-            repeats,
-            &x0,
-            &Params {
-                backend: BackendChoice::Gpu,
-                ..params.clone()
-            },
-        )?;
+        let cpu = best_of(repeats, &x0, &params.clone().backend(BackendChoice::Cpu))?;
+        let gpu = best_of(repeats, &x0, &params.clone().backend(BackendChoice::Gpu))?;
         table.push((precision, cpu, gpu, report.y_rel_diff));
     }
 

@@ -70,12 +70,10 @@ pub(crate) fn main() -> Result<(), Box<dyn std::error::Error>> {
     // --- 3. An f32 backend on the application's device, and one solve ------------------
     let mut rng = Rng::new(7);
     let x0 = DMatrix::from_fn(256, 4, |_, _| rng.normal().abs());
-    let params = Params {
-        w: 0.5,
-        precision: Precision::F32,
-        max_iter: 30,
-        ..Params::default()
-    };
+    let params = Params::default()
+        .w(0.5)
+        .precision(Precision::F32)
+        .max_iter(30);
     let mut backend = GpuBackend::new(ctx.clone(), Precision::F32)?;
     println!("\nsolving a 256 × 4 problem (w = 0.5, f32, at most 30 iterations) on the application's device:");
     let res = flow::solve(&mut backend, &x0, Some(&x0), &params, &mut |info| {
@@ -97,14 +95,7 @@ pub(crate) fn main() -> Result<(), Box<dyn std::error::Error>> {
         res.seconds,
         res.backend
     );
-    let cpu = nsa_flow(
-        &x0,
-        Some(&x0),
-        &Params {
-            backend: BackendChoice::Cpu,
-            ..params.clone()
-        },
-    )?;
+    let cpu = nsa_flow(&x0, Some(&x0), &params.clone().backend(BackendChoice::Cpu))?;
     println!(
         "the same on the CPU (f32): {} iterations, ‖Y_gpu − Y_cpu‖/‖Y_cpu‖ = {:.2e}",
         cpu.iterations,
@@ -137,10 +128,7 @@ pub(crate) fn main() -> Result<(), Box<dyn std::error::Error>> {
             }))?;
         let ctx64 = GpuContext::from_device(device64, queue64, &info);
         let mut backend64 = GpuBackend::new(ctx64, Precision::F64)?;
-        let params64 = Params {
-            precision: Precision::F64,
-            ..params
-        };
+        let params64 = params.precision(Precision::F64);
         let res64 = flow::solve(&mut backend64, &x0, Some(&x0), &params64, &mut |_| {
             Control::Continue
         })?;

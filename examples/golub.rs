@@ -282,13 +282,11 @@ pub(crate) fn main() -> Result<(), Box<dyn std::error::Error>> {
     });
 
     for w in WS {
-        let params = Params {
-            w,
+        let params = Params::default()
+            .w(w)
             // pinned (auto would pick a hardware GPU where there is one) so that the table
             // is the same on every machine
-            backend: BackendChoice::Cpu,
-            ..Params::default()
-        };
+            .backend(BackendChoice::Cpu);
         let t = Instant::now();
         let res = nsa_flow(&x0, Some(&x0), &params)?;
         let seconds = t.elapsed().as_secs_f64();

@@ -21,16 +21,14 @@ pub(crate) fn main() -> Result<(), nsa_flow::NsaError> {
         invariant_orthogonality_defect(&y)
     );
     for mode in [Mode::Reference, Mode::Corrected] {
-        let params = Params {
-            w: 0.8,
-            retraction: Retraction::SoftPolar,
-            optimizer: OptimizerKind::Sgdp,
-            max_iter: 50,
-            tol: 1e-8,
-            learning_rate: LearningRate::Value(1e-2),
-            mode,
-            ..Params::default()
-        };
+        let params = Params::default()
+            .w(0.8)
+            .retraction(Retraction::SoftPolar)
+            .optimizer(OptimizerKind::Sgdp)
+            .max_iter(50)
+            .tol(1e-8)
+            .learning_rate(LearningRate::Value(1e-2))
+            .mode(mode);
         let res = nsa_flow(&y, Some(&x0), &params)?;
         let rel_err = (&res.y - &res.target).norm() / res.target.norm();
         println!(

@@ -90,9 +90,9 @@ pub struct BatchResult {
 ///     .iter()
 ///     .map(|&w| BatchProblem { y0: x0.clone(), x0: Some(x0.clone()), w })
 ///     .collect();
-/// let params = Params { backend: BackendChoice::Cpu, ..Params::default() };
+/// let params = Params::default().backend(BackendChoice::Cpu);
 /// let batch = nsa_flow_batch(&problems, &params).unwrap();
-/// let alone = nsa_flow::nsa_flow(&x0, Some(&x0), &Params { w: 0.5, ..params.clone() }).unwrap();
+/// let alone = nsa_flow::nsa_flow(&x0, Some(&x0), &params.clone().w(0.5)).unwrap();
 /// assert_eq!(batch.results[1].y, alone.y);
 /// ```
 pub fn nsa_flow_batch(problems: &[BatchProblem], params: &Params) -> Result<BatchResult> {
@@ -265,7 +265,7 @@ where
 /// use nalgebra::DMatrix;
 /// use nsa_flow::{batch::sweep_w, BackendChoice, Params};
 /// let x0 = DMatrix::from_fn(30, 3, |i, j| ((i * 5 + j * 7) % 6) as f64);
-/// let res = sweep_w(&x0, Some(&x0), &[0.2, 0.8], &Params { backend: BackendChoice::Cpu, ..Params::default() }).unwrap();
+/// let res = sweep_w(&x0, Some(&x0), &[0.2, 0.8], &Params::default().backend(BackendChoice::Cpu)).unwrap();
 /// assert!(res.results[1].defect() <= res.results[0].defect());
 /// ```
 pub fn sweep_w(

@@ -26,7 +26,7 @@ use std::time::Instant;
 /// use nalgebra::DMatrix;
 /// use nsa_flow::{nsa_flow, Params};
 /// let x0 = DMatrix::from_fn(20, 3, |i, j| ((i * 7 + j * 3) % 5) as f64);
-/// let res = nsa_flow(&x0, Some(&x0), &Params { w: 0.8, max_iter: 200, ..Params::default() }).unwrap();
+/// let res = nsa_flow(&x0, Some(&x0), &Params::default().w(0.8).max_iter(200)).unwrap();
 /// assert!(res.y.iter().all(|&v| v >= 0.0));
 /// assert!(res.defect() < nsa_flow::invariant_orthogonality_defect(&x0));
 /// ```
@@ -318,7 +318,7 @@ impl<F: FnMut(&IterInfo) -> Control> Recorder<'_, F> {
 /// use nsa_flow::backend::cpu::CpuBackend;
 /// use nsa_flow::{flow::solve, Control, Params, Precision};
 /// let x0 = DMatrix::from_fn(12, 3, |i, j| ((i * 5 + j) % 4) as f64 + 0.5);
-/// let params = Params { w: 0.5, max_iter: 100, ..Params::default() };
+/// let params = Params::default().w(0.5).max_iter(100);
 /// let f32_run = solve(&mut CpuBackend::<f32>::new(), &x0, Some(&x0), &params, &mut |_| Control::Continue).unwrap();
 /// assert_eq!(f32_run.precision, Precision::F32);
 /// let f64_run = nsa_flow::nsa_flow(&x0, Some(&x0), &params).unwrap();

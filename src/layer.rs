@@ -95,7 +95,7 @@ pub const LAYER_PARAMETERS: &[&str] = &[
 /// use nalgebra::DMatrix;
 /// use nsa_flow::layer::NsaFlowLayer;
 /// use nsa_flow::{BackendChoice, Params};
-/// let layer = NsaFlowLayer::new(Params { w: 0.7, max_iter: 30, backend: BackendChoice::Cpu, ..Params::default() }).unwrap();
+/// let layer = NsaFlowLayer::new(Params::default().w(0.7).max_iter(30).backend(BackendChoice::Cpu)).unwrap();
 /// let x = DMatrix::from_fn(10, 3, |i, j| ((i * 7 + j * 3) % 5) as f64 + 0.5);
 /// let out = layer.forward_one(&x, None).unwrap();
 /// assert_eq!(out.shape(), [1, 10, 3]); // a 2-D input is a batch of one

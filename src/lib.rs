@@ -34,7 +34,7 @@
 //! use nalgebra::DMatrix;
 //! use nsa_flow::{nsa_flow, Params};
 //! let x0 = DMatrix::from_fn(30, 3, |i, j| (((i + 1) * (j + 2)) % 7) as f64);
-//! let res = nsa_flow(&x0, Some(&x0), &Params { w: 0.5, ..Params::default() }).unwrap();
+//! let res = nsa_flow(&x0, Some(&x0), &Params::default().w(0.5)).unwrap();
 //! println!("{} iterations, defect {:.3e}, stop: {}", res.iterations, res.defect(), res.stop_reason);
 //! ```
 #![warn(missing_docs)]
@@ -64,6 +64,7 @@ pub mod plot;
 mod result;
 mod retract;
 pub mod rng;
+mod setters;
 mod validate;
 mod verify;
 

@@ -1,6 +1,7 @@
 //! Solver parameters: every argument of the reference `nsa_flow`, as typed values.
 
 use crate::error::{NsaError, Result};
+use crate::setters::with_setters;
 use nalgebra::DMatrix;
 use std::fmt;
 use std::str::FromStr;
@@ -242,63 +243,66 @@ impl FromStr for LearningRate {
     }
 }
 
-/// Every parameter of the reference `nsa_flow`, plus the mode and backend choices.
-///
-/// `Params::default()` is the reference's defaults with `mode = corrected`:
-/// `w = 0.5`, soft-polar retraction, `max_iter = 500`, `tol = 1e-5`, `seed = 42`, hard
-/// non-negativity, the "fast" optimizer, the default learning-rate rule, `record_every = 1`,
-/// `window_size = 5`, `simplified = false`, `project_full_gradient = false`, f64, auto backend.
-///
-/// ```
-/// use nsa_flow::{Params, Mode, Retraction};
-/// let p = Params { w: 0.8, retraction: Retraction::Polar, mode: Mode::Reference, ..Params::default() };
-/// assert!(p.validate().is_ok());
-/// assert!(Params { w: 1.5, ..Params::default() }.validate().is_err());
-/// ```
-#[derive(Clone, Debug, PartialEq)]
-pub struct Params {
-    /// Weight in [0, 1] trading fidelity (`w = 0`) against orthogonality (`w = 1`); also the
-    /// soft-polar blend strength.
-    pub w: f64,
-    /// The retraction after each step.
-    pub retraction: Retraction,
-    /// Maximum number of iterations (≥ 1).
-    pub max_iter: usize,
-    /// Convergence tolerance (≥ 0). Reference mode: relative gradient norm and relative
-    /// energy-window range. Corrected mode: the certificate (relative projected-gradient
-    /// mapping) and the energy window.
-    pub tol: f64,
-    /// Seed of the perturbation drawn when `x0` is `None`.
-    pub seed: u64,
-    /// How `Y ≥ 0` is enforced (also applied to the target).
-    pub nonneg: NonNeg,
-    /// The step rule.
-    pub optimizer: OptimizerKind,
-    /// The initial learning rate.
-    pub learning_rate: LearningRate,
-    /// Record a trace row every this many iterations (≥ 1).
-    pub record_every: usize,
-    /// Length of the energy window of the plateau test (≥ 1).
-    pub window_size: usize,
-    /// Use the off-diagonal Gram penalty `‖offdiag(YᵀY)‖²` instead of the invariant defect.
-    pub simplified: bool,
-    /// Project the whole gradient onto the tangent space instead of only its orthogonality part.
-    pub project_full_gradient: bool,
-    /// Arithmetic precision.
-    pub precision: Precision,
-    /// Reference (bug-compatible) or corrected algorithm.
-    pub mode: Mode,
-    /// Where to run: `cpu`, `gpu` (any adapter, software ones included; an error without
-    /// one) or `auto` (a hardware GPU when present, else the CPU).
-    pub backend: BackendChoice,
-    /// GPU adapter to use, by a case-insensitive substring of its name (`None`: by type,
-    /// discrete first, or `$NSA_FLOW_ADAPTER`). Ignored by `backend = cpu`, where giving one
-    /// is an error.
-    pub gpu_adapter: Option<String>,
-    /// When `x0` is `None`: the perturbed start to use instead of drawing the 5 % noise with
-    /// `seed` (for reproducing a reference run, whose torch RNG is not reproduced). Must have
-    /// the shape of `y0`; an error when `x0` is given.
-    pub perturbed_start: Option<DMatrix<f64>>,
+with_setters! {
+    /// Every parameter of the reference `nsa_flow`, plus the mode and backend choices.
+    ///
+    /// `Params::default()` is the reference's defaults with `mode = corrected`:
+    /// `w = 0.5`, soft-polar retraction, `max_iter = 500`, `tol = 1e-5`, `seed = 42`, hard
+    /// non-negativity, the "fast" optimizer, the default learning-rate rule, `record_every = 1`,
+    /// `window_size = 5`, `simplified = false`, `project_full_gradient = false`, f64, auto backend.
+    ///
+    /// ```
+    /// use nsa_flow::{Params, Mode, Retraction};
+    /// let p = Params::default().w(0.8).retraction(Retraction::Polar).mode(Mode::Reference);
+    /// assert!(p.validate().is_ok());
+    /// assert!(Params::default().w(1.5).validate().is_err());
+    /// ```
+    #[derive(Clone, Debug, PartialEq)]
+    #[non_exhaustive]
+    pub struct Params {
+        /// Weight in [0, 1] trading fidelity (`w = 0`) against orthogonality (`w = 1`); also the
+        /// soft-polar blend strength.
+        pub w: f64,
+        /// The retraction after each step.
+        pub retraction: Retraction,
+        /// Maximum number of iterations (≥ 1).
+        pub max_iter: usize,
+        /// Convergence tolerance (≥ 0). Reference mode: relative gradient norm and relative
+        /// energy-window range. Corrected mode: the certificate (relative projected-gradient
+        /// mapping) and the energy window.
+        pub tol: f64,
+        /// Seed of the perturbation drawn when `x0` is `None`.
+        pub seed: u64,
+        /// How `Y ≥ 0` is enforced (also applied to the target).
+        pub nonneg: NonNeg,
+        /// The step rule.
+        pub optimizer: OptimizerKind,
+        /// The initial learning rate.
+        pub learning_rate: LearningRate,
+        /// Record a trace row every this many iterations (≥ 1).
+        pub record_every: usize,
+        /// Length of the energy window of the plateau test (≥ 1).
+        pub window_size: usize,
+        /// Use the off-diagonal Gram penalty `‖offdiag(YᵀY)‖²` instead of the invariant defect.
+        pub simplified: bool,
+        /// Project the whole gradient onto the tangent space instead of only its orthogonality part.
+        pub project_full_gradient: bool,
+        /// Arithmetic precision.
+        pub precision: Precision,
+        /// Reference (bug-compatible) or corrected algorithm.
+        pub mode: Mode,
+        /// Where to run: `cpu`, `gpu` (any adapter, software ones included; an error without
+        /// one) or `auto` (a hardware GPU when present, else the CPU).
+        pub backend: BackendChoice,
+        /// GPU adapter to use, by a case-insensitive substring of its name (`None`: by type,
+        /// discrete first, or `$NSA_FLOW_ADAPTER`). Ignored by `backend = cpu`, where giving one
+        /// is an error.
+        pub gpu_adapter: Option<String> => Some(into String),
+        /// When `x0` is `None`: the perturbed start to use instead of drawing the 5 % noise with
+        /// `seed` (for reproducing a reference run, whose torch RNG is not reproduced). Must have
+        /// the shape of `y0`; an error when `x0` is given.
+        pub perturbed_start: Option<DMatrix<f64>> => Some(DMatrix<f64>),
+    }
 }
 
 impl Default for Params {

@@ -21,7 +21,7 @@
 //! use nsa_flow::{nsa_flow, Params};
 //! use nsa_flow::plot::{render_trace, ImageFormat};
 //! let x0 = nalgebra::DMatrix::from_fn(30, 3, |i, j| (((i + 1) * (j + 2)) % 7) as f64);
-//! let res = nsa_flow(&x0, Some(&x0), &Params { w: 0.5, max_iter: 20, ..Params::default() }).unwrap();
+//! let res = nsa_flow(&x0, Some(&x0), &Params::default().w(0.5).max_iter(20)).unwrap();
 //! let svg = render_trace(&res.traces, "soft_polar", 0.5, ImageFormat::Svg).unwrap();
 //! assert!(String::from_utf8(svg).unwrap().contains("Orthogonality defect"));
 //! // or straight to a file: nsa_flow::plot::plot_trace("trace.png", &res.traces, "soft_polar", 0.5)

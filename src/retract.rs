@@ -4,37 +4,41 @@ use crate::element::{cast_from_f64, cast_to_f64, Element};
 use crate::error::{NsaError, Result};
 use crate::linalg;
 use crate::params::{InvSqrtMethod, Mode, Retraction};
+use crate::setters::with_setters;
 use crate::validate;
 use nalgebra::DMatrix;
 
-/// Options of [`retract`]; `Default` reproduces the reference's `nsa_flow_retract_auto`
-/// defaults (`w = 1`, soft-polar, `eps_rf = 1e-8`, `inv_method = "auto"`, `ns_iter = 4`,
-/// `eig_thresh = 128`, `diag_thresh = 8192`), in reference style.
-#[derive(Clone, Debug, PartialEq)]
-pub struct RetractOptions {
-    /// Which retraction.
-    pub retraction: Retraction,
-    /// Blend weight (`≤ 0` returns the input unchanged; the reference does not clamp `w > 1`).
-    pub w: f64,
-    /// How the inverse square root of `YᵀY` is computed.
-    pub inv_method: InvSqrtMethod,
-    /// Newton–Schulz iterations. Reference style: exactly this many (`None` = 4, the value
-    /// the reference passes). Corrected style: the cap of the residual-stopped iteration
-    /// (`None` = 100).
-    pub ns_iter: Option<usize>,
-    /// The reference's `eps_rf` (added to `YᵀY`, and once more on its Newton–Schulz path).
-    /// Corrected style uses a relative regularisation `16·ε_mach·tr(YᵀY)/k` instead and rejects
-    /// a non-default value.
-    pub eps: f64,
-    /// `auto` uses the eigendecomposition for `k ≤ eig_thresh`.
-    pub eig_thresh: usize,
-    /// The additive SVD fallback is taken when `k > diag_thresh` and `p < k` (reference style;
-    /// corrected style has no such branch and rejects a non-default value).
-    pub diag_thresh: usize,
-    /// Reference style (renormalised to `‖Y‖_F`, scale-dependent blend) or corrected style
-    /// (blend with the scaled polar factor `c·Q`, `c = ⟨Q,Y⟩/‖Q‖²`, no renormalisation,
-    /// accurate Newton–Schulz).
-    pub style: Mode,
+with_setters! {
+    /// Options of [`retract`]; `Default` reproduces the reference's `nsa_flow_retract_auto`
+    /// defaults (`w = 1`, soft-polar, `eps_rf = 1e-8`, `inv_method = "auto"`, `ns_iter = 4`,
+    /// `eig_thresh = 128`, `diag_thresh = 8192`), in reference style.
+    #[derive(Clone, Debug, PartialEq)]
+    #[non_exhaustive]
+    pub struct RetractOptions {
+        /// Which retraction.
+        pub retraction: Retraction,
+        /// Blend weight (`≤ 0` returns the input unchanged; the reference does not clamp `w > 1`).
+        pub w: f64,
+        /// How the inverse square root of `YᵀY` is computed.
+        pub inv_method: InvSqrtMethod,
+        /// Newton–Schulz iterations. Reference style: exactly this many (`None` = 4, the value
+        /// the reference passes). Corrected style: the cap of the residual-stopped iteration
+        /// (`None` = 100).
+        pub ns_iter: Option<usize> => Some(usize),
+        /// The reference's `eps_rf` (added to `YᵀY`, and once more on its Newton–Schulz path).
+        /// Corrected style uses a relative regularisation `16·ε_mach·tr(YᵀY)/k` instead and rejects
+        /// a non-default value.
+        pub eps: f64,
+        /// `auto` uses the eigendecomposition for `k ≤ eig_thresh`.
+        pub eig_thresh: usize,
+        /// The additive SVD fallback is taken when `k > diag_thresh` and `p < k` (reference style;
+        /// corrected style has no such branch and rejects a non-default value).
+        pub diag_thresh: usize,
+        /// Reference style (renormalised to `‖Y‖_F`, scale-dependent blend) or corrected style
+        /// (blend with the scaled polar factor `c·Q`, `c = ⟨Q,Y⟩/‖Q‖²`, no renormalisation,
+        /// accurate Newton–Schulz).
+        pub style: Mode,
+    }
 }
 
 impl Default for RetractOptions {

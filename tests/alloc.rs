@@ -77,19 +77,17 @@ fn no_p_sized_allocation_inside_the_loop() {
                     OptimizerKind::Torch("lookahead"),
                 ] {
                     for nonneg in [NonNeg::Hard, NonNeg::None] {
-                        let params = Params {
-                            mode,
-                            precision,
-                            retraction,
-                            optimizer,
-                            nonneg,
-                            max_iter: 25,
-                            tol: 0.0,
+                        let params = Params::default()
+                            .mode(mode)
+                            .precision(precision)
+                            .retraction(retraction)
+                            .optimizer(optimizer)
+                            .nonneg(nonneg)
+                            .max_iter(25)
+                            .tol(0.0)
                             // the CPU loop is what this measures (auto could take a GPU, and
                             // enumerating adapters starts driver threads that allocate)
-                            backend: BackendChoice::Cpu,
-                            ..Params::default()
-                        };
+                            .backend(BackendChoice::Cpu);
                         let elem = if precision == Precision::F64 { 8 } else { 4 };
                         // a single column of Y is p·elem bytes; k×k scratch is 16·elem
                         THRESHOLD.store(p * elem / 2, Ordering::SeqCst);

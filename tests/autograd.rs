@@ -196,14 +196,12 @@ fn every_registry_optimizer_runs_in_both_modes() {
     let x0 = randn(25, 3, 6).map(|v: f64| v.abs());
     for &name in nsa_flow::optimizers() {
         for mode in [Mode::Reference, Mode::Corrected] {
-            let params = nsa_flow::autograd::AutogradParams {
-                optimizer: name.into(),
-                mode,
-                learning_rate: Some(1e-2),
-                max_iter: 12,
-                backend: nsa_flow::BackendChoice::Cpu,
-                ..Default::default()
-            };
+            let params = nsa_flow::autograd::AutogradParams::default()
+                .optimizer(name)
+                .mode(mode)
+                .learning_rate(1e-2)
+                .max_iter(12)
+                .backend(nsa_flow::BackendChoice::Cpu);
             let res = nsa_flow::autograd::nsa_flow_autograd(&y0, Some(&x0), &params);
             if name == "padam" {
                 let e = res.unwrap_err().to_string();
@@ -225,10 +223,7 @@ fn every_registry_optimizer_runs_in_both_modes() {
             }
         }
     }
-    let bad = nsa_flow::autograd::AutogradParams {
-        optimizer: "fast".into(),
-        ..Default::default()
-    };
+    let bad = nsa_flow::autograd::AutogradParams::default().optimizer("fast");
     assert!(
         nsa_flow::autograd::nsa_flow_autograd(&y0, Some(&x0), &bad).is_err(),
         "fast is not a registry optimizer"
@@ -241,11 +236,9 @@ fn bad_input_is_a_typed_error() {
     use nsa_flow::NsaError;
     let y = randn(10, 3, 1);
     let x = randn(10, 3, 2).map(|v: f64| v.abs());
-    let ok = AutogradParams {
-        backend: nsa_flow::BackendChoice::Cpu,
-        max_iter: 3,
-        ..Default::default()
-    };
+    let ok = AutogradParams::default()
+        .backend(nsa_flow::BackendChoice::Cpu)
+        .max_iter(3);
     let run =
         |y: &DMatrix<f64>, x: Option<&DMatrix<f64>>, p: &AutogradParams| nsa_flow_autograd(y, x, p);
     let mut nan = y.clone();
@@ -263,58 +256,19 @@ fn bad_input_is_a_typed_error() {
         Err(NsaError::Empty { .. })
     ));
     for bad in [
-        AutogradParams {
-            w: 1.5,
-            ..ok.clone()
-        },
-        AutogradParams {
-            w: f64::NAN,
-            ..ok.clone()
-        },
-        AutogradParams {
-            max_iter: 0,
-            ..ok.clone()
-        },
-        AutogradParams {
-            aggression: -0.1,
-            ..ok.clone()
-        },
-        AutogradParams {
-            learning_rate: Some(0.0),
-            ..ok.clone()
-        },
-        AutogradParams {
-            learning_rate: Some(f64::INFINITY),
-            ..ok.clone()
-        },
-        AutogradParams {
-            tol: -1.0,
-            ..ok.clone()
-        },
-        AutogradParams {
-            record_every: 0,
-            ..ok.clone()
-        },
-        AutogradParams {
-            window_size: 0,
-            ..ok.clone()
-        },
-        AutogradParams {
-            optimizer: "nope".into(),
-            ..ok.clone()
-        },
-        AutogradParams {
-            optimizer: "padam".into(),
-            ..ok.clone()
-        },
-        AutogradParams {
-            lr_strategy: "nope".into(),
-            ..ok.clone()
-        },
-        AutogradParams {
-            gpu_adapter: Some("x".into()),
-            ..ok.clone()
-        },
+        ok.clone().w(1.5),
+        ok.clone().w(f64::NAN),
+        ok.clone().max_iter(0),
+        ok.clone().aggression(-0.1),
+        ok.clone().learning_rate(0.0),
+        ok.clone().learning_rate(f64::INFINITY),
+        ok.clone().tol(-1.0),
+        ok.clone().record_every(0),
+        ok.clone().window_size(0),
+        ok.clone().optimizer("nope"),
+        ok.clone().optimizer("padam"),
+        ok.clone().lr_strategy("nope"),
+        ok.clone().gpu_adapter("x"),
     ] {
         assert!(run(&y, Some(&x), &bad).is_err(), "{bad:?} accepted");
     }
@@ -324,15 +278,7 @@ fn bad_input_is_a_typed_error() {
         run(&wide, None, &ok),
         Err(NsaError::KGreaterThanP { .. })
     ));
-    assert!(run(
-        &wide,
-        None,
-        &AutogradParams {
-            mode: Mode::Reference,
-            ..ok.clone()
-        }
-    )
-    .is_ok());
+    assert!(run(&wide, None, &ok.clone().mode(Mode::Reference)).is_ok());
     // the pieces check their inputs too
     let o = nsa_flow::RetractOptions::reference(Retraction::SoftPolar, 0.5);
     assert!(retract_backward(&y, &o, &randn(10, 2, 5)).is_err());

@@ -894,10 +894,10 @@ fn retract_reference<T: Prec>() {
             let (yb, y) = up(&mut be, &(gaussian(p, k, seed(p, k, 8)) * scale));
             let mut cases = vec![];
             for w in [0.5, 1.0] {
-                cases.push(RetractOptions {
-                    inv_method: InvSqrtMethod::Diag,
-                    ..RetractOptions::reference(Retraction::SoftPolar, w)
-                });
+                cases.push(
+                    RetractOptions::reference(Retraction::SoftPolar, w)
+                        .inv_method(InvSqrtMethod::Diag),
+                );
                 if p >= k {
                     cases.push(RetractOptions::reference(Retraction::SoftPolar, w));
                 }
@@ -959,14 +959,8 @@ fn retract_trivial<T: Prec>() {
         for style in [Mode::Reference, Mode::Corrected] {
             // retraction None, or w = 0 (and w < 0 in reference style): the input unchanged
             let mut opts = vec![
-                RetractOptions {
-                    style,
-                    ..RetractOptions::reference(Retraction::None, 1.0)
-                },
-                RetractOptions {
-                    style,
-                    ..RetractOptions::reference(Retraction::SoftPolar, 0.0)
-                },
+                RetractOptions::reference(Retraction::None, 1.0).style(style),
+                RetractOptions::reference(Retraction::SoftPolar, 0.0).style(style),
             ];
             if style == Mode::Reference {
                 opts.push(RetractOptions::reference(Retraction::SoftPolar, -0.5));
@@ -982,10 +976,7 @@ fn retract_trivial<T: Prec>() {
             }
             // Y = 0 is returned as is
             for r in [Retraction::SoftPolar, Retraction::Polar] {
-                let o = RetractOptions {
-                    style,
-                    ..RetractOptions::reference(r, 0.5)
-                };
+                let o = RetractOptions::reference(r, 0.5).style(style);
                 let mut dst = nan_buf(&mut be, p, k);
                 be.retract(&zero, &mut dst, &o);
                 assert!(
@@ -1738,10 +1729,7 @@ fn tolerances_reject_wrong_answers() {
     // the diagonal inverse square root, and the f32 answer at the f64 bound
     let refo = RetractOptions::reference(Retraction::SoftPolar, 0.5);
     let cor = RetractOptions::corrected(Retraction::SoftPolar, 0.5);
-    let diag = RetractOptions {
-        inv_method: InvSqrtMethod::Diag,
-        ..refo.clone()
-    };
+    let diag = refo.clone().inv_method(InvSqrtMethod::Diag);
     be.retract(&yb, &mut out, &refo);
     let got_ref = down(&mut be, &out);
     be.retract(&yb, &mut out, &cor);

@@ -26,25 +26,15 @@ fn each_result_equals_its_solve_alone() {
     let probs = problems();
     for precision in [Precision::F64, Precision::F32] {
         for mode in [Mode::Reference, Mode::Corrected] {
-            let params = Params {
-                backend: BackendChoice::Cpu,
-                precision,
-                mode,
-                max_iter: 60,
-                ..Params::default()
-            };
+            let params = Params::default()
+                .backend(BackendChoice::Cpu)
+                .precision(precision)
+                .mode(mode)
+                .max_iter(60);
             let batch = nsa_flow_batch(&probs, &params).unwrap();
             assert_eq!(batch.results.len(), probs.len());
             for (i, (pr, got)) in probs.iter().zip(&batch.results).enumerate() {
-                let alone = nsa_flow(
-                    &pr.y0,
-                    pr.x0.as_ref(),
-                    &Params {
-                        w: pr.w,
-                        ..params.clone()
-                    },
-                )
-                .unwrap();
+                let alone = nsa_flow(&pr.y0, pr.x0.as_ref(), &params.clone().w(pr.w)).unwrap();
                 assert_eq!(
                     got.y, alone.y,
                     "{precision:?} {mode:?} problem {i}: not bit-identical"
@@ -60,22 +50,11 @@ fn each_result_equals_its_solve_alone() {
 #[test]
 fn sweep_w_is_the_batch_of_one_problem() {
     let y0 = randn(30, 3, 1).map(|v: f64| v.abs());
-    let params = Params {
-        backend: BackendChoice::Cpu,
-        ..Params::default()
-    };
+    let params = Params::default().backend(BackendChoice::Cpu);
     let ws = [0.1, 0.5, 0.9];
     let res = sweep_w(&y0, Some(&y0), &ws, &params).unwrap();
     for (w, r) in ws.iter().zip(&res.results) {
-        let alone = nsa_flow(
-            &y0,
-            Some(&y0),
-            &Params {
-                w: *w,
-                ..params.clone()
-            },
-        )
-        .unwrap();
+        let alone = nsa_flow(&y0, Some(&y0), &params.clone().w(*w)).unwrap();
         assert_eq!(r.y, alone.y);
     }
     for bad in [&[][..], &[0.5, 0.5][..], &[1.5][..], &[f64::NAN][..]] {
@@ -85,10 +64,7 @@ fn sweep_w_is_the_batch_of_one_problem() {
 
 #[test]
 fn bad_problems_are_typed_errors_naming_the_problem() {
-    let params = Params {
-        backend: BackendChoice::Cpu,
-        ..Params::default()
-    };
+    let params = Params::default().backend(BackendChoice::Cpu);
     assert!(matches!(
         nsa_flow_batch(&[], &params),
         Err(NsaError::InvalidParameter { .. })
@@ -152,11 +128,7 @@ fn cli_batch_equals_run_per_problem() {
     let s = json(&summary);
     assert_eq!(s["problems"].as_array().unwrap().len(), probs.len());
     for (i, p) in probs.iter().enumerate() {
-        let params = Params {
-            backend: BackendChoice::Cpu,
-            w: p.w,
-            ..Params::default()
-        };
+        let params = Params::default().backend(BackendChoice::Cpu).w(p.w);
         let alone = nsa_flow(&p.y0, Some(&x0s[i]), &params).unwrap();
         assert_eq!(ys[i], alone.y, "problem {i}");
         assert_eq!(s["problems"][i]["iterations"], alone.iterations);

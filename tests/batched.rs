@@ -119,19 +119,19 @@ fn batch_size_does_not_change_results() {
             let pj = json(dir.join("params.json"));
             for mode in [Mode::Reference, Mode::Corrected] {
                 for optimizer in [OptimizerKind::Fast, OptimizerKind::Sgdp] {
-                    let params = Params {
-                        w: pj["w"].as_f64().unwrap(),
-                        retraction: pj["retraction"]
-                            .as_str()
-                            .unwrap_or("soft_polar")
-                            .parse::<Retraction>()
-                            .unwrap(),
-                        max_iter: 150,
-                        tol: 1e-8,
-                        optimizer,
-                        mode,
-                        ..Params::default()
-                    };
+                    let params = Params::default()
+                        .w(pj["w"].as_f64().unwrap())
+                        .retraction(
+                            pj["retraction"]
+                                .as_str()
+                                .unwrap_or("soft_polar")
+                                .parse::<Retraction>()
+                                .unwrap(),
+                        )
+                        .max_iter(150)
+                        .tol(1e-8)
+                        .optimizer(optimizer)
+                        .mode(mode);
                     let (one, reads_one) = run(1, &y0, Some(&x0), &params);
                     for batch in [2, 4, 7, 16] {
                         let (many, reads_many) = run(batch, &y0, Some(&x0), &params);

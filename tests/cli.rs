@@ -104,15 +104,13 @@ fn run_writes_y_trace_and_summary() {
     assert_eq!(s["mode"], "reference");
     assert_eq!(s["backend"], "cpu-f64");
     // the same problem through the library gives the same Y
-    let params = nsa_flow::Params {
-        w: 0.8,
-        max_iter: 50,
-        tol: 1e-8,
-        optimizer: nsa_flow::OptimizerKind::Sgdp,
-        learning_rate: nsa_flow::LearningRate::Value(1e-2),
-        mode: nsa_flow::Mode::Reference,
-        ..Default::default()
-    };
+    let params = nsa_flow::Params::default()
+        .w(0.8)
+        .max_iter(50)
+        .tol(1e-8)
+        .optimizer(nsa_flow::OptimizerKind::Sgdp)
+        .learning_rate(nsa_flow::LearningRate::Value(1e-2))
+        .mode(nsa_flow::Mode::Reference);
     let lib = nsa_flow::nsa_flow(&read(&y0p), Some(&read(&x0p)), &params).unwrap();
     assert_eq!(lib.y, y);
 }
@@ -177,12 +175,10 @@ fn defect_and_retract_subcommands() {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let want = nsa_flow::retract(
         &y,
-        &nsa_flow::RetractOptions {
-            w: 0.5,
-            inv_method: nsa_flow::InvSqrtMethod::NewtonSchulz,
-            ns_iter: Some(10),
-            ..Default::default()
-        },
+        &nsa_flow::RetractOptions::default()
+            .w(0.5)
+            .inv_method(nsa_flow::InvSqrtMethod::NewtonSchulz)
+            .ns_iter(10),
     )
     .unwrap();
     assert!(rel_fro(&read(&rp), &want) < 1e-15);

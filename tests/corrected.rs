@@ -76,13 +76,11 @@ fn accepted_energies_never_increase_on_every_golden_input() {
             }
             for retraction in [Retraction::SoftPolar, Retraction::Polar, Retraction::None] {
                 for nonneg in [NonNeg::Hard, NonNeg::None] {
-                    let params = Params {
-                        w: pj["w"].as_f64().unwrap(),
-                        retraction,
-                        nonneg,
-                        max_iter: 300,
-                        ..Params::default()
-                    };
+                    let params = Params::default()
+                        .w(pj["w"].as_f64().unwrap())
+                        .retraction(retraction)
+                        .nonneg(nonneg)
+                        .max_iter(300);
                     let res = run_monotone(&y0, x0.as_ref(), &params);
                     assert!(res.iterations >= 1, "{}", case.display());
                     n += 1;
@@ -108,11 +106,7 @@ fn accepted_energies_never_increase_on_real_data() {
         let x = real(name);
         for &w in &[0.1, 0.5, 0.9] {
             for optimizer in [OptimizerKind::Fast, OptimizerKind::Sgdp] {
-                let params = Params {
-                    w,
-                    optimizer,
-                    ..Params::default()
-                };
+                let params = Params::default().w(w).optimizer(optimizer);
                 let res = run_monotone(&x, Some(&x), &params);
                 assert!(
                     res.defect() < invariant_orthogonality_defect(&res.target) + 1e-12,
@@ -129,14 +123,7 @@ fn raising_w_raises_sparsity_and_lowers_the_defect_on_golub() {
     let ws = [0.1, 0.25, 0.5, 0.75, 0.9];
     let mut rows = Vec::new();
     for &w in &ws {
-        let res = run_monotone(
-            &x,
-            Some(&x),
-            &Params {
-                w,
-                ..Params::default()
-            },
-        );
+        let res = run_monotone(&x, Some(&x), &Params::default().w(w));
         rows.push((
             w,
             res.sparsity(),
@@ -163,12 +150,7 @@ fn certificate_is_reached_on_a_well_posed_problem() {
     let res = nsa_flow(
         &x,
         Some(&x),
-        &Params {
-            w: 0.5,
-            tol: 1e-6,
-            max_iter: 2000,
-            ..Params::default()
-        },
+        &Params::default().w(0.5).tol(1e-6).max_iter(2000),
     )
     .unwrap();
     assert!(
@@ -191,11 +173,7 @@ fn corrected_mode_is_scale_invariant() {
     // the corrected energy, retraction and default step are homogeneous: scaling the data
     // scales the answer
     let x = real("sonar_pca_loadings_k5.npy");
-    let params = Params {
-        w: 0.6,
-        max_iter: 40,
-        ..Params::default()
-    };
+    let params = Params::default().w(0.6).max_iter(40);
     let a = nsa_flow(&x, Some(&x), &params).unwrap();
     let xs = &x * 1000.0;
     let b = nsa_flow(&xs, Some(&xs), &params).unwrap();
@@ -210,22 +188,9 @@ fn corrected_mode_is_scale_invariant() {
 #[test]
 fn f32_agrees_with_f64() {
     let x = real("digits_pca_loadings_k10.npy");
-    let base = Params {
-        w: 0.5,
-        max_iter: 30,
-        tol: 0.0,
-        ..Params::default()
-    };
+    let base = Params::default().w(0.5).max_iter(30).tol(0.0);
     let a = nsa_flow(&x, Some(&x), &base).unwrap();
-    let b = nsa_flow(
-        &x,
-        Some(&x),
-        &Params {
-            precision: Precision::F32,
-            ..base.clone()
-        },
-    )
-    .unwrap();
+    let b = nsa_flow(&x, Some(&x), &base.clone().precision(Precision::F32)).unwrap();
     assert_eq!(b.backend, "cpu-f32");
     let ea = a.best_total_energy.unwrap();
     let eb = b.best_total_energy.unwrap();
@@ -239,46 +204,21 @@ fn every_option_combination_runs_monotone() {
     for simplified in [false, true] {
         for project_full_gradient in [false, true] {
             for optimizer in [OptimizerKind::Fast, OptimizerKind::Sgdp] {
-                let params = Params {
-                    w: 0.7,
-                    simplified,
-                    project_full_gradient,
-                    optimizer,
-                    max_iter: 200,
-                    ..Params::default()
-                };
+                let params = Params::default()
+                    .w(0.7)
+                    .simplified(simplified)
+                    .project_full_gradient(project_full_gradient)
+                    .optimizer(optimizer)
+                    .max_iter(200);
                 run_monotone(&y0, Some(&x0), &params);
             }
         }
     }
     // self-target with the seeded perturbation; same seed, same result
-    let a = run_monotone(
-        &y0,
-        None,
-        &Params {
-            seed: 7,
-            ..Params::default()
-        },
-    );
-    let b = nsa_flow(
-        &y0,
-        None,
-        &Params {
-            seed: 7,
-            ..Params::default()
-        },
-    )
-    .unwrap();
+    let a = run_monotone(&y0, None, &Params::default().seed(7));
+    let b = nsa_flow(&y0, None, &Params::default().seed(7)).unwrap();
     assert_eq!(a.y, b.y);
-    let c = nsa_flow(
-        &y0,
-        None,
-        &Params {
-            seed: 8,
-            ..Params::default()
-        },
-    )
-    .unwrap();
+    let c = nsa_flow(&y0, None, &Params::default().seed(8)).unwrap();
     assert_ne!(a.start, c.start);
 }
 
@@ -294,10 +234,7 @@ fn one_column_and_one_row_shapes() {
 #[test]
 fn same_input_same_bits() {
     let x = real("digits_pca_loadings_k10.npy");
-    let params = Params {
-        w: 0.75,
-        ..Params::default()
-    };
+    let params = Params::default().w(0.75);
     let a = nsa_flow(&x, Some(&x), &params).unwrap();
     let b = nsa_flow(&x, Some(&x), &params).unwrap();
     assert_eq!(a.y, b.y);
@@ -314,13 +251,11 @@ fn same_input_same_bits() {
 fn a_stalled_f32_search_skips_steps_that_rounded_away() {
     let y0 = randn(300, 12, 71).map(|v| v + 0.3);
     let x0 = randn(300, 12, 72).map(|v| v + 0.3);
-    let params = Params {
-        w: 0.9,
-        precision: Precision::F32,
-        max_iter: 400,
-        tol: 0.0,
-        ..Params::default()
-    };
+    let params = Params::default()
+        .w(0.9)
+        .precision(Precision::F32)
+        .max_iter(400)
+        .tol(0.0);
     let mut examined_in_accepted = 0;
     let res = nsa_flow_with_callback(&y0, Some(&x0), &params, |info| {
         examined_in_accepted += info.backtracks + 1;

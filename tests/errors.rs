@@ -18,10 +18,7 @@ fn non_finite_inputs() {
         let mut b = y.clone();
         b[(4, 2)] = bad;
         for mode in [Mode::Corrected, Mode::Reference] {
-            let p = Params {
-                mode,
-                ..Params::default()
-            };
+            let p = Params::default().mode(mode);
             assert!(matches!(
                 err(&b, None, &p),
                 NsaError::NonFinite {
@@ -55,10 +52,7 @@ fn shapes_empty_and_zero() {
         NsaError::Empty { .. }
     ));
     for mode in [Mode::Corrected, Mode::Reference] {
-        let p = Params {
-            mode,
-            ..Params::default()
-        };
+        let p = Params::default().mode(mode);
         assert!(matches!(
             err(&DMatrix::zeros(5, 2), None, &p),
             NsaError::ZeroMatrix { .. }
@@ -80,11 +74,7 @@ fn shapes_empty_and_zero() {
         err(
             &y,
             Some(&neg),
-            &Params {
-                mode: Mode::Reference,
-                max_iter: 5,
-                ..Params::default()
-            }
+            &Params::default().mode(Mode::Reference).max_iter(5)
         ),
         NsaError::ZeroMatrix { .. }
     ));
@@ -100,11 +90,7 @@ fn k_greater_than_p() {
     let r = nsa_flow(
         &wide,
         None,
-        &Params {
-            mode: Mode::Reference,
-            max_iter: 5,
-            ..Params::default()
-        },
+        &Params::default().mode(Mode::Reference).max_iter(5),
     );
     assert!(r.is_ok());
 }
@@ -114,54 +100,20 @@ fn parameter_domains() {
     let y = randn(8, 2, 6);
     for w in [-0.1, 1.0001, f64::NAN, f64::INFINITY] {
         assert!(matches!(
-            err(
-                &y,
-                None,
-                &Params {
-                    w,
-                    ..Params::default()
-                }
-            ),
+            err(&y, None, &Params::default().w(w)),
             NsaError::InvalidWeight(_)
         ));
     }
     let cases = [
-        Params {
-            max_iter: 0,
-            ..Params::default()
-        },
-        Params {
-            tol: -1.0,
-            ..Params::default()
-        },
-        Params {
-            tol: f64::NAN,
-            ..Params::default()
-        },
-        Params {
-            record_every: 0,
-            ..Params::default()
-        },
-        Params {
-            window_size: 0,
-            ..Params::default()
-        },
-        Params {
-            learning_rate: LearningRate::Value(0.0),
-            ..Params::default()
-        },
-        Params {
-            learning_rate: LearningRate::Value(f64::NAN),
-            ..Params::default()
-        },
-        Params {
-            nonneg: NonNeg::Softplus,
-            ..Params::default()
-        },
-        Params {
-            perturbed_start: Some(randn(8, 2, 7)),
-            ..Params::default()
-        },
+        Params::default().max_iter(0),
+        Params::default().tol(-1.0),
+        Params::default().tol(f64::NAN),
+        Params::default().record_every(0),
+        Params::default().window_size(0),
+        Params::default().learning_rate(LearningRate::Value(0.0)),
+        Params::default().learning_rate(LearningRate::Value(f64::NAN)),
+        Params::default().nonneg(NonNeg::Softplus),
+        Params::default().perturbed_start(randn(8, 2, 7)),
     ];
     for p in &cases {
         assert!(
@@ -169,20 +121,15 @@ fn parameter_domains() {
             "{p:?}"
         );
     }
-    let p = Params {
-        perturbed_start: Some(randn(7, 2, 8)),
-        ..Params::default()
-    };
+    let p = Params::default().perturbed_start(randn(7, 2, 8));
     assert!(matches!(err(&y, None, &p), NsaError::ShapeMismatch { .. }));
     // a GPU adapter that does not exist: an error, not a silent fallback to the CPU
     let e = err(
         &y,
         None,
-        &Params {
-            backend: BackendChoice::Gpu,
-            gpu_adapter: Some("no-such-adapter".into()),
-            ..Params::default()
-        },
+        &Params::default()
+            .backend(BackendChoice::Gpu)
+            .gpu_adapter("no-such-adapter"),
     );
     assert!(
         matches!(
@@ -194,11 +141,9 @@ fn parameter_domains() {
     let e = err(
         &y,
         None,
-        &Params {
-            backend: BackendChoice::Cpu,
-            gpu_adapter: Some("any".into()),
-            ..Params::default()
-        },
+        &Params::default()
+            .backend(BackendChoice::Cpu)
+            .gpu_adapter("any"),
     );
     assert!(matches!(e, NsaError::InvalidParameter { .. }), "{e}");
 }
@@ -288,24 +233,11 @@ fn helpers_reject_bad_input() {
         Err(NsaError::NonFinite { .. })
     ));
     assert!(matches!(
-        retract(
-            &y,
-            &RetractOptions {
-                w: f64::NAN,
-                ..Default::default()
-            }
-        ),
+        retract(&y, &RetractOptions::default().w(f64::NAN)),
         Err(NsaError::InvalidWeight(_))
     ));
     assert!(matches!(
-        retract(
-            &y,
-            &RetractOptions {
-                w: 2.0,
-                style: Mode::Corrected,
-                ..Default::default()
-            }
-        ),
+        retract(&y, &RetractOptions::default().w(2.0).style(Mode::Corrected)),
         Err(NsaError::InvalidWeight(_))
     ));
     assert!(matches!(
@@ -313,21 +245,11 @@ fn helpers_reject_bad_input() {
         Err(NsaError::Empty { .. })
     ));
     for bad in [
-        RetractOptions {
-            eps: 1e-6,
-            style: Mode::Corrected,
-            ..Default::default()
-        },
-        RetractOptions {
-            diag_thresh: 4,
-            style: Mode::Corrected,
-            ..Default::default()
-        },
-        RetractOptions {
-            ns_iter: Some(0),
-            style: Mode::Corrected,
-            ..Default::default()
-        },
+        RetractOptions::default().eps(1e-6).style(Mode::Corrected),
+        RetractOptions::default()
+            .diag_thresh(4)
+            .style(Mode::Corrected),
+        RetractOptions::default().ns_iter(0).style(Mode::Corrected),
     ] {
         assert!(
             matches!(retract(&y, &bad), Err(NsaError::InvalidParameter { .. })),
@@ -361,15 +283,7 @@ fn overflowing_input_is_an_error_in_reference_mode_and_fine_in_corrected_mode() 
     // best_total_energy.item() (Q11): here it is a typed error
     let y = DMatrix::from_element(4, 2, 1e200);
     let x = DMatrix::from_element(4, 2, 1.0);
-    let e = nsa_flow(
-        &y,
-        Some(&x),
-        &Params {
-            mode: Mode::Reference,
-            ..Params::default()
-        },
-    )
-    .unwrap_err();
+    let e = nsa_flow(&y, Some(&x), &Params::default().mode(Mode::Reference)).unwrap_err();
     assert!(matches!(e, NsaError::NonFiniteComputation { .. }), "{e}");
     // corrected mode works in units of the target's RMS, so the magnitude does not matter
     let base = randn(20, 3, 1).abs();

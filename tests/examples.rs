@@ -21,11 +21,9 @@ use nalgebra::DMatrix;
 #[test]
 fn batch_example_core() {
     let problems = batch::restarts(66, 5, 12);
-    let params = nsa_flow::Params {
-        backend: nsa_flow::BackendChoice::Cpu,
-        precision: nsa_flow::Precision::F32,
-        ..nsa_flow::Params::default()
-    };
+    let params = nsa_flow::Params::default()
+        .backend(nsa_flow::BackendChoice::Cpu)
+        .precision(nsa_flow::Precision::F32);
     let (res, alone) = batch::batch_vs_alone(&problems, &params).unwrap();
     assert_eq!(res.results.len(), 12);
     assert!(alone > 0.0 && res.profile.is_none());

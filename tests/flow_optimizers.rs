@@ -10,15 +10,13 @@ use nsa_flow::{
 };
 
 fn params(name: &str, mode: Mode) -> Params {
-    Params {
-        w: 0.5,
-        max_iter: 15,
-        mode,
-        optimizer: name.parse().unwrap(),
-        backend: BackendChoice::Cpu,
-        nonneg: NonNeg::Hard,
-        ..Params::default()
-    }
+    Params::default()
+        .w(0.5)
+        .max_iter(15)
+        .mode(mode)
+        .optimizer(name.parse().unwrap())
+        .backend(BackendChoice::Cpu)
+        .nonneg(NonNeg::Hard)
 }
 
 #[test]
@@ -47,10 +45,7 @@ fn every_name_runs_in_both_modes() {
     let e = nsa_flow(
         &y0,
         Some(&x0),
-        &Params {
-            optimizer: OptimizerKind::Torch("bogus"),
-            ..params("fast", Mode::Corrected)
-        },
+        &params("fast", Mode::Corrected).optimizer(OptimizerKind::Torch("bogus")),
     )
     .unwrap_err();
     assert!(e.to_string().contains("adabound"), "{e}");
@@ -64,11 +59,9 @@ fn reference_mode_steps_the_optimizer_once() {
     let y0 = randn(30, 3, 3).map(f64::abs);
     let x0 = randn(30, 3, 4).map(f64::abs);
     let run = |name: &str| {
-        let p = Params {
-            max_iter: 12,
-            learning_rate: LearningRate::Value(0.05),
-            ..params(name, Mode::Reference)
-        };
+        let p = params(name, Mode::Reference)
+            .max_iter(12)
+            .learning_rate(LearningRate::Value(0.05));
         nsa_flow(&y0, Some(&x0), &p).unwrap()
     };
     let sgd = run("sgd");
@@ -105,11 +98,7 @@ fn gpu_agrees_with_cpu_in_f64() {
     let x0 = randn(50, 3, 8).map(f64::abs);
     for name in ["adam", "rprop", "adamp", "lbfgs", "lookahead"] {
         for mode in [Mode::Reference, Mode::Corrected] {
-            let p = Params {
-                max_iter: 8,
-                precision: Precision::F64,
-                ..params(name, mode)
-            };
+            let p = params(name, mode).max_iter(8).precision(Precision::F64);
             let want = solve(
                 &mut CpuBackend::<f64>::new(),
                 &y0,

@@ -185,16 +185,15 @@ fn single_calls_match_the_reference() {
         for c in idx["retract"].as_array().unwrap() {
             n += 1;
             let y = input(c["matrix"].as_str().unwrap());
-            let opts = RetractOptions {
-                retraction: c["retraction_type"].as_str().unwrap().parse().unwrap(),
-                w: c["w_retract"].as_f64().unwrap(),
-                inv_method: method_of(c["inv_method"].as_str().unwrap()),
-                ns_iter: Some(c["ns_iter"].as_u64().unwrap() as usize),
-                eps: c["eps_rf"].as_f64().unwrap(),
-                eig_thresh: c["eig_thresh"].as_u64().unwrap() as usize,
-                diag_thresh: c["diag_thresh"].as_u64().unwrap() as usize,
-                style: Mode::Reference,
-            };
+            let opts = RetractOptions::default()
+                .retraction(c["retraction_type"].as_str().unwrap().parse().unwrap())
+                .w(c["w_retract"].as_f64().unwrap())
+                .inv_method(method_of(c["inv_method"].as_str().unwrap()))
+                .ns_iter(c["ns_iter"].as_u64().unwrap() as usize)
+                .eps(c["eps_rf"].as_f64().unwrap())
+                .eig_thresh(c["eig_thresh"].as_u64().unwrap() as usize)
+                .diag_thresh(c["diag_thresh"].as_u64().unwrap() as usize)
+                .style(Mode::Reference);
             let want = read(dir.join(c["out"].as_str().unwrap()));
             let f32_input = mats[c["matrix"].as_str().unwrap()]["dtype"] == "float32";
             let got = if f32_input {

@@ -241,15 +241,13 @@ fn gpu_autograd_runs_agree_with_the_cpu() {
     let x0 = randn(40, 4, 10).map(|v: f64| v.abs());
     for mode in [Mode::Reference, Mode::Corrected] {
         for optimizer in ["asgd", "adam", "sgd"] {
-            let params = nsa_flow::autograd::AutogradParams {
-                mode,
-                optimizer: optimizer.into(),
-                learning_rate: Some(1e-2),
-                max_iter: 15,
-                tol: 0.0,
-                backend: nsa_flow::BackendChoice::Cpu,
-                ..Default::default()
-            };
+            let params = nsa_flow::autograd::AutogradParams::default()
+                .mode(mode)
+                .optimizer(optimizer)
+                .learning_rate(1e-2)
+                .max_iter(15)
+                .tol(0.0)
+                .backend(nsa_flow::BackendChoice::Cpu);
             let cpu = nsa_flow::autograd::nsa_flow_autograd(&y0, Some(&x0), &params).unwrap();
             let mut be =
                 nsa_flow::backend::gpu::GpuBackend::new(ctx.clone(), Precision::F64).unwrap();

@@ -42,15 +42,7 @@ fn check(test: &str, probs: &[BatchProblem], params: &Params) -> Option<(u64, u6
     assert!(batch.backend.starts_with("gpu"), "{}", batch.backend);
     let mut most = 0;
     for (i, (pr, got)) in probs.iter().zip(&batch.results).enumerate() {
-        let alone = nsa_flow(
-            &pr.y0,
-            pr.x0.as_ref(),
-            &Params {
-                w: pr.w,
-                ..params.clone()
-            },
-        )
-        .unwrap();
+        let alone = nsa_flow(&pr.y0, pr.x0.as_ref(), &params.clone().w(pr.w)).unwrap();
         let what = format!(
             "{test}: {:?} {:?} problem {i} of {} ({}×{}, w = {})",
             params.precision,
@@ -83,13 +75,11 @@ fn each_problem_equals_its_solve_alone_in_both_modes_and_precisions() {
     let probs = problems(40, 4, 7, 10);
     for precision in [Precision::F32, Precision::F64] {
         for mode in [Mode::Reference, Mode::Corrected] {
-            let params = Params {
-                backend: BackendChoice::Gpu,
-                precision,
-                mode,
-                max_iter: 40,
-                ..Params::default()
-            };
+            let params = Params::default()
+                .backend(BackendChoice::Gpu)
+                .precision(precision)
+                .mode(mode)
+                .max_iter(40);
             let test = "gpu batch both modes";
             if let Some((rounds, most)) = check(test, &probs, &params) {
                 // one readback per round serves every problem still running
@@ -107,13 +97,11 @@ fn awkward_shapes() {
     for (p, k) in [(1, 1), (63, 3), (65, 17), (9, 1), (30, 3)] {
         let probs = problems(p, k, 4, 50 + p as u64);
         for mode in [Mode::Reference, Mode::Corrected] {
-            let params = Params {
-                backend: BackendChoice::Gpu,
-                precision: Precision::F32,
-                mode,
-                max_iter: 25,
-                ..Params::default()
-            };
+            let params = Params::default()
+                .backend(BackendChoice::Gpu)
+                .precision(Precision::F32)
+                .mode(mode)
+                .max_iter(25);
             check(&format!("gpu batch {p}×{k}"), &probs, &params);
         }
     }
@@ -124,12 +112,10 @@ fn awkward_shapes() {
 #[test]
 fn wide_problems_use_per_problem_indirect_launches() {
     let probs = problems(90, 70, 3, 7);
-    let params = Params {
-        backend: BackendChoice::Gpu,
-        precision: Precision::F32,
-        max_iter: 6,
-        ..Params::default()
-    };
+    let params = Params::default()
+        .backend(BackendChoice::Gpu)
+        .precision(Precision::F32)
+        .max_iter(6);
     check("gpu batch k = 70", &probs, &params);
 }
 
@@ -139,14 +125,12 @@ fn optimizers_with_state() {
     let probs = problems(33, 5, 5, 70);
     for optimizer in ["sgdp", "adam", "asgd"] {
         for mode in [Mode::Reference, Mode::Corrected] {
-            let params = Params {
-                backend: BackendChoice::Gpu,
-                precision: Precision::F32,
-                mode,
-                optimizer: optimizer.parse().unwrap(),
-                max_iter: 20,
-                ..Params::default()
-            };
+            let params = Params::default()
+                .backend(BackendChoice::Gpu)
+                .precision(Precision::F32)
+                .mode(mode)
+                .optimizer(optimizer.parse().unwrap())
+                .max_iter(20);
             check(&format!("gpu batch {optimizer}"), &probs, &params);
         }
     }
@@ -156,11 +140,9 @@ fn optimizers_with_state() {
 #[test]
 fn batch_of_one() {
     let probs = problems(20, 3, 1, 3);
-    let params = Params {
-        backend: BackendChoice::Gpu,
-        precision: Precision::F32,
-        ..Params::default()
-    };
+    let params = Params::default()
+        .backend(BackendChoice::Gpu)
+        .precision(Precision::F32);
     check("gpu batch of one", &probs, &params);
 }
 
@@ -174,13 +156,11 @@ fn identical_problems_share_every_launch() {
     let one = problems(50, 4, 1, 90);
     let many: Vec<BatchProblem> = (0..9).map(|_| one[0].clone()).collect();
     for mode in [Mode::Reference, Mode::Corrected] {
-        let params = Params {
-            backend: BackendChoice::Gpu,
-            precision: Precision::F32,
-            mode,
-            max_iter: 30,
-            ..Params::default()
-        };
+        let params = Params::default()
+            .backend(BackendChoice::Gpu)
+            .precision(Precision::F32)
+            .mode(mode)
+            .max_iter(30);
         let a = nsa_flow_batch(&one, &params).unwrap();
         let b = nsa_flow_batch(&many, &params).unwrap();
         assert_eq!(b.rounds, a.rounds, "{mode:?}: rounds");

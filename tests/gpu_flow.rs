@@ -1215,10 +1215,7 @@ fn start_of(case: &Case) -> &DMatrix<f64> {
 /// leaves the f64 run's by more than the f32 tolerance, each final `Y` against the f64 run's
 /// when all three took the same path, and κ(YᵀY + 1e-8·I) at the start and of the f64 answer.
 fn referee(cx: &Ctx, case: &Case, c: &Spied, g: &Spied, at: Option<usize>) -> String {
-    let params = Params {
-        precision: Precision::F64,
-        ..cx.params.clone()
-    };
+    let params = cx.params.clone().precision(Precision::F64);
     let Ok(r) = cpu_run(Precision::F64, &case.y0, case.x0.as_ref(), &params) else {
         return "(the f64 referee run failed)".into();
     };
@@ -1338,10 +1335,7 @@ fn referee(cx: &Ctx, case: &Case, c: &Spied, g: &Spied, at: Option<usize>) -> St
 /// there, and retracts each (as an f32 matrix) on the CPU in f32, the GPU in f32 and the CPU
 /// in f64; reports the input where the f32 backends are furthest from f64.
 fn retraction_check(params: &Params, case: &Case, j: usize) -> String {
-    let params = Params {
-        max_iter: j,
-        ..params.clone()
-    };
+    let params = params.clone().max_iter(j);
     let Ok((_, caps)) = spied_run_capturing(
         CpuBackend::<f32>::new(),
         &case.y0,
@@ -1420,11 +1414,7 @@ fn f64_pair(case: &Case, mode: Mode, own: &Arc<GpuContext>, software: bool) -> P
     } else {
         String::new()
     };
-    let params = Params {
-        mode,
-        max_iter,
-        ..case.params.clone()
-    };
+    let params = case.params.clone().mode(mode).max_iter(max_iter);
     let cpu = cpu_run(Precision::F64, &case.y0, case.x0.as_ref(), &params);
     let gpu = spied_run(
         gpu_on(own, Precision::F64),
@@ -1709,12 +1699,12 @@ fn golden_cases_f32_gpu_matches_cpu_over_20_iterations() {
             } else {
                 String::new()
             };
-            let params = Params {
-                mode,
-                precision: Precision::F32,
-                max_iter,
-                ..case.params.clone()
-            };
+            let params = case
+                .params
+                .clone()
+                .mode(mode)
+                .precision(Precision::F32)
+                .max_iter(max_iter);
             let cpu = cpu_run(Precision::F32, &case.y0, case.x0.as_ref(), &params);
             let gpu = spied_run(
                 gpu_on(&own, Precision::F32),
@@ -1828,13 +1818,11 @@ fn readbacks_per_iteration_stay_below_one_and_a_half() {
                 ("Y0≠X0", randn(p, k, 12).abs(), Some(&target)),
                 ("X0=None", target.clone(), None),
             ] {
-                let params = Params {
-                    w: 0.5,
-                    mode,
-                    precision,
-                    max_iter: 500,
-                    ..Params::default()
-                };
+                let params = Params::default()
+                    .w(0.5)
+                    .mode(mode)
+                    .precision(precision)
+                    .max_iter(500);
                 let s = spied_run(gpu_backend(test, precision).unwrap(), &y0, x0, &params)
                     .expect("gpu run");
                 let rb = s.res.readbacks.expect("the GPU backend counts readbacks");
@@ -1930,12 +1918,7 @@ fn verify_agrees_in_f64() {
     let x0 = randn(60, 4, 21).abs();
     let y0 = randn(60, 4, 22).abs();
     for mode in [Mode::Reference, Mode::Corrected] {
-        let params = Params {
-            w: 0.5,
-            mode,
-            max_iter: 150,
-            ..Params::default()
-        };
+        let params = Params::default().w(0.5).mode(mode).max_iter(150);
         let report = verify(&y0, Some(&x0), &params).expect("verify runs");
         eprintln!("verify {mode:?}:\n{report}\n");
         assert!(

@@ -151,22 +151,10 @@ fn an_applications_own_device_can_be_shared() {
     );
     let mut be = nsa_flow::backend::gpu::GpuBackend::new(ctx, Precision::F32).unwrap();
     let x0 = randn(64, 4, 3).abs();
-    let params = Params {
-        precision: Precision::F32,
-        max_iter: 20,
-        ..Params::default()
-    };
+    let params = Params::default().precision(Precision::F32).max_iter(20);
     let gpu = nsa_flow::flow::solve(&mut be, &x0, Some(&x0), &params, &mut |_| Control::Continue)
         .unwrap();
-    let cpu = nsa_flow(
-        &x0,
-        Some(&x0),
-        &Params {
-            backend: BackendChoice::Cpu,
-            ..params
-        },
-    )
-    .unwrap();
+    let cpu = nsa_flow(&x0, Some(&x0), &params.backend(BackendChoice::Cpu)).unwrap();
     assert!(gpu.readbacks.unwrap() > 0);
     assert!(
         rel_fro(&gpu.y, &cpu.y) < 1e-3,

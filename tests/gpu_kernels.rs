@@ -1026,10 +1026,10 @@ fn retract_cases() -> Vec<(&'static str, String, RetractOptions, bool)> {
             v.push((
                 "reference soft_polar",
                 format!("w={w} {label}"),
-                RetractOptions {
-                    inv_method: m,
-                    ns_iter: ns,
-                    ..RetractOptions::reference(Retraction::SoftPolar, w)
+                {
+                    let mut o = RetractOptions::reference(Retraction::SoftPolar, w).inv_method(m);
+                    o.ns_iter = ns;
+                    o
                 },
                 w == 0.3 && label != "ns10" && label != "auto",
             ));
@@ -1043,10 +1043,7 @@ fn retract_cases() -> Vec<(&'static str, String, RetractOptions, bool)> {
             v.push((
                 "corrected soft_polar",
                 format!("w={w} {label}"),
-                RetractOptions {
-                    inv_method: m,
-                    ..RetractOptions::corrected(Retraction::SoftPolar, w)
-                },
+                RetractOptions::corrected(Retraction::SoftPolar, w).inv_method(m),
                 w == 0.3 && label == "ns",
             ));
         }
@@ -1066,10 +1063,7 @@ fn retract_cases() -> Vec<(&'static str, String, RetractOptions, bool)> {
         v.push((
             "corrected polar",
             label.to_string(),
-            RetractOptions {
-                inv_method: m,
-                ..RetractOptions::corrected(Retraction::Polar, 1.0)
-            },
+            RetractOptions::corrected(Retraction::Polar, 1.0).inv_method(m),
             label == "auto",
         ));
     }
@@ -1403,10 +1397,7 @@ fn tolerances_reject_wrong_answers_f32() {
             ),
             (
                 "retract diag for eig",
-                RetractOptions {
-                    inv_method: InvSqrtMethod::Diag,
-                    ..right.clone()
-                },
+                right.clone().inv_method(InvSqrtMethod::Diag),
             ),
         ] {
             let got = retract_on(&mut g, &y, &wrong);

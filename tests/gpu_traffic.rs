@@ -138,16 +138,14 @@ fn fused_passes_change_no_bit_and_save_launches_and_passes() {
     for (mode, precision, p, k, w, optimizer, project) in cases {
         let y0 = randn(p, k, 1);
         let x0 = randn(p, k, 2).abs();
-        let params = Params {
-            w,
-            mode,
-            optimizer,
-            project_full_gradient: project,
-            max_iter: 25,
-            tol: 0.0,
-            precision,
-            ..Params::default()
-        };
+        let params = Params::default()
+            .w(w)
+            .mode(mode)
+            .optimizer(optimizer)
+            .project_full_gradient(project)
+            .max_iter(25)
+            .tol(0.0)
+            .precision(precision);
         let what = format!("{mode:?} {precision} {p}×{k} w={w} {optimizer:?} project={project}");
         let mut plain = GpuBackend::new(ctx.clone(), precision).unwrap();
         plain.set_fusion(false);
@@ -214,13 +212,11 @@ fn corrected_iteration_traffic_stays_within_its_ceiling() {
     let (p, k) = (300, 20);
     let y0 = randn(p, k, 3);
     let x0 = randn(p, k, 4).abs();
-    let params = Params {
-        w: 0.5,
-        max_iter: 30,
-        tol: 0.0,
-        precision: Precision::F32,
-        ..Params::default()
-    };
+    let params = Params::default()
+        .w(0.5)
+        .max_iter(30)
+        .tol(0.0)
+        .precision(Precision::F32);
     let mut be = GpuBackend::new(ctx, Precision::F32).unwrap();
     let run = solve(&mut be, &y0, &x0, &params);
     let it = run.res.iterations.max(1) as f64;

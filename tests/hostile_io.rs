@@ -229,22 +229,18 @@ fn d11_all_zero_inputs_are_refused_everywhere() {
         )
         .map(|_| ())
     ));
-    let reference = Params {
-        mode: Mode::Reference,
-        max_iter: 5,
-        backend: nsa_flow::BackendChoice::Cpu,
-        ..Params::default()
-    };
+    let reference = Params::default()
+        .mode(Mode::Reference)
+        .max_iter(5)
+        .backend(nsa_flow::BackendChoice::Cpu);
     for x0 in [&z, &neg] {
         assert!(zero(
             nsa_flow::nsa_flow(&y, Some(x0), &reference).map(|_| ())
         ));
     }
-    let ag = nsa_flow::autograd::AutogradParams {
-        max_iter: 5,
-        backend: nsa_flow::BackendChoice::Cpu,
-        ..Default::default()
-    };
+    let ag = nsa_flow::autograd::AutogradParams::default()
+        .max_iter(5)
+        .backend(nsa_flow::BackendChoice::Cpu);
     for y0 in [&z, &neg] {
         let r = nsa_flow::autograd::solve_autograd(
             &mut nsa_flow::backend::cpu::CpuBackend::<f64>::new(),
@@ -279,11 +275,9 @@ fn d16_messages_say_what_is_wrong() {
     );
     let y = common::randn(10, 3, 6);
     let tiny = DMatrix::from_element(10, 3, 1e-310);
-    let params = Params {
-        backend: nsa_flow::BackendChoice::Cpu,
-        max_iter: 5,
-        ..Params::default()
-    };
+    let params = Params::default()
+        .backend(nsa_flow::BackendChoice::Cpu)
+        .max_iter(5);
     match nsa_flow::nsa_flow(&y, Some(&tiny), &params) {
         Err(e) => {
             let msg = e.to_string();

@@ -31,11 +31,7 @@ fn target(p: usize, k: usize, seed: u64) -> DMatrix<f64> {
 }
 
 fn cpu(params: Params) -> NsaFlowLayer {
-    NsaFlowLayer::new(Params {
-        backend: BackendChoice::Cpu,
-        ..params
-    })
-    .unwrap()
+    NsaFlowLayer::new(params.backend(BackendChoice::Cpu)).unwrap()
 }
 
 fn layer_params() -> Params {
@@ -82,11 +78,7 @@ fn defaults_are_the_reference_layers() {
 
 #[test]
 fn forward_equals_nsa_flow_per_problem() {
-    let params = Params {
-        w: 0.6,
-        backend: BackendChoice::Cpu,
-        ..layer_params()
-    };
+    let params = layer_params().w(0.6).backend(BackendChoice::Cpu);
     let layer = cpu(params.clone());
     let xs: Vec<_> = (0..4).map(|b| target(15, 3, 100 + b)).collect();
     let out = layer.forward(&xs, None).unwrap();
@@ -178,10 +170,7 @@ fn bad_inputs_are_typed_errors() {
         Err(NsaError::InvalidWeight(_))
     ));
     assert!(matches!(
-        NsaFlowLayer::new(Params {
-            w: f64::NAN,
-            ..Params::default()
-        }),
+        NsaFlowLayer::new(Params::default().w(f64::NAN)),
         Err(NsaError::InvalidWeight(_))
     ));
     // names we do not support
@@ -207,10 +196,7 @@ fn bad_inputs_are_typed_errors() {
         Err(NsaError::InBatch { index: 0, .. })
     ));
     // an output of another layer
-    let other = cpu(Params {
-        w: 0.9,
-        ..layer_params()
-    });
+    let other = cpu(layer_params().w(0.9));
     assert!(other.backward(&out, &[DMatrix::zeros(8, 2)]).is_err());
 }
 
@@ -219,25 +205,13 @@ fn unsupported_combinations_are_typed_errors() {
     let x = target(8, 2, 3);
     let g = DMatrix::from_element(8, 2, 1.0);
     for (params, what) in [
+        (layer_params().mode(Mode::Reference), "mode = reference"),
         (
-            Params {
-                mode: Mode::Reference,
-                ..layer_params()
-            },
-            "mode = reference",
-        ),
-        (
-            Params {
-                optimizer: "sgdp".parse().unwrap(),
-                ..layer_params()
-            },
+            layer_params().optimizer("sgdp".parse().unwrap()),
             "optimizer = sgdp",
         ),
         (
-            Params {
-                project_full_gradient: true,
-                ..layer_params()
-            },
+            layer_params().project_full_gradient(true),
             "project_full_gradient",
         ),
     ] {
@@ -410,19 +384,13 @@ fn backward_matches_finite_differences_default_layer() {
     let layer = cpu(layer_params());
     check_fd(&layer, "default", SHAPES, false, 3);
     // a heavier weight: sparser answers, more clamped entries
-    let layer = cpu(Params {
-        w: 0.9,
-        ..layer_params()
-    });
+    let layer = cpu(layer_params().w(0.9));
     check_fd(&layer, "w=0.9", SHAPES, false, 2);
 }
 
 #[test]
 fn backward_matches_finite_differences_explicit_y0() {
-    let layer = cpu(Params {
-        w: 0.7,
-        ..layer_params()
-    });
+    let layer = cpu(layer_params().w(0.7));
     check_fd(&layer, "explicit Y0", SHAPES, true, 3);
 }
 
@@ -432,56 +400,16 @@ fn backward_matches_finite_differences_explicit_y0() {
 #[test]
 fn backward_matches_finite_differences_other_combinations() {
     let variants: Vec<(&str, Params)> = vec![
-        (
-            "polar",
-            Params {
-                retraction: Retraction::Polar,
-                ..layer_params()
-            },
-        ),
-        (
-            "none",
-            Params {
-                retraction: Retraction::None,
-                ..layer_params()
-            },
-        ),
-        (
-            "no-nonneg",
-            Params {
-                nonneg: nsa_flow::NonNeg::None,
-                ..layer_params()
-            },
-        ),
-        (
-            "simplified",
-            Params {
-                simplified: true,
-                w: 0.7,
-                ..layer_params()
-            },
-        ),
+        ("polar", layer_params().retraction(Retraction::Polar)),
+        ("none", layer_params().retraction(Retraction::None)),
+        ("no-nonneg", layer_params().nonneg(nsa_flow::NonNeg::None)),
+        ("simplified", layer_params().simplified(true).w(0.7)),
         (
             "lr=0.05",
-            Params {
-                learning_rate: LearningRate::Value(0.05),
-                ..layer_params()
-            },
+            layer_params().learning_rate(LearningRate::Value(0.05)),
         ),
-        (
-            "w=0",
-            Params {
-                w: 0.0,
-                ..layer_params()
-            },
-        ),
-        (
-            "w=1",
-            Params {
-                w: 1.0,
-                ..layer_params()
-            },
-        ),
+        ("w=0", layer_params().w(0.0)),
+        ("w=1", layer_params().w(1.0)),
     ];
     for (label, params) in variants {
         let layer = cpu(params);
@@ -497,10 +425,7 @@ fn backward_of_an_f32_forward_is_the_f64_one() {
     let x = target(12, 3, 77);
     let g = randn(12, 3, 78);
     let f64_layer = cpu(layer_params());
-    let f32_layer = cpu(Params {
-        precision: nsa_flow::Precision::F32,
-        ..layer_params()
-    });
+    let f32_layer = cpu(layer_params().precision(nsa_flow::Precision::F32));
     let a = f64_layer.backward(
         &f64_layer.forward_one(&x, None).unwrap(),
         std::slice::from_ref(&g),

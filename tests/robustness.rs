@@ -47,18 +47,16 @@ fn random_problems_never_panic_and_stay_finite() {
         let y0 = awkward_matrix(&mut rng, p, k);
         let x0 = (rng.uniform() < 0.8).then(|| awkward_matrix(&mut rng, p, k));
         let pick = |rng: &mut Rng, n: usize| (rng.uniform() * n as f64) as usize;
-        let params = Params {
-            w: [0.0, 0.1, 0.5, 0.9, 1.0][pick(&mut rng, 5)],
-            retraction: Retraction::ALL[pick(&mut rng, 3)],
-            nonneg: NonNeg::ALL[pick(&mut rng, 3)],
-            optimizer: [OptimizerKind::Fast, OptimizerKind::Sgdp][pick(&mut rng, 2)],
-            simplified: rng.uniform() < 0.2,
-            project_full_gradient: rng.uniform() < 0.3,
-            precision: [Precision::F64, Precision::F32][pick(&mut rng, 2)],
-            mode: Mode::ALL[pick(&mut rng, 2)],
-            max_iter: 25,
-            ..Params::default()
-        };
+        let params = Params::default()
+            .w([0.0, 0.1, 0.5, 0.9, 1.0][pick(&mut rng, 5)])
+            .retraction(Retraction::ALL[pick(&mut rng, 3)])
+            .nonneg(NonNeg::ALL[pick(&mut rng, 3)])
+            .optimizer([OptimizerKind::Fast, OptimizerKind::Sgdp][pick(&mut rng, 2)])
+            .simplified(rng.uniform() < 0.2)
+            .project_full_gradient(rng.uniform() < 0.3)
+            .precision([Precision::F64, Precision::F32][pick(&mut rng, 2)])
+            .mode(Mode::ALL[pick(&mut rng, 2)])
+            .max_iter(25);
         let mut energies = Vec::new();
         let res = nsa_flow_with_callback(&y0, x0.as_ref(), &params, |i| {
             energies.push(i.total_energy);
@@ -90,12 +88,10 @@ fn random_problems_never_panic_and_stay_finite() {
         }
         // the standalone retraction on the same input, every inverse-square-root method
         for inv in InvSqrtMethod::ALL {
-            let opts = RetractOptions {
-                w: params.w,
-                retraction: params.retraction,
-                inv_method: *inv,
-                ..Default::default()
-            };
+            let opts = RetractOptions::default()
+                .w(params.w)
+                .retraction(params.retraction)
+                .inv_method(*inv);
             if let Ok(r) = retract(&y0, &opts) {
                 assert!(
                     r.iter().all(|v| v.is_finite()),

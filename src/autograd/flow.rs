@@ -11,60 +11,64 @@ use crate::error::{NsaError, Result};
 use crate::params::{BackendChoice, Mode, NonNeg, Precision, Retraction};
 use crate::result::{Control, IterInfo, StopReason, TraceRow};
 use crate::rng::Rng;
+use crate::setters::with_setters;
 use crate::validate;
 use nalgebra::DMatrix;
 use std::time::Instant;
 
-/// Parameters of [`nsa_flow_autograd`]; `Default` is the reference's signature
-/// (`w = 0.5`, soft-polar, `max_iter = 500`, `tol = 1e-6`, `seed = 42`, hard non-negativity,
-/// `asgd`, no initial learning rate, `lr_strategy = "auto"`, scale-invariant fidelity and
-/// orthogonality, `aggression = 0.5`, `record_every = 1`, `window_size = 5`, f64), in
-/// corrected mode on the best backend present.
-#[derive(Clone, Debug, PartialEq)]
-pub struct AutogradParams {
-    /// Weight in [0, 1]: the fidelity/orthogonality trade-off and the retraction blend.
-    pub w: f64,
-    /// The retraction inside the objective.
-    pub retraction: Retraction,
-    /// Iteration cap (≥ 1).
-    pub max_iter: usize,
-    /// Threshold of the energy-window test (and, in corrected mode, of the stationarity test).
-    pub tol: f64,
-    /// Seed of the `X0 = None` perturbation and of any random learning-rate strategy.
-    pub seed: u64,
-    /// Non-negativity map after the retraction. Reference mode clamps X0 whatever the map
-    /// (the reference passes the strings `"hard"`, `"softplus"`, `"none"`, all truthy, to a
-    /// truthiness test); corrected mode clamps X0 only when a map is asked for.
-    pub nonneg: NonNeg,
-    /// Optimizer name from [`crate::optimizers`] (default `asgd`).
-    pub optimizer: String,
-    /// Initial learning rate; `None` lets `lr_strategy` decide.
-    pub learning_rate: Option<f64>,
-    /// How to choose the learning rate when none is given: `auto` or a name from
-    /// [`crate::lr_estimate::lr_strategies`]. Reference mode: `auto` gives `1e-3` (the
-    /// reference never calls its estimator for it); corrected mode: `auto` is `armijo` on the
-    /// true gradient.
-    pub lr_strategy: String,
-    /// Aggression of the learning-rate strategy, in [0, 1].
-    pub aggression: f64,
-    /// Fidelity functional.
-    pub fidelity_type: FidelityType,
-    /// Orthogonality functional.
-    pub orth_type: OrthType,
-    /// Record a trace row every this many iterations (≥ 1).
-    pub record_every: usize,
-    /// Length of the energy window of the stopping test (≥ 1).
-    pub window_size: usize,
-    /// Arithmetic precision.
-    pub precision: Precision,
-    /// Reference (bug-compatible) or corrected.
-    pub mode: Mode,
-    /// Where to run (see [`crate::Params::backend`]).
-    pub backend: BackendChoice,
-    /// GPU adapter by name (see [`crate::Params::gpu_adapter`]).
-    pub gpu_adapter: Option<String>,
-    /// When `x0` is `None`: the perturbed start to use instead of drawing the 5 % noise.
-    pub perturbed_start: Option<DMatrix<f64>>,
+with_setters! {
+    /// Parameters of [`nsa_flow_autograd`]; `Default` is the reference's signature
+    /// (`w = 0.5`, soft-polar, `max_iter = 500`, `tol = 1e-6`, `seed = 42`, hard non-negativity,
+    /// `asgd`, no initial learning rate, `lr_strategy = "auto"`, scale-invariant fidelity and
+    /// orthogonality, `aggression = 0.5`, `record_every = 1`, `window_size = 5`, f64), in
+    /// corrected mode on the best backend present.
+    #[derive(Clone, Debug, PartialEq)]
+    #[non_exhaustive]
+    pub struct AutogradParams {
+        /// Weight in [0, 1]: the fidelity/orthogonality trade-off and the retraction blend.
+        pub w: f64,
+        /// The retraction inside the objective.
+        pub retraction: Retraction,
+        /// Iteration cap (≥ 1).
+        pub max_iter: usize,
+        /// Threshold of the energy-window test (and, in corrected mode, of the stationarity test).
+        pub tol: f64,
+        /// Seed of the `X0 = None` perturbation and of any random learning-rate strategy.
+        pub seed: u64,
+        /// Non-negativity map after the retraction. Reference mode clamps X0 whatever the map
+        /// (the reference passes the strings `"hard"`, `"softplus"`, `"none"`, all truthy, to a
+        /// truthiness test); corrected mode clamps X0 only when a map is asked for.
+        pub nonneg: NonNeg,
+        /// Optimizer name from [`crate::optimizers`] (default `asgd`).
+        pub optimizer: String => into,
+        /// Initial learning rate; `None` lets `lr_strategy` decide.
+        pub learning_rate: Option<f64> => Some(f64),
+        /// How to choose the learning rate when none is given: `auto` or a name from
+        /// [`crate::lr_estimate::lr_strategies`]. Reference mode: `auto` gives `1e-3` (the
+        /// reference never calls its estimator for it); corrected mode: `auto` is `armijo` on the
+        /// true gradient.
+        pub lr_strategy: String => into,
+        /// Aggression of the learning-rate strategy, in [0, 1].
+        pub aggression: f64,
+        /// Fidelity functional.
+        pub fidelity_type: FidelityType,
+        /// Orthogonality functional.
+        pub orth_type: OrthType,
+        /// Record a trace row every this many iterations (≥ 1).
+        pub record_every: usize,
+        /// Length of the energy window of the stopping test (≥ 1).
+        pub window_size: usize,
+        /// Arithmetic precision.
+        pub precision: Precision,
+        /// Reference (bug-compatible) or corrected.
+        pub mode: Mode,
+        /// Where to run (see [`crate::Params::backend`]).
+        pub backend: BackendChoice,
+        /// GPU adapter by name (see [`crate::Params::gpu_adapter`]).
+        pub gpu_adapter: Option<String> => Some(into String),
+        /// When `x0` is `None`: the perturbed start to use instead of drawing the 5 % noise.
+        pub perturbed_start: Option<DMatrix<f64>> => Some(DMatrix<f64>),
+    }
 }
 
 impl Default for AutogradParams {
@@ -233,7 +237,7 @@ pub struct AutogradResult {
 /// use nalgebra::DMatrix;
 /// use nsa_flow::autograd::{nsa_flow_autograd, AutogradParams};
 /// let x0 = DMatrix::from_fn(20, 3, |i, j| ((i * 7 + j * 3) % 5) as f64);
-/// let params = AutogradParams { optimizer: "adam".into(), learning_rate: Some(1e-2), max_iter: 50, ..Default::default() };
+/// let params = AutogradParams::default().optimizer("adam").learning_rate(1e-2).max_iter(50);
 /// let res = nsa_flow_autograd(&x0, Some(&x0), &params).unwrap();
 /// assert!(res.y.iter().all(|&v| v >= 0.0));
 /// assert!(res.best_total_energy <= res.traces[0].total_energy);
@@ -254,7 +258,7 @@ pub fn nsa_flow_autograd(
 /// use nsa_flow::autograd::{nsa_flow_autograd_with_callback, AutogradParams};
 /// use nsa_flow::{BackendChoice, Control, StopReason};
 /// let x0 = DMatrix::from_fn(15, 2, |i, j| ((i + 2 * j) % 3) as f64 + 1.0);
-/// let params = AutogradParams { backend: BackendChoice::Cpu, ..Default::default() };
+/// let params = AutogradParams::default().backend(BackendChoice::Cpu);
 /// let mut energies = Vec::new();
 /// let res = nsa_flow_autograd_with_callback(&x0, Some(&x0), &params, |info| {
 ///     energies.push(info.total_energy);
@@ -451,7 +455,7 @@ fn backward<B: DifferentiableBackend>(
 /// use nsa_flow::backend::cpu::CpuBackend;
 /// use nsa_flow::{Control, Precision};
 /// let x0 = DMatrix::from_fn(10, 2, |i, j| ((i * 3 + j) % 4) as f64 + 1.0);
-/// let params = AutogradParams { max_iter: 20, precision: Precision::F32, ..Default::default() };
+/// let params = AutogradParams::default().max_iter(20).precision(Precision::F32);
 /// let res = solve_autograd(&mut CpuBackend::<f32>::new(), &x0, Some(&x0), &params, &mut |_| Control::Continue).unwrap();
 /// assert_eq!(res.precision, Precision::F32);
 /// assert!(res.y.iter().all(|&v| v >= 0.0));

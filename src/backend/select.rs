@@ -16,18 +16,22 @@ use crate::error::{NsaError, Result};
 #[cfg(feature = "gpu")]
 use crate::gpu::{GpuContext, GpuOptions};
 use crate::params::{BackendChoice, Params, Precision};
+use crate::setters::with_setters;
 #[cfg(feature = "gpu")]
 use std::sync::Arc;
 
-/// Where a computation runs: the backend asked for, its precision, and an adapter by name.
-#[derive(Clone, Debug, PartialEq)]
-pub struct DeviceOptions {
-    /// `auto` (default), `cpu` or `gpu`.
-    pub backend: BackendChoice,
-    /// The arithmetic (default f64).
-    pub precision: Precision,
-    /// A case-insensitive substring of the adapter's name (an error with `cpu`).
-    pub adapter: Option<String>,
+with_setters! {
+    /// Where a computation runs: the backend asked for, its precision, and an adapter by name.
+    #[derive(Clone, Debug, PartialEq)]
+    #[non_exhaustive]
+    pub struct DeviceOptions {
+        /// `auto` (default), `cpu` or `gpu`.
+        pub backend: BackendChoice => named(with_backend),
+        /// The arithmetic (default f64).
+        pub precision: Precision,
+        /// A case-insensitive substring of the adapter's name (an error with `cpu`).
+        pub adapter: Option<String> => Some(into String),
+    }
 }
 
 impl Default for DeviceOptions {
@@ -142,7 +146,7 @@ impl DeviceOptions {
 ///
 /// ```
 /// use nsa_flow::{flow::gpu_backend_for, BackendChoice, Params};
-/// let cpu = Params { backend: BackendChoice::Cpu, ..Params::default() };
+/// let cpu = Params::default().backend(BackendChoice::Cpu);
 /// assert!(gpu_backend_for(&cpu).unwrap().is_none());
 /// // `auto` answers Some(GpuBackend) only where a suitable hardware adapter exists
 /// let maybe_gpu = gpu_backend_for(&Params::default()).unwrap();
@@ -201,7 +205,7 @@ pub enum AnyBackend {
 /// use nsa_flow::backend::select::DeviceOptions;
 /// use nsa_flow::backend::Backend;
 /// use nsa_flow::{with_backend, BackendChoice};
-/// let opts = DeviceOptions { backend: BackendChoice::Cpu, ..DeviceOptions::default() };
+/// let opts = DeviceOptions::default().with_backend(BackendChoice::Cpu);
 /// let mut any = opts.backend().unwrap();
 /// let name = with_backend!(&mut any, be => be.name());
 /// assert_eq!(name, "cpu-f64");

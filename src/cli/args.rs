@@ -114,25 +114,23 @@ pub fn flow_params(f: &FlowArgs, w: f64, sub: &str) -> Result<Params, NsaError> 
                 .into(),
         );
     }
-    let params = Params {
-        w,
-        retraction: f.retraction,
-        max_iter: f.max_iter,
-        tol: f.tol,
-        seed: f.seed,
-        nonneg: f.nonneg,
-        optimizer: f.optimizer,
-        learning_rate: f.lr,
-        record_every: f.record_every,
-        window_size: f.window_size,
-        simplified: f.simplified,
-        project_full_gradient: f.project_full_gradient,
-        precision: f.precision,
-        mode: f.mode,
-        backend,
-        gpu_adapter: f.adapter.clone(),
-        perturbed_start: None,
-    };
+    let mut params = Params::default()
+        .w(w)
+        .retraction(f.retraction)
+        .max_iter(f.max_iter)
+        .tol(f.tol)
+        .seed(f.seed)
+        .nonneg(f.nonneg)
+        .optimizer(f.optimizer)
+        .learning_rate(f.lr)
+        .record_every(f.record_every)
+        .window_size(f.window_size)
+        .simplified(f.simplified)
+        .project_full_gradient(f.project_full_gradient)
+        .precision(f.precision)
+        .mode(f.mode)
+        .backend(backend);
+    params.gpu_adapter = f.adapter.clone();
     params.validate()?;
     Ok(params)
 }

@@ -173,27 +173,25 @@ pub fn cmd_autograd(a: AutogradArgs) -> Result<ExitCode, NsaError> {
         LearningRate::Default => None,
         LearningRate::Value(v) => Some(v),
     };
-    let mut params = AutogradParams {
-        w: a.w,
-        retraction: a.retraction,
-        max_iter: a.max_iter,
-        tol: a.tol,
-        seed: a.seed,
-        nonneg: a.nonneg,
-        optimizer: a.optimizer.clone(),
-        learning_rate,
-        lr_strategy: a.lr_strategy.as_str().to_string(),
-        aggression: a.aggression,
-        fidelity_type: a.fidelity_type,
-        orth_type: a.orth_type,
-        record_every: a.record_every,
-        window_size: a.window_size,
-        precision: a.precision,
-        mode: a.mode,
-        backend,
-        gpu_adapter: a.adapter.clone(),
-        perturbed_start: None,
-    };
+    let mut params = AutogradParams::default()
+        .w(a.w)
+        .retraction(a.retraction)
+        .max_iter(a.max_iter)
+        .tol(a.tol)
+        .seed(a.seed)
+        .nonneg(a.nonneg)
+        .optimizer(a.optimizer.clone())
+        .lr_strategy(a.lr_strategy.as_str().to_string())
+        .aggression(a.aggression)
+        .fidelity_type(a.fidelity_type)
+        .orth_type(a.orth_type)
+        .record_every(a.record_every)
+        .window_size(a.window_size)
+        .precision(a.precision)
+        .mode(a.mode)
+        .backend(backend);
+    params.learning_rate = learning_rate;
+    params.gpu_adapter = a.adapter.clone();
     params.validate()?;
     check_paths(
         "autograd",
@@ -216,17 +214,11 @@ pub fn cmd_autograd(a: AutogradArgs) -> Result<ExitCode, NsaError> {
     }
     let mut exit = ExitCode::SUCCESS;
     let (res, adapter, verify) = if a.verify {
-        let cpu_params = AutogradParams {
-            backend: BackendChoice::Cpu,
-            gpu_adapter: None,
-            ..params.clone()
-        };
+        let mut cpu_params = params.clone().backend(BackendChoice::Cpu);
+        cpu_params.gpu_adapter = None;
         let mut progress = Progress::new(!a.quiet);
         let (cpu, _) = autograd_on(&cpu_params, &y0, x0.as_ref(), false, &mut progress)?;
-        let gpu_params = AutogradParams {
-            backend: BackendChoice::Gpu,
-            ..params.clone()
-        };
+        let gpu_params = params.clone().backend(BackendChoice::Gpu);
         let (gpu, adapter) = autograd_on(&gpu_params, &y0, x0.as_ref(), false, &mut progress)?;
         let tol = verify_tolerance(params.precision);
         let rel = (&gpu.y - &cpu.y).norm() / cpu.y.norm().max(f64::MIN_POSITIVE);
@@ -313,12 +305,10 @@ fn autograd_on(
         progress.update(i, "orth");
         Control::Continue
     };
-    let flow_params = Params {
-        backend: params.backend,
-        gpu_adapter: params.gpu_adapter.clone(),
-        precision: params.precision,
-        ..Params::default()
-    };
+    let mut flow_params = Params::default()
+        .backend(params.backend)
+        .precision(params.precision);
+    flow_params.gpu_adapter = params.gpu_adapter.clone();
     let res = (|| {
         Ok(match nsa_flow::flow::gpu_backend_for(&flow_params)? {
             Some(mut be) => {

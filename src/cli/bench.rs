@@ -62,15 +62,13 @@ pub fn cmd_bench(a: BenchArgs) -> Result<ExitCode, NsaError> {
         );
     }
     let precision = a.precision;
-    let base = Params {
-        w: 0.5,
-        max_iter: a.iters,
-        tol: 0.0,
-        precision,
-        backend: a.backend,
-        gpu_adapter: a.adapter.clone(),
-        ..Params::default()
-    };
+    let mut base = Params::default()
+        .w(0.5)
+        .max_iter(a.iters)
+        .tol(0.0)
+        .precision(precision)
+        .backend(a.backend);
+    base.gpu_adapter = a.adapter.clone();
     base.validate()?;
     // every size is checked before anything is allocated: the p·k product, the two inputs
     // and the solve's workspace against the memory budget
@@ -117,16 +115,7 @@ pub fn cmd_bench(a: BenchArgs) -> Result<ExitCode, NsaError> {
             let mut runs = Vec::new();
             for &mode in &a.mode.0 {
                 let before = be.traffic();
-                let mut run = bench_on(
-                    &mut be,
-                    &y0,
-                    &x0,
-                    &Params {
-                        mode,
-                        ..base.clone()
-                    },
-                    a.repeats,
-                )?;
+                let mut run = bench_on(&mut be, &y0, &x0, &base.clone().mode(mode), a.repeats)?;
                 // every repeat records the same launches (same input, same path)
                 run.traffic = Some(be.traffic().since(&before));
                 runs.push((mode, run));
@@ -146,10 +135,7 @@ pub fn cmd_bench(a: BenchArgs) -> Result<ExitCode, NsaError> {
             };
             let mut runs = Vec::new();
             for &mode in &a.mode.0 {
-                let params = Params {
-                    mode,
-                    ..base.clone()
-                };
+                let params = base.clone().mode(mode);
                 let run = match precision {
                     Precision::F64 => {
                         bench_on(&mut CpuBackend::<f64>::new(), &y0, &x0, &params, a.repeats)?

@@ -32,11 +32,9 @@ pub fn cmd_defect(a: DefectArgs) -> Result<ExitCode, NsaError> {
             why: "the invariant defect divides by ‖Y‖⁴",
         });
     }
-    let gpu = nsa_flow::flow::gpu_backend_for(&Params {
-        backend: a.backend,
-        precision: a.precision,
-        ..Params::default()
-    })?;
+    let gpu = nsa_flow::flow::gpu_backend_for(
+        &Params::default().backend(a.backend).precision(a.precision),
+    )?;
     let d = match gpu {
         Some(mut be) => nsa_flow::invariant_orthogonality_defect_on(&mut be, &y)?,
         None => nsa_flow::invariant_orthogonality_defect(&y),

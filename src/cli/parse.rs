@@ -132,12 +132,10 @@ pub fn parse_adapter(s: &str) -> Result<String, NsaError> {
 
 /// An optimizer name the autograd solver accepts (its own validation decides).
 pub fn parse_autograd_optimizer(s: &str) -> Result<String, NsaError> {
-    AutogradParams {
-        optimizer: s.to_string(),
-        ..AutogradParams::default()
-    }
-    .validate()
-    .map(|()| s.to_string())
+    AutogradParams::default()
+        .optimizer(s.to_string())
+        .validate()
+        .map(|()| s.to_string())
 }
 
 /// The `--lr-strategy` of `autograd`: `auto` or one of the library's strategies.

@@ -47,14 +47,12 @@ pub struct RetractArgs {
 
 /// `nsa-flow retract`.
 pub fn cmd_retract(a: RetractArgs) -> Result<(), NsaError> {
-    let opts = RetractOptions {
-        retraction: a.retraction,
-        w: a.w,
-        inv_method: a.inv_sqrt,
-        ns_iter: a.ns_iter,
-        style: a.mode,
-        ..RetractOptions::default()
-    };
+    let mut opts = RetractOptions::default()
+        .retraction(a.retraction)
+        .w(a.w)
+        .inv_method(a.inv_sqrt)
+        .style(a.mode);
+    opts.ns_iter = a.ns_iter;
     let precision = a.precision;
     let backend = a.backend;
     check_paths(
@@ -72,11 +70,8 @@ pub fn cmd_retract(a: RetractArgs) -> Result<(), NsaError> {
             why: "the retraction needs a non-zero matrix (its polar factor is undefined at 0)",
         });
     }
-    let gpu = nsa_flow::flow::gpu_backend_for(&Params {
-        backend,
-        precision,
-        ..Params::default()
-    })?;
+    let gpu =
+        nsa_flow::flow::gpu_backend_for(&Params::default().backend(backend).precision(precision))?;
     let r = match (gpu, precision) {
         (Some(mut be), _) => nsa_flow::retract_on(&mut be, &y, &opts)?,
         (None, Precision::F64) => nsa_flow::retract_in::<f64>(&y, &opts)?,

@@ -7,7 +7,7 @@ use super::progress::{verbose_flow_line, Progress};
 use super::run::solve_flow;
 use clap::Args;
 use nalgebra::DMatrix;
-use nsa_flow::{Control, NsaError, Params};
+use nsa_flow::{Control, NsaError};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -36,11 +36,7 @@ pub fn cmd_sweep(a: SweepArgs) -> Result<ExitCode, NsaError> {
     let ws = a.ws.0.clone();
     let mut params = flow_params(&a.flow, ws[0], "sweep")?;
     for &w in &ws {
-        Params {
-            w,
-            ..params.clone()
-        }
-        .validate()?;
+        params.clone().w(w).validate()?;
     }
     if a.out_dir.exists() && !a.out_dir.is_dir() {
         return Err(NsaError::InvalidParameter {
@@ -77,10 +73,7 @@ pub fn cmd_sweep(a: SweepArgs) -> Result<ExitCode, NsaError> {
     let solved: Vec<nsa_flow::NsaResult> = if verbose {
         let mut out = Vec::with_capacity(ws.len());
         for &w in &ws {
-            let run_params = Params {
-                w,
-                ..params.clone()
-            };
+            let run_params = params.clone().w(w);
             let tag = nsa_flow::plot::fmt_w(w);
             let prefix = format!("w {tag}  ");
             let mut callback = |i: &nsa_flow::IterInfo| {

@@ -137,34 +137,36 @@ pub fn golden_params(case: &std::path::Path) -> (nsa_flow::Params, bool, nsa_flo
         "float32" => Precision::F32,
         _ => Precision::F64,
     };
-    let p = Params {
-        w: get("w").unwrap().as_f64().unwrap(),
-        retraction: get("retraction")
-            .unwrap()
-            .as_str()
-            .unwrap()
-            .parse::<Retraction>()
-            .unwrap(),
-        max_iter: get("max_iter").unwrap().as_u64().unwrap() as usize,
-        tol: get("tol").unwrap().as_f64().unwrap(),
-        seed: get("seed").unwrap().as_u64().unwrap(),
-        nonneg,
-        optimizer: get("optimizer")
-            .unwrap()
-            .as_str()
-            .unwrap()
-            .parse::<OptimizerKind>()
-            .unwrap(),
-        learning_rate: lr,
-        record_every: get("record_every").unwrap().as_u64().unwrap() as usize,
-        window_size: get("window_size").unwrap().as_u64().unwrap() as usize,
-        simplified: get("simplified").unwrap().as_bool().unwrap(),
-        project_full_gradient: get("project_full_gradient").unwrap().as_bool().unwrap(),
+    let p = Params::default()
+        .w(get("w").unwrap().as_f64().unwrap())
+        .retraction(
+            get("retraction")
+                .unwrap()
+                .as_str()
+                .unwrap()
+                .parse::<Retraction>()
+                .unwrap(),
+        )
+        .max_iter(get("max_iter").unwrap().as_u64().unwrap() as usize)
+        .tol(get("tol").unwrap().as_f64().unwrap())
+        .seed(get("seed").unwrap().as_u64().unwrap())
+        .nonneg(nonneg)
+        .optimizer(
+            get("optimizer")
+                .unwrap()
+                .as_str()
+                .unwrap()
+                .parse::<OptimizerKind>()
+                .unwrap(),
+        )
+        .learning_rate(lr)
+        .record_every(get("record_every").unwrap().as_u64().unwrap() as usize)
+        .window_size(get("window_size").unwrap().as_u64().unwrap() as usize)
+        .simplified(get("simplified").unwrap().as_bool().unwrap())
+        .project_full_gradient(get("project_full_gradient").unwrap().as_bool().unwrap())
         // the reference ignores `precision` and runs in the input dtype
-        precision,
-        mode: Mode::Reference,
-        ..Params::default()
-    };
+        .precision(precision)
+        .mode(Mode::Reference);
     (p, pj["X0_is_None"].as_bool().unwrap(), precision)
 }
 
@@ -201,21 +203,19 @@ pub fn golden_autograd_params(
 ) -> nsa_flow::autograd::AutogradParams {
     let p = &out["params"];
     let s = &out["settings"];
-    let mut params = nsa_flow::autograd::AutogradParams {
-        mode: nsa_flow::Mode::Reference,
-        backend,
-        tol: 1e-12,
-        w: p["w"].as_f64().unwrap(),
-        max_iter: p["max_iter"].as_u64().unwrap() as usize,
-        optimizer: s["optimizer"].as_str().unwrap().into(),
-        retraction: s["retraction"].as_str().unwrap().parse().unwrap(),
-        fidelity_type: s["fidelity_type"].as_str().unwrap().parse().unwrap(),
-        orth_type: s["orth_type"].as_str().unwrap().parse().unwrap(),
-        // as the reference was called: the lr given, else lr_strategy "auto" (which must
-        // then give the reference's 1e-3)
-        learning_rate: p["initial_learning_rate"].as_f64(),
-        ..Default::default()
-    };
+    let mut params = nsa_flow::autograd::AutogradParams::default()
+        .mode(nsa_flow::Mode::Reference)
+        .backend(backend)
+        .tol(1e-12)
+        .w(p["w"].as_f64().unwrap())
+        .max_iter(p["max_iter"].as_u64().unwrap() as usize)
+        .optimizer(s["optimizer"].as_str().unwrap())
+        .retraction(s["retraction"].as_str().unwrap().parse().unwrap())
+        .fidelity_type(s["fidelity_type"].as_str().unwrap().parse().unwrap())
+        .orth_type(s["orth_type"].as_str().unwrap().parse().unwrap());
+    // as the reference was called: the lr given, else lr_strategy "auto" (which must
+    // then give the reference's 1e-3)
+    params.learning_rate = p["initial_learning_rate"].as_f64();
     if let Some(nn) = p["apply_nonneg"].as_str() {
         params.nonneg = nn.parse().unwrap();
     }
