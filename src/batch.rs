@@ -116,7 +116,7 @@ pub fn nsa_flow_batch(problems: &[BatchProblem], params: &Params) -> Result<Batc
 ///     .iter()
 ///     .map(|&w| BatchProblem { y0: x0.clone(), x0: Some(x0.clone()), w })
 ///     .collect();
-/// let params = Params { backend: BackendChoice::Cpu, ..Params::default() };
+/// let params = Params::default().backend(BackendChoice::Cpu);
 /// // problem 1 stops after its third iteration; problem 0 runs on
 /// let batch = nsa_flow_batch_with_callback(&problems, &params, |i, info| {
 ///     if i == 1 && info.iter == 3 { Control::Stop } else { Control::Continue }

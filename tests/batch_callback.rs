@@ -45,16 +45,11 @@ fn check_stops_one_problem_each(test: &str, params: &Params) {
     let seen = seen.into_inner().unwrap();
     for (i, (pr, got)) in probs.iter().zip(&batch.results).enumerate() {
         let what = format!("{test} {:?} problem {i}", params.precision);
-        let alone = nsa_flow_with_callback(
-            &pr.y0,
-            pr.x0.as_ref(),
-            &Params {
-                w: pr.w,
-                ..params.clone()
-            },
-            |info| stop_rule(i, info.iter),
-        )
-        .unwrap();
+        let alone =
+            nsa_flow_with_callback(&pr.y0, pr.x0.as_ref(), &params.clone().w(pr.w), |info| {
+                stop_rule(i, info.iter)
+            })
+            .unwrap();
         assert_eq!(got.y, alone.y, "{what}: not bit-identical");
         assert_eq!(got.iterations, alone.iterations, "{what}");
         assert_eq!(got.stop_reason, alone.stop_reason, "{what}");
@@ -85,11 +80,7 @@ fn check_stops_one_problem_each(test: &str, params: &Params) {
 /// every problem within one iteration of the flag.
 fn check_a_shared_flag_stops_the_batch(test: &str, params: &Params) {
     let probs = problems(5);
-    let params = Params {
-        tol: 0.0,
-        max_iter: 100_000,
-        ..params.clone()
-    };
+    let params = params.clone().tol(0.0).max_iter(100_000);
     let stop = AtomicBool::new(false);
     let calls = AtomicUsize::new(0);
     let batch = nsa_flow_batch_with_callback(&probs, &params, |_, _| {
@@ -122,33 +113,24 @@ fn check_a_shared_flag_stops_the_batch(test: &str, params: &Params) {
 #[test]
 fn cpu_a_stop_ends_only_its_problem() {
     for precision in [Precision::F64, Precision::F32] {
-        let params = Params {
-            backend: BackendChoice::Cpu,
-            precision,
-            max_iter: 40,
-            ..Params::default()
-        };
+        let params = Params::default()
+            .backend(BackendChoice::Cpu)
+            .precision(precision)
+            .max_iter(40);
         check_stops_one_problem_each("cpu", &params);
     }
 }
 
 #[test]
 fn cpu_a_shared_flag_stops_the_batch() {
-    let params = Params {
-        backend: BackendChoice::Cpu,
-        ..Params::default()
-    };
+    let params = Params::default().backend(BackendChoice::Cpu);
     check_a_shared_flag_stops_the_batch("cpu", &params);
 }
 
 #[test]
 fn cpu_continue_is_the_plain_batch() {
     let probs = problems(3);
-    let params = Params {
-        backend: BackendChoice::Cpu,
-        max_iter: 30,
-        ..Params::default()
-    };
+    let params = Params::default().backend(BackendChoice::Cpu).max_iter(30);
     let plain = nsa_flow_batch(&probs, &params).unwrap();
     let with = nsa_flow_batch_with_callback(&probs, &params, |_, _| Control::Continue).unwrap();
     for (a, b) in plain.results.iter().zip(&with.results) {
@@ -162,12 +144,10 @@ fn gpu_a_stop_ends_only_its_problem() {
     if gpu_or_skip("gpu_a_stop_ends_only_its_problem").is_none() {
         return;
     }
-    let params = Params {
-        backend: BackendChoice::Gpu,
-        precision: Precision::F32,
-        max_iter: 25,
-        ..Params::default()
-    };
+    let params = Params::default()
+        .backend(BackendChoice::Gpu)
+        .precision(Precision::F32)
+        .max_iter(25);
     check_stops_one_problem_each("gpu", &params);
 }
 
@@ -176,10 +156,8 @@ fn gpu_a_shared_flag_stops_the_batch() {
     if gpu_or_skip("gpu_a_shared_flag_stops_the_batch").is_none() {
         return;
     }
-    let params = Params {
-        backend: BackendChoice::Gpu,
-        precision: Precision::F32,
-        ..Params::default()
-    };
+    let params = Params::default()
+        .backend(BackendChoice::Gpu)
+        .precision(Precision::F32);
     check_a_shared_flag_stops_the_batch("gpu", &params);
 }
