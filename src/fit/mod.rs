@@ -212,27 +212,36 @@ impl FitMode {
     }
 }
 
-/// Parameters of the 3.5 solvers; `Default` is 3.5's defaults.
+crate::setters::with_setters! {
+/// Parameters of the 3.5 solvers; `Default` is 3.5's defaults. Built with the chainable
+/// setters:
+///
+/// ```
+/// use nsa_flow::fit::FitParams;
+/// let p = FitParams::default().w(0.8).max_grad(500).tol(1e-8).gpu_adapter("nvidia");
+/// assert_eq!((p.w, p.max_grad, p.tol), (0.8, 500, Some(1e-8)));
+/// assert_eq!(p.gpu_adapter.as_deref(), Some("nvidia"));
+/// ```
 #[derive(Clone, Debug)]
 #[non_exhaustive]
 pub struct FitParams {
     /// Convex weight in `[0, 1]` (default 0.5).
     pub w: f64,
     /// Orthogonality functional; `None` is the mode's default (`D`; `Cg` for signed).
-    pub orth: Option<Orth>,
+    pub orth: Option<Orth> => Some(Orth),
     /// The minimiser (default L-BFGS-B).
     pub optimizer: FitOptimizer,
     /// Budget in gradient evaluations, per solve stage (default 20 000).
     pub max_grad: usize,
     /// Certificate tolerance; `None` is 3.5's default for the precision: 1e-6 in f64, 1e-4
     /// in f32 (the products' rounding floor).
-    pub tol: Option<f64>,
+    pub tol: Option<f64> => Some(f64),
     /// L-BFGS memory (default 10).
     pub memory: usize,
     /// Sufficient-decrease constant (default 1e-4).
     pub sigma: f64,
     /// Column quantile sparseness `q ∈ (0, 1)` followed by a fixed-support re-solve.
-    pub sparseness: Option<f64>,
+    pub sparseness: Option<f64> => Some(f64),
     /// Signed: assign each feature to its largest part and re-solve on that support.
     pub consolidate: bool,
     /// Signed: lobe penalty weight (default 1).
@@ -248,7 +257,7 @@ pub struct FitParams {
     /// Anchored: the first weight of a continuation (default 0).
     pub w_start: f64,
     /// Data/signed: work from `X` without forming `XᵀX` (`None`: when `p > n`).
-    pub matrix_free: Option<bool>,
+    pub matrix_free: Option<bool> => Some(bool),
     /// The start.
     pub init: Init,
     /// Data/signed: where the products with `XᵀX` run (default auto). `cpu`; `gpu`, any
@@ -261,7 +270,8 @@ pub struct FitParams {
     /// The solver's own bookkeeping is f64 either way.
     pub precision: crate::Precision,
     /// A GPU adapter: a case-insensitive substring of its name (an error with `cpu`).
-    pub gpu_adapter: Option<String>,
+    pub gpu_adapter: Option<String> => Some(into String),
+}
 }
 
 /// Multiply-adds per product (`p²k` dense, `2npk` matrix-free) from which `backend = auto`
