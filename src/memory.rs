@@ -75,15 +75,20 @@ pub fn budget() -> Result<Budget> {
             source: "available memory (MemAvailable)",
         };
     }
-    if let Some(room) = address_space_left() {
-        if room < b.bytes {
-            b = Budget {
-                bytes: room,
-                source: "the address-space limit (ulimit -v)",
-            };
+    if let Some(room) = address_space_budget() {
+        if room.bytes < b.bytes {
+            b = room;
         }
     }
     Ok(b)
+}
+
+/// What `ulimit -v` leaves, when a limit is set.
+fn address_space_budget() -> Option<Budget> {
+    address_space_left().map(|bytes| Budget {
+        bytes,
+        source: "the address-space limit (ulimit -v)",
+    })
 }
 
 /// Requests up to this size are not checked against `MemAvailable`: reading /proc/meminfo
@@ -97,11 +102,8 @@ pub const UNCHECKED_AVAILABLE_BYTES: u64 = 16 << 20;
 /// the `MemAvailable` part of the budget.
 pub fn ensure_fits(what: &str, bytes: u64) -> Result<()> {
     let b = if bytes <= UNCHECKED_AVAILABLE_BYTES && std::env::var_os(BUDGET_ENV).is_none() {
-        match address_space_left() {
-            Some(room) => Budget {
-                bytes: room,
-                source: "the address-space limit (ulimit -v)",
-            },
+        match address_space_budget() {
+            Some(b) => b,
             None => return Ok(()),
         }
     } else {

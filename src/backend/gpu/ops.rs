@@ -496,42 +496,12 @@ impl GpuBackend {
         }
     }
 
-    /// The soft-polar blend `dst = src·T_w` with `T_w` built in `small` (both styles).
-    pub(super) fn retract_soft_polar(&mut self, src: &GpuMat, dst: &GpuMat, o: &RetractOptions) {
+    /// `T_w` into `tmp2` from T, S (and in corrected style TS, computed in the same launch
+    /// when fusing and k ≤ 64, else by kk_matmul first), `tr S` into the trace slot.
+    fn blend_matrix(&mut self, reference: bool, w: f64) {
         let lay = self.ws().layout;
         let k = lay.k;
         let (s, t) = (lay.s(), lay.t());
-        self.gram(src, src, s, false);
-        let reference = o.style == Mode::Reference;
-        let polar = o.retraction == Retraction::Polar;
-        let w = if polar { 1.0 } else { o.w };
-        if reference {
-            if polar || (k > o.diag_thresh && src.p < k) {
-                // the reference's SVD polar factor U·Vᵀ = Y·(YᵀY)^{-1/2}
-                let rel = 16.0 * self.eps();
-                self.inv_sqrt_ns(s, t, [0.0, 0.0], rel, None, NS_CAP);
-            } else {
-                self.inv_sqrt_reference(s, t, o);
-            }
-        } else {
-            // the blend rides in the chain's last launch where it can (k ≤ 32, fused)
-            let then = ThenBlend {
-                w,
-                keep_below: f64::MIN_POSITIVE,
-            };
-            if self.inv_sqrt_corrected_then(s, t, o.inv_method, o.ns_iter, Some(then)) {
-                return self.mul_small(
-                    src,
-                    lay.tmp2(),
-                    None,
-                    dst,
-                    0,
-                    [1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0],
-                    [LITERAL; 4],
-                );
-            }
-        }
-        // corrected style needs TS = T·S: inside the blend's launch when fusing (k ≤ 64)
         let ts_in_blend = !reference && self.fuse && k <= 64;
         if !reference && !ts_in_blend {
             self.kk_matmul(t, s, lay.tmp(), false);
@@ -552,6 +522,37 @@ impl GpuBackend {
             Slots::default(),
             (1, 1),
         );
+    }
+
+    /// The soft-polar blend `dst = src·T_w` with `T_w` built in `small` (both styles).
+    pub(super) fn retract_soft_polar(&mut self, src: &GpuMat, dst: &GpuMat, o: &RetractOptions) {
+        let lay = self.ws().layout;
+        let k = lay.k;
+        let (s, t) = (lay.s(), lay.t());
+        self.gram(src, src, s, false);
+        let reference = o.style == Mode::Reference;
+        let polar = o.retraction == Retraction::Polar;
+        let w = if polar { 1.0 } else { o.w };
+        let blended = if reference {
+            if polar || (k > o.diag_thresh && src.p < k) {
+                // the reference's SVD polar factor U·Vᵀ = Y·(YᵀY)^{-1/2}
+                let rel = 16.0 * self.eps();
+                self.inv_sqrt_ns(s, t, [0.0, 0.0], rel, None, NS_CAP);
+            } else {
+                self.inv_sqrt_reference(s, t, o);
+            }
+            false
+        } else {
+            // the blend rides in the chain's last launch where it can (k ≤ 32, fused)
+            let then = ThenBlend {
+                w,
+                keep_below: f64::MIN_POSITIVE,
+            };
+            self.inv_sqrt_corrected_then(s, t, o.inv_method, o.ns_iter, Some(then))
+        };
+        if !blended {
+            self.blend_matrix(reference, w);
+        }
         self.mul_small(
             src,
             lay.tmp2(),
