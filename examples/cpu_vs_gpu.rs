@@ -171,7 +171,9 @@ pub(crate) fn main() -> Result<(), Box<dyn std::error::Error>> {
                 r.iterations,
                 1e3 * r.seconds,
                 1e3 * r.seconds / r.iterations as f64,
-                r.readbacks.map_or("-".to_string(), |n| n.to_string()),
+                r.device
+                    .readbacks
+                    .map_or("-".to_string(), |n| n.to_string()),
                 if name == "gpu" {
                     format!("{diff:.1e}")
                 } else {

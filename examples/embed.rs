@@ -91,9 +91,9 @@ pub(crate) fn main() -> Result<(), Box<dyn std::error::Error>> {
         res.stop_reason,
         res.defect(),
         100.0 * res.sparsity(),
-        res.readbacks.unwrap_or(0),
+        res.device.readbacks.unwrap_or(0),
         res.seconds,
-        res.backend
+        res.device
     );
     let cpu = nsa_flow(&x0, Some(&x0), &params.clone().backend(BackendChoice::Cpu))?;
     println!(
@@ -136,7 +136,7 @@ pub(crate) fn main() -> Result<(), Box<dyn std::error::Error>> {
             "\nwith SHADER_F64 requested: f64 on the device, {} iterations, defect {:.6e} ({})",
             res64.iterations,
             res64.defect(),
-            res64.backend
+            res64.device
         );
     } else {
         println!("\n(this adapter has no SHADER_F64, so f64 stays on the CPU)");

@@ -50,8 +50,9 @@ pub(crate) fn main() -> Result<(), nsa_flow::NsaError> {
             100.0 * res.sparsity(),
             res.certificate.value,
             1e3 * res.seconds,
-            res.backend,
-            res.readbacks
+            res.device,
+            res.device
+                .readbacks
                 .map_or(String::new(), |r| format!(" ({r} readbacks)"))
         );
     }

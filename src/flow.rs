@@ -758,8 +758,7 @@ fn solve_reference<B: Backend, F: FnMut(&IterInfo) -> Control>(
         },
         mode: Mode::Reference,
         precision: be.precision(),
-        backend: be.name(),
-        readbacks: be.readbacks(),
+        device: crate::DeviceInfo::of(be),
         seconds,
     })
 }
@@ -1191,8 +1190,7 @@ fn solve_corrected<B: Backend, F: FnMut(&IterInfo) -> Control>(
         retracted_steps,
         mode: Mode::Corrected,
         precision: be.precision(),
-        backend: be.name(),
-        readbacks: be.readbacks(),
+        device: crate::DeviceInfo::of(be),
         seconds,
     })
 }

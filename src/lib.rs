@@ -42,6 +42,7 @@
 pub mod autograd;
 pub mod backend;
 pub mod batch;
+mod device;
 mod element;
 mod energy;
 mod error;
@@ -68,6 +69,7 @@ mod setters;
 mod validate;
 mod verify;
 
+pub use device::{AdapterSummary, DeviceInfo};
 pub use element::Element;
 pub use energy::{
     apply_nonnegativity, compute_energy, defect_fast, invariant_orthogonality_defect, Energy,

@@ -144,10 +144,9 @@ pub struct NsaResult {
     pub mode: Mode,
     /// The arithmetic precision.
     pub precision: Precision,
-    /// The backend that ran (e.g. `cpu-f64`, or `gpu-f32 (adapter (API, type))`).
-    pub backend: String,
-    /// Device readbacks (round trips that read scalars or matrices back), for device backends.
-    pub readbacks: Option<u64>,
+    /// Where it ran: the backend's name (`cpu-f64`, or `gpu-f32 (adapter (API, type))`), the
+    /// GPU adapter, and the device readbacks (round trips that read scalars or matrices back).
+    pub device: crate::DeviceInfo,
     /// Wall-clock seconds of the loop.
     pub seconds: f64,
 }

@@ -42,7 +42,7 @@ impl fmt::Display for VerifyReport {
         writeln!(
             f,
             "cpu: {} ({} iterations, best {}, stop {}, {:.3} s)",
-            self.cpu.backend,
+            self.cpu.device,
             self.cpu.iterations,
             self.cpu.best_iteration,
             self.cpu.stop_reason,
@@ -51,12 +51,12 @@ impl fmt::Display for VerifyReport {
         writeln!(
             f,
             "gpu: {} ({} iterations, best {}, stop {}, {:.3} s, {} readbacks)",
-            self.gpu.backend,
+            self.gpu.device,
             self.gpu.iterations,
             self.gpu.best_iteration,
             self.gpu.stop_reason,
             self.gpu.seconds,
-            self.gpu.readbacks.unwrap_or(0)
+            self.gpu.device.readbacks.unwrap_or(0)
         )?;
         writeln!(f, "Y relative difference: {:.3e}", self.y_rel_diff)?;
         write!(

@@ -242,6 +242,8 @@ fn run_verify_agrees_on_a_small_f64_problem() {
     assert!(s["verify"]["y_rel_diff"].as_f64().unwrap() <= 1e-8, "{s}");
     assert!(s["backend"].as_str().unwrap().starts_with("gpu-f64"), "{s}");
     assert!(s["readbacks"].as_u64().is_some(), "{s}");
+    // the adapter comes with the GPU run's result (no longer matched back from its name)
+    assert!(s["adapter"]["name"].is_string(), "{s}");
 
     // --verify with --backend cpu is a usage error
     let o = bin()

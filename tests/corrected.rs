@@ -191,7 +191,7 @@ fn f32_agrees_with_f64() {
     let base = Params::default().w(0.5).max_iter(30).tol(0.0);
     let a = nsa_flow(&x, Some(&x), &base).unwrap();
     let b = nsa_flow(&x, Some(&x), &base.clone().precision(Precision::F32)).unwrap();
-    assert_eq!(b.backend, "cpu-f32");
+    assert_eq!(b.device.name, "cpu-f32");
     let ea = a.best_total_energy.unwrap();
     let eb = b.best_total_energy.unwrap();
     assert!((ea - eb).abs() < 1e-3 * ea, "{ea} vs {eb}");

@@ -64,8 +64,11 @@ fn check(test: &str, probs: &[BatchProblem], params: &Params) -> Option<(u64, u6
             "{what}: best energy"
         );
         assert_eq!(got.y, alone.y, "{what}: Y is not bit-identical");
-        assert_eq!(got.readbacks, alone.readbacks, "{what}: readbacks");
-        most = most.max(alone.readbacks.unwrap_or(0));
+        assert_eq!(
+            got.device.readbacks, alone.device.readbacks,
+            "{what}: readbacks"
+        );
+        most = most.max(alone.device.readbacks.unwrap_or(0));
     }
     Some((batch.rounds.expect("a GPU batch counts its rounds"), most))
 }

@@ -220,9 +220,18 @@ fn data(n: usize, p: usize, k: usize, seed: u64) -> DMatrix<f64> {
 const F32_ENERGY: f64 = 1e-4;
 
 fn compare(cpu: &fit::FitResult, gpu: &fit::FitResult, energy_tol: f64, what: &str) {
-    assert_eq!(cpu.backend, "cpu", "{what}");
-    assert_eq!(gpu.backend, "gpu", "{what}");
-    assert!(gpu.adapter.is_some(), "{what}");
+    assert_eq!(cpu.device.name, "cpu-f64", "{what}");
+    assert!(
+        !cpu.device.is_gpu() && cpu.device.readbacks.is_none(),
+        "{what}"
+    );
+    assert!(
+        gpu.device.name.starts_with("gpu-"),
+        "{what}: {}",
+        gpu.device
+    );
+    assert!(gpu.device.is_gpu(), "{what}");
+    assert!(gpu.device.readbacks.is_some_and(|n| n > 0), "{what}");
     assert!(
         gpu.converged,
         "{what}: {} {:.3e}",
@@ -346,7 +355,7 @@ fn backend_and_precision_rules_are_errors_not_surprises() {
     // auto keeps small f64 products on the CPU, bit-identical to backend = cpu
     let auto = fit::fit_data(&x, 2, &FitParams::default()).unwrap();
     let cpu = fit::fit_data(&x, 2, &on(BackendChoice::Cpu, Precision::F64)).unwrap();
-    assert_eq!(auto.backend, "cpu");
+    assert!(!auto.device.is_gpu(), "{}", auto.device);
     assert_eq!(auto.energy.to_bits(), cpu.energy.to_bits());
     assert_eq!(auto.y, cpu.y);
 }
@@ -400,11 +409,17 @@ fn the_cli_fits_on_the_device_and_says_so() {
         String::from_utf8_lossy(&o.stderr)
     );
     assert_eq!(o.status.code(), Some(0), "{said}");
-    assert!(said.contains("on gpu f32"), "{said}");
+    assert!(said.contains("on gpu-f32 ("), "{said}");
     let s = json(&summary);
-    assert_eq!(s["backend"], "gpu", "{s}");
+    assert!(
+        s["backend"]
+            .as_str()
+            .is_some_and(|b| b.starts_with("gpu-f32 (")),
+        "{s}"
+    );
     assert_eq!(s["precision"], "f32", "{s}");
-    assert!(s["adapter"].is_string(), "{s}");
+    assert!(s["adapter"]["name"].is_string(), "{s}");
+    assert!(s["readbacks"].as_u64().is_some_and(|n| n > 0), "{s}");
     assert_eq!(s["tol"], 1e-4, "{s}");
     assert_eq!(read(&out).shape(), (11, 2));
     // f32 on the CPU is a usage error that writes nothing

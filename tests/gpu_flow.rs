@@ -1476,8 +1476,8 @@ fn f64_pair(case: &Case, mode: Mode, own: &Arc<GpuContext>, software: bool) -> P
             if !(dy <= y_tol) {
                 errs.push(format!("Y rel {dy:.3e} > {y_tol:.1e}"));
             }
-            if !g.res.backend.starts_with("gpu") {
-                errs.push(format!("ran on '{}'", g.res.backend));
+            if !g.res.device.name.starts_with("gpu") {
+                errs.push(format!("ran on '{}'", g.res.device.name));
             }
             let mut allowed = None;
             if !errs.is_empty() {
@@ -1511,7 +1511,7 @@ fn f64_pair(case: &Case, mode: Mode, own: &Arc<GpuContext>, software: bool) -> P
                     if c.res.iterations == g.res.iterations
                         && best_gap <= 1
                         && dy <= bound
-                        && g.res.backend.starts_with("gpu")
+                        && g.res.device.name.starts_with("gpu")
                     {
                         let line = format!(
                             "{tag}: f64 rounding tie allowed at iteration {}: margins cpu {:+.1} u / gpu {:+.1} u, tied step ‖ΔY‖/‖Y‖ = {:.2e}, Y rel {dy:.3e} ≤ 2·step + 1e-8 = {bound:.2e}, best iteration cpu {} / gpu {}",
@@ -1825,7 +1825,11 @@ fn readbacks_per_iteration_stay_below_one_and_a_half() {
                     .max_iter(500);
                 let s = spied_run(gpu_backend(test, precision).unwrap(), &y0, x0, &params)
                     .expect("gpu run");
-                let rb = s.res.readbacks.expect("the GPU backend counts readbacks");
+                let rb = s
+                    .res
+                    .device
+                    .readbacks
+                    .expect("the GPU backend counts readbacks");
                 let n = s.infos.len();
                 let ratio = rb as f64 / s.res.iterations.max(1) as f64;
                 let in_loop = s.loop_readbacks() as f64 / n.max(1) as f64;
@@ -1922,14 +1926,14 @@ fn verify_agrees_in_f64() {
         let report = verify(&y0, Some(&x0), &params).expect("verify runs");
         eprintln!("verify {mode:?}:\n{report}\n");
         assert!(
-            report.cpu.backend.starts_with("cpu"),
+            report.cpu.device.name.starts_with("cpu"),
             "{}",
-            report.cpu.backend
+            report.cpu.device.name
         );
         assert!(
-            report.gpu.backend.starts_with("gpu"),
+            report.gpu.device.name.starts_with("gpu"),
             "{}",
-            report.gpu.backend
+            report.gpu.device.name
         );
         assert!(report.agrees(1e-8), "verify {mode:?} disagrees:\n{report}");
         assert!(report.first_divergence.is_none(), "{report}");

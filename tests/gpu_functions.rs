@@ -155,10 +155,49 @@ fn an_applications_own_device_can_be_shared() {
     let gpu = nsa_flow::flow::solve(&mut be, &x0, Some(&x0), &params, &mut |_| Control::Continue)
         .unwrap();
     let cpu = nsa_flow(&x0, Some(&x0), &params.backend(BackendChoice::Cpu)).unwrap();
-    assert!(gpu.readbacks.unwrap() > 0);
+    assert!(gpu.device.readbacks.unwrap() > 0);
     assert!(
         rel_fro(&gpu.y, &cpu.y) < 1e-3,
         "{}",
         rel_fro(&gpu.y, &cpu.y)
+    );
+}
+
+/// Every result says where it ran: the backend's name, the adapter (its summary, the one the
+/// backend's context holds) and the readbacks, on the GPU and on the CPU.
+#[test]
+fn results_report_their_device() {
+    let Some(ctx) = gpu_or_skip("results_report_their_device") else {
+        return;
+    };
+    let label = ctx.adapter().label();
+    let x0 = randn(40, 3, 5).abs();
+    let flow = Params::default()
+        .precision(Precision::F32)
+        .max_iter(5)
+        .backend(BackendChoice::Gpu);
+    let gpu = nsa_flow(&x0, Some(&x0), &flow).unwrap();
+    assert_eq!(gpu.device.name, format!("gpu-f32 ({label})"));
+    assert_eq!(gpu.device.adapter.as_ref(), Some(ctx.adapter()));
+    assert!(gpu.device.is_gpu() && gpu.device.readbacks.is_some_and(|n| n > 0));
+    assert_eq!(gpu.device.to_string(), gpu.device.name);
+    let cpu = nsa_flow(&x0, Some(&x0), &flow.clone().backend(BackendChoice::Cpu)).unwrap();
+    assert_eq!(cpu.device.name, "cpu-f32");
+    assert!(!cpu.device.is_gpu() && cpu.device.readbacks.is_none());
+
+    let ag = nsa_flow::autograd::AutogradParams::default()
+        .precision(Precision::F32)
+        .max_iter(3)
+        .backend(BackendChoice::Gpu);
+    let res = nsa_flow::autograd::nsa_flow_autograd(&x0, Some(&x0), &ag).unwrap();
+    assert_eq!(res.device.name, format!("gpu-f32 ({label})"));
+    assert_eq!(res.device.adapter.as_ref(), Some(ctx.adapter()));
+    assert!(res.device.readbacks.is_some_and(|n| n > 0));
+    let res =
+        nsa_flow::autograd::nsa_flow_autograd(&x0, Some(&x0), &ag.backend(BackendChoice::Cpu))
+            .unwrap();
+    assert_eq!(
+        res.device,
+        DeviceInfo::of(&nsa_flow::backend::cpu::CpuBackend::<f32>::new())
     );
 }

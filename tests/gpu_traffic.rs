@@ -160,7 +160,10 @@ fn fused_passes_change_no_bit_and_save_launches_and_passes() {
             b.res.best_total_energy.map(f64::to_bits),
             "{what}: energy"
         );
-        assert_eq!(a.res.readbacks, b.res.readbacks, "{what}: readbacks");
+        assert_eq!(
+            a.res.device.readbacks, b.res.device.readbacks,
+            "{what}: readbacks"
+        );
         assert!(
             b.traffic.launches < a.traffic.launches,
             "{what}: {:?} vs {:?}",
@@ -231,7 +234,7 @@ fn corrected_iteration_traffic_stays_within_its_ceiling() {
         run.res.energy_evaluations,
         t.launches as f64 / it,
         passes / it,
-        run.res.readbacks.unwrap_or(0) as f64 / it,
+        run.res.device.readbacks.unwrap_or(0) as f64 / it,
         t.launches as f64 / ev,
         passes / ev,
         run.by_kernel

@@ -60,8 +60,12 @@ fn flow_dict<'py>(py: Python<'py>, r: NsaResult) -> PyResult<Bound<'py, PyDict>>
     d.set_item(intern!(py, "energy_evaluations"), r.energy_evaluations)?;
     d.set_item(intern!(py, "mode"), r.mode.as_str())?;
     d.set_item(intern!(py, "precision"), r.precision.as_str())?;
-    d.set_item(intern!(py, "backend"), &r.backend)?;
-    d.set_item(intern!(py, "readbacks"), r.readbacks)?;
+    d.set_item(intern!(py, "backend"), &r.device.name)?;
+    d.set_item(
+        intern!(py, "adapter"),
+        r.device.adapter.as_ref().map(|a| a.label()),
+    )?;
+    d.set_item(intern!(py, "readbacks"), r.device.readbacks)?;
     d.set_item(intern!(py, "seconds"), r.seconds)?;
     d.set_item(intern!(py, "defect"), r.defect())?;
     d.set_item(intern!(py, "sparsity"), r.sparsity())?;
@@ -157,7 +161,9 @@ fn autograd<'py>(
     d.set_item("stop_reason", r.stop_reason.as_str())?;
     d.set_item("mode", r.mode.as_str())?;
     d.set_item("precision", r.precision.as_str())?;
-    d.set_item("backend", &r.backend)?;
+    d.set_item("backend", &r.device.name)?;
+    d.set_item("adapter", r.device.adapter.as_ref().map(|a| a.label()))?;
+    d.set_item("readbacks", r.device.readbacks)?;
     d.set_item("Y", to_numpy(py, r.y))?;
     d.set_item("target", to_numpy(py, r.target))?;
     Ok(d)
@@ -229,9 +235,10 @@ fn fit_dict<'py>(py: Python<'py>, r: FitResult) -> PyResult<Bound<'py, PyDict>> 
         d.set_item("parts_nnz", s.nnz_per_part.clone())?;
     }
     d.set_item("init", r.init)?;
-    d.set_item("backend", r.backend)?;
+    d.set_item("backend", &r.device.name)?;
     d.set_item("precision", r.precision.as_str())?;
-    d.set_item("adapter", r.adapter.clone())?;
+    d.set_item("adapter", r.device.adapter.as_ref().map(|a| a.label()))?;
+    d.set_item("readbacks", r.device.readbacks)?;
     d.set_item("parts", r.parts.map(|p| to_numpy(py, p)))?;
     d.set_item("Y", to_numpy(py, r.y))?;
     Ok(d)

@@ -212,10 +212,8 @@ pub struct AutogradResult {
     pub mode: Mode,
     /// The arithmetic precision.
     pub precision: Precision,
-    /// The backend that ran.
-    pub backend: String,
-    /// Device readbacks, for device backends.
-    pub readbacks: Option<u64>,
+    /// Where it ran: the backend's name, the GPU adapter, the device readbacks.
+    pub device: crate::DeviceInfo,
     /// Wall-clock seconds of the loop.
     pub seconds: f64,
 }
@@ -643,7 +641,7 @@ fn solve_autograd_unchecked<B: DifferentiableBackend, F: FnMut(&IterInfo) -> Con
         be.copy(&ev.y, &mut best);
     }
     let y = be.download(&best)? * scale;
-    let readbacks = be.readbacks();
+    let device = crate::DeviceInfo::of(be);
     Ok(AutogradResult {
         y,
         traces,
@@ -665,8 +663,7 @@ fn solve_autograd_unchecked<B: DifferentiableBackend, F: FnMut(&IterInfo) -> Con
         stop_reason: stop,
         mode: params.mode,
         precision: be.precision(),
-        backend: be.name(),
-        readbacks,
+        device,
         seconds: start.elapsed().as_secs_f64(),
     })
 }

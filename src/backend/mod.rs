@@ -170,6 +170,11 @@ pub trait Backend {
     fn readbacks(&self) -> Option<u64> {
         None
     }
+    /// The GPU adapter this backend runs on (`None` for a host backend); what
+    /// [`crate::DeviceInfo::adapter`] reports.
+    fn adapter(&self) -> Option<crate::AdapterSummary> {
+        None
+    }
 
     /// Copies a host matrix to the backend (converting to its precision).
     fn upload(&mut self, m: &DMatrix<f64>) -> Result<Self::Mat>;

@@ -15,11 +15,9 @@ use super::run::verify_tolerance;
 use clap::error::ErrorKind;
 use clap::Args;
 use nalgebra::DMatrix;
-use nsa_flow::autograd::{solve_autograd, AutogradParams, AutogradResult};
-use nsa_flow::backend::cpu::CpuBackend;
-use nsa_flow::gpu::AdapterSummary;
+use nsa_flow::autograd::{nsa_flow_autograd_with_callback, AutogradParams, AutogradResult};
 use nsa_flow::{
-    BackendChoice, Control, FidelityType, LearningRate, Mode, NonNeg, NsaError, OrthType, Params,
+    BackendChoice, Control, FidelityType, LearningRate, Mode, NonNeg, NsaError, OrthType,
     Precision, Retraction,
 };
 use serde_json::{json, Value};
@@ -213,13 +211,13 @@ pub fn cmd_autograd(a: AutogradArgs) -> Result<ExitCode, NsaError> {
         params.perturbed_start = Some(a.csv.read(s)?);
     }
     let mut exit = ExitCode::SUCCESS;
-    let (res, adapter, verify) = if a.verify {
+    let (res, verify) = if a.verify {
         let mut cpu_params = params.clone().backend(BackendChoice::Cpu);
         cpu_params.gpu_adapter = None;
         let mut progress = Progress::new(!a.quiet);
-        let (cpu, _) = autograd_on(&cpu_params, &y0, x0.as_ref(), false, &mut progress)?;
+        let cpu = autograd_on(&cpu_params, &y0, x0.as_ref(), false, &mut progress)?;
         let gpu_params = params.clone().backend(BackendChoice::Gpu);
-        let (gpu, adapter) = autograd_on(&gpu_params, &y0, x0.as_ref(), false, &mut progress)?;
+        let gpu = autograd_on(&gpu_params, &y0, x0.as_ref(), false, &mut progress)?;
         let tol = verify_tolerance(params.precision);
         let rel = (&gpu.y - &cpu.y).norm() / cpu.y.norm().max(f64::MIN_POSITIVE);
         let agrees = cpu.iterations == gpu.iterations
@@ -235,14 +233,14 @@ pub fn cmd_autograd(a: AutogradArgs) -> Result<ExitCode, NsaError> {
         if !agrees {
             exit = ExitCode::from(1);
         }
-        let v = json!({"agrees": agrees, "y_tol": tol, "y_rel_diff": rel, "cpu": {"backend": cpu.backend, "iterations": cpu.iterations, "best_iteration": cpu.best_iteration, "seconds": cpu.seconds}});
-        (gpu, adapter, Some(v))
+        let v = json!({"agrees": agrees, "y_tol": tol, "y_rel_diff": rel, "cpu": {"backend": cpu.device.name, "iterations": cpu.iterations, "best_iteration": cpu.best_iteration, "seconds": cpu.seconds}});
+        (gpu, Some(v))
     } else {
         let mut progress = Progress::new(!a.quiet && !a.verbose);
-        let (res, adapter) = autograd_on(&params, &y0, x0.as_ref(), a.verbose, &mut progress)?;
-        (res, adapter, None)
+        let res = autograd_on(&params, &y0, x0.as_ref(), a.verbose, &mut progress)?;
+        (res, None)
     };
-    let mut summary = autograd_summary(&res, &params, adapter.as_ref());
+    let mut summary = autograd_summary(&res, &params);
     if let Some(v) = verify {
         summary["verify"] = v;
     }
@@ -281,21 +279,22 @@ pub fn cmd_autograd(a: AutogradArgs) -> Result<ExitCode, NsaError> {
             res.optimizer,
             res.mode,
             res.seconds,
-            res.backend,
+            res.device,
         );
     }
     Ok(exit)
 }
 
+/// One autograd run with the CLI's progress bar (and `--verbose` lines).
 fn autograd_on(
     params: &AutogradParams,
     y0: &DMatrix<f64>,
     x0: Option<&DMatrix<f64>>,
     verbose: bool,
     progress: &mut Progress,
-) -> Result<(AutogradResult, Option<AdapterSummary>), NsaError> {
+) -> Result<AutogradResult, NsaError> {
     progress.start_run(params.max_iter, String::new());
-    let mut callback = |i: &nsa_flow::IterInfo| {
+    let callback = |i: &nsa_flow::IterInfo| {
         if verbose {
             eprintln!(
                 "iter {:5}  total_energy {:.8e}  fidelity {:.6e}  orthogonality {:.6e}  |grad| {:.3e}",
@@ -305,49 +304,12 @@ fn autograd_on(
         progress.update(i, "orth");
         Control::Continue
     };
-    let mut flow_params = Params::default()
-        .backend(params.backend)
-        .precision(params.precision);
-    flow_params.gpu_adapter = params.gpu_adapter.clone();
-    let res = (|| {
-        Ok(match nsa_flow::flow::gpu_backend_for(&flow_params)? {
-            Some(mut be) => {
-                let adapter = be.context().adapter().clone();
-                (
-                    solve_autograd(&mut be, y0, x0, params, &mut callback)?,
-                    Some(adapter),
-                )
-            }
-            None => {
-                let res = match params.precision {
-                    Precision::F64 => solve_autograd(
-                        &mut CpuBackend::<f64>::new(),
-                        y0,
-                        x0,
-                        params,
-                        &mut callback,
-                    )?,
-                    Precision::F32 => solve_autograd(
-                        &mut CpuBackend::<f32>::new(),
-                        y0,
-                        x0,
-                        params,
-                        &mut callback,
-                    )?,
-                };
-                (res, None)
-            }
-        })
-    })();
+    let res = nsa_flow_autograd_with_callback(y0, x0, params, callback);
     progress.finish();
     res
 }
 
-fn autograd_summary(
-    res: &AutogradResult,
-    params: &AutogradParams,
-    adapter: Option<&AdapterSummary>,
-) -> Value {
+fn autograd_summary(res: &AutogradResult, params: &AutogradParams) -> Value {
     json!({
         "iterations": res.iterations,
         "best_iteration": res.best_iteration,
@@ -357,9 +319,9 @@ fn autograd_summary(
         "defect": nsa_flow::invariant_orthogonality_defect(&res.y),
         "sparsity": nsa_flow::sparsity(&res.y),
         "seconds": res.seconds,
-        "backend": res.backend,
-        "adapter": adapter_json(adapter),
-        "readbacks": res.readbacks,
+        "backend": res.device.name,
+        "adapter": adapter_json(res.device.adapter.as_ref()),
+        "readbacks": res.device.readbacks,
         "mode": res.mode.as_str(),
         "precision": res.precision.as_str(),
         "p": res.y.nrows(),

@@ -288,7 +288,7 @@ fn bench_on<B: Backend>(
         let per = res.seconds / res.iterations.max(1) as f64;
         if best.as_ref().is_none_or(|b| per < b.seconds_per_iteration) {
             best = Some(BenchRun {
-                backend: res.backend.clone(),
+                backend: res.device.name.clone(),
                 seconds_per_iteration: per,
                 iterations: res.iterations,
                 energy_evaluations: res.energy_evaluations,

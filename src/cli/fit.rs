@@ -135,7 +135,9 @@ pub fn summary_json(r: &FitResult) -> Value {
         "grad_map_start": finite_or_null(r.grad_map_start),
         "energy_reduction": finite_or_null(r.energy_reduction()),
         "basis_report": report_json(&r.report),
-        "backend": r.backend, "precision": r.precision.to_string(), "adapter": r.adapter,
+        "backend": r.device.name, "precision": r.precision.to_string(),
+        "adapter": super::output::adapter_json(r.device.adapter.as_ref()),
+        "readbacks": r.device.readbacks,
     });
     let o = s.as_object_mut().expect("an object");
     if let Some(f) = r.fidelity_mode {
@@ -179,11 +181,8 @@ fn final_line(r: &FitResult) -> String {
     )
 }
 
-fn device_of(r: &FitResult) -> String {
-    match &r.adapter {
-        Some(a) => format!("{} {} ({a})", r.backend, r.precision),
-        None => format!("{} {}", r.backend, r.precision),
-    }
+fn device_of(r: &FitResult) -> &str {
+    &r.device.name
 }
 
 pub fn cmd_fit(a: FitArgs) -> Result<ExitCode, NsaError> {

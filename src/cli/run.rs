@@ -14,8 +14,6 @@ use super::progress::{verbose_flow_line, Progress};
 use clap::error::ErrorKind;
 use clap::Args;
 use nalgebra::DMatrix;
-use nsa_flow::backend::cpu::CpuBackend;
-use nsa_flow::gpu::{list_adapters, AdapterSummary};
 use nsa_flow::{BackendChoice, Control, NsaError, NsaResult, Params, Precision, VerifyReport};
 use serde_json::{json, Value};
 use std::path::PathBuf;
@@ -108,10 +106,10 @@ pub fn cmd_run(a: RunArgs) -> Result<ExitCode, NsaError> {
         progress.update(i, "defect");
         Control::Continue
     };
-    let solved = solve_flow(&params, &y0, x0.as_ref(), &mut callback);
+    let solved = nsa_flow::nsa_flow_with_callback(&y0, x0.as_ref(), &params, &mut callback);
     progress.finish();
-    let (res, adapter) = solved?;
-    let summary = summary_value(&res, &params, adapter.as_ref());
+    let res = solved?;
+    let summary = summary_value(&res, &params);
     write_all(outputs_of(&a, &res, &params, summary)?)?;
     if !a.quiet {
         println!(
@@ -124,7 +122,7 @@ pub fn cmd_run(a: RunArgs) -> Result<ExitCode, NsaError> {
             res.sparsity(),
             res.certificate.value,
             res.seconds,
-            res.backend,
+            res.device,
             readbacks_note(&res),
         );
     }
@@ -159,36 +157,7 @@ pub fn cmd_run_fit(
     )
 }
 
-/// One flow run, as `nsa_flow_with_callback` does it but keeping hold of the adapter: on the
-/// GPU that `params` selects (its context is the process-wide shared one, so a sweep opens
-/// the device once), else on the CPU.
-pub fn solve_flow<F: FnMut(&nsa_flow::IterInfo) -> Control>(
-    params: &Params,
-    y0: &DMatrix<f64>,
-    x0: Option<&DMatrix<f64>>,
-    callback: &mut F,
-) -> Result<(NsaResult, Option<AdapterSummary>), NsaError> {
-    Ok(match nsa_flow::flow::gpu_backend_for(params)? {
-        Some(mut be) => {
-            let adapter = be.context().adapter().clone();
-            let res = nsa_flow::flow::solve(&mut be, y0, x0, params, callback)?;
-            (res, Some(adapter))
-        }
-        None => {
-            let res = match params.precision {
-                Precision::F64 => {
-                    nsa_flow::flow::solve(&mut CpuBackend::<f64>::new(), y0, x0, params, callback)?
-                }
-                Precision::F32 => {
-                    nsa_flow::flow::solve(&mut CpuBackend::<f32>::new(), y0, x0, params, callback)?
-                }
-            };
-            (res, None)
-        }
-    })
-}
-
-fn summary_value(res: &NsaResult, params: &Params, adapter: Option<&AdapterSummary>) -> Value {
+fn summary_value(res: &NsaResult, params: &Params) -> Value {
     json!({
         "iterations": res.iterations,
         "final_iter": res.final_iter,
@@ -198,9 +167,9 @@ fn summary_value(res: &NsaResult, params: &Params, adapter: Option<&AdapterSumma
         "defect": res.defect(),
         "sparsity": res.sparsity(),
         "seconds": res.seconds,
-        "backend": res.backend,
-        "adapter": adapter_json(adapter),
-        "readbacks": res.readbacks,
+        "backend": res.device.name,
+        "adapter": adapter_json(res.device.adapter.as_ref()),
+        "readbacks": res.device.readbacks,
         "mode": res.mode.as_str(),
         "precision": res.precision.as_str(),
         "certificate": {
@@ -259,7 +228,7 @@ fn outputs_of(
 
 /// `, N readbacks (r per iteration)` for a device run, nothing on the CPU.
 fn readbacks_note(res: &NsaResult) -> String {
-    match res.readbacks {
+    match res.device.readbacks {
         Some(r) => format!(
             ", {r} readbacks ({:.2} per iteration)",
             r as f64 / res.iterations.max(1) as f64
@@ -276,14 +245,6 @@ pub fn verify_tolerance(p: Precision) -> f64 {
     }
 }
 
-/// The adapter a finished GPU run used, recovered from its backend name
-/// (`gpu-<precision> (<adapter label>)`) among the listed adapters.
-fn adapter_of_run(res: &NsaResult) -> Option<AdapterSummary> {
-    list_adapters()
-        .into_iter()
-        .find(|a| res.backend == format!("gpu-{} ({})", res.precision, a.label()))
-}
-
 fn verify_json(r: &VerifyReport, tol: f64, agrees: bool) -> Value {
     json!({
         "agrees": agrees,
@@ -293,7 +254,7 @@ fn verify_json(r: &VerifyReport, tol: f64, agrees: bool) -> Value {
         "first_divergence": r.first_divergence,
         "energy_tol": r.energy_tol,
         "cpu": {
-            "backend": r.cpu.backend,
+            "backend": r.cpu.device.name,
             "iterations": r.cpu.iterations,
             "best_iteration": r.cpu.best_iteration,
             "stop_reason": r.cpu.stop_reason.as_str(),
@@ -312,8 +273,7 @@ fn run_verify(
     let tol = verify_tolerance(params.precision);
     let agrees = report.agrees(tol);
     let res = &report.gpu;
-    let adapter = adapter_of_run(res);
-    let mut summary = summary_value(res, params, adapter.as_ref());
+    let mut summary = summary_value(res, params);
     summary["verify"] = verify_json(&report, tol, agrees);
     write_all(outputs_of(a, res, params, summary)?)?;
     if agrees {

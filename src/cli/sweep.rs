@@ -4,7 +4,6 @@ use super::args::{flow_inputs, flow_params, read_inputs, FlowArgs};
 use super::output::{check_paths, dtype_of, write_all, Output};
 use super::parse::{parse_ws, WeightList};
 use super::progress::{verbose_flow_line, Progress};
-use super::run::solve_flow;
 use clap::Args;
 use nalgebra::DMatrix;
 use nsa_flow::{Control, NsaError};
@@ -80,8 +79,8 @@ pub fn cmd_sweep(a: SweepArgs) -> Result<ExitCode, NsaError> {
                 verbose_flow_line(&prefix, i);
                 Control::Continue
             };
-            match solve_flow(&run_params, &y0, x0.as_ref(), &mut callback) {
-                Ok((res, _)) => out.push(res),
+            match nsa_flow::nsa_flow_with_callback(&y0, x0.as_ref(), &run_params, &mut callback) {
+                Ok(res) => out.push(res),
                 Err(e) => return Ok(sweep_failed(&tag, &e)),
             }
         }
@@ -122,7 +121,7 @@ pub fn cmd_sweep(a: SweepArgs) -> Result<ExitCode, NsaError> {
             );
             progress.suspend(|| println!("{row}"));
         }
-        backend_name = res.backend.clone();
+        backend_name = res.device.name.clone();
         outputs.push(Output::Matrix(
             a.out_dir.join(format!("Y_w{tag}.npy")),
             res.y,

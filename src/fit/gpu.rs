@@ -474,6 +474,17 @@ impl GpuGramOperator {
         &self.chain.ctx.adapter().name
     }
 
+    /// Where the products run, with the round trips so far as its readbacks (named as the
+    /// flow's GPU backend names itself).
+    pub fn device(&self) -> crate::DeviceInfo {
+        let adapter = self.chain.ctx.adapter().clone();
+        crate::DeviceInfo {
+            name: format!("gpu-{} ({})", self.chain.precision, adapter.label()),
+            adapter: Some(adapter),
+            readbacks: Some(self.evaluations()),
+        }
+    }
+
     /// Evaluations (round trips) so far.
     pub fn evaluations(&self) -> u64 {
         self.chain.evaluations()

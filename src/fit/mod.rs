@@ -385,12 +385,11 @@ pub struct FitResult {
     pub part_stats: Option<PartStats>,
     /// The start strategy used.
     pub init: &'static str,
-    /// Where the products ran: `cpu` or `gpu`.
-    pub backend: &'static str,
+    /// Where the products ran: `cpu-f64`, or `gpu-<precision> (<adapter label>)` with the
+    /// adapter and the device round trips.
+    pub device: crate::DeviceInfo,
     /// Their arithmetic.
     pub precision: crate::Precision,
-    /// The GPU adapter, when they ran on one.
-    pub adapter: Option<String>,
 }
 
 impl FitResult {
@@ -830,9 +829,12 @@ fn finish(
         consolidated: false,
         part_stats: None,
         init,
-        backend: "cpu",
+        device: crate::DeviceInfo {
+            name: "cpu-f64".into(),
+            adapter: None,
+            readbacks: None,
+        },
         precision: crate::Precision::F64,
-        adapter: None,
     };
     extra(&mut r);
     r.seconds = t0.elapsed().as_secs_f64();
@@ -931,9 +933,8 @@ fn device_first(ops: &GramOperator, r: Result<FitResult>) -> Result<FitResult> {
     let mut r = r?;
     #[cfg(feature = "gpu")]
     if let GramOperator::Gpu(g) = ops {
-        r.backend = "gpu";
         r.precision = g.precision();
-        r.adapter = Some(g.adapter_name().to_string());
+        r.device = g.device();
     }
     Ok(r)
 }

@@ -5,6 +5,8 @@ use crate::error::{GpuErrorKind, NsaError, Result};
 use crate::params::Precision;
 use std::sync::{Arc, Mutex, OnceLock};
 
+pub use crate::device::AdapterSummary;
+
 /// How to choose the adapter.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct GpuOptions {
@@ -15,37 +17,6 @@ pub struct GpuOptions {
     /// Accept a software adapter (lavapipe, llvmpipe, WARP, SwiftShader). `backend = gpu`
     /// sets this; `auto` does not, so it falls back to the CPU path instead.
     pub allow_software: bool,
-}
-
-/// What an adapter is, for listings and summaries.
-#[derive(Clone, Debug, PartialEq)]
-pub struct AdapterSummary {
-    /// The adapter's name.
-    pub name: String,
-    /// Graphics API (Vulkan, Metal, Dx12, Gl).
-    pub backend: String,
-    /// Discrete, integrated, virtual, CPU (software) or other.
-    pub device_type: String,
-    /// Driver name and version.
-    pub driver: String,
-    /// Whether it is a software rasterizer running on the CPU.
-    pub is_software: bool,
-    /// Whether it supports `f64` in shaders.
-    pub shader_f64: bool,
-    /// Largest storage-buffer binding in bytes.
-    pub max_storage_buffer_binding_size: u64,
-    /// Largest buffer in bytes.
-    pub max_buffer_size: u64,
-    /// Workgroup memory in bytes.
-    pub max_compute_workgroup_storage_size: u32,
-    /// Invocations per workgroup.
-    pub max_compute_invocations_per_workgroup: u32,
-    /// Workgroups per dispatch dimension.
-    pub max_compute_workgroups_per_dimension: u32,
-    /// Storage buffers per shader stage.
-    pub max_storage_buffers_per_shader_stage: u32,
-    /// Feature names.
-    pub features: Vec<String>,
 }
 
 impl AdapterSummary {
@@ -67,30 +38,6 @@ impl AdapterSummary {
             max_storage_buffers_per_shader_stage: limits.max_storage_buffers_per_shader_stage,
             features: features.iter_names().map(|(n, _)| n.to_string()).collect(),
         }
-    }
-
-    /// The most loop trips one shader invocation may make, when the driver caps them:
-    /// llvmpipe/lavapipe before Mesa 23 silently ends an invocation after 65 535 trips in
-    /// all (WGPU-NOTES.md §6.1; Mesa 25 has no cap). A Mesa driver whose version cannot be
-    /// read is assumed capped. `None`: no known cap.
-    pub fn loop_trip_cap(&self) -> Option<usize> {
-        let text = format!("{} {}", self.name, self.driver);
-        let mesa_major = text.split("Mesa ").nth(1).and_then(|rest| {
-            let digits: String = rest.chars().take_while(|c| c.is_ascii_digit()).collect();
-            digits.parse::<u32>().ok()
-        });
-        let software_mesa = text.contains("llvmpipe") || text.contains("lavapipe");
-        match mesa_major {
-            Some(v) if v >= 23 => None,
-            Some(_) => Some(65_535),
-            None if software_mesa || text.contains("Mesa") => Some(65_535),
-            None => None,
-        }
-    }
-
-    /// `name (backend, type)`.
-    pub fn label(&self) -> String {
-        format!("{} ({}, {})", self.name, self.backend, self.device_type)
     }
 }
 

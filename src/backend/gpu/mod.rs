@@ -758,6 +758,10 @@ impl Backend for GpuBackend {
         Some(self.readbacks)
     }
 
+    fn adapter(&self) -> Option<crate::AdapterSummary> {
+        Some(self.ctx.adapter().clone())
+    }
+
     fn upload(&mut self, m: &DMatrix<f64>) -> Result<GpuMat> {
         let mat = self.new_mat(m.nrows(), m.ncols())?;
         let bytes = self.to_bytes(m);
