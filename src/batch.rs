@@ -145,10 +145,7 @@ where
         .iter()
         .enumerate()
         .map(|(i, pr)| {
-            let p = Params {
-                w: pr.w,
-                ..params.clone()
-            };
+            let p = params.clone().w(pr.w);
             let check = || -> Result<()> {
                 p.validate()?;
                 crate::validate::finite_nonempty("Y0", &pr.y0)?;
@@ -167,7 +164,7 @@ where
         let pr = &problems[i];
         let p = &per_problem[i];
         let mut cont = |info: &crate::IterInfo| callback(i, info);
-        match p.precision {
+        match p.common.precision {
             Precision::F64 => solve(
                 &mut CpuBackend::<f64>::new(),
                 &pr.y0,
@@ -191,7 +188,7 @@ where
     let gpu = gpu_backend_for(params)?;
     #[cfg(not(feature = "gpu"))]
     let gpu: Option<std::convert::Infallible> = {
-        crate::backend::select::DeviceOptions::of(params).no_gpu()?;
+        crate::backend::select::DeviceOptions::of(&params.common).no_gpu()?;
         None
     };
     let (results, backend) = match gpu {
@@ -241,7 +238,7 @@ where
                 .collect::<Result<Vec<_>>>()?;
             let name = format!(
                 "cpu-{} ×{} threads",
-                params.precision.as_str(),
+                params.common.precision.as_str(),
                 rayon::current_num_threads()
             );
             (results, name)

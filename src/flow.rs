@@ -62,7 +62,7 @@ where
     F: FnMut(&IterInfo) -> Control,
 {
     params.validate()?;
-    let mut be = DeviceOptions::of(params).backend()?;
+    let mut be = DeviceOptions::of(&params.common).backend()?;
     crate::with_backend!(&mut be, b => solve(b, y0, x0, params, &mut callback))
 }
 
@@ -82,7 +82,7 @@ fn prepare(y0: &DMatrix<f64>, x0: Option<&DMatrix<f64>>, params: &Params) -> Res
     validate::nonzero("Y0", y0, "the flow needs a non-zero start (its orthogonality defect and retraction are undefined at 0)")?;
     let (p, k) = y0.shape();
     let clamp = params.nonneg != NonNeg::None;
-    if params.mode == Mode::Corrected {
+    if params.common.mode == Mode::Corrected {
         if params.nonneg == NonNeg::Softplus {
             return Err(NsaError::InvalidParameter {
                 name: "nonneg",
@@ -100,8 +100,13 @@ fn prepare(y0: &DMatrix<f64>, x0: Option<&DMatrix<f64>>, params: &Params) -> Res
             });
         }
     }
-    let (y_init, target) =
-        start_and_target(y0, x0, clamp, params.seed, params.perturbed_start.as_ref())?;
+    let (y_init, target) = start_and_target(
+        y0,
+        x0,
+        clamp,
+        params.common.seed,
+        params.common.perturbed_start.as_ref(),
+    )?;
     validate::nonzero(
         if x0.is_some() {
             "X0 (after the non-negativity projection)"
@@ -278,10 +283,10 @@ struct Recorder<'a, F> {
 impl<F: FnMut(&IterInfo) -> Control> Recorder<'_, F> {
     fn record(&mut self, it: usize, fid: f64, defect: f64, total: f64) {
         self.recent.push_back(total);
-        while self.recent.len() > self.params.window_size {
+        while self.recent.len() > self.params.common.window_size {
             self.recent.pop_front();
         }
-        if it % self.params.record_every == 0 {
+        if it % self.params.common.record_every == 0 {
             self.traces.push(TraceRow {
                 iter: it,
                 time: self.t0.elapsed().as_secs_f64(),
@@ -295,7 +300,7 @@ impl<F: FnMut(&IterInfo) -> Control> Recorder<'_, F> {
     /// The reference's energy-window test: `(max − min)/(|mean| + 1e-12) < thresh` over a
     /// full window.
     fn window_stable(&self, thresh: f64) -> bool {
-        if self.recent.len() < self.params.window_size {
+        if self.recent.len() < self.params.common.window_size {
             return false;
         }
         let max = self
@@ -336,7 +341,7 @@ pub fn solve<B: Backend, F: FnMut(&IterInfo) -> Control>(
     crate::memory::ensure_solve_fits(p, k, if f32 { 4 } else { 8 }, be.readbacks().is_some())?;
     let prep = prepare(y0, x0, params)?;
     let magnitude = validate::magnitude(&[Some(y0), x0]);
-    let res = match params.mode {
+    let res = match params.common.mode {
         Mode::Reference => solve_reference(be, prep, params, callback),
         Mode::Corrected => solve_corrected(be, prep, params, callback, None),
     };
@@ -401,18 +406,16 @@ pub(crate) fn solve_corrected_recorded(
     x0: Option<&DMatrix<f64>>,
     params: &Params,
 ) -> Result<(NsaResult, CorrectedTape)> {
-    if params.mode != Mode::Corrected {
+    if params.common.mode != Mode::Corrected {
         return Err(NsaError::InvalidParameter {
             name: "mode",
             reason: "only the corrected loop records a tape".into(),
         });
     }
-    let params = Params {
-        precision: Precision::F64,
-        backend: BackendChoice::Cpu,
-        gpu_adapter: None,
-        ..params.clone()
-    };
+    let mut params = params.clone();
+    params.common.precision = Precision::F64;
+    params.common.backend = BackendChoice::Cpu;
+    params.common.gpu_adapter = None;
     let prep = prepare(y0, x0, &params)?;
     let mut tape = CorrectedTape::default();
     let res = solve_corrected(
@@ -460,8 +463,8 @@ fn solve_reference<B: Backend, F: FnMut(&IterInfo) -> Control>(
     let (p, k) = prep.y_init.shape();
     let pk = (p * k) as f64;
     let clamp = params.nonneg != NonNeg::None; // any truthy apply_nonneg clamps (Q16)
-    let w = params.w;
-    let ropt = RetractOptions::reference(params.retraction, w);
+    let w = params.common.w;
+    let ropt = RetractOptions::reference(params.common.retraction, w);
 
     let mut y = be.upload(&prep.y_init)?;
     let x0 = be.upload(&prep.target)?;
@@ -524,7 +527,7 @@ fn solve_reference<B: Backend, F: FnMut(&IterInfo) -> Control>(
         params,
         t0: Instant::now(),
         traces: Vec::with_capacity(
-            (params.max_iter / params.record_every)
+            (params.common.max_iter / params.common.record_every)
                 .saturating_add(1)
                 .min(1 << 16),
         ),
@@ -538,7 +541,7 @@ fn solve_reference<B: Backend, F: FnMut(&IterInfo) -> Control>(
     let mut prev_backtracked = false;
     const MAX_BT: usize = 20;
 
-    for it in 1..=params.max_iter {
+    for it in 1..=params.common.max_iter {
         be.gradient(&y, &x0, &rule, &mut grad);
         match params.optimizer {
             OptimizerKind::Fast => be.lincomb(1.0, &y, -lr, &grad, &mut prop),
@@ -751,7 +754,7 @@ fn solve_reference<B: Backend, F: FnMut(&IterInfo) -> Control>(
         init_grad_norm,
         energy_evaluations: energy_evals,
         backtracking_iterations: bt_iters,
-        retracted_steps: if params.retraction == Retraction::None {
+        retracted_steps: if params.common.retraction == Retraction::None {
             0
         } else {
             iterations
@@ -800,7 +803,7 @@ fn solve_corrected<B: Backend, F: FnMut(&IterInfo) -> Control>(
     let (p, k) = prep.y_init.shape();
     let pk = (p * k) as f64;
     let clamp = params.nonneg == NonNeg::Hard;
-    let w = params.w;
+    let w = params.common.w;
     // The energy is invariant to scaling Y and X0 together, so the solve runs on data divided
     // by the RMS of X0: no overflow or underflow guard (‖Y‖² ≤ 1e-12 …) can then depend on the
     // units of the input. Learning rates convert as lr_internal = lr / scale².
@@ -845,8 +848,8 @@ fn solve_corrected<B: Backend, F: FnMut(&IterInfo) -> Control>(
     let dir_rule = model.true_gradient(projection);
     let direction_is_gradient =
         projection == Projection::None && params.optimizer == OptimizerKind::Fast;
-    let use_retraction = params.retraction != Retraction::None && w > 0.0;
-    let ropt = RetractOptions::corrected(params.retraction, w);
+    let use_retraction = params.common.retraction != Retraction::None && w > 0.0;
+    let ropt = RetractOptions::corrected(params.common.retraction, w);
 
     let eps = be_eps(be);
     let mut y = be.upload(&start_n)?;
@@ -908,7 +911,7 @@ fn solve_corrected<B: Backend, F: FnMut(&IterInfo) -> Control>(
         params,
         t0: Instant::now(),
         traces: Vec::with_capacity(
-            (params.max_iter / params.record_every)
+            (params.common.max_iter / params.common.record_every)
                 .saturating_add(1)
                 .min(1 << 16),
         ),
@@ -924,7 +927,7 @@ fn solve_corrected<B: Backend, F: FnMut(&IterInfo) -> Control>(
     let mut retracted_tries = RETRACTED_TRIES;
     let mut prev_tried = 0usize;
 
-    for it in 1..=params.max_iter {
+    for it in 1..=params.common.max_iter {
         be.gradient(&y, &x0, &true_rule, &mut grad);
         let direction = match &mut dir {
             Some(dir) => {

@@ -58,10 +58,7 @@ use std::str::FromStr;
 /// tol = 1e-5, hard non-negativity, "fast", the default learning rate, simplified = false,
 /// project_full_gradient = false, corrected mode, f64, auto backend) with `max_iter = 50`.
 fn layer_defaults() -> Params {
-    Params {
-        max_iter: 50,
-        ..Params::default()
-    }
+    Params::default().max_iter(50)
 }
 
 /// The parameter names [`NsaFlowLayerBuilder::set`] accepts: the reference's
@@ -127,8 +124,8 @@ impl Default for NsaFlowLayer {
 ///     .apply_nonneg(true)
 ///     .build()
 ///     .unwrap();
-/// assert_eq!(layer.params().retraction, Retraction::Polar);
-/// assert_eq!(layer.params().max_iter, 20);
+/// assert_eq!(layer.params().common.retraction, Retraction::Polar);
+/// assert_eq!(layer.params().common.max_iter, 20);
 /// // a name that is not supported is an error, never ignored
 /// assert!(matches!(NsaFlowLayer::builder().set("verbose", "1"), Err(NsaError::UnknownName { .. })));
 /// assert!(matches!(NsaFlowLayer::builder().optimizer("padam2"), Err(NsaError::UnknownName { .. })));
@@ -167,17 +164,17 @@ fn parse_num<T: FromStr>(name: &'static str, v: &str) -> Result<T> {
 impl NsaFlowLayerBuilder {
     /// The weight `w ∈ [0, 1]` (checked by [`Self::build`]).
     pub fn w(mut self, w: f64) -> Self {
-        self.params.w = w;
+        self.params.common.w = w;
         self
     }
     /// The retraction by name (`soft_polar`, `polar`, `none`).
     pub fn retraction(mut self, name: &str) -> Result<Self> {
-        self.params.retraction = Retraction::from_str(name)?;
+        self.params.common.retraction = Retraction::from_str(name)?;
         Ok(self)
     }
     /// The iteration cap (≥ 1).
     pub fn max_iter(mut self, n: usize) -> Self {
-        self.params.max_iter = n;
+        self.params.common.max_iter = n;
         self
     }
     /// The tolerance (≥ 0).
@@ -212,17 +209,17 @@ impl NsaFlowLayerBuilder {
     }
     /// Corrected (default) or reference algorithm.
     pub fn mode(mut self, mode: Mode) -> Self {
-        self.params.mode = mode;
+        self.params.common.mode = mode;
         self
     }
     /// Where the forward runs (the backward always runs on the CPU in f64).
     pub fn backend(mut self, backend: BackendChoice) -> Self {
-        self.params.backend = backend;
+        self.params.common.backend = backend;
         self
     }
     /// The forward's arithmetic precision.
     pub fn precision(mut self, precision: Precision) -> Self {
-        self.params.precision = precision;
+        self.params.common.precision = precision;
         self
     }
 
@@ -376,7 +373,7 @@ impl NsaFlowLayer {
     /// self-target perturbation; the reference's `seed` has no effect either).
     pub fn new(params: Params) -> Result<Self> {
         params.validate()?;
-        if params.perturbed_start.is_some() {
+        if params.common.perturbed_start.is_some() {
             return Err(NsaError::InvalidParameter {
                 name: "perturbed_start",
                 reason: "the layer always passes X0, so a perturbed start is never used".into(),
@@ -418,7 +415,7 @@ impl NsaFlowLayer {
             .map(|(i, x)| BatchProblem {
                 y0: y0.map_or_else(|| x.clone(), |y| y[i].clone()),
                 x0: Some(x.clone()),
-                w: self.params.w,
+                w: self.params.common.w,
             })
             .collect();
         let batch = nsa_flow_batch(&problems, &self.params)?;
@@ -482,9 +479,9 @@ impl NsaFlowLayer {
                 reason: reason.to_string(),
             })
         };
-        if p.mode != Mode::Corrected {
+        if p.common.mode != Mode::Corrected {
             return refuse(
-                format!("mode = {}", p.mode),
+                format!("mode = {}", p.common.mode),
                 "the reference loop's best-anchored backtracking, double retraction and start-calibrated \
                  weights are not differentiated; use mode = corrected",
             );
@@ -751,7 +748,7 @@ impl Replay {
             fid_weight: tape.fid_weight,
             orth_weight: tape.orth_weight,
             offdiag_scale: tape.offdiag_scale,
-            ropt: RetractOptions::corrected(params.retraction, params.w),
+            ropt: RetractOptions::corrected(params.common.retraction, params.common.w),
             clamp: params.nonneg == NonNeg::Hard,
         }
     }

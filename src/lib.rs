@@ -16,7 +16,7 @@
 //! The loop runs over the [`backend::Backend`] trait; [`backend::cpu::CpuBackend`] (nalgebra,
 //! `f64` or `f32`) is the correctness oracle and [`backend::gpu::GpuBackend`] (wgpu: Vulkan,
 //! Metal, DX12, GL; WGSL kernels) keeps every matrix on the device and reads back only the
-//! scalars the loop needs. [`Params::backend`] picks one (`auto` by default: a hardware GPU
+//! scalars the loop needs. [`CommonOptions::backend`] picks one (`auto` by default: a hardware GPU
 //! that computes in the requested precision, else the CPU).
 //!
 //! [`fit`] holds the second family, the solvers of nsa_flow 3.5 (calibration-free energy,
@@ -84,8 +84,8 @@ pub use lr_estimate::{
 pub use on_backend::{compute_energy_on, invariant_orthogonality_defect_on, retract_on};
 pub use optim::optimizers;
 pub use params::{
-    BackendChoice, InvSqrtMethod, LearningRate, Mode, NonNeg, OptimizerKind, Params, Precision,
-    Retraction,
+    BackendChoice, CommonOptions, InvSqrtMethod, LearningRate, Mode, NonNeg, OptimizerKind, Params,
+    Precision, Retraction,
 };
 pub use result::{
     sparsity, Certificate, Control, IterInfo, NsaResult, Scaling, StopReason, TraceRow,

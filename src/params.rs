@@ -244,49 +244,43 @@ impl FromStr for LearningRate {
 }
 
 with_setters! {
-    /// Every parameter of the reference `nsa_flow`, plus the mode and backend choices.
+    /// The options the flow ([`Params`]) and the autograd flow
+    /// ([`crate::autograd::AutogradParams`]) share: stated, defaulted and checked once here,
+    /// embedded in both as their `common` field. Both structs also have a setter for each of
+    /// these, so `Params::default().w(0.8).max_iter(100)` sets `common.w` and
+    /// `common.max_iter`.
     ///
-    /// `Params::default()` is the reference's defaults with `mode = corrected`:
-    /// `w = 0.5`, soft-polar retraction, `max_iter = 500`, `tol = 1e-5`, `seed = 42`, hard
-    /// non-negativity, the "fast" optimizer, the default learning-rate rule, `record_every = 1`,
-    /// `window_size = 5`, `simplified = false`, `project_full_gradient = false`, f64, auto backend.
+    /// `CommonOptions::default()`: `w = 0.5`, soft-polar retraction, `max_iter = 500`,
+    /// `seed = 42`, `record_every = 1`, `window_size = 5`, f64, corrected mode, auto backend,
+    /// no adapter named, no perturbed start (the reference's defaults, with `mode = corrected`).
     ///
     /// ```
-    /// use nsa_flow::{Params, Mode, Retraction};
-    /// let p = Params::default().w(0.8).retraction(Retraction::Polar).mode(Mode::Reference);
-    /// assert!(p.validate().is_ok());
-    /// assert!(Params::default().w(1.5).validate().is_err());
+    /// use nsa_flow::{autograd::AutogradParams, CommonOptions, Mode, Params};
+    /// let common = CommonOptions::default().w(0.8).max_iter(100).mode(Mode::Reference);
+    /// let flow = Params::default().common(common.clone());
+    /// let autograd = AutogradParams::default().common(common);
+    /// assert_eq!(flow.common, autograd.common);
+    /// assert_eq!(Params::default().w(0.8).common.w, 0.8);
+    /// assert!(CommonOptions::default().max_iter(0).validate().is_err());
     /// ```
     #[derive(Clone, Debug, PartialEq)]
     #[non_exhaustive]
-    pub struct Params {
+    pub struct CommonOptions {
         /// Weight in [0, 1] trading fidelity (`w = 0`) against orthogonality (`w = 1`); also the
         /// soft-polar blend strength.
         pub w: f64,
-        /// The retraction after each step.
+        /// The retraction: after each step of the flow, inside the objective of the autograd
+        /// flow.
         pub retraction: Retraction,
         /// Maximum number of iterations (≥ 1).
         pub max_iter: usize,
-        /// Convergence tolerance (≥ 0). Reference mode: relative gradient norm and relative
-        /// energy-window range. Corrected mode: the certificate (relative projected-gradient
-        /// mapping) and the energy window.
-        pub tol: f64,
-        /// Seed of the perturbation drawn when `x0` is `None`.
+        /// Seed of the perturbation drawn when `x0` is `None` (and of the autograd flow's
+        /// random learning-rate strategies).
         pub seed: u64,
-        /// How `Y ≥ 0` is enforced (also applied to the target).
-        pub nonneg: NonNeg,
-        /// The step rule.
-        pub optimizer: OptimizerKind,
-        /// The initial learning rate.
-        pub learning_rate: LearningRate,
         /// Record a trace row every this many iterations (≥ 1).
         pub record_every: usize,
         /// Length of the energy window of the plateau test (≥ 1).
         pub window_size: usize,
-        /// Use the off-diagonal Gram penalty `‖offdiag(YᵀY)‖²` instead of the invariant defect.
-        pub simplified: bool,
-        /// Project the whole gradient onto the tangent space instead of only its orthogonality part.
-        pub project_full_gradient: bool,
         /// Arithmetic precision.
         pub precision: Precision,
         /// Reference (bug-compatible) or corrected algorithm.
@@ -305,21 +299,15 @@ with_setters! {
     }
 }
 
-impl Default for Params {
+impl Default for CommonOptions {
     fn default() -> Self {
-        Params {
+        CommonOptions {
             w: 0.5,
             retraction: Retraction::SoftPolar,
             max_iter: 500,
-            tol: 1e-5,
             seed: 42,
-            nonneg: NonNeg::Hard,
-            optimizer: OptimizerKind::Fast,
-            learning_rate: LearningRate::Default,
             record_every: 1,
             window_size: 5,
-            simplified: false,
-            project_full_gradient: false,
             precision: Precision::F64,
             mode: Mode::Corrected,
             backend: BackendChoice::Auto,
@@ -329,8 +317,8 @@ impl Default for Params {
     }
 }
 
-impl Params {
-    /// Checks every scalar parameter; shapes are checked against the inputs by `nsa_flow`.
+impl CommonOptions {
+    /// Checks `w ∈ [0, 1]`, the counts (≥ 1) and that no adapter is named with `backend = cpu`.
     pub fn validate(&self) -> Result<()> {
         if !(self.w.is_finite() && (0.0..=1.0).contains(&self.w)) {
             return Err(NsaError::InvalidWeight(self.w));
@@ -341,28 +329,126 @@ impl Params {
                 reason: "an adapter was named but backend = cpu".into(),
             });
         }
-        if self.max_iter == 0 {
-            return Err(NsaError::InvalidParameter {
-                name: "max_iter",
-                reason: "must be at least 1".into(),
-            });
+        for (name, v) in [
+            ("max_iter", self.max_iter),
+            ("record_every", self.record_every),
+            ("window_size", self.window_size),
+        ] {
+            if v == 0 {
+                return Err(NsaError::InvalidParameter {
+                    name,
+                    reason: "must be at least 1".into(),
+                });
+            }
         }
+        Ok(())
+    }
+}
+
+/// Inside `impl` of a struct with a `common: CommonOptions` field: one setter per common
+/// option, each setting `common.<name>` (documented on [`CommonOptions`]), and `common()`
+/// itself.
+macro_rules! common_setters {
+    () => {
+        $crate::params::common_setters!(@plain
+            w: f64, retraction: $crate::Retraction, max_iter: usize, seed: u64,
+            record_every: usize, window_size: usize, precision: $crate::Precision,
+            mode: $crate::Mode, backend: $crate::BackendChoice
+        );
+        /// Sets [`CommonOptions::gpu_adapter`](crate::CommonOptions::gpu_adapter) to
+        /// `Some(value)`; to clear it, assign `None` to `common.gpu_adapter`.
+        #[must_use]
+        pub fn gpu_adapter(mut self, value: impl Into<String>) -> Self {
+            self.common.gpu_adapter = Some(value.into());
+            self
+        }
+        /// Sets [`CommonOptions::perturbed_start`](crate::CommonOptions::perturbed_start) to
+        /// `Some(value)`; to clear it, assign `None` to `common.perturbed_start`.
+        #[must_use]
+        pub fn perturbed_start(mut self, value: nalgebra::DMatrix<f64>) -> Self {
+            self.common.perturbed_start = Some(value);
+            self
+        }
+    };
+    (@plain $($field:ident: $ty:ty),*) => {
+        $(
+            #[doc = concat!(
+                "Sets [`CommonOptions::", stringify!($field), "`](crate::CommonOptions::",
+                stringify!($field), ")."
+            )]
+            #[must_use]
+            pub fn $field(mut self, value: $ty) -> Self {
+                self.common.$field = value;
+                self
+            }
+        )*
+    };
+}
+
+pub(crate) use common_setters;
+
+with_setters! {
+    /// Every parameter of the reference `nsa_flow`, plus the mode and backend choices.
+    ///
+    /// `Params::default()` is the reference's defaults with `mode = corrected`:
+    /// `w = 0.5`, soft-polar retraction, `max_iter = 500`, `tol = 1e-5`, `seed = 42`, hard
+    /// non-negativity, the "fast" optimizer, the default learning-rate rule, `record_every = 1`,
+    /// `window_size = 5`, `simplified = false`, `project_full_gradient = false`, f64, auto backend.
+    ///
+    /// ```
+    /// use nsa_flow::{Params, Mode, Retraction};
+    /// let p = Params::default().w(0.8).retraction(Retraction::Polar).mode(Mode::Reference);
+    /// assert!(p.validate().is_ok());
+    /// assert!(Params::default().w(1.5).validate().is_err());
+    /// ```
+    #[derive(Clone, Debug, PartialEq)]
+    #[non_exhaustive]
+    pub struct Params {
+        /// The options shared with the autograd flow (`w`, the retraction, `max_iter`, the
+        /// seed, the trace and window lengths, precision, mode, backend, adapter, perturbed
+        /// start); each also has a setter on `Params`.
+        pub common: CommonOptions,
+        /// Convergence tolerance (≥ 0). Reference mode: relative gradient norm and relative
+        /// energy-window range. Corrected mode: the certificate (relative projected-gradient
+        /// mapping) and the energy window.
+        pub tol: f64,
+        /// How `Y ≥ 0` is enforced (also applied to the target).
+        pub nonneg: NonNeg,
+        /// The step rule.
+        pub optimizer: OptimizerKind,
+        /// The initial learning rate.
+        pub learning_rate: LearningRate,
+        /// Use the off-diagonal Gram penalty `‖offdiag(YᵀY)‖²` instead of the invariant defect.
+        pub simplified: bool,
+        /// Project the whole gradient onto the tangent space instead of only its orthogonality part.
+        pub project_full_gradient: bool,
+    }
+}
+
+impl Default for Params {
+    fn default() -> Self {
+        Params {
+            common: CommonOptions::default(),
+            tol: 1e-5,
+            nonneg: NonNeg::Hard,
+            optimizer: OptimizerKind::Fast,
+            learning_rate: LearningRate::Default,
+            simplified: false,
+            project_full_gradient: false,
+        }
+    }
+}
+
+impl Params {
+    common_setters!();
+
+    /// Checks every scalar parameter; shapes are checked against the inputs by `nsa_flow`.
+    pub fn validate(&self) -> Result<()> {
+        self.common.validate()?;
         if !(self.tol.is_finite() && self.tol >= 0.0) {
             return Err(NsaError::InvalidParameter {
                 name: "tol",
                 reason: format!("{} is not a finite non-negative number", self.tol),
-            });
-        }
-        if self.record_every == 0 {
-            return Err(NsaError::InvalidParameter {
-                name: "record_every",
-                reason: "must be at least 1".into(),
-            });
-        }
-        if self.window_size == 0 {
-            return Err(NsaError::InvalidParameter {
-                name: "window_size",
-                reason: "must be at least 1".into(),
             });
         }
         if let LearningRate::Value(v) = self.learning_rate {

@@ -3,7 +3,7 @@
 
 use crate::error::Result;
 use crate::flow::nsa_flow;
-use crate::params::{BackendChoice, Params};
+use crate::params::{BackendChoice, CommonOptions, Params};
 use crate::result::NsaResult;
 use nalgebra::DMatrix;
 use std::fmt;
@@ -95,21 +95,17 @@ pub fn verify(
         y0,
         x0,
         &Params {
-            backend: BackendChoice::Cpu,
-            gpu_adapter: None,
+            common: CommonOptions {
+                backend: BackendChoice::Cpu,
+                gpu_adapter: None,
+                ..params.common.clone()
+            },
             ..params.clone()
         },
     )?;
-    let gpu = nsa_flow(
-        y0,
-        x0,
-        &Params {
-            backend: BackendChoice::Gpu,
-            ..params.clone()
-        },
-    )?;
+    let gpu = nsa_flow(y0, x0, &params.clone().backend(BackendChoice::Gpu))?;
     let y_rel_diff = (&gpu.y - &cpu.y).norm() / cpu.y.norm().max(f64::MIN_POSITIVE);
-    let energy_tol = match params.precision {
+    let energy_tol = match params.common.precision {
         crate::params::Precision::F64 => 1e-8,
         crate::params::Precision::F32 => 1e-3,
     };

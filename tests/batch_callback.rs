@@ -44,7 +44,7 @@ fn check_stops_one_problem_each(test: &str, params: &Params) {
     .unwrap();
     let seen = seen.into_inner().unwrap();
     for (i, (pr, got)) in probs.iter().zip(&batch.results).enumerate() {
-        let what = format!("{test} {:?} problem {i}", params.precision);
+        let what = format!("{test} {:?} problem {i}", params.common.precision);
         let alone =
             nsa_flow_with_callback(&pr.y0, pr.x0.as_ref(), &params.clone().w(pr.w), |info| {
                 stop_rule(i, info.iter)

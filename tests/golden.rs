@@ -20,7 +20,7 @@ fn check_flow_case(case: &Path) -> Result<String, String> {
     let (mut params, x0_none, precision) = golden_params(case);
     let y0 = read(case.join("Y0.npy"));
     let x0 = if x0_none {
-        params.perturbed_start = Some(read(case.join("Y_start.npy")));
+        params.common.perturbed_start = Some(read(case.join("Y_start.npy")));
         None
     } else {
         Some(read(case.join("X0.npy")))

@@ -30,7 +30,7 @@ fn problems(p: usize, k: usize, count: usize, seed: u64) -> Vec<BatchProblem> {
 /// computed must be equal bit for bit. Returns (rounds of the batch, most readbacks alone).
 fn check(test: &str, probs: &[BatchProblem], params: &Params) -> Option<(u64, u64)> {
     let ctx = gpu_or_skip(test)?;
-    if params.precision == Precision::F64 && !ctx.supports_f64() {
+    if params.common.precision == Precision::F64 && !ctx.supports_f64() {
         assert!(
             std::env::var("NSA_FLOW_REQUIRE_GPU").map_or(true, |v| v != "1"),
             "{test}: NSA_FLOW_REQUIRE_GPU=1 but the adapter has no SHADER_F64"
@@ -45,8 +45,8 @@ fn check(test: &str, probs: &[BatchProblem], params: &Params) -> Option<(u64, u6
         let alone = nsa_flow(&pr.y0, pr.x0.as_ref(), &params.clone().w(pr.w)).unwrap();
         let what = format!(
             "{test}: {:?} {:?} problem {i} of {} ({}×{}, w = {})",
-            params.precision,
-            params.mode,
+            params.common.precision,
+            params.common.mode,
             probs.len(),
             pr.y0.nrows(),
             pr.y0.ncols(),

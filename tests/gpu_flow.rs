@@ -114,7 +114,7 @@ fn golden_cases() -> Vec<Case> {
             let (mut params, x0_none, precision) = golden_params(&dir);
             let y0 = read(dir.join("Y0.npy"));
             let x0 = if x0_none {
-                params.perturbed_start = Some(read(dir.join("Y_start.npy")));
+                params.common.perturbed_start = Some(read(dir.join("Y_start.npy")));
                 None
             } else {
                 Some(read(dir.join("X0.npy")))
@@ -532,7 +532,7 @@ impl Model {
                 let scale = amax * ((t / amax).norm_squared() / pk).sqrt();
                 let xn = (t / scale).norm_squared();
                 Model {
-                    fid: (1.0 - params.w) / xn,
+                    fid: (1.0 - params.common.w) / xn,
                     orth: res.scaling.orth_weight,
                     offdiag: params.simplified.then_some(xn * xn),
                 }
@@ -848,7 +848,7 @@ impl Ctx<'_> {
 ///   as the decisions say, and the two runs' statistics may differ only by what the
 ///   energies' discrepancy explains.
 fn compare(cx: &Ctx, c: &Spied, g: &Spied) -> Comparison {
-    let mode = cx.params.mode;
+    let mode = cx.params.common.mode;
     let model = Model::of(&c.res, cx.params);
     let gmodel = Model::of(&g.res, cx.params);
     let n_common = c.infos.len().min(g.infos.len());
@@ -979,7 +979,7 @@ fn branch(
     let Verdict::Tie(_) = v else {
         return (v, None);
     };
-    let mode = cx.params.mode;
+    let mode = cx.params.common.mode;
     let seg = |s: &Spied, m: &Model| {
         s.segments
             .get(i - 1)
@@ -1016,7 +1016,7 @@ fn branch_verdict(
     gmodel: &Model,
     i: usize,
 ) -> Verdict {
-    let mode = cx.params.mode;
+    let mode = cx.params.common.mode;
     for (who, s, m) in [("cpu", c, model), ("gpu", g, gmodel)] {
         if let Err(e) = mirror_check(s, i, mode, m) {
             return Verdict::Fail(format!(
@@ -1106,7 +1106,7 @@ fn branch_verdict(
 /// Diagnoses runs that made the same decisions but stopped differently.
 fn stop_tie(cx: &Ctx, c: &Spied, g: &Spied) -> Verdict {
     let params = cx.params;
-    let mode = params.mode;
+    let mode = params.common.mode;
     let n = c.infos.len().min(g.infos.len());
     // the run that stopped first (with equal lengths: the one that did not run out of
     // iterations), and the other
@@ -1129,7 +1129,7 @@ fn stop_tie(cx: &Ctx, c: &Spied, g: &Spied) -> Verdict {
     );
     let (stat_a, stat_b, thr, slack, what) = match a.res.stop_reason {
         StopReason::EnergyWindow => {
-            let w = params.window_size;
+            let w = params.common.window_size;
             let thr = match mode {
                 Mode::Reference => params.tol,
                 Mode::Corrected => 10.0 * cx.u,
@@ -1205,7 +1205,11 @@ fn kappa(y: &DMatrix<f64>) -> f64 {
 
 /// The start the solver runs from (the perturbed start when X0 is None).
 fn start_of(case: &Case) -> &DMatrix<f64> {
-    case.params.perturbed_start.as_ref().unwrap_or(&case.y0)
+    case.params
+        .common
+        .perturbed_start
+        .as_ref()
+        .unwrap_or(&case.y0)
 }
 
 /// For a failed f32 comparison: what a CPU f64 run of the same problem says (which of the
@@ -1219,7 +1223,7 @@ fn referee(cx: &Ctx, case: &Case, c: &Spied, g: &Spied, at: Option<usize>) -> St
     let Ok(r) = cpu_run(Precision::F64, &case.y0, case.x0.as_ref(), &params) else {
         return "(the f64 referee run failed)".into();
     };
-    let mode = params.mode;
+    let mode = params.common.mode;
     let m64 = Model::of(&r.res, &params);
     let (mc, mg) = (Model::of(&c.res, cx.params), Model::of(&g.res, cx.params));
     let setup = |s: &Spied| s.setup.get(1).map_or(f64::NAN, |x| x.vals[0]);
@@ -1408,9 +1412,11 @@ fn f64_pair(case: &Case, mode: Mode, own: &Arc<GpuContext>, software: bool) -> P
         mut allowed_ties,
     } = PairOutcome::default();
     let cap = software_cap(software, k, mode);
-    let max_iter = cap.map_or(case.params.max_iter, |c| c.min(case.params.max_iter));
-    let capped = if max_iter < case.params.max_iter {
-        format!(" [capped at {max_iter} of {}]", case.params.max_iter)
+    let max_iter = cap.map_or(case.params.common.max_iter, |c| {
+        c.min(case.params.common.max_iter)
+    });
+    let capped = if max_iter < case.params.common.max_iter {
+        format!(" [capped at {max_iter} of {}]", case.params.common.max_iter)
     } else {
         String::new()
     };
@@ -1693,7 +1699,7 @@ fn golden_cases_f32_gpu_matches_cpu_over_20_iterations() {
         let (p, k) = case.y0.shape();
         for mode in [Mode::Reference, Mode::Corrected] {
             let horizon = software_cap(software, k, mode).map_or(F32_ITERS, |c| c.min(F32_ITERS));
-            let max_iter = case.params.max_iter.min(horizon);
+            let max_iter = case.params.common.max_iter.min(horizon);
             let capped = if horizon < F32_ITERS {
                 format!(" [capped at {max_iter}]")
             } else {

@@ -41,15 +41,15 @@ fn layer_params() -> Params {
 #[test]
 fn defaults_are_the_reference_layers() {
     let p = layer_params();
-    assert_eq!(p.w, 0.5);
-    assert_eq!(p.retraction, Retraction::SoftPolar);
-    assert_eq!(p.max_iter, 50);
+    assert_eq!(p.common.w, 0.5);
+    assert_eq!(p.common.retraction, Retraction::SoftPolar);
+    assert_eq!(p.common.max_iter, 50);
     assert_eq!(p.tol, 1e-5);
     assert_eq!(p.nonneg, nsa_flow::NonNeg::Hard);
     assert_eq!(p.optimizer, nsa_flow::OptimizerKind::Fast);
     assert_eq!(p.learning_rate, LearningRate::Default);
     assert!(!p.simplified && !p.project_full_gradient);
-    assert_eq!(p.mode, Params::default().mode);
+    assert_eq!(p.common.mode, Params::default().common.mode);
     let by_name = NsaFlowLayer::builder()
         .set("w", "0.5")
         .unwrap()

@@ -69,7 +69,7 @@ fn random_problems_never_panic_and_stay_finite() {
                     r.y.iter().all(|v| v.is_finite()),
                     "case {case}: non-finite Y for {params:?}"
                 );
-                if params.mode == Mode::Corrected {
+                if params.common.mode == Mode::Corrected {
                     for w in energies.windows(2) {
                         assert!(
                             w[1] <= w[0],
@@ -89,8 +89,8 @@ fn random_problems_never_panic_and_stay_finite() {
         // the standalone retraction on the same input, every inverse-square-root method
         for inv in InvSqrtMethod::ALL {
             let opts = RetractOptions::default()
-                .w(params.w)
-                .retraction(params.retraction)
+                .w(params.common.w)
+                .retraction(params.common.retraction)
                 .inv_method(*inv);
             if let Ok(r) = retract(&y0, &opts) {
                 assert!(

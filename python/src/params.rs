@@ -145,22 +145,25 @@ fn device(o: &mut Opts<'_, '_>) -> PyResult<(Option<BackendChoice>, Option<Strin
 macro_rules! read_common {
     ($o:expr, $p:expr) => {{
         let (o, p) = ($o, $p);
-        set(&mut p.w, o.get::<f64>("w")?);
-        set(&mut p.retraction, o.name::<Retraction>("retraction")?);
-        set(&mut p.max_iter, o.count("max_iter")?);
+        set(&mut p.common.w, o.get::<f64>("w")?);
+        set(
+            &mut p.common.retraction,
+            o.name::<Retraction>("retraction")?,
+        );
+        set(&mut p.common.max_iter, o.count("max_iter")?);
         set(&mut p.tol, o.get::<f64>("tol")?);
-        set(&mut p.seed, o.get::<u64>("seed")?);
+        set(&mut p.common.seed, o.get::<u64>("seed")?);
         set(&mut p.nonneg, nonneg(o, "apply_nonneg")?);
-        set(&mut p.record_every, o.count("record_every")?);
-        set(&mut p.window_size, o.count("window_size")?);
-        set(&mut p.precision, precision(o)?);
-        set(&mut p.mode, o.name::<Mode>("mode")?);
+        set(&mut p.common.record_every, o.count("record_every")?);
+        set(&mut p.common.window_size, o.count("window_size")?);
+        set(&mut p.common.precision, precision(o)?);
+        set(&mut p.common.mode, o.name::<Mode>("mode")?);
         let (b, a) = device(o)?;
         if let Some(b) = b {
-            p.backend = b;
+            p.common.backend = b;
         }
-        p.gpu_adapter = a;
-        p.perturbed_start = o.matrix("perturbed_start")?;
+        p.common.gpu_adapter = a;
+        p.common.perturbed_start = o.matrix("perturbed_start")?;
     }};
 }
 
@@ -193,7 +196,7 @@ pub fn flow_params(o: &mut Opts<'_, '_>) -> PyResult<Params> {
     // mode reproduces that; corrected mode refuses a value other than the default rather
     // than ignore it.
     if let Some(c1) = o.get::<f64>("c1_armijo")? {
-        if p.mode == Mode::Corrected && c1 != 1e-6 {
+        if p.common.mode == Mode::Corrected && c1 != 1e-6 {
             return Err(invalid(
                 "c1_armijo",
                 "nsa_flow 0.7.7 never reads c1_armijo; mode='reference' accepts any value as it did, mode='corrected' uses its own line search and accepts only the default 1e-6",

@@ -8,7 +8,7 @@ use super::DifferentiableBackend;
 use crate::backend::{Backend, Reduction};
 use crate::energy::{EnergyTerms, FidelityType, OrthType};
 use crate::error::{NsaError, Result};
-use crate::params::{BackendChoice, Mode, NonNeg, Precision, Retraction};
+use crate::params::{Mode, NonNeg, Precision, Retraction};
 use crate::result::{Control, IterInfo, StopReason, TraceRow};
 use crate::rng::Rng;
 use crate::setters::with_setters;
@@ -25,16 +25,12 @@ with_setters! {
     #[derive(Clone, Debug, PartialEq)]
     #[non_exhaustive]
     pub struct AutogradParams {
-        /// Weight in [0, 1]: the fidelity/orthogonality trade-off and the retraction blend.
-        pub w: f64,
-        /// The retraction inside the objective.
-        pub retraction: Retraction,
-        /// Iteration cap (≥ 1).
-        pub max_iter: usize,
+        /// The options shared with the flow ([`crate::CommonOptions`]: `w`, the retraction
+        /// inside the objective, `max_iter`, the seed, the trace and window lengths,
+        /// precision, mode, backend, adapter, perturbed start); each also has a setter here.
+        pub common: crate::CommonOptions,
         /// Threshold of the energy-window test (and, in corrected mode, of the stationarity test).
         pub tol: f64,
-        /// Seed of the `X0 = None` perturbation and of any random learning-rate strategy.
-        pub seed: u64,
         /// Non-negativity map after the retraction. Reference mode clamps X0 whatever the map
         /// (the reference passes the strings `"hard"`, `"softplus"`, `"none"`, all truthy, to a
         /// truthiness test); corrected mode clamps X0 only when a map is asked for.
@@ -54,31 +50,14 @@ with_setters! {
         pub fidelity_type: FidelityType,
         /// Orthogonality functional.
         pub orth_type: OrthType,
-        /// Record a trace row every this many iterations (≥ 1).
-        pub record_every: usize,
-        /// Length of the energy window of the stopping test (≥ 1).
-        pub window_size: usize,
-        /// Arithmetic precision.
-        pub precision: Precision,
-        /// Reference (bug-compatible) or corrected.
-        pub mode: Mode,
-        /// Where to run (see [`crate::Params::backend`]).
-        pub backend: BackendChoice,
-        /// GPU adapter by name (see [`crate::Params::gpu_adapter`]).
-        pub gpu_adapter: Option<String> => Some(into String),
-        /// When `x0` is `None`: the perturbed start to use instead of drawing the 5 % noise.
-        pub perturbed_start: Option<DMatrix<f64>> => Some(DMatrix<f64>),
     }
 }
 
 impl Default for AutogradParams {
     fn default() -> Self {
         AutogradParams {
-            w: 0.5,
-            retraction: Retraction::SoftPolar,
-            max_iter: 500,
+            common: crate::CommonOptions::default(),
             tol: 1e-6,
-            seed: 42,
             nonneg: NonNeg::Hard,
             optimizer: "asgd".into(),
             learning_rate: None,
@@ -86,36 +65,16 @@ impl Default for AutogradParams {
             aggression: 0.5,
             fidelity_type: FidelityType::ScaleInvariant,
             orth_type: OrthType::ScaleInvariant,
-            record_every: 1,
-            window_size: 5,
-            precision: Precision::F64,
-            mode: Mode::Corrected,
-            backend: BackendChoice::Auto,
-            gpu_adapter: None,
-            perturbed_start: None,
         }
     }
 }
 
 impl AutogradParams {
+    crate::params::common_setters!();
+
     /// Checks every scalar parameter and name.
     pub fn validate(&self) -> Result<()> {
-        if !(self.w.is_finite() && (0.0..=1.0).contains(&self.w)) {
-            return Err(NsaError::InvalidWeight(self.w));
-        }
-        let positive = |name: &'static str, v: usize| {
-            if v == 0 {
-                Err(NsaError::InvalidParameter {
-                    name,
-                    reason: "must be at least 1".into(),
-                })
-            } else {
-                Ok(())
-            }
-        };
-        positive("max_iter", self.max_iter)?;
-        positive("record_every", self.record_every)?;
-        positive("window_size", self.window_size)?;
+        self.common.validate()?;
         if !(self.tol.is_finite() && self.tol >= 0.0) {
             return Err(NsaError::InvalidParameter {
                 name: "tol",
@@ -136,12 +95,6 @@ impl AutogradParams {
                 reason: format!("{} is not in [0, 1]", self.aggression),
             });
         }
-        if self.backend == BackendChoice::Cpu && self.gpu_adapter.is_some() {
-            return Err(NsaError::InvalidParameter {
-                name: "gpu_adapter",
-                reason: "an adapter was named but backend = cpu".into(),
-            });
-        }
         super::stepper::check_name(&self.optimizer)?;
         if self.lr_strategy != "auto" {
             check_lr_strategy(&self.lr_strategy)?;
@@ -155,10 +108,10 @@ impl AutogradParams {
 
     fn composite(&self, fid_eta: f64, c_orth: f64) -> CompositeSpec {
         CompositeSpec {
-            w: self.w,
-            retraction: self.retraction,
+            w: self.common.w,
+            retraction: self.common.retraction,
             nonneg: self.nonneg,
-            style: self.mode,
+            style: self.common.mode,
             fidelity_type: self.fidelity_type,
             orth_type: self.orth_type,
             fid_eta,
@@ -273,13 +226,7 @@ pub fn nsa_flow_autograd_with_callback<F: FnMut(&IterInfo) -> Control>(
     mut callback: F,
 ) -> Result<AutogradResult> {
     params.validate()?;
-    let flow_params = crate::Params {
-        backend: params.backend,
-        gpu_adapter: params.gpu_adapter.clone(),
-        precision: params.precision,
-        ..crate::Params::default()
-    };
-    let mut be = crate::backend::select::DeviceOptions::of(&flow_params).backend()?;
+    let mut be = crate::backend::select::DeviceOptions::of(&params.common).backend()?;
     crate::with_backend!(&mut be, b => solve_autograd(b, y0, x0, params, &mut callback))
 }
 
@@ -297,7 +244,10 @@ fn setup(y0: &DMatrix<f64>, x0: Option<&DMatrix<f64>>, params: &AutogradParams) 
     let (p, k) = y0.shape();
     let o = params.retract_options();
     grad::check_differentiable(p, k, &o)?;
-    if params.mode == Mode::Corrected && k > p && params.retraction != Retraction::None {
+    if params.common.mode == Mode::Corrected
+        && k > p
+        && params.common.retraction != Retraction::None
+    {
         return Err(NsaError::KGreaterThanP {
             p,
             k,
@@ -305,14 +255,19 @@ fn setup(y0: &DMatrix<f64>, x0: Option<&DMatrix<f64>>, params: &AutogradParams) 
                   (mode = reference runs it, as the reference does)",
         });
     }
-    let clamp = match params.mode {
+    let clamp = match params.common.mode {
         // the reference clamps X0 for any truthy apply_nonneg, the strings "softplus" and
         // "none" included (Q16)
         Mode::Reference => true,
         Mode::Corrected => params.nonneg != NonNeg::None,
     };
-    let (mut z, mut target) =
-        crate::flow::start_and_target(y0, x0, clamp, params.seed, params.perturbed_start.as_ref())?;
+    let (mut z, mut target) = crate::flow::start_and_target(
+        y0,
+        x0,
+        clamp,
+        params.common.seed,
+        params.common.perturbed_start.as_ref(),
+    )?;
     validate::nonzero(
         if x0.is_some() {
             "X0 (after the non-negativity projection)"
@@ -327,11 +282,14 @@ fn setup(y0: &DMatrix<f64>, x0: Option<&DMatrix<f64>>, params: &AutogradParams) 
     target /= scale;
     z /= scale;
     let d = crate::invariant_orthogonality_defect(&z);
-    let (fid_eta, c_orth) = match params.mode {
+    let (fid_eta, c_orth) = match params.common.mode {
         Mode::Reference => {
             let g0 = (0.5 * (&z - &target).norm_squared() / pk).max(1e-8);
             let d0 = d.max(1e-8);
-            ((1.0 - params.w) / (g0 * pk), 4.0 * params.w / d0)
+            (
+                (1.0 - params.common.w) / (g0 * pk),
+                4.0 * params.common.w / d0,
+            )
         }
         Mode::Corrected => {
             // one normalisation: each unweighted term is calibrated to 1 at the start, so
@@ -354,7 +312,7 @@ fn setup(y0: &DMatrix<f64>, x0: Option<&DMatrix<f64>>, params: &AutogradParams) 
             let o0 = e
                 .orthogonality
                 .max(1e-8 * orth_floor_scale(params.orth_type, k));
-            ((1.0 - params.w) / f0, params.w / o0)
+            ((1.0 - params.common.w) / f0, params.common.w / o0)
         }
     };
     let spec = params.composite(fid_eta, c_orth);
@@ -500,7 +458,7 @@ fn solve_autograd_unchecked<B: DifferentiableBackend, F: FnMut(&IterInfo) -> Con
     let (lr, lr_source) = match (
         params.learning_rate,
         params.lr_strategy.as_str(),
-        params.mode,
+        params.common.mode,
     ) {
         (Some(v), _, _) => (v, "given".to_string()),
         (None, "auto", Mode::Reference) => (1e-3, "default".to_string()),
@@ -517,7 +475,7 @@ fn solve_autograd_unchecked<B: DifferentiableBackend, F: FnMut(&IterInfo) -> Con
                 strategy,
                 params.aggression,
                 mode,
-                params.seed,
+                params.common.seed,
             )?;
             (est, strategy.to_string())
         }
@@ -550,7 +508,7 @@ fn solve_autograd_unchecked<B: DifferentiableBackend, F: FnMut(&IterInfo) -> Con
 
     // the energy (and the reductions the gradient needs) at the current Z
     let (_, mut terms) = forward(be, &z, None, &mut ev, &target, &spec, x0n, k, &mut out)?;
-    for it in 1..=params.max_iter {
+    for it in 1..=params.common.max_iter {
         iterations = it;
         backward(be, &z, &ev, &target, &spec, &terms, x0n, &mut g_y, &mut g_z);
         grad_evals += 1;
@@ -590,7 +548,7 @@ fn solve_autograd_unchecked<B: DifferentiableBackend, F: FnMut(&IterInfo) -> Con
             best_it = it;
             be.copy(&ev.y, &mut best);
         }
-        if it % params.record_every == 0 {
+        if it % params.common.record_every == 0 {
             traces.push(TraceRow {
                 iter: it,
                 time: start.elapsed().as_secs_f64(),
@@ -615,10 +573,10 @@ fn solve_autograd_unchecked<B: DifferentiableBackend, F: FnMut(&IterInfo) -> Con
             break;
         }
         recent.push_back(e_cur.total);
-        if recent.len() > params.window_size {
+        if recent.len() > params.common.window_size {
             recent.pop_front();
         }
-        if recent.len() >= params.window_size {
+        if recent.len() >= params.common.window_size {
             let max = recent.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
             let min = recent.iter().cloned().fold(f64::INFINITY, f64::min);
             let mean = recent.iter().sum::<f64>() / recent.len() as f64;
@@ -627,7 +585,7 @@ fn solve_autograd_unchecked<B: DifferentiableBackend, F: FnMut(&IterInfo) -> Con
                 break;
             }
         }
-        if params.mode == Mode::Corrected
+        if params.common.mode == Mode::Corrected
             && gn.is_finite()
             && gn * zn <= params.tol * e_cur.total.abs()
         {
@@ -657,11 +615,11 @@ fn solve_autograd_unchecked<B: DifferentiableBackend, F: FnMut(&IterInfo) -> Con
         learning_rate_source: lr_source,
         fidelity_type: params.fidelity_type,
         orth_type: params.orth_type,
-        retraction: params.retraction,
+        retraction: params.common.retraction,
         final_grad_norm: grad_norm,
         gradient_evaluations: grad_evals,
         stop_reason: stop,
-        mode: params.mode,
+        mode: params.common.mode,
         precision: be.precision(),
         device,
         seconds: start.elapsed().as_secs_f64(),

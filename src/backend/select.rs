@@ -15,7 +15,7 @@ use super::gpu::GpuBackend;
 use crate::error::{NsaError, Result};
 #[cfg(feature = "gpu")]
 use crate::gpu::{GpuContext, GpuOptions};
-use crate::params::{BackendChoice, Params, Precision};
+use crate::params::{BackendChoice, Precision};
 use crate::setters::with_setters;
 #[cfg(feature = "gpu")]
 use std::sync::Arc;
@@ -45,8 +45,8 @@ impl Default for DeviceOptions {
 }
 
 impl DeviceOptions {
-    /// The device part of a flow's parameters.
-    pub fn of(params: &Params) -> DeviceOptions {
+    /// The device part of the common options (of a flow or an autograd flow).
+    pub fn of(params: &crate::CommonOptions) -> DeviceOptions {
         DeviceOptions {
             backend: params.backend,
             precision: params.precision,
@@ -152,8 +152,8 @@ impl DeviceOptions {
 /// let maybe_gpu = gpu_backend_for(&Params::default()).unwrap();
 /// println!("auto runs on {}", if maybe_gpu.is_some() { "the GPU" } else { "the CPU" });
 /// ```
-pub fn gpu_backend_for(params: &Params) -> Result<Option<GpuBackend>> {
-    DeviceOptions::of(params).gpu_backend()
+pub fn gpu_backend_for(params: &crate::Params) -> Result<Option<GpuBackend>> {
+    DeviceOptions::of(&params.common).gpu_backend()
 }
 
 /// The hardware adapter `auto` runs on (or the one `options` names), or `None` for the CPU.

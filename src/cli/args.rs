@@ -130,7 +130,7 @@ pub fn flow_params(f: &FlowArgs, w: f64, sub: &str) -> Result<Params, NsaError> 
         .precision(f.precision)
         .mode(f.mode)
         .backend(backend);
-    params.gpu_adapter = f.adapter.clone();
+    params.common.gpu_adapter = f.adapter.clone();
     params.validate()?;
     Ok(params)
 }
@@ -152,7 +152,7 @@ pub fn read_inputs(
     let y0 = f.csv.read(&f.y0)?;
     let x0 = f.x0.as_deref().map(|p| f.csv.read(p)).transpose()?;
     if let Some(s) = &f.start {
-        params.perturbed_start = Some(f.csv.read(s)?);
+        params.common.perturbed_start = Some(f.csv.read(s)?);
     }
     Ok((y0, x0))
 }

@@ -189,7 +189,7 @@ pub fn cmd_autograd(a: AutogradArgs) -> Result<ExitCode, NsaError> {
         .mode(a.mode)
         .backend(backend);
     params.learning_rate = learning_rate;
-    params.gpu_adapter = a.adapter.clone();
+    params.common.gpu_adapter = a.adapter.clone();
     params.validate()?;
     check_paths(
         "autograd",
@@ -208,17 +208,17 @@ pub fn cmd_autograd(a: AutogradArgs) -> Result<ExitCode, NsaError> {
     let y0 = a.csv.read(&a.y0)?;
     let x0 = a.x0.as_deref().map(|p| a.csv.read(p)).transpose()?;
     if let Some(s) = &a.start {
-        params.perturbed_start = Some(a.csv.read(s)?);
+        params.common.perturbed_start = Some(a.csv.read(s)?);
     }
     let mut exit = ExitCode::SUCCESS;
     let (res, verify) = if a.verify {
         let mut cpu_params = params.clone().backend(BackendChoice::Cpu);
-        cpu_params.gpu_adapter = None;
+        cpu_params.common.gpu_adapter = None;
         let mut progress = Progress::new(!a.quiet);
         let cpu = autograd_on(&cpu_params, &y0, x0.as_ref(), false, &mut progress)?;
         let gpu_params = params.clone().backend(BackendChoice::Gpu);
         let gpu = autograd_on(&gpu_params, &y0, x0.as_ref(), false, &mut progress)?;
-        let tol = verify_tolerance(params.precision);
+        let tol = verify_tolerance(params.common.precision);
         let rel = (&gpu.y - &cpu.y).norm() / cpu.y.norm().max(f64::MIN_POSITIVE);
         let agrees = cpu.iterations == gpu.iterations
             && cpu.best_iteration == gpu.best_iteration
@@ -249,7 +249,7 @@ pub fn cmd_autograd(a: AutogradArgs) -> Result<ExitCode, NsaError> {
         outputs.push(Output::Matrix(
             o.clone(),
             res.y.clone(),
-            dtype_of(params.precision),
+            dtype_of(params.common.precision),
         ));
     }
     if let Some(t) = &a.trace {
@@ -258,7 +258,7 @@ pub fn cmd_autograd(a: AutogradArgs) -> Result<ExitCode, NsaError> {
     if let Some(p) = &a.plot {
         outputs.push(Output::Bytes(
             p.clone(),
-            render_trace_file(p, &res.traces, res.retraction.as_str(), params.w)?,
+            render_trace_file(p, &res.traces, res.retraction.as_str(), params.common.w)?,
         ));
     }
     if let Some(s) = &a.summary {
@@ -293,7 +293,7 @@ fn autograd_on(
     verbose: bool,
     progress: &mut Progress,
 ) -> Result<AutogradResult, NsaError> {
-    progress.start_run(params.max_iter, String::new());
+    progress.start_run(params.common.max_iter, String::new());
     let callback = |i: &nsa_flow::IterInfo| {
         if verbose {
             eprintln!(
@@ -326,7 +326,7 @@ fn autograd_summary(res: &AutogradResult, params: &AutogradParams) -> Value {
         "precision": res.precision.as_str(),
         "p": res.y.nrows(),
         "k": res.y.ncols(),
-        "w": params.w,
+        "w": params.common.w,
         "nonneg": params.nonneg.as_str(),
         "gradient_evaluations": res.gradient_evaluations,
         "final_grad_norm": res.final_grad_norm,

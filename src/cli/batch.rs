@@ -109,8 +109,8 @@ pub fn cmd_batch(a: BatchArgs) -> Result<ExitCode, NsaError> {
             "backend": res.backend,
             "seconds": res.seconds,
             "rounds": res.rounds,
-            "mode": params.mode.as_str(),
-            "precision": params.precision.as_str(),
+            "mode": params.common.mode.as_str(),
+            "precision": params.common.precision.as_str(),
         });
         outputs.push(Output::Text(p.clone(), pretty(&summary)));
     }
@@ -119,7 +119,7 @@ pub fn cmd_batch(a: BatchArgs) -> Result<ExitCode, NsaError> {
     }
     outputs.push(Output::Bytes(
         a.out.clone(),
-        nsa_flow::io::batch_bytes(&a.out, &ys, dtype_of(params.precision))?,
+        nsa_flow::io::batch_bytes(&a.out, &ys, dtype_of(params.common.precision))?,
     ));
     write_all(outputs)?;
     if !a.quiet {

@@ -68,7 +68,7 @@ pub fn cmd_bench(a: BenchArgs) -> Result<ExitCode, NsaError> {
         .tol(0.0)
         .precision(precision)
         .backend(a.backend);
-    base.gpu_adapter = a.adapter.clone();
+    base.common.gpu_adapter = a.adapter.clone();
     base.validate()?;
     // every size is checked before anything is allocated: the p·k product, the two inputs
     // and the solve's workspace against the memory budget

@@ -73,7 +73,7 @@ pub struct RunArgs {
 /// `nsa-flow run` (the 0.7.7 flow, or `--verify`).
 pub fn cmd_run(a: RunArgs) -> Result<ExitCode, NsaError> {
     let mut params = flow_params(&a.flow, a.w, "run")?;
-    if a.verify && params.backend == BackendChoice::Cpu {
+    if a.verify && params.common.backend == BackendChoice::Cpu {
         usage_error(
             "run",
             ErrorKind::ArgumentConflict,
@@ -98,7 +98,7 @@ pub fn cmd_run(a: RunArgs) -> Result<ExitCode, NsaError> {
     }
     let verbose = a.verbose;
     let mut progress = Progress::new(!a.quiet && !verbose);
-    progress.start_run(params.max_iter, String::new());
+    progress.start_run(params.common.max_iter, String::new());
     let mut callback = |i: &nsa_flow::IterInfo| {
         if verbose {
             verbose_flow_line("", i);
@@ -180,8 +180,8 @@ fn summary_value(res: &NsaResult, params: &Params) -> Value {
         },
         "p": res.y.nrows(),
         "k": res.y.ncols(),
-        "w": params.w,
-        "retraction": params.retraction.as_str(),
+        "w": params.common.w,
+        "retraction": params.common.retraction.as_str(),
         "nonneg": params.nonneg.as_str(),
         "optimizer": params.optimizer.as_str(),
         "learning_rate_initial": res.learning_rate_initial,
@@ -208,7 +208,7 @@ fn outputs_of(
         outputs.push(Output::Matrix(
             o.clone(),
             res.y.clone(),
-            dtype_of(params.precision),
+            dtype_of(params.common.precision),
         ));
     }
     if let Some(t) = &a.trace {
@@ -217,7 +217,12 @@ fn outputs_of(
     if let Some(p) = &a.plot {
         outputs.push(Output::Bytes(
             p.clone(),
-            render_trace_file(p, &res.traces, params.retraction.as_str(), params.w)?,
+            render_trace_file(
+                p,
+                &res.traces,
+                params.common.retraction.as_str(),
+                params.common.w,
+            )?,
         ));
     }
     if let Some(s) = &a.summary {
@@ -270,7 +275,7 @@ fn run_verify(
     params: &Params,
 ) -> Result<ExitCode, NsaError> {
     let report = nsa_flow::verify(y0, x0, params)?;
-    let tol = verify_tolerance(params.precision);
+    let tol = verify_tolerance(params.common.precision);
     let agrees = report.agrees(tol);
     let res = &report.gpu;
     let mut summary = summary_value(res, params);

@@ -125,7 +125,7 @@ pub fn cmd_sweep(a: SweepArgs) -> Result<ExitCode, NsaError> {
         outputs.push(Output::Matrix(
             a.out_dir.join(format!("Y_w{tag}.npy")),
             res.y,
-            dtype_of(params.precision),
+            dtype_of(params.common.precision),
         ));
         points.push(point);
     }
@@ -136,9 +136,9 @@ pub fn cmd_sweep(a: SweepArgs) -> Result<ExitCode, NsaError> {
         "{}×{}, {} retraction, {} mode, {}",
         y0.nrows(),
         y0.ncols(),
-        params.retraction.as_str(),
-        params.mode.as_str(),
-        params.precision.as_str()
+        params.common.retraction.as_str(),
+        params.common.mode.as_str(),
+        params.common.precision.as_str()
     );
     let svg = nsa_flow::plot::render_sweep(&sorted, &subtitle, nsa_flow::plot::ImageFormat::Svg)?;
     outputs.push(Output::Text(a.out_dir.join("sweep.csv"), csv));
