@@ -25,15 +25,11 @@ fn combine(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) 
     if (i >= params.n) {
         return;
     }
-    let c0 = coef(0u);
     var v: T;
-    if (params.mode == 0u) {
-        v = c0 * a[lane_b1 + i] + coef(1u) * b[lane_b2 + i];
-    } else if (params.mode == 2u) {
+    if (params.mode == 2u) {
         v = a[lane_b1 + i];
     } else {
-        let base = a[lane_b1 + i];
-        v = base + c0 * (b[lane_b2 + i] - base);
+        v = combine_value(params.mode, a[lane_b1 + i], b[lane_b2 + i]);
     }
     if (params.k2 == 1u) {
         v = select(v, 0.0, v < 0.0);

@@ -9,6 +9,15 @@
 // After prelude.wgsl (T, Params, Lane, bindings 0/5/6/7, enter_lane, coef, reduce2, …).
 @group(0) @binding(1) var<storage, read_write> a: array<T>;
 @group(0) @binding(2) var<storage, read_write> b: array<T>;
+@group(0) @binding(4) var<storage, read_write> out: array<T>;
+
+// mode bits of gram_partial
+const GRAM_DIRECT: u32 = 1u;
+// the operand is combine_value(off2, a, b), written to `out` as it is staged (k ≤ 32: one
+// tile, so each entry is staged by one invocation of one workgroup); AᵀA of it
+const GRAM_COMBINE: u32 = 2u;
+// that operand clamped at zero first, as nonneg_in_place mode 0 would clamp it afterwards
+const GRAM_CLAMP: u32 = 4u;
 
 const TILE: u32 = 32u;
 const SLAB: u32 = 32u;
@@ -20,7 +29,8 @@ var<workgroup> sb: array<T, 1056>;
 
 // dispatch: (chunks, tiles_a · tiles_b), 32×32 output tiles; 16×16 invocations each own a
 // 2×2 block (one shared-memory load per multiply-add). k = ka, k2 = kb; the partial of chunk
-// c goes to aux[off0 + c·ka·kb], column-major ka×kb.
+// c goes to aux[off0 + c·ka·kb], column-major ka×kb. With GRAM_COMBINE the operand is formed
+// from a and b on the fly (and written to out) and its own Gram taken.
 @compute @workgroup_size(16, 16)
 fn gram_partial(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
     enter_lane(wid.z);
@@ -51,11 +61,23 @@ fn gram_partial(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation
             let cb = tb * TILE + cc;
             var va: T = 0.0;
             var vb: T = 0.0;
-            if (row < row_end && ca < ka) {
-                va = a[lane_b1 + row + ca * p];
-            }
-            if (row < row_end && cb < kb) {
-                vb = b[lane_b2 + row + cb * p];
+            if ((params.mode & GRAM_COMBINE) != 0u) {
+                if (row < row_end && ca < ka) {
+                    let at = row + ca * p;
+                    va = combine_value(params.off2, a[lane_b1 + at], b[lane_b2 + at]);
+                    if ((params.mode & GRAM_CLAMP) != 0u) {
+                        va = select(va, 0.0, va < 0.0);
+                    }
+                    out[lane_b4 + at] = va;
+                }
+                vb = va;
+            } else {
+                if (row < row_end && ca < ka) {
+                    va = a[lane_b1 + row + ca * p];
+                }
+                if (row < row_end && cb < kb) {
+                    vb = b[lane_b2 + row + cb * p];
+                }
             }
             sa[cc * STRIDE + rr] = va;
             sb[cc * STRIDE + rr] = vb;
@@ -89,11 +111,11 @@ fn gram_partial(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation
     }
 }
 
-// Entry e of this workgroup's chunk partial: to aux[off0 + chunk·ka·kb + e], or with mode 1
+// Entry e of this workgroup's chunk partial: to aux[off0 + chunk·ka·kb + e], or with GRAM_DIRECT
 // (one chunk, ka×kb not symmetrised) to small[off1 + e], the value gram_reduce would have
 // written: it adds the partial to zeros, which changes only a −0 (to +0).
 fn put_gram(chunk: u32, e: u32, v: T) {
-    if (params.mode == 1u) {
+    if ((params.mode & GRAM_DIRECT) != 0u) {
         small[lane_b5 + params.off1 + e] = select(v, T(0.0), v == 0.0);
     } else {
         aux[lane_b6 + params.off0 + chunk * params.k * params.k2 + e] = v;

@@ -63,6 +63,17 @@ fn coef(i: u32) -> T {
     return v;
 }
 
+// combine's two-operand modes, shared with gram_partial's fused variant so that a candidate
+// and its Gram see the same entries: mode 0 `c0·x + c1·y` (lincomb), mode 1 `x + c0·(y − x)`
+// (lerp, written like the CPU oracle).
+fn combine_value(mode: u32, x: T, y: T) -> T {
+    let c0 = coef(0u);
+    if (mode == 0u) {
+        return c0 * x + coef(1u) * y;
+    }
+    return x + c0 * (y - x);
+}
+
 // NaN and ±Inf have an all-ones exponent; tested on the bits because shader compilers may
 // assume comparisons never see NaN.
 fn is_finite(x: T) -> bool {

@@ -1011,11 +1011,13 @@ fn solve_corrected<B: Backend, F: FnMut(&IterInfo) -> Control>(
                 let (kind, a, plr, _) = trial(&phases, pos + j);
                 match kind {
                     Candidate::Retracted => {
-                        be.lerp(&y, &prop, a, &mut cand);
+                        be.lerp_candidate(&y, &prop, a, &mut cand);
                         be.retract(&cand, eval, &ropt);
                     }
-                    Candidate::AlongProposal => be.lerp(&y, &prop, a, eval),
-                    Candidate::AlongGradient => be.lincomb(1.0, &y, -a * plr, &grad, eval),
+                    Candidate::AlongProposal => be.lerp_candidate(&y, &prop, a, eval),
+                    Candidate::AlongGradient => {
+                        be.lincomb_candidate(1.0, &y, -a * plr, &grad, eval)
+                    }
                 }
                 if clamp {
                     be.nonneg(eval, NonNeg::Hard);

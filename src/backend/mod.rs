@@ -188,6 +188,29 @@ pub trait Backend {
     fn lincomb(&mut self, a: f64, x: &Self::Mat, b: f64, y: &Self::Mat, dst: &mut Self::Mat);
     /// `dst ← base + α·(toward − base)`.
     fn lerp(&mut self, base: &Self::Mat, toward: &Self::Mat, alpha: f64, dst: &mut Self::Mat);
+    /// [`Backend::lerp`] for a line-search candidate, whose Gram `dstᵀdst` is needed next (by
+    /// its retraction or its energy): a device may form that Gram in the same pass over the
+    /// data and keep it for them. `dst` holds what `lerp` writes.
+    fn lerp_candidate(
+        &mut self,
+        base: &Self::Mat,
+        toward: &Self::Mat,
+        alpha: f64,
+        dst: &mut Self::Mat,
+    ) {
+        self.lerp(base, toward, alpha, dst);
+    }
+    /// [`Backend::lincomb`] for a line-search candidate (see [`Backend::lerp_candidate`]).
+    fn lincomb_candidate(
+        &mut self,
+        a: f64,
+        x: &Self::Mat,
+        b: f64,
+        y: &Self::Mat,
+        dst: &mut Self::Mat,
+    ) {
+        self.lincomb(a, x, b, y, dst);
+    }
     /// Applies a non-negativity map in place.
     fn nonneg(&mut self, m: &mut Self::Mat, mode: NonNeg);
     /// `dst ← R_w(src)`.

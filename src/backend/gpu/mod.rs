@@ -25,7 +25,7 @@ mod record;
 mod sums;
 
 pub use diagnostics::KernelBench;
-use ops::{CombineMode, MUL_SMALL_CLAMP};
+use ops::{CombineMode, GRAM_CLAMP, MUL_SMALL_CLAMP};
 use record::LastWrite;
 pub use record::Traffic;
 pub(in crate::backend) use sums::SumMode;
@@ -477,6 +477,16 @@ impl GpuBackend {
         lay.cached_gram(slot)
     }
 
+    /// The slot [`GpuBackend::gram_slot_for_energy`] would hand out next (`None` without
+    /// caching, where it answers `M`).
+    pub(super) fn next_energy_slot(&self) -> Option<u32> {
+        let lay = self.ws().layout;
+        if !self.fuse || self.lane.is_some() || lay.gram_slots() == 0 {
+            return None;
+        }
+        Some(lay.cached_gram(self.gram_cache_next % lay.gram_slots()))
+    }
+
     /// Forgets every cached Gram (anything recorded may have written a matrix).
     pub(super) fn forget_grams(&mut self) {
         self.gram_cache.clear();
@@ -831,6 +841,28 @@ impl Backend for GpuBackend {
             },
             base.p * base.k,
         );
+    }
+
+    fn lerp_candidate(&mut self, base: &GpuMat, toward: &GpuMat, alpha: f64, dst: &mut GpuMat) {
+        if !(self.same_shape(base, toward) && self.same_shape(base, dst)) {
+            return;
+        }
+        if !self.fuses_candidate_gram(dst) {
+            return self.lerp(base, toward, alpha, dst);
+        }
+        let coefs = [alpha, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0];
+        self.combine_with_gram(CombineMode::Lerp, coefs, base, toward, dst);
+    }
+
+    fn lincomb_candidate(&mut self, a: f64, x: &GpuMat, b: f64, y: &GpuMat, dst: &mut GpuMat) {
+        if !(self.same_shape(x, y) && self.same_shape(x, dst)) {
+            return;
+        }
+        if !self.fuses_candidate_gram(dst) {
+            return self.lincomb(a, x, b, y, dst);
+        }
+        let coefs = [a, b, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0];
+        self.combine_with_gram(CombineMode::Lincomb, coefs, x, y, dst);
     }
 
     fn nonneg(&mut self, m: &mut GpuMat, mode: NonNeg) {

@@ -10,6 +10,10 @@ const NS_SHARED_FINISH: u32 = 8;
 
 /// gram_partial's mode: write the (single chunk's) product to small[off1] (gram.wgsl).
 const GRAM_DIRECT: u32 = 1;
+/// gram_partial's operand is `combine` of its a and b (mode in off2), written to out.
+const GRAM_COMBINE: u32 = 2;
+/// That operand clamped at zero (set by `clamp_last_write`).
+pub(super) const GRAM_CLAMP: u32 = 4;
 
 /// blend_matrix's mode bit: compute `TS = T·S` first, in the same launch (small.wgsl).
 const BLEND_WITH_TS: u32 = 2;
@@ -103,6 +107,76 @@ impl GpuBackend {
         if direct {
             return;
         }
+        self.gram_reduce(k, chunks, off, sym);
+    }
+
+    /// Whether a candidate written to `dst` can have its Gram formed in the same pass
+    /// ([`GpuBackend::combine_with_gram`]): fused, not a batch lane (whose Gram has no cache
+    /// slot), one 32-column tile, the whole matrix.
+    pub(super) fn fuses_candidate_gram(&self, dst: &GpuMat) -> bool {
+        let Some(ws) = &self.ws else { return false };
+        self.fuse
+            && self.lane.is_none()
+            && ws.p == dst.p
+            && ws.k == dst.k
+            && dst.k <= 32
+            && ws.layout.gram_slots() > 0
+    }
+
+    /// `dst = combine(a, b)` (lerp or lincomb, `coefs` as `combine` takes them) and its Gram
+    /// `dstᵀdst` into an energy Gram slot, remembered for `dst` (so the retraction or the
+    /// energy evaluation that follows reads it instead of taking it again): one
+    /// `gram_partial` launch that forms each entry as `combine` would, writes it and stages
+    /// it (plus `gram_reduce` when p spans several row chunks). A following hard
+    /// non-negativity clamps it in that launch (`clamp_last_write`).
+    pub(super) fn combine_with_gram(
+        &mut self,
+        mode: CombineMode,
+        coefs: [f64; 8],
+        a: &GpuMat,
+        b: &GpuMat,
+        dst: &GpuMat,
+    ) {
+        let (p, k) = (dst.p, dst.k);
+        let (chunk, chunks) = {
+            let ws = self.ws();
+            (ws.gram_chunk, ws.gram_chunks)
+        };
+        let slot = self.gram_slot_for_energy(dst);
+        let direct = chunks == 1;
+        let mut h = ParamsHeader::new();
+        h.p = p as u32;
+        h.k = k as u32;
+        h.k2 = k as u32;
+        h.n = (p * k) as u32;
+        h.chunk = chunk as u32;
+        h.off0 = 0;
+        h.off2 = mode as u32;
+        h.mode = GRAM_COMBINE;
+        if direct {
+            h.mode |= GRAM_DIRECT;
+            h.off1 = slot;
+        }
+        self.dispatch(
+            Kernel::GramPartial,
+            h,
+            coefs,
+            Slots {
+                a: Some(a),
+                b: Some(b),
+                out: Some(dst),
+                ..Default::default()
+            },
+            (chunks as u32, 1),
+        );
+        if !direct {
+            self.gram_reduce(k, chunks, slot, false);
+        }
+    }
+
+    /// `small[off]` = the sum of `chunks` k×k partials at `aux[0..]` in chunk order
+    /// (symmetrised when `sym`).
+    fn gram_reduce(&mut self, k: usize, chunks: usize, off: u32, sym: bool) {
         let mut h = ParamsHeader::new();
         h.k = k as u32;
         h.k2 = k as u32;
@@ -496,12 +570,12 @@ impl GpuBackend {
         }
     }
 
-    /// `T_w` into `tmp2` from T, S (and in corrected style TS, computed in the same launch
+    /// `T_w` into `tmp2` from T, S at `small[s]` (and in corrected style TS, computed in the same launch
     /// when fusing and k ≤ 64, else by kk_matmul first), `tr S` into the trace slot.
-    fn blend_matrix(&mut self, reference: bool, w: f64) {
+    fn blend_matrix(&mut self, reference: bool, w: f64, s: u32) {
         let lay = self.ws().layout;
         let k = lay.k;
-        let (s, t) = (lay.s(), lay.t());
+        let t = lay.t();
         let ts_in_blend = !reference && self.fuse && k <= 64;
         if !reference && !ts_in_blend {
             self.kk_matmul(t, s, lay.tmp(), false);
@@ -528,8 +602,15 @@ impl GpuBackend {
     pub(super) fn retract_soft_polar(&mut self, src: &GpuMat, dst: &GpuMat, o: &RetractOptions) {
         let lay = self.ws().layout;
         let k = lay.k;
-        let (s, t) = (lay.s(), lay.t());
-        self.gram(src, src, s, false);
+        let t = lay.t();
+        // the Gram the candidate's own launch formed, else taken here
+        let s = match self.cached_gram_of(src) {
+            Some(slot) => slot,
+            None => {
+                self.gram(src, src, lay.s(), false);
+                lay.s()
+            }
+        };
         let reference = o.style == Mode::Reference;
         let polar = o.retraction == Retraction::Polar;
         let w = if polar { 1.0 } else { o.w };
@@ -551,7 +632,7 @@ impl GpuBackend {
             self.inv_sqrt_corrected_then(s, t, o.inv_method, o.ns_iter, Some(then))
         };
         if !blended {
-            self.blend_matrix(reference, w);
+            self.blend_matrix(reference, w, s);
         }
         self.mul_small(
             src,

@@ -91,6 +91,7 @@ impl GpuBackend {
         }
         let patch = |h: &mut ParamsHeader| match lw.kernel {
             Kernel::MulSmall => h.mode |= MUL_SMALL_CLAMP,
+            Kernel::GramPartial => h.mode |= GRAM_CLAMP,
             _ => h.k2 = 1,
         };
         match lw.at {
@@ -283,14 +284,20 @@ impl GpuBackend {
         let mut entry = std::mem::take(&mut self.scratch);
         encode_lane(&bases, &coefs, self.precision, &mut entry);
         let bufs = self.bind_buffers(&slots);
-        // these write every entry of `out` once, in their epilogue
+        // these write every entry of `out` once, in their epilogue (gram_partial when it forms
+        // a candidate, the only way it has an `out`)
         let clampable = matches!(
             kernel,
-            Kernel::Combine | Kernel::MulSmall | Kernel::ScaleInPlace
+            Kernel::Combine | Kernel::MulSmall | Kernel::ScaleInPlace | Kernel::GramPartial
         ) && groups.is_some()
             && slots.out.is_some_and(|o| header.n as usize == o.p * o.k);
         let out_key = slots.out.map(|o| (o.id, o.offset));
-        self.last_write = None;
+        // gram_reduce reads only partials and writes a k×k slot: a clamp of the candidate
+        // whose partials it adds still patches the launch that formed them (the patch lands
+        // before the submission, so the partials it reads are the clamped candidate's)
+        if kernel != Kernel::GramReduce {
+            self.last_write = None;
+        }
         let indirect = indirect.map(|m| (BufRef::of(m), m.offset as u64 * self.elem() as u64));
         if let Some(lane) = &mut self.lane {
             lane.ops.push(LaneOp::Dispatch {

@@ -306,12 +306,25 @@ impl GpuBackend {
                 match requests[j] {
                     Reduction::EnergyTerms { y, target } => {
                         sums.push(self, SumTerm::new(SumMode::DistSq, y, Some(target), at));
-                        if sums.stats_full() {
-                            // before this Gram's slot could be one a waiting statistic reads
+                        let cached = self.cached_gram_of(y);
+                        // a Gram written now must not land in a slot a waiting statistic
+                        // reads (the candidates' own Grams fill slots ahead of this)
+                        let next = self.next_energy_slot();
+                        let hazard =
+                            cached.is_none() && sums.stats.iter().any(|s| Some(s.1) == next);
+                        if sums.stats_full() || hazard {
                             sums.flush(self);
                         }
-                        let slot = self.gram_slot_for_energy(y);
-                        self.gram(y, y, slot, false);
+                        // the candidate's launch formed its Gram (combine_with_gram), else
+                        // it is taken here
+                        let slot = match cached {
+                            Some(slot) => slot,
+                            None => {
+                                let slot = self.gram_slot_for_energy(y);
+                                self.gram(y, y, slot, false);
+                                slot
+                            }
+                        };
                         let stats = (lay.k as u32, slot, (at + g) as u32);
                         if defer_stats {
                             sums.stats.push(stats);
