@@ -4,7 +4,8 @@
 // adds the partials of every entry in chunk order. Fixed order, no atomics: same input, same
 // bits. Rows are staged through workgroup memory 32 at a time, loaded along the columns'
 // contiguous direction. An invocation loops about `chunk` times in pass 1 (the host keeps
-// chunk ≤ 4096) and ⌈p/chunk⌉/64 times in pass 2, far below Mesa 22.3's 65 535 cap.
+// chunk ≤ 4096; ⌈chunk/32⌉·4k times more when it forms a product, which the host checks
+// against the trip budget) and ⌈p/chunk⌉/64 times in pass 2, far below Mesa 22.3's 65 535 cap.
 
 // After prelude.wgsl (T, Params, Lane, bindings 0/5/6/7, enter_lane, coef, reduce2, …).
 @group(0) @binding(1) var<storage, read_write> a: array<T>;
@@ -18,6 +19,9 @@ const GRAM_DIRECT: u32 = 1u;
 const GRAM_COMBINE: u32 = 2u;
 // that operand clamped at zero first, as nonneg_in_place mode 0 would clamp it afterwards
 const GRAM_CLAMP: u32 = 4u;
+// the operand is c0·(A·small[off3]) (k×k, column-major), each entry summed over l in order
+// as mul_small sums it, written to `out` as it is staged; AᵀA of it
+const GRAM_PRODUCT: u32 = 8u;
 
 const TILE: u32 = 32u;
 const SLAB: u32 = 32u;
@@ -61,10 +65,18 @@ fn gram_partial(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation
             let cb = tb * TILE + cc;
             var va: T = 0.0;
             var vb: T = 0.0;
-            if ((params.mode & GRAM_COMBINE) != 0u) {
+            if ((params.mode & (GRAM_COMBINE | GRAM_PRODUCT)) != 0u) {
                 if (row < row_end && ca < ka) {
                     let at = row + ca * p;
-                    va = combine_value(params.off2, a[lane_b1 + at], b[lane_b2 + at]);
+                    if ((params.mode & GRAM_COMBINE) != 0u) {
+                        va = combine_value(params.off2, a[lane_b1 + at], b[lane_b2 + at]);
+                    } else {
+                        var acc: T = 0.0;
+                        for (var l = 0u; l < ka; l = l + 1u) {
+                            acc = acc + a[lane_b1 + row + l * p] * small[lane_b5 + params.off3 + l + ca * ka];
+                        }
+                        va = coef(0u) * acc;
+                    }
                     if ((params.mode & GRAM_CLAMP) != 0u) {
                         va = select(va, 0.0, va < 0.0);
                     }

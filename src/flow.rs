@@ -1012,7 +1012,7 @@ fn solve_corrected<B: Backend, F: FnMut(&IterInfo) -> Control>(
                 match kind {
                     Candidate::Retracted => {
                         be.lerp_candidate(&y, &prop, a, &mut cand);
-                        be.retract(&cand, eval, &ropt);
+                        be.retract_candidate(&cand, eval, &ropt);
                     }
                     Candidate::AlongProposal => be.lerp_candidate(&y, &prop, a, eval),
                     Candidate::AlongGradient => {

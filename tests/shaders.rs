@@ -227,3 +227,81 @@ fn kernels_entry_points_and_bindings_agree_with_the_host_layout() {
         }
     }
 }
+
+/// Only the matrix bound at binding 4 (`out`) is written by any kernel; bindings 1–3 are
+/// read (the host's Gram cache forgets, on each launch, only the Grams of its `out` matrix).
+#[test]
+fn kernels_write_no_matrix_but_the_out_binding() {
+    fn root_global(
+        f: &naga::Function,
+        mut e: naga::Handle<naga::Expression>,
+    ) -> Option<naga::Handle<naga::GlobalVariable>> {
+        loop {
+            match f.expressions[e] {
+                naga::Expression::Access { base, .. }
+                | naga::Expression::AccessIndex { base, .. } => e = base,
+                naga::Expression::GlobalVariable(g) => return Some(g),
+                _ => return None,
+            }
+        }
+    }
+    fn walk(
+        block: &naga::Block,
+        f: &naga::Function,
+        stores: &mut Vec<naga::Handle<naga::Expression>>,
+    ) {
+        for st in block.iter() {
+            match st {
+                naga::Statement::Store { pointer, .. } => stores.push(*pointer),
+                naga::Statement::Block(b) => walk(b, f, stores),
+                naga::Statement::If { accept, reject, .. } => {
+                    walk(accept, f, stores);
+                    walk(reject, f, stores);
+                }
+                naga::Statement::Switch { cases, .. } => {
+                    for c in cases {
+                        walk(&c.body, f, stores);
+                    }
+                }
+                naga::Statement::Loop {
+                    body, continuing, ..
+                } => {
+                    walk(body, f, stores);
+                    walk(continuing, f, stores);
+                }
+                naga::Statement::Atomic { pointer, .. } => stores.push(*pointer),
+                _ => {}
+            }
+        }
+    }
+    for file in shaders::ALL {
+        let src = specialize(&file, Precision::F32);
+        let (module, _) = validate(&src, file.name);
+        let functions = module
+            .functions
+            .iter()
+            .map(|(_, f)| f)
+            .chain(module.entry_points.iter().map(|ep| &ep.function));
+        let mut checked = 0;
+        for f in functions {
+            let mut stores = Vec::new();
+            walk(&f.body, f, &mut stores);
+            for p in stores {
+                let Some(g) = root_global(f, p) else { continue };
+                let var = &module.global_variables[g];
+                if let Some(rb) = &var.binding {
+                    checked += 1;
+                    assert!(
+                        !(1..=3).contains(&rb.binding),
+                        "{}: {} writes {} at @binding({})",
+                        file.name,
+                        f.name.as_deref().unwrap_or("?"),
+                        var.name.as_deref().unwrap_or("?"),
+                        rb.binding
+                    );
+                }
+            }
+        }
+        assert!(checked > 0, "{}: no store to a binding found", file.name);
+    }
+}

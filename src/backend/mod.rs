@@ -215,6 +215,16 @@ pub trait Backend {
     fn nonneg(&mut self, m: &mut Self::Mat, mode: NonNeg);
     /// `dst ← R_w(src)`.
     fn retract(&mut self, src: &Self::Mat, dst: &mut Self::Mat, options: &RetractOptions);
+    /// [`Backend::retract`] into a line-search candidate, whose Gram is needed next (its
+    /// energy): a device may form that Gram with the retraction's product and keep it.
+    fn retract_candidate(
+        &mut self,
+        src: &Self::Mat,
+        dst: &mut Self::Mat,
+        options: &RetractOptions,
+    ) {
+        self.retract(src, dst, options);
+    }
     /// `out ← gradient(Y, X0)` as described by `rule`.
     fn gradient(&mut self, y: &Self::Mat, x0: &Self::Mat, rule: &GradientRule, out: &mut Self::Mat);
     /// One optimizer step: `out ← param − lr·direction(grad, state)`, updating `state`.

@@ -286,9 +286,10 @@ pub struct GpuBackend {
     /// Loop trips one invocation may make per dispatch ([`TRIP_BUDGET`] on a capped driver).
     pub(super) trip_budget: usize,
     /// The matrices whose Gram `YᵀY` an energy evaluation left in a small-buffer slot
-    /// (buffer id, offset, slot), valid until anything but a reduction is recorded: the
-    /// gradient of an accepted candidate reads it instead of recomputing it (the same kernels
-    /// on the same matrix, so the same bits). Off with fusion, and for a problem of a batch.
+    /// (buffer id, offset, slot), valid until a launch writes that buffer (binds it as `out`)
+    /// or a copy lands in it: a candidate's retraction and energy, and the gradient of an
+    /// accepted candidate, read it instead of recomputing it (the same kernels on the same
+    /// matrix, so the same bits). Off with fusion, and for a problem of a batch.
     gram_cache: smallvec::SmallVec<[(u64, u32, usize); super::MAX_BATCH]>,
     gram_cache_next: usize,
     /// Direct launches and their operand bytes per kernel, indexed by `Kernel as usize`.
@@ -485,6 +486,11 @@ impl GpuBackend {
             return None;
         }
         Some(lay.cached_gram(self.gram_cache_next % lay.gram_slots()))
+    }
+
+    /// Forgets the cached Grams of the matrices in buffer `id` (a launch or copy wrote it).
+    pub(super) fn forget_grams_of(&mut self, id: u64) {
+        self.gram_cache.retain(|e| e.0 != id);
     }
 
     /// Forgets every cached Gram (anything recorded may have written a matrix).
@@ -898,7 +904,21 @@ impl Backend for GpuBackend {
         if !self.use_shape(src) {
             return;
         }
-        self.retract_soft_polar(src, dst, options);
+        self.retract_soft_polar(src, dst, options, false);
+    }
+
+    fn retract_candidate(&mut self, src: &GpuMat, dst: &mut GpuMat, options: &RetractOptions) {
+        if !self.same_shape(src, dst) {
+            return;
+        }
+        if options.retraction == Retraction::None || options.w <= 0.0 {
+            self.copy(src, dst);
+            return;
+        }
+        if !self.use_shape(src) {
+            return;
+        }
+        self.retract_soft_polar(src, dst, options, true);
     }
 
     fn gradient(&mut self, y: &GpuMat, x0: &GpuMat, rule: &GradientRule, out: &mut GpuMat) {

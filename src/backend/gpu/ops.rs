@@ -14,6 +14,8 @@ const GRAM_DIRECT: u32 = 1;
 const GRAM_COMBINE: u32 = 2;
 /// That operand clamped at zero (set by `clamp_last_write`).
 pub(super) const GRAM_CLAMP: u32 = 4;
+/// gram_partial's operand is `c0·(a·small[off3])`, written to out.
+const GRAM_PRODUCT: u32 = 8;
 
 /// blend_matrix's mode bit: compute `TS = T·S` first, in the same launch (small.wgsl).
 const BLEND_WITH_TS: u32 = 2;
@@ -137,6 +139,44 @@ impl GpuBackend {
         b: &GpuMat,
         dst: &GpuMat,
     ) {
+        let slots = Slots {
+            a: Some(a),
+            b: Some(b),
+            out: Some(dst),
+            ..Default::default()
+        };
+        self.form_with_gram(GRAM_COMBINE, mode as u32, 0, coefs, slots, dst);
+    }
+
+    /// Whether `product_with_gram` fits the loop-trip budget for `dst`'s shape.
+    fn product_gram_fits(&self, dst: &GpuMat) -> bool {
+        let chunk = self.ws().gram_chunk;
+        chunk.div_ceil(32) * (4 * dst.k + 40) <= self.trip_budget
+    }
+
+    /// `dst = src·small[m]` as `mul_small` forms it (c0 = 1, nothing added) and its Gram into
+    /// an energy Gram slot remembered for `dst`, in one `gram_partial` launch (plus
+    /// `gram_reduce` over several row chunks); a following hard non-negativity clamps it there.
+    pub(super) fn product_with_gram(&mut self, src: &GpuMat, m: u32, dst: &GpuMat) {
+        let slots = Slots {
+            a: Some(src),
+            out: Some(dst),
+            ..Default::default()
+        };
+        let coefs = [1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0];
+        self.form_with_gram(GRAM_PRODUCT, 0, m, coefs, slots, dst);
+    }
+
+    /// The launch(es) of `combine_with_gram` and `product_with_gram`.
+    fn form_with_gram(
+        &mut self,
+        kind: u32,
+        off2: u32,
+        off3: u32,
+        coefs: [f64; 8],
+        slots: Slots,
+        dst: &GpuMat,
+    ) {
         let (p, k) = (dst.p, dst.k);
         let (chunk, chunks) = {
             let ws = self.ws();
@@ -151,24 +191,14 @@ impl GpuBackend {
         h.n = (p * k) as u32;
         h.chunk = chunk as u32;
         h.off0 = 0;
-        h.off2 = mode as u32;
-        h.mode = GRAM_COMBINE;
+        h.off2 = off2;
+        h.off3 = off3;
+        h.mode = kind;
         if direct {
             h.mode |= GRAM_DIRECT;
             h.off1 = slot;
         }
-        self.dispatch(
-            Kernel::GramPartial,
-            h,
-            coefs,
-            Slots {
-                a: Some(a),
-                b: Some(b),
-                out: Some(dst),
-                ..Default::default()
-            },
-            (chunks as u32, 1),
-        );
+        self.dispatch(Kernel::GramPartial, h, coefs, slots, (chunks as u32, 1));
         if !direct {
             self.gram_reduce(k, chunks, slot, false);
         }
@@ -599,7 +629,16 @@ impl GpuBackend {
     }
 
     /// The soft-polar blend `dst = src·T_w` with `T_w` built in `small` (both styles).
-    pub(super) fn retract_soft_polar(&mut self, src: &GpuMat, dst: &GpuMat, o: &RetractOptions) {
+    ///
+    /// `gram_of_dst`: `dst` is a line-search candidate whose Gram comes next; the corrected
+    /// blend then forms it with the product where it can (`product_with_gram`).
+    pub(super) fn retract_soft_polar(
+        &mut self,
+        src: &GpuMat,
+        dst: &GpuMat,
+        o: &RetractOptions,
+        gram_of_dst: bool,
+    ) {
         let lay = self.ws().layout;
         let k = lay.k;
         let t = lay.t();
@@ -633,6 +672,14 @@ impl GpuBackend {
         };
         if !blended {
             self.blend_matrix(reference, w, s);
+        }
+        if gram_of_dst
+            && !reference
+            && self.fuses_candidate_gram(dst)
+            && self.product_gram_fits(dst)
+        {
+            self.product_with_gram(src, lay.tmp2(), dst);
+            return;
         }
         self.mul_small(
             src,

@@ -257,8 +257,11 @@ impl GpuBackend {
         groups: Option<(u32, u32)>,
         indirect: Option<&GpuMat>,
     ) {
-        // only these write nothing but partial sums and small-buffer entries other than the
-        // cached Grams: anything else may change a matrix whose Gram is cached
+        // A launch writes one matrix, the one bound as `out` (binding 4; every other binding
+        // is only read, which tests/shaders.rs checks), besides the small and aux buffers:
+        // the cached Grams of that buffer's matrices are forgotten. These write none but
+        // partial sums and small-buffer entries other than the cached Grams (gram_partial's
+        // `out`, a candidate it forms, had its Gram registered just before).
         if !matches!(
             kernel,
             Kernel::GramPartial
@@ -267,7 +270,9 @@ impl GpuBackend {
                 | Kernel::PartialSums
                 | Kernel::PartialSumsMulti
         ) {
-            self.forget_grams();
+            if let Some(out) = slots.out {
+                self.forget_grams_of(out.id);
+            }
         }
         let ws = self.ws.as_ref().expect("workspace sized before a dispatch");
         let off = |m: Option<&GpuMat>| m.map_or(0, |m| m.offset);
@@ -410,7 +415,7 @@ impl GpuBackend {
     ) {
         let e = self.elem() as u64;
         self.last_write = None;
-        self.forget_grams();
+        self.forget_grams_of(dst.id);
         if self.lane.is_some() && src_elem == 0 && dst_elem == 0 && src.p * src.k > 0 {
             // the matrices of a batch share buffers, and a buffer copy cannot stay inside
             // one buffer: a copy kernel (which also merges across the batch)
