@@ -176,28 +176,6 @@ impl GpuBackend {
         self.dispatch(Kernel::Finalize, h, [0.0; 8], Slots::default(), (1, 1));
     }
 
-    /// The blend matrix `T_w` into `small[tmp2]` (and `tr S` into the trace slot), exactly as
-    /// the forward retraction builds it.
-    fn blend(&mut self, w: f64, corrected: bool) {
-        let lay = self.ws().layout;
-        let mut h = ParamsHeader::new();
-        h.k = lay.k as u32;
-        h.off0 = lay.t();
-        h.off1 = lay.s();
-        h.off2 = lay.tmp2();
-        h.off3 = lay.tmp();
-        h.slot = lay.scalar(SC_TRACE);
-        h.mode = corrected as u32;
-        let keep_below = if corrected { f64::MIN_POSITIVE } else { 1e-24 };
-        self.dispatch(
-            Kernel::BlendMatrix,
-            h,
-            [w, keep_below, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0],
-            Slots::default(),
-            (1, 1),
-        );
-    }
-
     /// Solves `S½·X + X·S½ = f·sym(G)` (S½ at `s_half`, G at `g`) by the sign iteration;
     /// `−2X` ends in the second ns block (an even number of steps).
     fn sylvester(&mut self, s_half: u32, g: u32, f: f64) {
@@ -344,7 +322,7 @@ impl GpuBackend {
             } else {
                 self.inv_sqrt_reference(s, t, o);
             }
-            self.blend(w, false);
+            self.blend_matrix(true, w, s);
             // M = Y·T_w, and the renormalisation's coefficients from ⟨g, M⟩, ‖M‖², tr S
             self.mul_small(y, tmp2, None, &m1, 0, one, [LITERAL; 4]);
             self.device_dot(g, Some(&m1), lay.scalar(AG_GM));
@@ -398,8 +376,8 @@ impl GpuBackend {
             );
         } else {
             self.inv_sqrt_corrected(s, t, o.inv_method, o.ns_iter);
-            self.kk_matmul(t, s, tmp, false);
-            self.blend(w, true);
+            // T_w to tmp2 and TS to tmp, as the forward retraction builds them
+            self.blend_matrix(false, w, s);
             // the direct part g·T_w, and gT_w = Yᵀ·g
             self.mul_small(g, tmp2, None, &m1, 0, one, [LITERAL; 4]);
             self.gram(y, g, m, false);

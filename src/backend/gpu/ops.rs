@@ -602,7 +602,7 @@ impl GpuBackend {
 
     /// `T_w` into `tmp2` from T, S at `small[s]` (and in corrected style TS, computed in the same launch
     /// when fusing and k ≤ 64, else by kk_matmul first), `tr S` into the trace slot.
-    fn blend_matrix(&mut self, reference: bool, w: f64, s: u32) {
+    pub(in crate::backend) fn blend_matrix(&mut self, reference: bool, w: f64, s: u32) {
         let lay = self.ws().layout;
         let k = lay.k;
         let t = lay.t();
