@@ -245,29 +245,25 @@ fn kernels_write_no_matrix_but_the_out_binding() {
             }
         }
     }
-    fn walk(
-        block: &naga::Block,
-        f: &naga::Function,
-        stores: &mut Vec<naga::Handle<naga::Expression>>,
-    ) {
+    fn walk(block: &naga::Block, stores: &mut Vec<naga::Handle<naga::Expression>>) {
         for st in block.iter() {
             match st {
                 naga::Statement::Store { pointer, .. } => stores.push(*pointer),
-                naga::Statement::Block(b) => walk(b, f, stores),
+                naga::Statement::Block(b) => walk(b, stores),
                 naga::Statement::If { accept, reject, .. } => {
-                    walk(accept, f, stores);
-                    walk(reject, f, stores);
+                    walk(accept, stores);
+                    walk(reject, stores);
                 }
                 naga::Statement::Switch { cases, .. } => {
                     for c in cases {
-                        walk(&c.body, f, stores);
+                        walk(&c.body, stores);
                     }
                 }
                 naga::Statement::Loop {
                     body, continuing, ..
                 } => {
-                    walk(body, f, stores);
-                    walk(continuing, f, stores);
+                    walk(body, stores);
+                    walk(continuing, stores);
                 }
                 naga::Statement::Atomic { pointer, .. } => stores.push(*pointer),
                 _ => {}
@@ -285,7 +281,7 @@ fn kernels_write_no_matrix_but_the_out_binding() {
         let mut checked = 0;
         for f in functions {
             let mut stores = Vec::new();
-            walk(&f.body, f, &mut stores);
+            walk(&f.body, &mut stores);
             for p in stores {
                 let Some(g) = root_global(f, p) else { continue };
                 let var = &module.global_variables[g];
