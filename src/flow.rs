@@ -539,8 +539,6 @@ fn solve_reference<B: Backend, F: FnMut(&IterInfo) -> Control>(
     let mut energy_evals = 0usize;
     let mut bt_iters = 0usize;
     let mut prev_backtracked = false;
-    // halvings the previous iteration examined (its success included)
-    let mut prev_count = 0usize;
     const MAX_BT: usize = 20;
 
     for it in 1..=params.common.max_iter {
@@ -575,16 +573,12 @@ fn solve_reference<B: Backend, F: FnMut(&IterInfo) -> Control>(
         if clamp {
             be.nonneg(&mut acc, NonNeg::Hard);
         }
-        // After an iteration that backtracked, the first halvings are evaluated speculatively
-        // in the same readback (their candidates depend only on `best` and `ynew`, both known
-        // now): two more than the previous iteration examined, its count being the best
-        // guess of this one's, so a run that keeps backtracking still reads back about once
-        // per iteration without computing a whole backtracking of 20 every time. Later
-        // batches hold four times as many. Which halvings are examined does not depend on
-        // these sizes: the results are identical; only device work and readbacks move.
-        let first = (prev_count + 2).min(batch).min(MAX_BT);
+        // After an iteration that backtracked, the first batch of halvings is evaluated
+        // speculatively in the same readback (its candidates depend only on `best` and `ynew`,
+        // both known now), so a run that keeps backtracking still reads back once per
+        // iteration. The results are identical; only device work is spent.
         let speculate = if prev_backtracked && batch > 1 {
-            first
+            batch.min(MAX_BT)
         } else {
             0
         };
@@ -644,14 +638,8 @@ fn solve_reference<B: Backend, F: FnMut(&IterInfo) -> Control>(
         }
         let mut pre_evaluated = (speculate > 0).then(|| vals[10..10 + 4 * speculate].to_vec());
         prev_backtracked = current > best_e;
-        let mut n_next = first;
         'search: while current > best_e && count < MAX_BT {
-            let n = if pre_evaluated.is_some() {
-                speculate
-            } else {
-                n_next.min(MAX_BT - count)
-            };
-            n_next = (4 * n).min(batch);
+            let n = batch.min(MAX_BT - count);
             if let Some(pre) = pre_evaluated.take() {
                 vals.clear();
                 vals.extend_from_slice(&pre);
@@ -680,7 +668,6 @@ fn solve_reference<B: Backend, F: FnMut(&IterInfo) -> Control>(
                 }
             }
         }
-        prev_count = count;
         // Y_new: a success (R(Y_try), clamped: exactly the evaluated point), a revert
         // (a success at the 20th halving is reverted too), or the un-backtracked candidate.
         let new_terms = if count == MAX_BT {
