@@ -322,3 +322,64 @@ fn a_clamp_fuses_only_into_the_launch_that_wrote_its_matrix() {
     assert_eq!(be.traffic().since(&before).launches, 1);
     assert_eq!(be.download(&out).unwrap(), got);
 }
+
+/// A line-search candidate (k ≤ 32) is formed by the launch that takes its Gram: the lerp, a
+/// following clamp and the Gram are one launch (two over several row chunks: the reduce), the
+/// candidate is exactly what lerp and the clamp write, and its energy then reads the Gram
+/// that launch left instead of taking it again, with the same bits as without fusion.
+#[test]
+fn a_candidate_and_its_gram_are_one_launch() {
+    let Some(ctx) = gpu_or_skip("a_candidate_and_its_gram_are_one_launch") else {
+        return;
+    };
+    for (p, k, launches) in [(65, 3, 1), (1031, 17, 2), (40, 1, 1)] {
+        let y = randn(p, k, 7);
+        let t = randn(p, k, 8);
+        let x0 = randn(p, k, 9).abs();
+        let mut energies = Vec::new();
+        let mut candidates = Vec::new();
+        for fuse in [false, true] {
+            let mut be = GpuBackend::new(ctx.clone(), Precision::F32).unwrap();
+            be.set_fusion(fuse);
+            let (gy, gt, gx) = (
+                be.upload(&y).unwrap(),
+                be.upload(&t).unwrap(),
+                be.upload(&x0).unwrap(),
+            );
+            let mut cand = be.zeros(p, k).unwrap();
+            let before = be.traffic();
+            be.lerp_candidate(&gy, &gt, 0.375, &mut cand);
+            be.nonneg(&mut cand, NonNeg::Hard);
+            let formed = be.traffic().since(&before).launches;
+            let grams = |be: &GpuBackend| {
+                be.launches_by_kernel()
+                    .iter()
+                    .find(|e| e.0 == Kernel::GramPartial)
+                    .map_or(0, |e| e.1)
+            };
+            let grams_before = grams(&be);
+            let e = be
+                .reduce(&[nsa_flow::backend::Reduction::EnergyTerms {
+                    y: &cand,
+                    target: &gx,
+                }])
+                .unwrap();
+            if fuse {
+                assert_eq!(formed, launches, "{p}×{k}: launches forming the candidate");
+                assert_eq!(
+                    grams(&be),
+                    grams_before,
+                    "{p}×{k}: the energy took the Gram again"
+                );
+            } else {
+                assert_eq!(grams(&be), grams_before + 1, "{p}×{k}");
+            }
+            energies.push(e.iter().map(|v| v.to_bits()).collect::<Vec<_>>());
+            candidates.push(be.download(&cand).unwrap());
+        }
+        assert_eq!(energies[0], energies[1], "{p}×{k}: energy terms");
+        assert_eq!(candidates[0], candidates[1], "{p}×{k}: candidate");
+        let want = (&y + (&t - &y) * 0.375).map(|v| v.max(0.0));
+        assert!(rel_fro(&candidates[1], &want) <= 1e-6, "{p}×{k}");
+    }
+}
