@@ -894,31 +894,11 @@ impl Backend for GpuBackend {
     }
 
     fn retract(&mut self, src: &GpuMat, dst: &mut GpuMat, options: &RetractOptions) {
-        if !self.same_shape(src, dst) {
-            return;
-        }
-        if options.retraction == Retraction::None || options.w <= 0.0 {
-            self.copy(src, dst);
-            return;
-        }
-        if !self.use_shape(src) {
-            return;
-        }
-        self.retract_soft_polar(src, dst, options, false);
+        self.retract_into(src, dst, options, false);
     }
 
     fn retract_candidate(&mut self, src: &GpuMat, dst: &mut GpuMat, options: &RetractOptions) {
-        if !self.same_shape(src, dst) {
-            return;
-        }
-        if options.retraction == Retraction::None || options.w <= 0.0 {
-            self.copy(src, dst);
-            return;
-        }
-        if !self.use_shape(src) {
-            return;
-        }
-        self.retract_soft_polar(src, dst, options, true);
+        self.retract_into(src, dst, options, true);
     }
 
     fn gradient(&mut self, y: &GpuMat, x0: &GpuMat, rule: &GradientRule, out: &mut GpuMat) {

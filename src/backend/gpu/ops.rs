@@ -628,6 +628,28 @@ impl GpuBackend {
         );
     }
 
+    /// `Backend::retract` and `retract_candidate` (`gram_of_dst`, see `retract_soft_polar`):
+    /// the shape checks, the copy when there is no retraction, else the soft-polar blend.
+    pub(super) fn retract_into(
+        &mut self,
+        src: &GpuMat,
+        dst: &mut GpuMat,
+        options: &RetractOptions,
+        gram_of_dst: bool,
+    ) {
+        if !self.same_shape(src, dst) {
+            return;
+        }
+        if options.retraction == Retraction::None || options.w <= 0.0 {
+            crate::backend::Backend::copy(self, src, dst);
+            return;
+        }
+        if !self.use_shape(src) {
+            return;
+        }
+        self.retract_soft_polar(src, dst, options, gram_of_dst);
+    }
+
     /// The soft-polar blend `dst = src·T_w` with `T_w` built in `small` (both styles).
     ///
     /// `gram_of_dst`: `dst` is a line-search candidate whose Gram comes next; the corrected
