@@ -41,6 +41,10 @@ fn term(i: u32) -> T {
         case 7u: {
             return select(T(0.0), T(1.0), a[lane_b1 + i] != b[lane_b2 + i]);
         }
+        case 8u: {
+            let g = b[lane_b2 + i];
+            return select(T(0.0), g * g, a[lane_b1 + i] > 0.0 || g < 0.0);
+        }
         default: {
             return select(T(1.0), T(0.0), is_finite(a[lane_b1 + i]));
         }
@@ -48,7 +52,8 @@ fn term(i: u32) -> T {
 }
 
 // mode: 0 ‖a‖², 1 ⟨a,b⟩, 2 ‖a−b‖², 3 gradient mapping, 4 count of non-finite entries,
-// 5 Σ|a|, 6 count of |c0·a| > c1, 7 count of a ≠ b.
+// 5 Σ|a|, 6 count of |c0·a| > c1, 7 count of a ≠ b, 8 Σ b² over a > 0 or b < 0 (the
+// gradient b where Y = a ≥ 0 leaves it free).
 // Writes aux[off0 + wid] for wid < G = groups_x.
 @compute @workgroup_size(256)
 fn partial_sums(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
@@ -106,6 +111,9 @@ fn term_of(mode: u32, x: T, y: T) -> T {
         }
         case 7u: {
             return select(T(0.0), T(1.0), x != y);
+        }
+        case 8u: {
+            return select(T(0.0), y * y, x > 0.0 || y < 0.0);
         }
         default: {
             return select(T(1.0), T(0.0), is_finite(x));

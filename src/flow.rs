@@ -768,7 +768,7 @@ fn solve_reference<B: Backend, F: FnMut(&IterInfo) -> Control>(
 
 /// Reduction requests built per readback without touching the heap (a device batch is at
 /// most [`MAX_BATCH`] candidates, three requests each, plus three).
-type Requests<'a, M> = SmallVec<[Reduction<'a, M>; 3 * MAX_BATCH + 3]>;
+type Requests<'a, M> = SmallVec<[Reduction<'a, M>; 3 * MAX_BATCH + 4]>;
 
 pub use crate::backend::MAX_BATCH;
 
@@ -874,7 +874,7 @@ fn solve_corrected<B: Backend, F: FnMut(&IterInfo) -> Control>(
     let d0 = t_init.defect().max(1e-8);
     let mut cur_e = model.eval(&t_init).2;
     let mut cur_norm_sq = t_init.norm_sq;
-    let mut vals: Vec<f64> = Vec::with_capacity(5 * batch + 3);
+    let mut vals: Vec<f64> = Vec::with_capacity(6 * batch + 4);
 
     be.gradient(&y, &x0, &true_rule, &mut grad);
     let init_grad_norm_n = be.reduce(&[Reduction::NormSq(&grad)])?[0].sqrt();
@@ -994,6 +994,10 @@ fn solve_corrected<B: Backend, F: FnMut(&IterInfo) -> Control>(
         let mut tried = 0usize;
         let mut first = true;
         let mut safe_phase = usize::MAX;
+        // ‖∇E(Y)‖, and its part where Y ≥ 0 leaves the gradient free, known after the first
+        // readback: what bounds the gain of a plain candidate
+        let mut grad_norm = f64::INFINITY;
+        let mut free_norm = f64::INFINITY;
         // Candidates per readback: the first holds two more than the previous iteration
         // rejected (its accepted position is the best guess of this one's), later ones four
         // times as many (a stalled search then needs few readbacks). Which candidates are
@@ -1033,6 +1037,9 @@ fn solve_corrected<B: Backend, F: FnMut(&IterInfo) -> Control>(
                     clamp,
                 });
                 reqs.push(Reduction::NormSq(&grad));
+                if clamp {
+                    reqs.push(Reduction::FreeNormSq { y: &y, g: &grad });
+                }
             }
             for e in evals.iter().take(n) {
                 reqs.push(Reduction::EnergyTerms { y: e, target: &x0 });
@@ -1045,7 +1052,9 @@ fn solve_corrected<B: Backend, F: FnMut(&IterInfo) -> Control>(
             if first {
                 finite = v[0] == 1.0 && v[2].is_finite();
                 cert = (v[1] / cur_norm_sq).sqrt();
-                off = 3;
+                grad_norm = v[2].sqrt();
+                free_norm = if clamp { v[3].sqrt() } else { grad_norm };
+                off = if clamp { 4 } else { 3 };
                 first = false;
                 if !finite || cert <= params.tol {
                     break;
@@ -1082,7 +1091,23 @@ fn solve_corrected<B: Backend, F: FnMut(&IterInfo) -> Control>(
                 // along the same direction, and rounding is monotone, so each of them equals
                 // Y as well: the rest of the phase is skipped without changing any decision.
                 // (A retracted candidate is not monotone in its step: never skipped.)
-                if unchanged && kind != Candidate::Retracted {
+                // A plain candidate whose first-order gain is bounded by a quarter of the
+                // rounding level also ends its phase: |⟨∇E, C − Y⟩| ≤ ‖∇E‖·‖C − Y‖, and when
+                // every plain candidate moves along −∇E (projected), C − Y vanishes where
+                // Y ≥ 0 holds the gradient, so there the free part of ‖∇E‖ bounds it. The
+                // shorter steps after it come no farther from Y (a projection along a ray
+                // moves monotonically), so none of them can gain the 16 ulps an acceptance
+                // needs but by their second-order term alone. This ends a search at the
+                // rounding floor after a few halvings instead of all 2·50: its candidates
+                // differ from Y in some entries long after the energy stopped telling them
+                // apart.
+                let gain_norm = if direction_is_gradient {
+                    free_norm
+                } else {
+                    grad_norm
+                };
+                let negligible = gain_norm * step_sq.sqrt() <= 0.25 * noise;
+                if (unchanged || negligible) && kind != Candidate::Retracted {
                     pos = phase_end(&phases, pos + j);
                     skipped = true;
                     break;

@@ -243,12 +243,14 @@ fn same_input_same_bits() {
 
 /// At f32's rounding floor the search stalls: every candidate is rejected. Its plain phases
 /// (50 halvings each) end as soon as a candidate equals `Y` (the step rounded away: every
-/// shorter one equals `Y` too), so the stalled iteration evaluates far fewer than the
-/// 1 + 2·50 candidates of its phases. The decisions are the same either way (the skipped
-/// candidates would have been rejected), which tests/gpu_flow.rs's mirror and the CPU/GPU
-/// comparisons check candidate by candidate.
+/// shorter one equals `Y` too) or its first-order gain bound (the free gradient's norm times
+/// `‖C − Y‖`) is a quarter of the rounding level, so the stalled iteration evaluates a
+/// handful of the 1 + 2·50 candidates of its phases (101 before the gain bound: the
+/// candidates kept differing from `Y` in some entries). The skipped candidates would have
+/// been rejected, which tests/gpu_flow.rs's mirror and the CPU/GPU comparisons check
+/// candidate by candidate.
 #[test]
-fn a_stalled_f32_search_skips_steps_that_rounded_away() {
+fn a_stalled_f32_search_ends_its_phases_early() {
     let y0 = randn(300, 12, 71).map(|v| v + 0.3);
     let x0 = randn(300, 12, 72).map(|v| v + 0.3);
     let params = Params::default()
@@ -264,9 +266,10 @@ fn a_stalled_f32_search_skips_steps_that_rounded_away() {
     .unwrap();
     assert_eq!(res.stop_reason, StopReason::LineSearchStalled, "{res:?}");
     let in_stall = res.energy_evaluations - examined_in_accepted;
+    eprintln!("the stalled iteration evaluated {in_stall} candidates");
     assert!(
-        in_stall < 1 + 2 * 50,
-        "the stalled iteration evaluated {in_stall} candidates: no phase ended early"
+        in_stall <= 12,
+        "the stalled iteration evaluated {in_stall} candidates: its phases did not end early"
     );
     assert!(in_stall >= 2, "{in_stall}");
 }

@@ -45,8 +45,8 @@ use nsa_flow::backend::{Backend, GradientRule, Projection, Reduction, UpdateRule
 use nsa_flow::flow::solve;
 use nsa_flow::gpu::{GpuContext, GpuOptions};
 use nsa_flow::{
-    verify, Control, EnergyTerms, IterInfo, Mode, NonNeg, NsaResult, Params, Precision,
-    RetractOptions, Retraction, StopReason,
+    verify, Control, EnergyTerms, IterInfo, Mode, NonNeg, NsaResult, OptimizerKind, Params,
+    Precision, RetractOptions, Retraction, StopReason,
 };
 use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
@@ -218,6 +218,7 @@ enum Kind {
     Dist,
     Differ,
     GradMap,
+    Free,
     Other,
 }
 
@@ -374,6 +375,7 @@ impl<B: Backend> Backend for Spy<B> {
                 Reduction::DistSq(..) => Kind::Dist,
                 Reduction::AnyDiffer(..) => Kind::Differ,
                 Reduction::GradMapSq { .. } => Kind::GradMap,
+                Reduction::FreeNormSq { .. } => Kind::Free,
                 Reduction::AbsSum(_) | Reduction::CountAbove { .. } => Kind::Other,
             })
             .collect();
@@ -515,6 +517,9 @@ struct Model {
     fid: f64,
     orth: f64,
     offdiag: Option<f64>,
+    /// corrected: whether the proposal is the plain gradient step (a Fast optimizer and no
+    /// projection), so that the free part of `‖∇E‖` bounds every plain candidate's gain
+    gradient_direction: bool,
 }
 
 impl Model {
@@ -524,6 +529,7 @@ impl Model {
                 fid: res.scaling.fid_weight,
                 orth: res.scaling.orth_weight,
                 offdiag: None,
+                gradient_direction: false,
             },
             Mode::Corrected => {
                 let t = &res.target;
@@ -535,6 +541,8 @@ impl Model {
                     fid: (1.0 - params.common.w) / xn,
                     orth: res.scaling.orth_weight,
                     offdiag: params.simplified.then_some(xn * xn),
+                    gradient_direction: params.optimizer == OptimizerKind::Fast
+                        && !params.project_full_gradient,
                 }
             }
         }
@@ -594,7 +602,23 @@ struct Cand {
 
 /// The candidates of one iteration in the order the solver tried them, and (reference) the
 /// energy of the un-backtracked iterate it keeps when it does not take a halving.
-fn candidates(seg: &[Readback], mode: Mode, model: &Model) -> Option<(Vec<Cand>, Option<f64>)> {
+/// The candidates of iteration `i` (1-based) of a spied run ([`candidates`]).
+fn candidates_at(
+    s: &Spied,
+    i: usize,
+    mode: Mode,
+    model: &Model,
+) -> Option<(Vec<Cand>, Option<f64>)> {
+    let noise = NOISE_EPS * s.eps * anchor(s, i, mode, model).abs();
+    candidates(s.segments.get(i - 1)?, mode, model, noise)
+}
+
+fn candidates(
+    seg: &[Readback],
+    mode: Mode,
+    model: &Model,
+    noise: f64,
+) -> Option<(Vec<Cand>, Option<f64>)> {
     let first = seg.first()?;
     let items = first.items();
     let kinds: Vec<Kind> = items.iter().map(|x| x.0).collect();
@@ -602,31 +626,35 @@ fn candidates(seg: &[Readback], mode: Mode, model: &Model) -> Option<(Vec<Cand>,
     let mut acc = None;
     // Corrected mode: (energy, distance, differ) per candidate. The solver examines a
     // readback's candidates in order and drops the rest of it after a plain (not retracted)
-    // candidate equal to `Y` (its phase is skipped: the later ones would equal `Y` too).
-    let triples = |r: &Readback, items: &[(Kind, &[f64])], out: &mut Vec<Cand>| -> bool {
-        if items.is_empty()
-            || items.len() % 3 != 0
-            || !items
-                .chunks(3)
-                .all(|c| c[0].0 == Kind::Energy && c[1].0 == Kind::Dist && c[2].0 == Kind::Differ)
-        {
-            return false;
-        }
-        for (j, c) in items.chunks(3).enumerate() {
-            out.push(Cand {
-                e: model.energy(c[0].1),
-                mag: model.mag(c[0].1),
-                step: r.steps.get(j).copied().unwrap_or(f64::NAN),
-                step_sq: c[1].1[0],
-                norm_sq: c[0].1[3],
-            });
-            let unchanged = c[2].1[0] == 0.0;
-            if unchanged && !r.retracted.get(j).copied().unwrap_or(true) {
-                break;
+    // candidate equal to `Y` (its phase is skipped: the later ones would equal `Y` too), or
+    // one whose first-order gain bound `gain_norm·‖c − Y‖` is at most a quarter of the
+    // rounding level (the later ones come no farther from `Y`).
+    let triples =
+        |r: &Readback, items: &[(Kind, &[f64])], gain_norm: f64, out: &mut Vec<Cand>| -> bool {
+            if items.is_empty()
+                || items.len() % 3 != 0
+                || !items.chunks(3).all(|c| {
+                    c[0].0 == Kind::Energy && c[1].0 == Kind::Dist && c[2].0 == Kind::Differ
+                })
+            {
+                return false;
             }
-        }
-        true
-    };
+            for (j, c) in items.chunks(3).enumerate() {
+                out.push(Cand {
+                    e: model.energy(c[0].1),
+                    mag: model.mag(c[0].1),
+                    step: r.steps.get(j).copied().unwrap_or(f64::NAN),
+                    step_sq: c[1].1[0],
+                    norm_sq: c[0].1[3],
+                });
+                let unchanged = c[2].1[0] == 0.0;
+                let negligible = gain_norm * c[1].1[0].sqrt() <= 0.25 * noise;
+                if (unchanged || negligible) && !r.retracted.get(j).copied().unwrap_or(true) {
+                    break;
+                }
+            }
+            true
+        };
     match mode {
         Mode::Reference => {
             if kinds.len() < 4
@@ -656,11 +684,23 @@ fn candidates(seg: &[Readback], mode: Mode, model: &Model) -> Option<(Vec<Cand>,
             if kinds.len() < 3 || kinds[..3] != [Kind::Finite, Kind::GradMap, Kind::Norm] {
                 return None;
             }
-            if items.len() > 3 && !triples(first, &items[3..], &mut out) {
+            // what bounds a plain candidate's first-order gain, per unit of ‖c − Y‖ (‖∇E‖,
+            // or its free part when the proposal is the gradient step and Y ≥ 0 is kept)
+            let grad_norm = items[2].1[0].sqrt();
+            let (free_norm, start) = match kinds.get(3) {
+                Some(Kind::Free) => (items[3].1[0].sqrt(), 4),
+                _ => (grad_norm, 3),
+            };
+            let gain_norm = if model.gradient_direction {
+                free_norm
+            } else {
+                grad_norm
+            };
+            if items.len() > start && !triples(first, &items[start..], gain_norm, &mut out) {
                 return None;
             }
             for r in &seg[1..] {
-                if !triples(r, &r.items(), &mut out) {
+                if !triples(r, &r.items(), gain_norm, &mut out) {
                     break;
                 }
             }
@@ -716,8 +756,8 @@ fn anchor(s: &Spied, i: usize, mode: Mode, model: &Model) -> f64 {
 /// is that candidate's (reference: the un-backtracked iterate's when the search did not end
 /// on a strict improvement). Err: the mirror is out of step with src/flow.rs.
 fn mirror_check(s: &Spied, i: usize, mode: Mode, model: &Model) -> Result<(), String> {
-    let seg = s.segments.get(i - 1).ok_or("no readbacks")?;
-    let (cands, acc) = candidates(seg, mode, model)
+    s.segments.get(i - 1).ok_or("no readbacks")?;
+    let (cands, acc) = candidates_at(s, i, mode, model)
         .ok_or_else(|| format!("iteration {i}: unrecognised readback pattern"))?;
     let a = anchor(s, i, mode, model);
     let took = stopped_at(s, i);
@@ -872,9 +912,7 @@ fn compare(cx: &Ctx, c: &Spied, g: &Spied) -> Comparison {
     // the size of an iteration's orthogonality sums, from its first candidate (bounded by
     // the weight itself when unknown)
     let mag = |s: &Spied, m: &Model, i: usize| {
-        s.segments
-            .get(i - 1)
-            .and_then(|x| candidates(x, mode, m))
+        candidates_at(s, i, mode, m)
             .and_then(|(c, _)| c.first().map(|x| x.mag))
             .unwrap_or(m.orth.abs())
     };
@@ -981,9 +1019,7 @@ fn branch(
     };
     let mode = cx.params.common.mode;
     let seg = |s: &Spied, m: &Model| {
-        s.segments
-            .get(i - 1)
-            .and_then(|x| candidates(x, mode, m))
+        candidates_at(s, i, mode, m)
             .map(|(c, _)| c)
             .unwrap_or_default()
     };
@@ -1025,12 +1061,8 @@ fn branch_verdict(
         }
     }
     let (Some((cc, _)), Some((gc, _))) = (
-        c.segments
-            .get(i - 1)
-            .and_then(|s| candidates(s, mode, model)),
-        g.segments
-            .get(i - 1)
-            .and_then(|s| candidates(s, mode, gmodel)),
+        candidates_at(c, i, mode, model),
+        candidates_at(g, i, mode, gmodel),
     ) else {
         return Verdict::Fail(format!("paths part at iteration {i}: no candidates found"));
     };
@@ -1245,10 +1277,7 @@ fn referee(cx: &Ctx, case: &Case, c: &Spied, g: &Spied, at: Option<usize>) -> St
             if s.infos[i - 1].backtracks != r.infos[i - 1].backtracks {
                 return (format!("decisions part from f64's at iteration {i}"), None);
             }
-            let mag = s
-                .segments
-                .get(i - 1)
-                .and_then(|x| candidates(x, mode, m))
+            let mag = candidates_at(s, i, mode, m)
                 .and_then(|(c, _)| c.first().map(|x| x.mag))
                 .unwrap_or(m.orth.abs());
             let (a, b) = (e(s, i), e(&r, i));
@@ -1275,9 +1304,7 @@ fn referee(cx: &Ctx, case: &Case, c: &Spied, g: &Spied, at: Option<usize>) -> St
                 rel(e(g, at), e(&r, at))
             );
             let first = |s: &Spied, m: &Model| {
-                s.segments
-                    .get(at - 1)
-                    .and_then(|x| candidates(x, mode, m))
+                candidates_at(s, at, mode, m)
                     .and_then(|(c, _)| c.first().map(|x| x.e))
                     .unwrap_or(f64::NAN)
             };

@@ -268,6 +268,8 @@ enum R {
     AllFinite(usize),
     DistSq(usize, usize),
     GradMap(usize, usize, f64, bool),
+    /// `FreeNormSq { y, g }`
+    Free(usize, usize),
 }
 
 fn reduce_on<B: Backend>(b: &mut B, mats: &[M], reqs: &[R]) -> Vec<f64> {
@@ -288,6 +290,10 @@ fn reduce_on<B: Backend>(b: &mut B, mats: &[M], reqs: &[R]) -> Vec<f64> {
                 g: &dev[g],
                 t,
                 clamp,
+            },
+            R::Free(y, g) => Reduction::FreeNormSq {
+                y: &dev[y],
+                g: &dev[g],
             },
         })
         .collect();
@@ -418,6 +424,7 @@ fn req_name(r: &R, i: usize) -> String {
         R::DistSq(..) => "DistSq".into(),
         R::GradMap(_, _, _, true) => "GradMapSq(clamp)".into(),
         R::GradMap(_, _, _, false) => "GradMapSq(no clamp)".into(),
+        R::Free(..) => "FreeNormSq".into(),
     }
 }
 
@@ -509,6 +516,8 @@ fn reductions(name: &str, prec: Precision) {
             R::GradMap(1, 0, 2.0, true),
             R::AllFinite(0),
             R::AllFinite(5),
+            R::Free(0, 1),
+            R::Free(1, 0),
         ];
         let mut single_vals = Vec::new();
         for r in singles {
@@ -552,14 +561,20 @@ fn reductions(name: &str, prec: Precision) {
             R::AllFinite(3),
             R::GradMap(1, 0, 2.0, true),
             R::AllFinite(5),
+            R::Free(0, 1),
         ];
         let got = compare_reduce(&mut rep, &mut g, prec, &mats, &batch, &case, "batch/");
         // and the same numbers as the single requests (same kernels, same order of sums)
         let pick = |v: &[f64], idx: &[usize]| idx.iter().map(|&i| v[i]).collect::<Vec<_>>();
         // singles layout: NormSq0=0 NormSq1=1 Dot=2 Dist=3 Energy=4..8 GM=8 GMnc=9 GM2=10 AF0=11 AF5=12
+        // Free01=13 Free10=14
         // batch layout: AF2=0 N0=1 E=2..6 Dot=6 AF0=7 Dist=8 GM=9 N1=10 E'=11..15 GMnc=15 AF3=16 GM2=17 AF5=18
-        let from_batch = pick(&got, &[1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 15, 17, 18]);
-        let from_singles = pick(&single_vals, &[0, 4, 5, 6, 7, 2, 11, 3, 8, 1, 9, 10, 12]);
+        // Free01=19
+        let from_batch = pick(&got, &[1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 15, 17, 18, 19]);
+        let from_singles = pick(
+            &single_vals,
+            &[0, 4, 5, 6, 7, 2, 11, 3, 8, 1, 9, 10, 12, 13],
+        );
         let same = from_batch
             .iter()
             .zip(&from_singles)

@@ -228,10 +228,10 @@ fn fused_passes_change_no_bit_and_save_launches_and_passes() {
 }
 
 /// The counts of one corrected iteration at the defaults (fast optimizer, soft-polar, hard
-/// non-negativity), per accepted iteration and per energy evaluation, as `nsa-flow bench
-/// --json` reports them: a ceiling that fails when a change adds passes, and what issue 15's
-/// goal is measured against (≤ 12 dispatches per accepted iteration, ≤ 4 passes over p×k per
-/// evaluation: not reached yet).
+/// non-negativity), per iteration and per energy evaluation, as `nsa-flow bench --json`
+/// reports them: a ceiling that fails when a change adds passes or a stalled search runs
+/// long, and what issue 15's goal is measured against (≤ 12 dispatches per accepted
+/// iteration, ≤ 4 passes over p×k per evaluation: not reached yet).
 #[test]
 fn corrected_iteration_traffic_stays_within_its_ceiling() {
     let Some(ctx) = gpu_or_skip("corrected_iteration_traffic_stays_within_its_ceiling") else {
@@ -265,17 +265,35 @@ fn corrected_iteration_traffic_stays_within_its_ceiling() {
         run.by_kernel
     );
     assert!(run.res.iterations >= 5, "{:?}", run.res.stop_reason);
-    // measured on lavapipe: 4.7 launches and 8.5 passes per evaluation (16 iterations, 128
-    // evaluations, most of them the last iteration's stalled search), after the candidates'
-    // Grams moved into the launches that form them; the ceilings leave room for a different
-    // line-search path
+    // Measured on lavapipe: 22.6 launches, 37.8 passes over p×k and 1.44 readbacks per
+    // iteration (16 iterations, 31 evaluations), since the stalled search ends its phases
+    // by the first-order gain bound. Before it, 37.6 launches and 68 passes per iteration
+    // (128 evaluations, 97 of them the stalled search's: cheap ones, which made the counts
+    // per evaluation look low, 4.7 and 8.5). The ceilings leave room for a different
+    // line-search path; per evaluation they bound what a candidate costs.
     assert!(
-        t.launches as f64 / ev <= 6.0,
+        t.launches as f64 / it <= 26.0,
+        "{:.1} launches per iteration",
+        t.launches as f64 / it
+    );
+    assert!(
+        passes / it <= 44.0,
+        "{:.1} passes per iteration",
+        passes / it
+    );
+    assert!(
+        run.res.energy_evaluations < 4 * run.res.iterations,
+        "{} evaluations in {} iterations: a stalled search ran long",
+        run.res.energy_evaluations,
+        run.res.iterations
+    );
+    assert!(
+        t.launches as f64 / ev <= 13.0,
         "{:.1} launches per evaluation",
         t.launches as f64 / ev
     );
     assert!(
-        passes / ev <= 10.0,
+        passes / ev <= 22.0,
         "{:.1} passes per evaluation",
         passes / ev
     );

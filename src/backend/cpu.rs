@@ -441,6 +441,16 @@ impl<T: Element> Backend for CpuBackend<T> {
                     let th = T::of(threshold);
                     out.push(m.iter().filter(|v| (**v * s).abs() > th).count() as f64)
                 }
+                Reduction::FreeNormSq { y, g } => {
+                    let mut acc = 0.0f64;
+                    for (yv, gv) in y.iter().zip(g.iter()) {
+                        if *yv > T::zero() || *gv < T::zero() {
+                            let v = gv.as_f64();
+                            acc += v * v;
+                        }
+                    }
+                    out.push(acc);
+                }
                 Reduction::GradMapSq { y, g, t, clamp } => {
                     let tt = T::of(t);
                     let mut acc = 0.0f64;

@@ -92,6 +92,15 @@ pub enum Reduction<'a, M> {
         /// Whether the feasible set is `Y ≥ 0`.
         clamp: bool,
     },
+    /// `Σ gᵢ²` over the entries a projected step along `−G` can move (`yᵢ > 0` or `gᵢ < 0`):
+    /// the gradient's norm where `Y ≥ 0` leaves it free, which bounds what such a step gains
+    /// to first order (the corrected line search's test for a negligible step).
+    FreeNormSq {
+        /// The iterate.
+        y: &'a M,
+        /// The gradient.
+        g: &'a M,
+    },
     /// `Σ|aᵢ|` (LBFGS's first step length).
     AbsSum(&'a M),
     /// `#{i : |scale·aᵢ| > threshold}`: 0 exactly when `max|scale·A| ≤ threshold` (LBFGS's

@@ -24,6 +24,8 @@ pub(in crate::backend) enum SumMode {
     CountAbove = 6,
     /// The count of `a ≠ b` (as values; `AnyDiffer` turns it into a flag).
     CountDiffer = 7,
+    /// `Σ b²` over the entries with `a > 0` or `b < 0`.
+    FreeNormSq = 8,
 }
 
 /// One partial sum of [`GpuBackend::partial_sums`]: its mode, operands, where its partials
@@ -261,7 +263,7 @@ impl GpuBackend {
                 Reduction::NormSq(m) | Reduction::AllFinite(m) | Reduction::AbsSum(m) => m,
                 Reduction::CountAbove { m, .. } => m,
                 Reduction::Dot(a, _) | Reduction::DistSq(a, _) | Reduction::AnyDiffer(a, _) => a,
-                Reduction::GradMapSq { y, .. } => y,
+                Reduction::GradMapSq { y, .. } | Reduction::FreeNormSq { y, .. } => y,
             };
             (m.p, m.k)
         }
@@ -271,7 +273,9 @@ impl GpuBackend {
                 Reduction::Dot(a, b) | Reduction::DistSq(a, b) | Reduction::AnyDiffer(a, b) => {
                     self.same_shape(a, b)
                 }
-                Reduction::GradMapSq { y, g, .. } => self.same_shape(y, g),
+                Reduction::GradMapSq { y, g, .. } | Reduction::FreeNormSq { y, g } => {
+                    self.same_shape(y, g)
+                }
                 _ => true,
             };
             if !ok {
@@ -354,6 +358,9 @@ impl GpuBackend {
                         let mut term = SumTerm::new(SumMode::GradMapSq, y, Some(grad), at);
                         term.coefs = Some(([t, 0.0], clamp));
                         sums.push(self, term);
+                    }
+                    Reduction::FreeNormSq { y, g: grad } => {
+                        sums.push(self, SumTerm::new(SumMode::FreeNormSq, y, Some(grad), at))
                     }
                     Reduction::AllFinite(m) => {
                         sums.push(self, SumTerm::new(SumMode::NonFinite, m, None, at))
