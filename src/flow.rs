@@ -539,6 +539,8 @@ fn solve_reference<B: Backend, F: FnMut(&IterInfo) -> Control>(
     let mut energy_evals = 0usize;
     let mut bt_iters = 0usize;
     let mut prev_backtracked = false;
+    // halvings the previous iteration examined (its success included)
+    let mut prev_count = 0usize;
     const MAX_BT: usize = 20;
 
     for it in 1..=params.common.max_iter {
@@ -573,12 +575,18 @@ fn solve_reference<B: Backend, F: FnMut(&IterInfo) -> Control>(
         if clamp {
             be.nonneg(&mut acc, NonNeg::Hard);
         }
-        // After an iteration that backtracked, the first batch of halvings is evaluated
-        // speculatively in the same readback (its candidates depend only on `best` and `ynew`,
-        // both known now), so a run that keeps backtracking still reads back once per
-        // iteration. The results are identical; only device work is spent.
+        // After an iteration that backtracked, the first halvings are evaluated speculatively
+        // in the same readback (their candidates depend only on `best` and `ynew`, both known
+        // now): two more than the previous iteration examined, its count being the best guess
+        // of this one's. A search that needs more computes the rest of its 20 in one more
+        // readback, so no iteration reads back more than twice, and a run that keeps
+        // backtracking by similar counts reads back about once per iteration without
+        // computing a whole backtracking of 20 each time (on an H200 a dependent dispatch
+        // costs tens of µs and a readback ~0.5 ms: 20 speculated halvings are ~240 launches).
+        // Which halvings are examined does not depend on these sizes: the results are
+        // identical; only device work and readbacks move.
         let speculate = if prev_backtracked && batch > 1 {
-            batch.min(MAX_BT)
+            (prev_count + 2).min(batch).min(MAX_BT)
         } else {
             0
         };
@@ -639,7 +647,11 @@ fn solve_reference<B: Backend, F: FnMut(&IterInfo) -> Control>(
         let mut pre_evaluated = (speculate > 0).then(|| vals[10..10 + 4 * speculate].to_vec());
         prev_backtracked = current > best_e;
         'search: while current > best_e && count < MAX_BT {
-            let n = batch.min(MAX_BT - count);
+            let n = if pre_evaluated.is_some() {
+                speculate
+            } else {
+                batch.min(MAX_BT - count)
+            };
             if let Some(pre) = pre_evaluated.take() {
                 vals.clear();
                 vals.extend_from_slice(&pre);
@@ -668,6 +680,7 @@ fn solve_reference<B: Backend, F: FnMut(&IterInfo) -> Control>(
                 }
             }
         }
+        prev_count = count;
         // Y_new: a success (R(Y_try), clamped: exactly the evaluated point), a revert
         // (a success at the 20th halving is reverted too), or the un-backtracked candidate.
         let new_terms = if count == MAX_BT {

@@ -1828,9 +1828,10 @@ fn golden_cases_f32_gpu_matches_cpu_over_20_iterations() {
 /// * The ratio inside the loop (the readbacks of the iterations that completed) is ≤ 1.5 for
 ///   every run.
 /// * Reference mode: a whole backtracking (20 halvings) fits one batch, and after an iteration
-///   that backtracked the first batch is evaluated in the same readback as the iteration's
-///   own energies, so every iteration after a backtracking one (reverting ones included)
-///   reads back exactly once.
+///   that backtracked its first halvings (two more than that iteration examined) are
+///   evaluated in the same readback as the iteration's own energies and the rest, when
+///   needed, in one more, so every iteration after a backtracking one (reverting ones
+///   included) reads back at most twice.
 #[test]
 fn readbacks_per_iteration_stay_below_one_and_a_half() {
     let test = "readbacks_per_iteration_stay_below_one_and_a_half";
@@ -1867,9 +1868,10 @@ fn readbacks_per_iteration_stay_below_one_and_a_half() {
                 let ratio = rb as f64 / s.res.iterations.max(1) as f64;
                 let in_loop = s.loop_readbacks() as f64 / n.max(1) as f64;
                 let tail: usize = s.segments.iter().skip(n).map(|x| x.len()).sum();
-                // reference: the iterations after a backtracking one, and how many of them
-                // read back more than once (and, of those, how many reverted)
+                // reference: the iterations after a backtracking one, how many of them read
+                // back twice and more than twice, and how many reverted
                 let (mut after_bt, mut extra, mut reverts, mut revert_rb) = (0, Vec::new(), 0, 0);
+                let mut twice = 0;
                 if mode == Mode::Reference {
                     for i in 2..=n {
                         let seg = s.segments[i - 1].len();
@@ -1879,7 +1881,10 @@ fn readbacks_per_iteration_stay_below_one_and_a_half() {
                         }
                         if s.infos[i - 2].backtracks > 0 {
                             after_bt += 1;
-                            if seg != 1 {
+                            if seg > 1 {
+                                twice += 1;
+                            }
+                            if seg > 2 {
                                 extra.push(format!(
                                     "iteration {i} ({} halvings): {seg} readbacks",
                                     s.infos[i - 1].backtracks
@@ -1902,7 +1907,7 @@ fn readbacks_per_iteration_stay_below_one_and_a_half() {
                     s.res.backtracking_iterations,
                     if mode == Mode::Reference {
                         format!(
-                            ", {after_bt} after a backtracking one, {reverts} reverting in {revert_rb} readbacks"
+                            ", {after_bt} after a backtracking one ({twice} of them read back twice), {reverts} reverting in {revert_rb} readbacks"
                         )
                     } else {
                         String::new()
@@ -1921,7 +1926,7 @@ fn readbacks_per_iteration_stay_below_one_and_a_half() {
                 }
                 if s.batch >= REF_MAX_BT && !extra.is_empty() {
                     failures.push(format!(
-                        "{label}: after a backtracking iteration the next should read back once (batch {} ≥ {REF_MAX_BT}): {}",
+                        "{label}: after a backtracking iteration the next should read back at most twice (batch {} ≥ {REF_MAX_BT}): {}",
                         s.batch,
                         extra.join(", ")
                     ));
