@@ -279,6 +279,7 @@ impl NsaFlowLayerBuilder {
 /// assert_eq!(out.results[0].y, out.ys[0]);
 /// ```
 #[derive(Clone, Debug)]
+#[non_exhaustive]
 pub struct LayerOutput {
     /// `Y` of each problem (`[B, p, k]`).
     pub ys: Vec<DMatrix<f64>>,
@@ -315,6 +316,7 @@ impl LayerOutput {
 /// default, it includes the path through the start), and `dL/dY0` when the forward was
 /// given explicit starts.
 #[derive(Clone, Debug)]
+#[non_exhaustive]
 pub struct LayerGradients {
     /// `dL/dX0`, one p×k matrix per problem.
     pub x0: Vec<DMatrix<f64>>,
@@ -324,6 +326,7 @@ pub struct LayerGradients {
 
 /// One accepted step of a recorded forward (see [`NsaFlowLayer::record`]).
 #[derive(Clone, Copy, Debug, PartialEq)]
+#[non_exhaustive]
 pub struct StepDecision {
     /// Whether the accepted candidate went through the retraction.
     pub retracted: bool,

@@ -294,6 +294,7 @@ pub fn inv_sqrt_ns_reference<T: Element>(
 
 /// Outcome of the accurate Newton–Schulz inverse square root.
 #[derive(Clone, Debug)]
+#[non_exhaustive]
 pub struct NewtonSchulzInfo {
     /// Iterations run.
     pub iterations: usize,

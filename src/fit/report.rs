@@ -6,6 +6,7 @@ use nalgebra::DMatrix;
 
 /// Every diagnostic of a basis under fixed definitions (3.5's `basis_report`).
 #[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
 pub struct BasisReport {
     /// `D̃`.
     pub defect_d: f64,
@@ -81,6 +82,7 @@ pub fn basis_report(y: &DMatrix<f64>) -> BasisReport {
 /// Per-part support statistics of signed parts `W = [V⁺|V⁻]` (3.5's `part_sparsity`:
 /// entries above 1e-10 count).
 #[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
 pub struct PartStats {
     /// Entries used per part.
     pub nnz_per_part: Vec<usize>,

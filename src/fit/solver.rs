@@ -11,6 +11,7 @@ use nalgebra::{DMatrix, DVector};
 
 /// Why a solve stopped (3.5's `STOP_REASONS`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum StopReason {
     /// The certificate reached `tol`: stationary to the requested tolerance.
     GradMap,
@@ -42,6 +43,7 @@ impl std::fmt::Display for StopReason {
 
 /// The claim a result makes (3.5's `CERTIFICATES`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Certificate {
     /// `grad_map ≤ tol`.
     Stationary,
@@ -168,6 +170,7 @@ pub struct SolverParams {
 
 /// What a minimiser returns.
 #[derive(Clone, Debug)]
+#[non_exhaustive]
 pub struct Solved {
     /// The final iterate.
     pub y: DMatrix<f64>,
