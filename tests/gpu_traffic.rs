@@ -342,15 +342,16 @@ fn a_clamp_fuses_only_into_the_launch_that_wrote_its_matrix() {
 }
 
 /// A line-search candidate (k ≤ 32) is formed by the launch that takes its Gram: the lerp, a
-/// following clamp and the Gram are one launch (two over several row chunks: the reduce), the
-/// candidate is exactly what lerp and the clamp write, and its energy then reads the Gram
-/// that launch left instead of taking it again, with the same bits as without fusion.
+/// following clamp and the Gram are one launch (over several row chunks the partials' reduce
+/// waits for whatever reads the Gram next), the candidate is exactly what lerp and the clamp
+/// write, and its energy then reads the Gram that launch left instead of taking it again,
+/// with the same bits as without fusion.
 #[test]
 fn a_candidate_and_its_gram_are_one_launch() {
     let Some(ctx) = gpu_or_skip("a_candidate_and_its_gram_are_one_launch") else {
         return;
     };
-    for (p, k, launches) in [(65, 3, 1), (1031, 17, 2), (40, 1, 1)] {
+    for (p, k, launches) in [(65, 3, 1), (1031, 17, 1), (40, 1, 1)] {
         let y = randn(p, k, 7);
         let t = randn(p, k, 8);
         let x0 = randn(p, k, 9).abs();
@@ -442,4 +443,77 @@ fn reference_backtracking_computes_few_halvings_ahead() {
     );
     // one readback per iteration, plus the set-up's, the certificate's and the download
     assert!(rb <= it + 6.0, "{rb} readbacks in {it} iterations");
+}
+
+/// A retracted candidate over several row chunks (k ≤ 32): its Gram's chunk partials are
+/// added by the retraction's first Newton–Schulz launch (in gram_reduce's order) instead of a
+/// `gram_reduce` launch of their own, with the same bits as without fusion; a candidate
+/// whose Gram is read by anything else still gets its `gram_reduce`.
+#[test]
+fn a_retraction_adds_its_candidates_gram_partials_itself() {
+    let Some(ctx) = gpu_or_skip("a_retraction_adds_its_candidates_gram_partials_itself") else {
+        return;
+    };
+    let launches_of = |be: &GpuBackend, kernel: Kernel| {
+        be.launches_by_kernel()
+            .iter()
+            .find(|e| e.0 == kernel)
+            .map_or(0, |e| e.1)
+    };
+    for (p, k) in [(1031, 17), (700, 3), (2000, 1), (300, 32)] {
+        let y = randn(p, k, 17).abs();
+        let t = randn(p, k, 18).abs();
+        let o = nsa_flow::RetractOptions::corrected(nsa_flow::Retraction::SoftPolar, 0.7);
+        let mut outs = Vec::new();
+        for fuse in [false, true] {
+            let mut be = GpuBackend::new(ctx.clone(), Precision::F32).unwrap();
+            be.set_fusion(fuse);
+            let (gy, gt) = (be.upload(&y).unwrap(), be.upload(&t).unwrap());
+            let mut cand = be.zeros(p, k).unwrap();
+            let mut out = be.zeros(p, k).unwrap();
+            be.lerp_candidate(&gy, &gt, 0.625, &mut cand);
+            be.nonneg(&mut cand, NonNeg::Hard);
+            let reduces = launches_of(&be, Kernel::GramReduce);
+            be.retract_candidate(&cand, &mut out, &o);
+            if fuse {
+                // the product's own Gram (formed with it) is the one reduce left
+                assert_eq!(
+                    launches_of(&be, Kernel::GramReduce),
+                    reduces + 1,
+                    "{p}×{k}: the candidate's Gram had a reduce launch"
+                );
+            }
+            outs.push(be.download(&out).unwrap());
+        }
+        assert!(
+            outs[0] == outs[1],
+            "{p}×{k}: retracted candidate bits differ (largest difference {:e})",
+            (&outs[0] - &outs[1]).amax()
+        );
+        let want = nsa_flow::retract(&(&y + (&t - &y) * 0.625).map(|v| v.max(0.0)), &o).unwrap();
+        assert!(rel_fro(&outs[1], &want) <= 1e-4, "{p}×{k}");
+    }
+    // a plain candidate's Gram read by its energy: the reduce runs before the sums
+    let (p, k) = (1031, 5);
+    let mut be = GpuBackend::new(ctx, Precision::F32).unwrap();
+    let (gy, gt) = (
+        be.upload(&randn(p, k, 19)).unwrap(),
+        be.upload(&randn(p, k, 20)).unwrap(),
+    );
+    let mut cand = be.zeros(p, k).unwrap();
+    be.lerp_candidate(&gy, &gt, 0.5, &mut cand);
+    let reduces = launches_of(&be, Kernel::GramReduce);
+    let e = be
+        .reduce(&[nsa_flow::backend::Reduction::EnergyTerms {
+            y: &cand,
+            target: &gt,
+        }])
+        .unwrap();
+    assert_eq!(launches_of(&be, Kernel::GramReduce), reduces + 1);
+    let c = be.download(&cand).unwrap();
+    let g = c.transpose() * &c;
+    assert!(
+        (e[1] - g.norm_squared()).abs() <= 1e-4 * g.norm_squared(),
+        "{e:?}"
+    );
 }

@@ -26,8 +26,8 @@ mod sums;
 
 pub use diagnostics::KernelBench;
 use ops::{CombineMode, GRAM_CLAMP, MUL_SMALL_CLAMP};
-use record::LastWrite;
 pub use record::Traffic;
+use record::{LastWrite, PendingReduce};
 pub(in crate::backend) use sums::SumMode;
 
 /// Largest column count the device kernels take (the single-workgroup k×k kernels loop
@@ -281,6 +281,10 @@ pub struct GpuBackend {
     /// The last launch, when it wrote a whole matrix through an epilogue that can also clamp
     /// it (`nonneg` then sets that flag instead of launching a pass of its own).
     last_write: Option<LastWrite>,
+    /// A candidate's Gram whose chunk partials wait to be added (`gram_reduce`): by the
+    /// retraction's first Newton–Schulz launch, which adds them itself, or, before anything
+    /// else is recorded, by a `gram_reduce` launch (`settle_pending_reduce`).
+    pending_reduce: Option<PendingReduce>,
     /// Whether passes are fused (off only to check that fusing changes no bit).
     fuse: bool,
     /// Loop trips one invocation may make per dispatch ([`TRIP_BUDGET`] on a capped driver).
@@ -411,6 +415,7 @@ impl GpuBackend {
             launches: 0,
             traffic: Traffic::default(),
             last_write: None,
+            pending_reduce: None,
             fuse: true,
             gram_cache: smallvec::SmallVec::new(),
             gram_cache_next: 0,

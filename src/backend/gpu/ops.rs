@@ -7,6 +7,9 @@ use super::*;
 /// ns_shared's mode bits: run ns_init's work first, ns_finish's last (inv_sqrt.wgsl).
 const NS_SHARED_INIT: u32 = 4;
 const NS_SHARED_FINISH: u32 = 8;
+/// And first of all add a Gram's chunk partials (aux[n..], p chunks) into small[off0], as
+/// gram_reduce would.
+const NS_SHARED_REDUCE: u32 = 32;
 
 /// gram_partial's mode: write the (single chunk's) product to small[off1] (gram.wgsl).
 const GRAM_DIRECT: u32 = 1;
@@ -200,13 +203,19 @@ impl GpuBackend {
         }
         self.dispatch(Kernel::GramPartial, h, coefs, slots, (chunks as u32, 1));
         if !direct {
-            self.gram_reduce(k, chunks, slot, false);
+            if kind == GRAM_COMBINE {
+                // a candidate's Gram: the retraction's first Newton–Schulz launch may add the
+                // partials itself; anything else recorded first launches gram_reduce
+                self.pending_reduce = Some(PendingReduce { k, chunks, slot });
+            } else {
+                self.gram_reduce(k, chunks, slot, false);
+            }
         }
     }
 
     /// `small[off]` = the sum of `chunks` k×k partials at `aux[0..]` in chunk order
     /// (symmetrised when `sym`).
-    fn gram_reduce(&mut self, k: usize, chunks: usize, off: u32, sym: bool) {
+    pub(super) fn gram_reduce(&mut self, k: usize, chunks: usize, off: u32, sym: bool) {
         let mut h = ParamsHeader::new();
         h.k = k as u32;
         h.k2 = k as u32;
@@ -334,16 +343,33 @@ impl GpuBackend {
             // (ns_init's work) and the last one writes T (ns_finish's)
             let trips = 12 * k + 48;
             let per = (self.trip_budget / trips).max(1);
+            // the Gram's partials, when they wait for their reduce, are added by the first
+            // launch (each invocation: ≤ chunks + 64 + 63 trips for each of its ≤ 4 entries)
+            let fold = self.pending_reduce.filter(|pr| pr.slot == s && pr.k == k);
+            let fold = fold.and_then(|pr| {
+                let reduce_trips = 4 * (pr.chunks + 128);
+                (reduce_trips + trips <= self.trip_budget)
+                    .then(|| (pr, (self.trip_budget - reduce_trips) / trips))
+            });
             let mut left = steps;
             let mut first = true;
             let mut blended = false;
             while left > 0 {
-                let now = left.min(per);
+                let now = match fold {
+                    Some((_, first_per)) if first => left.min(first_per.max(1)),
+                    _ => left.min(per),
+                };
                 left -= now;
                 let mut hs = h;
                 hs.chunk = now as u32;
                 if first {
                     hs.mode |= NS_SHARED_INIT;
+                    if let Some((pr, _)) = fold {
+                        hs.mode |= NS_SHARED_REDUCE;
+                        hs.p = pr.chunks as u32;
+                        hs.n = 0;
+                        self.pending_reduce = None;
+                    }
                 }
                 if left == 0 {
                     hs.mode |= NS_SHARED_FINISH;

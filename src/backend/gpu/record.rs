@@ -42,6 +42,15 @@ impl Traffic {
     }
 }
 
+/// The chunk partials of a Gram at `aux[0..]` not yet added into `small[slot]` (see
+/// `GpuBackend::pending_reduce`).
+#[derive(Clone, Copy)]
+pub(super) struct PendingReduce {
+    pub(super) k: usize,
+    pub(super) chunks: usize,
+    pub(super) slot: u32,
+}
+
 /// A launch whose output a following hard `nonneg` can clamp in the launch's own epilogue.
 #[derive(Clone, Copy)]
 pub(super) struct LastWrite {
@@ -116,6 +125,8 @@ impl GpuBackend {
     }
 
     pub(super) fn encoder(&mut self) -> &mut wgpu::CommandEncoder {
+        // whatever is recorded next may read the Gram a pending reduce writes
+        self.settle_pending_reduce();
         debug_assert!(
             self.lane.is_none(),
             "a problem of a batch records nothing itself"
@@ -130,8 +141,16 @@ impl GpuBackend {
         self.encoder.as_mut().unwrap()
     }
 
+    /// Launches the `gram_reduce` a candidate's Gram waits for, if any.
+    pub(super) fn settle_pending_reduce(&mut self) {
+        if let Some(pr) = self.pending_reduce.take() {
+            self.gram_reduce(pr.k, pr.chunks, pr.slot, false);
+        }
+    }
+
     /// Submits what was recorded (writing the rings' parameter entries first).
     pub(in crate::backend) fn flush(&mut self) {
+        self.settle_pending_reduce();
         self.last_write = None;
         if let Some(enc) = self.encoder.take() {
             if self.ring_used > 0 {
@@ -257,6 +276,9 @@ impl GpuBackend {
         groups: Option<(u32, u32)>,
         indirect: Option<&GpuMat>,
     ) {
+        // the launch may read the Gram a pending reduce writes (a Newton–Schulz launch that
+        // adds the partials itself took it already)
+        self.settle_pending_reduce();
         // A launch writes one matrix, the one bound as `out` (binding 4; every other binding
         // is only read, which tests/shaders.rs checks), besides the small and aux buffers:
         // the cached Grams of that buffer's matrices are forgotten. These write none but
