@@ -104,16 +104,7 @@ fn prepare(y0: &DMatrix<f64>, x0: Option<&DMatrix<f64>>, params: &Params) -> Res
         y0,
         x0,
         clamp,
-        params.common.seed,
-        params.common.perturbed_start.as_ref(),
-    )?;
-    validate::nonzero(
-        if x0.is_some() {
-            "X0 (after the non-negativity projection)"
-        } else {
-            "the target (Y0's non-negative part)"
-        },
-        &target,
+        &params.common,
         "both modes measure fidelity relative to ‖X0‖² (the reference divides by it)",
     )?;
     Ok(Prepared { y_init, target })
@@ -122,8 +113,30 @@ fn prepare(y0: &DMatrix<f64>, x0: Option<&DMatrix<f64>>, params: &Params) -> Res
 /// The reference's preprocessing of the start and the target (spec §1.2), shared by the
 /// flow and autograd: with `X0` given, `(Y0, clamp(X0))`; without, the self-target
 /// `clamp(Y0)` and a start perturbed by 5 % of Y0's entry RMS (drawn with `seed`, or the
-/// given `perturbed_start`). `clamp` projects onto `≥ 0`.
+/// given `perturbed_start`). `clamp` projects onto `≥ 0`. A target that is zero after the
+/// projection is an error, `target_why` saying why the caller needs it non-zero.
 pub(crate) fn start_and_target(
+    y0: &DMatrix<f64>,
+    x0: Option<&DMatrix<f64>>,
+    clamp: bool,
+    common: &crate::CommonOptions,
+    target_why: &'static str,
+) -> Result<(DMatrix<f64>, DMatrix<f64>)> {
+    let (start, target) =
+        start_and_raw_target(y0, x0, clamp, common.seed, common.perturbed_start.as_ref())?;
+    validate::nonzero(
+        if x0.is_some() {
+            "X0 (after the non-negativity projection)"
+        } else {
+            "the target (Y0's non-negative part)"
+        },
+        &target,
+        target_why,
+    )?;
+    Ok((start, target))
+}
+
+fn start_and_raw_target(
     y0: &DMatrix<f64>,
     x0: Option<&DMatrix<f64>>,
     clamp: bool,

@@ -265,16 +265,7 @@ fn setup(y0: &DMatrix<f64>, x0: Option<&DMatrix<f64>>, params: &AutogradParams) 
         y0,
         x0,
         clamp,
-        params.common.seed,
-        params.common.perturbed_start.as_ref(),
-    )?;
-    validate::nonzero(
-        if x0.is_some() {
-            "X0 (after the non-negativity projection)"
-        } else {
-            "the target (Y0's non-negative part)"
-        },
-        &target,
+        &params.common,
         "the energy measures fidelity relative to the target's scale",
     )?;
     let pk = (p * k) as f64;

@@ -26,8 +26,8 @@ mod sums;
 
 pub use diagnostics::KernelBench;
 use ops::{CombineMode, GRAM_CLAMP, MUL_SMALL_CLAMP};
+use record::LastWrite;
 pub use record::Traffic;
-use record::{LastWrite, PendingReduce};
 pub(in crate::backend) use sums::SumMode;
 
 /// Largest column count the device kernels take (the single-workgroup k×k kernels loop
@@ -281,10 +281,11 @@ pub struct GpuBackend {
     /// The last launch, when it wrote a whole matrix through an epilogue that can also clamp
     /// it (`nonneg` then sets that flag instead of launching a pass of its own).
     last_write: Option<LastWrite>,
-    /// A candidate's Gram whose chunk partials wait to be added (`gram_reduce`): by the
-    /// retraction's first Newton–Schulz launch, which adds them itself, or, before anything
-    /// else is recorded, by a `gram_reduce` launch (`settle_pending_reduce`).
-    pending_reduce: Option<PendingReduce>,
+    /// The slot of a candidate's Gram whose chunk partials (the workspace's, at `aux[0..]`)
+    /// wait to be added: by the retraction's first Newton–Schulz launch, which adds them
+    /// itself, or, before anything else is recorded, by a `gram_reduce` launch
+    /// (`settle_pending_reduce`).
+    pending_reduce: Option<u32>,
     /// Whether passes are fused (off only to check that fusing changes no bit).
     fuse: bool,
     /// Loop trips one invocation may make per dispatch ([`TRIP_BUDGET`] on a capped driver).
@@ -913,13 +914,7 @@ impl Backend for GpuBackend {
         let lay = self.ws().layout;
         let k = lay.k;
         let m = lay.m();
-        let s = match self.cached_gram_of(y) {
-            Some(slot) => slot,
-            None => {
-                self.gram(y, y, lay.s(), false);
-                lay.s()
-            }
-        };
+        let s = self.gram_slot_of(y);
         let mut h = ParamsHeader::new();
         h.k = k as u32;
         h.off0 = s;

@@ -115,6 +115,18 @@ impl GpuBackend {
         self.gram_reduce(k, chunks, off, sym);
     }
 
+    /// The slot holding `mᵀm`: its cached Gram, else taken now into the layout's `s` slot.
+    pub(super) fn gram_slot_of(&mut self, m: &GpuMat) -> u32 {
+        match self.cached_gram_of(m) {
+            Some(slot) => slot,
+            None => {
+                let s = self.ws().layout.s();
+                self.gram(m, m, s, false);
+                s
+            }
+        }
+    }
+
     /// Whether a candidate written to `dst` can have its Gram formed in the same pass
     /// ([`GpuBackend::combine_with_gram`]): fused, not a batch lane (whose Gram has no cache
     /// slot), one 32-column tile, the whole matrix.
@@ -206,7 +218,7 @@ impl GpuBackend {
             if kind == GRAM_COMBINE {
                 // a candidate's Gram: the retraction's first Newton–Schulz launch may add the
                 // partials itself; anything else recorded first launches gram_reduce
-                self.pending_reduce = Some(PendingReduce { k, chunks, slot });
+                self.pending_reduce = Some(slot);
             } else {
                 self.gram_reduce(k, chunks, slot, false);
             }
@@ -345,28 +357,27 @@ impl GpuBackend {
             let per = (self.trip_budget / trips).max(1);
             // the Gram's partials, when they wait for their reduce, are added by the first
             // launch (each invocation: ≤ chunks + 64 + 63 trips for each of its ≤ 4 entries)
-            let fold = self.pending_reduce.filter(|pr| pr.slot == s && pr.k == k);
-            let fold = fold.and_then(|pr| {
-                let reduce_trips = 4 * (pr.chunks + 128);
-                (reduce_trips + trips <= self.trip_budget)
-                    .then(|| (pr, (self.trip_budget - reduce_trips) / trips))
-            });
+            let chunks = self.ws().gram_chunks;
+            let reduce_trips = 4 * (chunks + 128);
+            let fold = self.pending_reduce == Some(s) && reduce_trips + trips <= self.trip_budget;
+            let first_per = if fold {
+                (self.trip_budget - reduce_trips) / trips
+            } else {
+                per
+            };
             let mut left = steps;
             let mut first = true;
             let mut blended = false;
             while left > 0 {
-                let now = match fold {
-                    Some((_, first_per)) if first => left.min(first_per.max(1)),
-                    _ => left.min(per),
-                };
+                let now = left.min(if first { first_per.max(1) } else { per });
                 left -= now;
                 let mut hs = h;
                 hs.chunk = now as u32;
                 if first {
                     hs.mode |= NS_SHARED_INIT;
-                    if let Some((pr, _)) = fold {
+                    if fold {
                         hs.mode |= NS_SHARED_REDUCE;
-                        hs.p = pr.chunks as u32;
+                        hs.p = chunks as u32;
                         hs.n = 0;
                         self.pending_reduce = None;
                     }
@@ -691,13 +702,7 @@ impl GpuBackend {
         let k = lay.k;
         let t = lay.t();
         // the Gram the candidate's own launch formed, else taken here
-        let s = match self.cached_gram_of(src) {
-            Some(slot) => slot,
-            None => {
-                self.gram(src, src, lay.s(), false);
-                lay.s()
-            }
-        };
+        let s = self.gram_slot_of(src);
         let reference = o.style == Mode::Reference;
         let polar = o.retraction == Retraction::Polar;
         let w = if polar { 1.0 } else { o.w };

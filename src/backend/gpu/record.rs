@@ -42,15 +42,6 @@ impl Traffic {
     }
 }
 
-/// The chunk partials of a Gram at `aux[0..]` not yet added into `small[slot]` (see
-/// `GpuBackend::pending_reduce`).
-#[derive(Clone, Copy)]
-pub(super) struct PendingReduce {
-    pub(super) k: usize,
-    pub(super) chunks: usize,
-    pub(super) slot: u32,
-}
-
 /// A launch whose output a following hard `nonneg` can clamp in the launch's own epilogue.
 #[derive(Clone, Copy)]
 pub(super) struct LastWrite {
@@ -143,8 +134,10 @@ impl GpuBackend {
 
     /// Launches the `gram_reduce` a candidate's Gram waits for, if any.
     pub(super) fn settle_pending_reduce(&mut self) {
-        if let Some(pr) = self.pending_reduce.take() {
-            self.gram_reduce(pr.k, pr.chunks, pr.slot, false);
+        if let Some(slot) = self.pending_reduce.take() {
+            // the workspace is the one the partials were formed in: resizing it flushes first
+            let (k, chunks) = (self.ws().k, self.ws().gram_chunks);
+            self.gram_reduce(k, chunks, slot, false);
         }
     }
 
