@@ -297,33 +297,6 @@ var<workgroup> st_best: T;
 var<workgroup> st_steps: T;
 var<workgroup> st_done: u32;
 
-// gram_reduce's sum of entry e over p chunk partials at aux[n + c·k² + e], in its order: its
-// thread l adds the partials c ≡ l (mod 64) in increasing c, then its tree adds
-// acc[l] + acc[l + s] for s = 32, 16, …, 1; the same additions on the same values give the
-// same bits. Each invocation does this for the entries lid + 256·t it owns.
-fn reduce_gram_partials(lid: u32) {
-    let kk = params.k * params.k;
-    for (var t = 0u; t < 4u; t = t + 1u) {
-        let e = lid + 256u * t;
-        if (e < kk) {
-            var acc: array<T, 64>;
-            for (var l = 0u; l < 64u; l = l + 1u) {
-                var a: T = 0.0;
-                for (var c = l; c < params.p; c = c + 64u) {
-                    a = a + aux[lane_b6 + params.n + c * kk + e];
-                }
-                acc[l] = a;
-            }
-            for (var s = 32u; s > 0u; s = s >> 1u) {
-                for (var l = 0u; l < s; l = l + 1u) {
-                    acc[l] = acc[l] + acc[l + s];
-                }
-            }
-            small[lane_b5 + params.off0 + e] = acc[0];
-        }
-    }
-}
-
 fn zs(i: u32, j: u32) -> T {
     let r = wr[i + j * params.k];
     return select(T(-0.5) * r, T(0.5) * (3.0 - r), i == j);
@@ -342,7 +315,7 @@ fn ns_shared(@builtin(local_invocation_id) lid3: vec3<u32>, @builtin(workgroup_i
     let by_residual = (params.mode & 1u) != 0u;
     let cap = lanes[lane].c[1].x;
     if ((params.mode & 32u) != 0u) {
-        reduce_gram_partials(lid);
+        reduce_gram_partials(lid, k, params.p, params.n, params.off0);
         storageBarrier();
         workgroupBarrier();
     }

@@ -14,6 +14,7 @@ struct Params {
     k2: u32, off0: u32, off1: u32, off2: u32,
     off3: u32, slot: u32, groups_x: u32, chunk: u32,
     src: vec4<u32>,
+    fold: vec4<u32>,
 }
 
 // What differs between the problems of a batched dispatch (one entry per problem, indexed by
@@ -168,5 +169,34 @@ fn blend_tw(lid: u32, t_at: u32, s_at: u32, ts_at: u32, out_at: u32, trace_at: u
     }
     if (lid == 0u) {
         small[lane_b5 + trace_at] = trace_s;
+    }
+}
+
+// small[dest ..] = the sum of a k×k Gram's `chunks` partials at aux[first + c·k² ..] in
+// gram_reduce's order (gram.wgsl, mode 0), by one workgroup of 256 invocations: for an entry,
+// thread l adds the partials c ≡ l (mod 64) in increasing c, then its tree adds
+// acc[l] + acc[l + s] for s = 32, 16, …, 1; the same additions on the same values give the
+// same bits. Each invocation does this for the entries lid + 256·t it owns (k ≤ 32). The
+// caller follows it with storageBarrier and workgroupBarrier before the sum is read.
+fn reduce_gram_partials(lid: u32, k: u32, chunks: u32, first: u32, dest: u32) {
+    let kk = k * k;
+    for (var t = 0u; t < 4u; t = t + 1u) {
+        let e = lid + 256u * t;
+        if (e < kk) {
+            var acc: array<T, 64>;
+            for (var l = 0u; l < 64u; l = l + 1u) {
+                var a: T = 0.0;
+                for (var c = l; c < chunks; c = c + 64u) {
+                    a = a + aux[lane_b6 + first + c * kk + e];
+                }
+                acc[l] = a;
+            }
+            for (var s = 32u; s > 0u; s = s >> 1u) {
+                for (var l = 0u; l < s; l = l + 1u) {
+                    acc[l] = acc[l] + acc[l + s];
+                }
+            }
+            small[lane_b5 + dest + e] = acc[0];
+        }
     }
 }

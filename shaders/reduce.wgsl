@@ -150,7 +150,8 @@ fn tree_sum_into(acc: T, lid: u32, at: u32) {
 // Then up to two energy evaluations' Gram statistics, each what gram_stats (small.wgsl)
 // writes, computed as it does them by workgroup 0 (the others write their zero partials):
 // pair m is (Gram slot src[2m] in small, readback slot src[2m + 1] in aux), LITERAL when
-// absent, and k is the top byte of p.
+// absent, and k is the top byte of p; a pair's Gram may first be reduced from its chunk
+// partials (fold).
 @compute @workgroup_size(256)
 fn partial_sums_multi(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
     enter_lane(wid.z);
@@ -182,6 +183,18 @@ fn partial_sums_multi(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invo
         tree_sum_into(acc3, lid.x, params.off3 + wid.x);
     }
     let k = params.p >> 24u;
+    // a Gram whose chunk partials wait for their reduce (fold[m]: where pair m's partials
+    // start in aux, LITERAL when its Gram is complete; fold[2]: their count): workgroup 0
+    // adds them first, as gram_reduce would
+    for (var m = 0u; m < 2u; m = m + 1u) {
+        if (params.fold[m] != LITERAL) {
+            if (wid.x == 0u) {
+                reduce_gram_partials(lid.x, k, params.fold[2], params.fold[m], params.src[2u * m]);
+            }
+            storageBarrier();
+            workgroupBarrier();
+        }
+    }
     // workgroup 0 reads the Gram; the others' loops run no trip (the barriers in reduce2
     // stay in uniform control flow)
     let entries = select(0u, k * k, wid.x == 0u);

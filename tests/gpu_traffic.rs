@@ -476,14 +476,18 @@ fn a_retraction_adds_its_candidates_gram_partials_itself() {
             let reduces = launches_of(&be, Kernel::GramReduce);
             be.retract_candidate(&cand, &mut out, &o);
             if fuse {
-                // the product's own Gram (formed with it) is the one reduce left
+                // the product's own Gram (formed with it) waits for the energy's sums
                 assert_eq!(
                     launches_of(&be, Kernel::GramReduce),
-                    reduces + 1,
+                    reduces,
                     "{p}×{k}: the candidate's Gram had a reduce launch"
                 );
             }
             outs.push(be.download(&out).unwrap());
+            if fuse {
+                // nothing read the product's Gram: the download settled it
+                assert_eq!(launches_of(&be, Kernel::GramReduce), reduces + 1);
+            }
         }
         assert!(
             outs[0] == outs[1],
@@ -516,4 +520,99 @@ fn a_retraction_adds_its_candidates_gram_partials_itself() {
         (e[1] - g.norm_squared()).abs() <= 1e-4 * g.norm_squared(),
         "{e:?}"
     );
+}
+
+/// Retracted candidates over several row chunks (k ≤ 32): each one's Gram, formed with the
+/// retraction's product, is added from its chunk partials by the launch of its energy's sums
+/// (no `gram_reduce` launch), with the bits of the unfused evaluation; three candidates in one
+/// readback (the third reuses the first's partials region, whose reduce then runs first),
+/// and a pending Gram read by another retraction, give the same bits too.
+#[test]
+fn a_candidates_energy_sums_add_its_gram_partials_themselves() {
+    let Some(ctx) = gpu_or_skip("a_candidates_energy_sums_add_its_gram_partials_themselves") else {
+        return;
+    };
+    let launches_of = |be: &GpuBackend, kernel: Kernel| {
+        be.launches_by_kernel()
+            .iter()
+            .find(|e| e.0 == kernel)
+            .map_or(0, |e| e.1)
+    };
+    for (p, k) in [(1031, 17), (700, 3), (2000, 1), (300, 32)] {
+        let y = randn(p, k, 21).abs();
+        let t = randn(p, k, 22).abs();
+        let x0 = randn(p, k, 23);
+        let o = nsa_flow::RetractOptions::corrected(nsa_flow::Retraction::SoftPolar, 0.8);
+        for n in [2usize, 3] {
+            let mut runs = Vec::new();
+            for fuse in [false, true] {
+                let mut be = GpuBackend::new(ctx.clone(), Precision::F32).unwrap();
+                be.set_fusion(fuse);
+                let (gy, gt, gx) = (
+                    be.upload(&y).unwrap(),
+                    be.upload(&t).unwrap(),
+                    be.upload(&x0).unwrap(),
+                );
+                let mut cand = be.zeros(p, k).unwrap();
+                let mut evals: Vec<_> = (0..n).map(|_| be.zeros(p, k).unwrap()).collect();
+                let before = launches_of(&be, Kernel::GramReduce);
+                for (j, e) in evals.iter_mut().enumerate() {
+                    be.lerp_candidate(&gy, &gt, 1.0 / (1 << j) as f64, &mut cand);
+                    be.nonneg(&mut cand, NonNeg::Hard);
+                    be.retract_candidate(&cand, e, &o);
+                    be.nonneg(e, NonNeg::Hard);
+                }
+                let mut reqs = Vec::new();
+                for e in &evals {
+                    reqs.push(nsa_flow::backend::Reduction::EnergyTerms { y: e, target: &gx });
+                    reqs.push(nsa_flow::backend::Reduction::DistSq(e, &gy));
+                    reqs.push(nsa_flow::backend::Reduction::AnyDiffer(e, &gy));
+                }
+                let v = be.reduce(&reqs).unwrap();
+                if fuse {
+                    // two candidates: no reduce at all; three: the first one's, to free its
+                    // region for the third
+                    assert_eq!(
+                        launches_of(&be, Kernel::GramReduce) - before,
+                        (n - 2) as u64,
+                        "{p}×{k}, {n} candidates: Gram reduces launched"
+                    );
+                }
+                // a pending Gram read by a retraction of its matrix
+                let mut again = be.zeros(p, k).unwrap();
+                be.retract_candidate(&cand, &mut evals[0], &o);
+                be.retract(&evals[0], &mut again, &o);
+                let a = be.download(&again).unwrap();
+                runs.push((
+                    v,
+                    a,
+                    evals
+                        .iter()
+                        .map(|e| be.download(e).unwrap())
+                        .collect::<Vec<_>>(),
+                ));
+            }
+            let (u, f) = (&runs[0], &runs[1]);
+            assert_eq!(
+                u.0.iter().map(|x| x.to_bits()).collect::<Vec<_>>(),
+                f.0.iter().map(|x| x.to_bits()).collect::<Vec<_>>(),
+                "{p}×{k}, {n} candidates: energy terms differ from the unfused ones"
+            );
+            assert!(
+                u.1 == f.1,
+                "{p}×{k}: a retraction of a pending Gram's matrix differs"
+            );
+            assert!(u.2 == f.2, "{p}×{k}: candidates differ");
+            // and the terms are the candidates' own: ‖S‖² of each one's Gram
+            for (j, c) in f.2.iter().enumerate().skip(1) {
+                let g = c.transpose() * c;
+                let got = f.0[6 * j + 1];
+                assert!(
+                    (got - g.norm_squared()).abs() <= 1e-4 * g.norm_squared(),
+                    "{p}×{k}: candidate {j}'s ‖S‖² {got} against {}",
+                    g.norm_squared()
+                );
+            }
+        }
+    }
 }

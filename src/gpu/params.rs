@@ -7,7 +7,7 @@ use bytemuck::{Pod, Zeroable};
 /// A coefficient taken from the uniform's literals only (no device scalar added).
 pub const LITERAL: u32 = u32::MAX;
 
-/// `struct Params`: 16 words (twelve integers and `src`), 64 bytes in both precisions. The
+/// `struct Params`: 20 words (twelve integers, `src` and `fold`), 80 bytes in both precisions. The
 /// coefficients are per problem, in `struct Lane` ([`encode_lane`]).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Pod, Zeroable)]
@@ -39,6 +39,9 @@ pub struct ParamsHeader {
     /// Sources of coefficients 0..3: [`LITERAL`] or an index into the small buffer whose
     /// value is added to the literal.
     pub src: [u32; 4],
+    /// Where Gram chunk partials a launch adds itself start in aux ([`LITERAL`] for none),
+    /// and their count (partial_sums_multi: `[pair 0, pair 1, chunks, ·]`).
+    pub fold: [u32; 4],
 }
 
 impl ParamsHeader {
@@ -46,6 +49,7 @@ impl ParamsHeader {
     pub fn new() -> Self {
         ParamsHeader {
             src: [LITERAL; 4],
+            fold: [LITERAL; 4],
             ..Default::default()
         }
     }
@@ -53,8 +57,8 @@ impl ParamsHeader {
 
 /// Size of the uniform `struct Params` (the coefficients are per problem, in `struct Lane`).
 pub const PARAMS_SIZE: usize = std::mem::size_of::<ParamsHeader>();
-// the WGSL struct is 16 words; tests/shaders.rs checks naga's layout member by member
-const _: () = assert!(PARAMS_SIZE == 64);
+// the WGSL struct is 20 words; tests/shaders.rs checks naga's layout member by member
+const _: () = assert!(PARAMS_SIZE == 80);
 
 /// Size of the uniform for an element type (the same for both: it holds no element).
 pub fn params_size(_precision: Precision) -> usize {
@@ -138,6 +142,10 @@ impl ParamsLayout {
             .map(|(i, n)| (n.to_string(), 4 * i as u32))
             .collect();
         members.push(("src".into(), std::mem::offset_of!(ParamsHeader, src) as u32));
+        members.push((
+            "fold".into(),
+            std::mem::offset_of!(ParamsHeader, fold) as u32,
+        ));
         ParamsLayout {
             members,
             size: params_size(precision) as u32,

@@ -177,6 +177,17 @@ const SC_FACTOR: usize = 3;
 const SC_NS: usize = 8; // 5 values
 const SC_SGDP: usize = 16; // 4 values
 
+/// Regions of aux where retracted candidates' Gram partials can wait for their reduce (two:
+/// a line search's readback usually holds one or two retracted candidates).
+const PRODUCT_REGIONS: usize = 2;
+
+/// A Gram whose chunk partials wait at `aux[from..]` to be added into `small[slot]`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct PendingProduct {
+    pub(super) slot: u32,
+    pub(super) from: u32,
+}
+
 /// The sizes of one shape's workspace.
 struct WorkspacePlan {
     gram_chunk: usize,
@@ -200,7 +211,9 @@ impl WorkspacePlan {
         let partials = (p * k)
             .div_ceil(256 * ENTRIES_PER_THREAD)
             .clamp(1, MAX_PARTIALS);
-        let gram_len = chunks * k * k;
+        // the partials of the Gram being formed, then PRODUCT_REGIONS regions where
+        // candidates' Gram partials wait for the launch that reduces them (`PendingProduct`)
+        let gram_len = (1 + PRODUCT_REGIONS) * chunks * k * k;
         let aux_len = gram_len + MAX_SLOTS * partials + partials + 5 * p.div_ceil(256);
         WorkspacePlan {
             gram_chunk: chunk,
@@ -286,6 +299,11 @@ pub struct GpuBackend {
     /// itself, or, before anything else is recorded, by a `gram_reduce` launch
     /// (`settle_pending_reduce`).
     pending_reduce: Option<u32>,
+    /// Retracted candidates' Grams whose chunk partials wait in a region of their own for
+    /// the launch that adds them: the energy's fused sums (which reduce them before reading
+    /// the Gram), else a `gram_reduce` launch before anything else could read the slot
+    /// (`settle_pending_products`).
+    pending_products: smallvec::SmallVec<[PendingProduct; PRODUCT_REGIONS]>,
     /// Whether passes are fused (off only to check that fusing changes no bit).
     fuse: bool,
     /// Loop trips one invocation may make per dispatch ([`TRIP_BUDGET`] on a capped driver).
@@ -417,6 +435,7 @@ impl GpuBackend {
             traffic: Traffic::default(),
             last_write: None,
             pending_reduce: None,
+            pending_products: smallvec::SmallVec::new(),
             fuse: true,
             gram_cache: smallvec::SmallVec::new(),
             gram_cache_next: 0,
@@ -478,6 +497,8 @@ impl GpuBackend {
         }
         let slot = self.gram_cache_next % lay.gram_slots();
         self.gram_cache_next = (slot + 1) % lay.gram_slots();
+        // a Gram still waiting to be reduced into the slot is settled before it is reused
+        self.settle_product(lay.cached_gram(slot));
         self.gram_cache
             .retain(|e| e.2 != slot && !(e.0 == y.id && e.1 == y.offset));
         self.gram_cache.push((y.id, y.offset, slot));

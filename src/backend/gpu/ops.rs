@@ -112,13 +112,16 @@ impl GpuBackend {
         if direct {
             return;
         }
-        self.gram_reduce(k, chunks, off, sym);
+        self.gram_reduce(k, chunks, 0, off, sym);
     }
 
     /// The slot holding `mᵀm`: its cached Gram, else taken now into the layout's `s` slot.
     pub(super) fn gram_slot_of(&mut self, m: &GpuMat) -> u32 {
         match self.cached_gram_of(m) {
-            Some(slot) => slot,
+            Some(slot) => {
+                self.settle_product(slot);
+                slot
+            }
             None => {
                 let s = self.ws().layout.s();
                 self.gram(m, m, s, false);
@@ -213,6 +216,11 @@ impl GpuBackend {
             h.mode |= GRAM_DIRECT;
             h.off1 = slot;
         }
+        if !direct && kind == GRAM_PRODUCT {
+            // a retracted candidate's Gram: its partials wait in a region of their own for the
+            // energy's sums launch, which adds them before reading the Gram
+            h.off0 = self.product_region();
+        }
         self.dispatch(Kernel::GramPartial, h, coefs, slots, (chunks as u32, 1));
         if !direct {
             if kind == GRAM_COMBINE {
@@ -220,18 +228,63 @@ impl GpuBackend {
                 // partials itself; anything else recorded first launches gram_reduce
                 self.pending_reduce = Some(slot);
             } else {
-                self.gram_reduce(k, chunks, slot, false);
+                self.pending_products
+                    .push(PendingProduct { slot, from: h.off0 });
             }
         }
     }
 
-    /// `small[off]` = the sum of `chunks` k×k partials at `aux[0..]` in chunk order
+    /// A free region for a retracted candidate's Gram partials; when both wait, the older
+    /// one's reduce is launched first.
+    fn product_region(&mut self) -> u32 {
+        let len = (self.ws().gram_chunks * self.ws().k * self.ws().k) as u32;
+        let regions = (1..=PRODUCT_REGIONS as u32).map(|r| r * len);
+        if let Some(free) = regions
+            .clone()
+            .find(|&r| self.pending_products.iter().all(|p| p.from != r))
+        {
+            return free;
+        }
+        let oldest = self.pending_products.remove(0);
+        self.reduce_product(oldest);
+        oldest.from
+    }
+
+    /// `gram_reduce` of a pending candidate Gram's partials.
+    pub(super) fn reduce_product(&mut self, pending: PendingProduct) {
+        let (k, chunks) = (self.ws().k, self.ws().gram_chunks);
+        self.gram_reduce(k, chunks, pending.from, pending.slot, false);
+    }
+
+    /// Takes the pending candidate Gram in `slot`, if any (its partials are then the caller's
+    /// to add).
+    pub(super) fn take_pending_product(&mut self, slot: u32) -> Option<PendingProduct> {
+        let i = self.pending_products.iter().position(|p| p.slot == slot)?;
+        Some(self.pending_products.remove(i))
+    }
+
+    /// Launches the reduce of the pending candidate Gram in `slot`, if any (before the slot is
+    /// read or handed to another matrix).
+    pub(super) fn settle_product(&mut self, slot: u32) {
+        if let Some(pending) = self.take_pending_product(slot) {
+            self.reduce_product(pending);
+        }
+    }
+
+    /// Launches the reduces of every pending candidate Gram.
+    pub(super) fn settle_pending_products(&mut self) {
+        for pending in std::mem::take(&mut self.pending_products) {
+            self.reduce_product(pending);
+        }
+    }
+
+    /// `small[off]` = the sum of `chunks` k×k partials at `aux[from..]` in chunk order
     /// (symmetrised when `sym`).
-    pub(super) fn gram_reduce(&mut self, k: usize, chunks: usize, off: u32, sym: bool) {
+    pub(super) fn gram_reduce(&mut self, k: usize, chunks: usize, from: u32, off: u32, sym: bool) {
         let mut h = ParamsHeader::new();
         h.k = k as u32;
         h.k2 = k as u32;
-        h.off0 = 0;
+        h.off0 = from;
         h.off1 = off;
         h.groups_x = chunks as u32;
         h.mode = sym as u32;

@@ -116,7 +116,8 @@ impl GpuBackend {
     }
 
     pub(super) fn encoder(&mut self) -> &mut wgpu::CommandEncoder {
-        // whatever is recorded next may read the Gram a pending reduce writes
+        // whatever is recorded next may read the Gram a pending reduce writes (a waiting
+        // candidate Gram is settled by `record` and the copies, which know what they record)
         self.settle_pending_reduce();
         debug_assert!(
             self.lane.is_none(),
@@ -137,13 +138,14 @@ impl GpuBackend {
         if let Some(slot) = self.pending_reduce.take() {
             // the workspace is the one the partials were formed in: resizing it flushes first
             let (k, chunks) = (self.ws().k, self.ws().gram_chunks);
-            self.gram_reduce(k, chunks, slot, false);
+            self.gram_reduce(k, chunks, 0, slot, false);
         }
     }
 
     /// Submits what was recorded (writing the rings' parameter entries first).
     pub(in crate::backend) fn flush(&mut self) {
         self.settle_pending_reduce();
+        self.settle_pending_products();
         self.last_write = None;
         if let Some(enc) = self.encoder.take() {
             if self.ring_used > 0 {
@@ -272,6 +274,16 @@ impl GpuBackend {
         // the launch may read the Gram a pending reduce writes (a Newton–Schulz launch that
         // adds the partials itself took it already)
         self.settle_pending_reduce();
+        // A candidate Gram waiting for its sums launch may wait through the launches that
+        // form and retract the next candidate and reduce other Grams (they read other slots
+        // and write other partials: `gram_slot_of` and `gram_slot_for_energy` settle a slot
+        // they read or hand out); anything else may read it.
+        if !matches!(
+            kernel,
+            Kernel::GramPartial | Kernel::GramReduce | Kernel::NsShared | Kernel::PartialSumsMulti
+        ) {
+            self.settle_pending_products();
+        }
         // A launch writes one matrix, the one bound as `out` (binding 4; every other binding
         // is only read, which tests/shaders.rs checks), besides the small and aux buffers:
         // the cached Grams of that buffer's matrices are forgotten. These write none but
@@ -464,6 +476,7 @@ impl GpuBackend {
         } else {
             self.traffic.copies += 1;
             self.traffic.copy_bytes += 2 * bytes;
+            self.settle_pending_products();
             self.encoder()
                 .copy_buffer_to_buffer(&src.buffer, so, &dst.buffer, d_o, bytes);
         }
@@ -505,6 +518,7 @@ impl GpuBackend {
                 wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
             )?,
         };
+        self.settle_pending_products();
         let mut at = 0;
         for (m, first, len) in regions {
             let bytes = len * e;
@@ -583,6 +597,7 @@ impl GpuBackend {
         dst_off: u64,
         bytes: u64,
     ) {
+        self.settle_pending_products();
         self.encoder()
             .copy_buffer_to_buffer(src, src_off, dst, dst_off, bytes);
     }

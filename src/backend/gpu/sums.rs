@@ -61,9 +61,14 @@ pub(super) struct FusedSums<'a> {
     fuse: bool,
     /// Up to two energy evaluations' Gram statistics (`‖S‖²`, `‖diag S‖²`) waiting to run in
     /// the sums' launch instead of `gram_stats` launches of their own: (k, the Gram's slot in
-    /// `small`, the first of its two readback slots in `aux`).
-    stats: smallvec::SmallVec<[(u32, u32, u32); 2]>,
+    /// `small`, the first of its two readback slots in `aux`, and where the Gram's chunk
+    /// partials start in `aux` when the launch is to reduce them first).
+    stats: smallvec::SmallVec<[GramStat; 2]>,
 }
+
+/// One energy evaluation's Gram statistics waiting for the sums' launch (see
+/// `FusedSums::stats`).
+type GramStat = (u32, u32, u32, Option<u32>);
 
 /// Most Gram statistics one `partial_sums_multi` launch takes (reduce.wgsl).
 const MAX_STATS: usize = 2;
@@ -123,7 +128,11 @@ impl<'a> FusedSums<'a> {
     fn flush(&mut self, be: &mut GpuBackend) {
         if self.terms.is_empty() {
             let g = be.ws().partials;
-            for (k, gram, dest) in std::mem::take(&mut self.stats) {
+            for (k, gram, dest, fold) in std::mem::take(&mut self.stats) {
+                if let Some(from) = fold {
+                    let chunks = be.ws().gram_chunks;
+                    be.gram_reduce(k as usize, chunks, from, gram, false);
+                }
                 gram_stats(be, k, gram, dest, g);
             }
             return;
@@ -172,13 +181,17 @@ impl<'a> FusedSums<'a> {
                 h.k2 = clamp as u32;
                 // the statistics: k in the top byte of the first spec (k ≤ 64 here), then
                 // (Gram slot, readback slot) pairs in src, LITERAL where unused
-                if let Some(&(k, _, _)) = self.stats.first() {
+                if let Some(&(k, ..)) = self.stats.first() {
                     debug_assert!(k < 256 && self.stats.iter().all(|s| s.0 == k));
                     h.p |= k << 24;
                 }
-                for (m, &(_, gram, dest)) in self.stats.iter().enumerate() {
+                for (m, &(_, gram, dest, fold)) in self.stats.iter().enumerate() {
                     h.src[2 * m] = gram;
                     h.src[2 * m + 1] = dest;
+                    if let Some(from) = fold {
+                        h.fold[m] = from;
+                        h.fold[2] = be.ws().gram_chunks as u32;
+                    }
                 }
                 self.stats.clear();
                 be.dispatch(
@@ -321,18 +334,34 @@ impl GpuBackend {
                         }
                         // the candidate's launch formed its Gram (combine_with_gram), else
                         // it is taken here
+                        let mut fold = None;
                         let slot = match cached {
-                            Some(slot) => slot,
+                            Some(slot) => {
+                                // a retracted candidate's Gram waiting for its reduce: the
+                                // sums' launch adds its partials where the trip budget allows
+                                let reduce_trips = 4 * (self.ws().gram_chunks + 128);
+                                let sum_trips = (shape.0 * shape.1).div_ceil(256 * g);
+                                let folds = sums.stats.iter().filter(|s| s.3.is_some()).count();
+                                let fits =
+                                    sum_trips + (folds + 1) * reduce_trips + 64 <= self.trip_budget;
+                                if defer_stats && fits {
+                                    fold = self.take_pending_product(slot).map(|p| p.from);
+                                } else {
+                                    self.settle_product(slot);
+                                }
+                                slot
+                            }
                             None => {
                                 let slot = self.gram_slot_for_energy(y);
                                 self.gram(y, y, slot, false);
                                 slot
                             }
                         };
-                        let stats = (lay.k as u32, slot, (at + g) as u32);
+                        let stats = (lay.k as u32, slot, (at + g) as u32, fold);
                         if defer_stats {
                             sums.stats.push(stats);
                         } else {
+                            debug_assert!(fold.is_none());
                             gram_stats(self, stats.0, stats.1, stats.2, g);
                         }
                         sums.push(self, SumTerm::new(SumMode::NormSq, y, None, at + 3 * g));
