@@ -14,6 +14,9 @@ use crate::params::Precision;
 use nalgebra::DMatrix;
 use std::sync::{Arc, Mutex};
 
+/// Bytes of one `struct Params` header.
+const PARAMS_SIZE: usize = std::mem::size_of::<ParamsHeader>();
+
 /// Most loop trips one invocation of `skinny_partial` may make (Mesa 22.3 stops an
 /// invocation after 65 535 in total).
 const TRIP_CAP: usize = 4096;
@@ -214,8 +217,9 @@ impl SkinnyChain {
         let dummy = make("fit: unused", 256, storage)?;
         let lanes = make("fit: lanes", 256.max(lane_size(precision) as u64), storage)?;
 
-        // one 64-byte header per dispatch, each at an aligned offset, written once
-        let align = (lim.min_uniform_buffer_offset_alignment as u64).max(64);
+        // one header (PARAMS_SIZE bytes) per dispatch, each at an aligned offset, written once
+        let align =
+            (PARAMS_SIZE as u64).next_multiple_of(lim.min_uniform_buffer_offset_alignment as u64);
         let mut headers: Vec<ParamsHeader> = Vec::new();
         let mut per_product: Vec<Vec<Dispatch>> = Vec::new();
         for plan in &plans {
@@ -258,7 +262,7 @@ impl SkinnyChain {
         let mut bytes = vec![0u8; headers.len() * align as usize];
         for (i, h) in headers.iter().enumerate() {
             let at = i * align as usize;
-            bytes[at..at + 64].copy_from_slice(bytemuck::bytes_of(h));
+            bytes[at..at + PARAMS_SIZE].copy_from_slice(bytemuck::bytes_of(h));
         }
         ctx.queue().write_buffer(&uniforms, 0, &bytes);
 
@@ -275,7 +279,7 @@ impl SkinnyChain {
                         resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
                             buffer: &uniforms,
                             offset: 0,
-                            size: std::num::NonZeroU64::new(64),
+                            size: std::num::NonZeroU64::new(PARAMS_SIZE as u64),
                         }),
                     },
                     entry(1, &resident[i]),
