@@ -445,6 +445,14 @@ fn reference_backtracking_computes_few_halvings_ahead() {
     assert!(rb <= it + 6.0, "{rb} readbacks in {it} iterations");
 }
 
+/// Direct launches of `kernel` a backend has recorded so far.
+fn backend_launches(be: &GpuBackend, kernel: Kernel) -> u64 {
+    be.launches_by_kernel()
+        .iter()
+        .find(|e| e.0 == kernel)
+        .map_or(0, |e| e.1)
+}
+
 /// A retracted candidate over several row chunks (k ≤ 32): its Gram's chunk partials are
 /// added by the retraction's first Newton–Schulz launch (in gram_reduce's order) instead of a
 /// `gram_reduce` launch of their own, with the same bits as without fusion; a candidate
@@ -453,12 +461,6 @@ fn reference_backtracking_computes_few_halvings_ahead() {
 fn a_retraction_adds_its_candidates_gram_partials_itself() {
     let Some(ctx) = gpu_or_skip("a_retraction_adds_its_candidates_gram_partials_itself") else {
         return;
-    };
-    let launches_of = |be: &GpuBackend, kernel: Kernel| {
-        be.launches_by_kernel()
-            .iter()
-            .find(|e| e.0 == kernel)
-            .map_or(0, |e| e.1)
     };
     for (p, k) in [(1031, 17), (700, 3), (2000, 1), (300, 32)] {
         let y = randn(p, k, 17).abs();
@@ -473,12 +475,12 @@ fn a_retraction_adds_its_candidates_gram_partials_itself() {
             let mut out = be.zeros(p, k).unwrap();
             be.lerp_candidate(&gy, &gt, 0.625, &mut cand);
             be.nonneg(&mut cand, NonNeg::Hard);
-            let reduces = launches_of(&be, Kernel::GramReduce);
+            let reduces = backend_launches(&be, Kernel::GramReduce);
             be.retract_candidate(&cand, &mut out, &o);
             if fuse {
                 // the product's own Gram (formed with it) waits for the energy's sums
                 assert_eq!(
-                    launches_of(&be, Kernel::GramReduce),
+                    backend_launches(&be, Kernel::GramReduce),
                     reduces,
                     "{p}×{k}: the candidate's Gram had a reduce launch"
                 );
@@ -486,7 +488,7 @@ fn a_retraction_adds_its_candidates_gram_partials_itself() {
             outs.push(be.download(&out).unwrap());
             if fuse {
                 // nothing read the product's Gram: the download settled it
-                assert_eq!(launches_of(&be, Kernel::GramReduce), reduces + 1);
+                assert_eq!(backend_launches(&be, Kernel::GramReduce), reduces + 1);
             }
         }
         assert!(
@@ -506,14 +508,14 @@ fn a_retraction_adds_its_candidates_gram_partials_itself() {
     );
     let mut cand = be.zeros(p, k).unwrap();
     be.lerp_candidate(&gy, &gt, 0.5, &mut cand);
-    let reduces = launches_of(&be, Kernel::GramReduce);
+    let reduces = backend_launches(&be, Kernel::GramReduce);
     let e = be
         .reduce(&[nsa_flow::backend::Reduction::EnergyTerms {
             y: &cand,
             target: &gt,
         }])
         .unwrap();
-    assert_eq!(launches_of(&be, Kernel::GramReduce), reduces + 1);
+    assert_eq!(backend_launches(&be, Kernel::GramReduce), reduces + 1);
     let c = be.download(&cand).unwrap();
     let g = c.transpose() * &c;
     assert!(
@@ -532,12 +534,6 @@ fn a_candidates_energy_sums_add_its_gram_partials_themselves() {
     let Some(ctx) = gpu_or_skip("a_candidates_energy_sums_add_its_gram_partials_themselves") else {
         return;
     };
-    let launches_of = |be: &GpuBackend, kernel: Kernel| {
-        be.launches_by_kernel()
-            .iter()
-            .find(|e| e.0 == kernel)
-            .map_or(0, |e| e.1)
-    };
     for (p, k) in [(1031, 17), (700, 3), (2000, 1), (300, 32)] {
         let y = randn(p, k, 21).abs();
         let t = randn(p, k, 22).abs();
@@ -555,7 +551,7 @@ fn a_candidates_energy_sums_add_its_gram_partials_themselves() {
                 );
                 let mut cand = be.zeros(p, k).unwrap();
                 let mut evals: Vec<_> = (0..n).map(|_| be.zeros(p, k).unwrap()).collect();
-                let before = launches_of(&be, Kernel::GramReduce);
+                let before = backend_launches(&be, Kernel::GramReduce);
                 for (j, e) in evals.iter_mut().enumerate() {
                     be.lerp_candidate(&gy, &gt, 1.0 / (1 << j) as f64, &mut cand);
                     be.nonneg(&mut cand, NonNeg::Hard);
@@ -573,7 +569,7 @@ fn a_candidates_energy_sums_add_its_gram_partials_themselves() {
                     // two candidates: no reduce at all; three: the first one's, to free its
                     // region for the third
                     assert_eq!(
-                        launches_of(&be, Kernel::GramReduce) - before,
+                        backend_launches(&be, Kernel::GramReduce) - before,
                         (n - 2) as u64,
                         "{p}×{k}, {n} candidates: Gram reduces launched"
                     );
