@@ -79,7 +79,8 @@ pub use error::{GpuErrorKind, NsaError, NumericCause, Result};
 pub use flow::{nsa_flow, nsa_flow_with_callback};
 pub use layer::NsaFlowLayer;
 pub use lr_estimate::{
-    estimate_learning_rate_for_nsa_flow, lr_strategies, LrEstimate, LrEstimateParams, LrStrategy,
+    estimate_learning_rate_for_nsa_flow, lr_strategies, LrChoice, LrEstimate, LrEstimateParams,
+    LrStrategy,
 };
 pub use on_backend::{compute_energy_on, invariant_orthogonality_defect_on, retract_on};
 pub use optim::optimizers;

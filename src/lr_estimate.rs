@@ -124,6 +124,56 @@ impl LrStrategy {
     }
 }
 
+/// How [`crate::autograd::AutogradParams`] picks its learning rate when none is given.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub enum LrChoice {
+    /// Let the mode decide (reference: `1e-3`, as the reference never calls its estimator
+    /// for it; corrected: [`LrStrategy::Armijo`] on the true gradient). The name `auto`.
+    #[default]
+    Auto,
+    /// This strategy, by its reference name.
+    Strategy(LrStrategy),
+}
+
+impl LrChoice {
+    /// `auto` or the strategy's reference name.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            LrChoice::Auto => "auto",
+            LrChoice::Strategy(s) => s.as_str(),
+        }
+    }
+}
+
+impl From<LrStrategy> for LrChoice {
+    fn from(s: LrStrategy) -> Self {
+        LrChoice::Strategy(s)
+    }
+}
+
+impl FromStr for LrChoice {
+    type Err = NsaError;
+    /// `auto` or a strategy's reference name; an unknown name is [`NsaError::UnknownName`].
+    fn from_str(s: &str) -> Result<Self> {
+        if s == "auto" {
+            return Ok(LrChoice::Auto);
+        }
+        s.parse()
+            .map(LrChoice::Strategy)
+            .map_err(|_| NsaError::UnknownName {
+                kind: "learning-rate strategy",
+                name: s.to_string(),
+                expected: format!("auto, {}", lr_strategies().join(", ")),
+            })
+    }
+}
+
+impl fmt::Display for LrChoice {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 impl FromStr for LrStrategy {
     type Err = NsaError;
     /// Parses a reference name (case-sensitive, as the reference is); an unknown name is

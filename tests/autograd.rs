@@ -196,18 +196,21 @@ fn every_registry_optimizer_runs_in_both_modes() {
     let x0 = randn(25, 3, 6).map(|v: f64| v.abs());
     for &name in nsa_flow::optimizers() {
         for mode in [Mode::Reference, Mode::Corrected] {
+            let kind = match name.parse::<nsa_flow::OptimizerKind>() {
+                Ok(kind) => kind,
+                Err(e) => {
+                    assert_eq!(name, "padam", "{e}");
+                    assert!(e.to_string().contains("padam"), "{e}");
+                    continue;
+                }
+            };
             let params = nsa_flow::autograd::AutogradParams::default()
-                .optimizer(name)
+                .optimizer(kind)
                 .mode(mode)
                 .learning_rate(1e-2)
                 .max_iter(12)
                 .backend(nsa_flow::BackendChoice::Cpu);
             let res = nsa_flow::autograd::nsa_flow_autograd(&y0, Some(&x0), &params);
-            if name == "padam" {
-                let e = res.unwrap_err().to_string();
-                assert!(e.contains("padam"), "{e}");
-                continue;
-            }
             let res = res.unwrap_or_else(|e| panic!("{name} {mode:?}: {e}"));
             assert!(res.best_total_energy.is_finite(), "{name} {mode:?}");
             assert!(res.y.iter().all(|&v| v >= 0.0));
@@ -223,7 +226,8 @@ fn every_registry_optimizer_runs_in_both_modes() {
             }
         }
     }
-    let bad = nsa_flow::autograd::AutogradParams::default().optimizer("fast");
+    let bad =
+        nsa_flow::autograd::AutogradParams::default().optimizer(nsa_flow::OptimizerKind::Fast);
     assert!(
         nsa_flow::autograd::nsa_flow_autograd(&y0, Some(&x0), &bad).is_err(),
         "fast is not a registry optimizer"
@@ -265,13 +269,29 @@ fn bad_input_is_a_typed_error() {
         ok.clone().tol(-1.0),
         ok.clone().record_every(0),
         ok.clone().window_size(0),
-        ok.clone().optimizer("nope"),
-        ok.clone().optimizer("padam"),
-        ok.clone().lr_strategy("nope"),
+        ok.clone().optimizer(nsa_flow::OptimizerKind::Fast),
+        ok.clone().optimizer(nsa_flow::OptimizerKind::Torch("nope")),
+        ok.clone()
+            .optimizer(nsa_flow::OptimizerKind::Torch("padam")),
         ok.clone().gpu_adapter("x"),
     ] {
         assert!(run(&y, Some(&x), &bad).is_err(), "{bad:?} accepted");
     }
+    // names are parsed into typed values; an unknown one says what is accepted
+    match "nope".parse::<nsa_flow::LrChoice>() {
+        Err(NsaError::UnknownName { expected, .. }) => {
+            assert!(expected.starts_with("auto, armijo"), "{expected}")
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(
+        "auto".parse::<nsa_flow::LrChoice>().unwrap(),
+        nsa_flow::LrChoice::Auto
+    );
+    assert_eq!(
+        "grid".parse::<nsa_flow::LrChoice>().unwrap(),
+        nsa_flow::LrChoice::Strategy(nsa_flow::LrStrategy::Grid)
+    );
     // k > p: the corrected objective has no attainable optimum; the reference runs it
     let wide = randn(2, 4, 4);
     assert!(matches!(

@@ -243,7 +243,7 @@ fn gpu_autograd_runs_agree_with_the_cpu() {
         for optimizer in ["asgd", "adam", "sgd"] {
             let params = nsa_flow::autograd::AutogradParams::default()
                 .mode(mode)
-                .optimizer(optimizer)
+                .optimizer(optimizer.parse().unwrap())
                 .learning_rate(1e-2)
                 .max_iter(15)
                 .tol(0.0)

@@ -153,7 +153,7 @@ fn autograd<'py>(
     d.set_item("scale", r.scale)?;
     d.set_item("fid_eta", r.fid_eta)?;
     d.set_item("c_orth", r.c_orth)?;
-    d.set_item("optimizer", &r.optimizer)?;
+    d.set_item("optimizer", r.optimizer.as_str())?;
     d.set_item("learning_rate", r.learning_rate)?;
     d.set_item("learning_rate_source", &r.learning_rate_source)?;
     d.set_item("final_grad_norm", r.final_grad_norm)?;

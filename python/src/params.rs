@@ -7,8 +7,8 @@ use crate::errors::{invalid, IntoPy};
 use nsa_flow::autograd::AutogradParams;
 use nsa_flow::fit::{Fidelity, FitMode, FitOptimizer, FitParams, Init, Orth};
 use nsa_flow::{
-    BackendChoice, InvSqrtMethod, LearningRate, Mode, NonNeg, OptimizerKind, Params, Precision,
-    RetractOptions, Retraction,
+    BackendChoice, InvSqrtMethod, LearningRate, LrChoice, Mode, NonNeg, OptimizerKind, Params,
+    Precision, RetractOptions, Retraction,
 };
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
@@ -211,9 +211,13 @@ pub fn flow_params(o: &mut Opts<'_, '_>) -> PyResult<Params> {
 pub fn autograd_params(o: &mut Opts<'_, '_>) -> PyResult<AutogradParams> {
     let mut p = AutogradParams::default();
     read_common!(&mut *o, &mut p);
-    set(&mut p.optimizer, o.get::<String>("optimizer")?);
+    if let Some(v) = o.get::<String>("optimizer")? {
+        p.optimizer = OptimizerKind::from_str(&v).py_err()?;
+    }
     p.learning_rate = o.get::<f64>("initial_learning_rate")?;
-    set(&mut p.lr_strategy, o.get::<String>("lr_strategy")?);
+    if let Some(v) = o.get::<String>("lr_strategy")? {
+        p.lr_strategy = LrChoice::from_str(&v).py_err()?;
+    }
     set(&mut p.aggression, o.get::<f64>("aggression")?);
     set(&mut p.fidelity_type, o.name("fidelity_type")?);
     set(&mut p.orth_type, o.name("orth_type")?);

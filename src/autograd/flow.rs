@@ -8,7 +8,8 @@ use super::DifferentiableBackend;
 use crate::backend::{Backend, Reduction};
 use crate::energy::{EnergyTerms, FidelityType, OrthType};
 use crate::error::{NsaError, Result};
-use crate::params::{Mode, NonNeg, Precision, Retraction};
+use crate::lr_estimate::{LrChoice, LrStrategy};
+use crate::params::{Mode, NonNeg, OptimizerKind, Precision, Retraction};
 use crate::result::{Control, IterInfo, StopReason, TraceRow};
 use crate::rng::Rng;
 use crate::setters::with_setters;
@@ -35,15 +36,16 @@ with_setters! {
         /// (the reference passes the strings `"hard"`, `"softplus"`, `"none"`, all truthy, to a
         /// truthiness test); corrected mode clamps X0 only when a map is asked for.
         pub nonneg: NonNeg,
-        /// Optimizer name from [`crate::optimizers`] (default `asgd`).
-        pub optimizer: String => into,
+        /// An optimizer of the registry ([`crate::optimizers`]; default `asgd`). `fast` is not
+        /// one (as in the reference's autograd) and is rejected by [`Self::validate`].
+        pub optimizer: OptimizerKind,
         /// Initial learning rate; `None` lets `lr_strategy` decide.
         pub learning_rate: Option<f64> => Some(f64),
-        /// How to choose the learning rate when none is given: `auto` or a name from
-        /// [`crate::lr_estimate::lr_strategies`]. Reference mode: `auto` gives `1e-3` (the
-        /// reference never calls its estimator for it); corrected mode: `auto` is `armijo` on the
-        /// true gradient.
-        pub lr_strategy: String => into,
+        /// How to choose the learning rate when none is given: [`LrChoice::Auto`] or a
+        /// strategy (the setter also takes an [`crate::LrStrategy`]). Reference mode: `auto`
+        /// gives `1e-3` (the reference never calls its estimator for it); corrected mode:
+        /// `auto` is `armijo` on the true gradient.
+        pub lr_strategy: LrChoice => into,
         /// Aggression of the learning-rate strategy, in [0, 1].
         pub aggression: f64,
         /// Fidelity functional.
@@ -59,9 +61,9 @@ impl Default for AutogradParams {
             common: crate::CommonOptions::default(),
             tol: 1e-6,
             nonneg: NonNeg::Hard,
-            optimizer: "asgd".into(),
+            optimizer: OptimizerKind::Torch("asgd"),
             learning_rate: None,
-            lr_strategy: "auto".into(),
+            lr_strategy: LrChoice::Auto,
             aggression: 0.5,
             fidelity_type: FidelityType::ScaleInvariant,
             orth_type: OrthType::ScaleInvariant,
@@ -95,11 +97,7 @@ impl AutogradParams {
                 reason: format!("{} is not in [0, 1]", self.aggression),
             });
         }
-        super::stepper::check_name(&self.optimizer)?;
-        if self.lr_strategy != "auto" {
-            check_lr_strategy(&self.lr_strategy)?;
-        }
-        Ok(())
+        super::stepper::check_optimizer(self.optimizer)
     }
 
     fn retract_options(&self) -> crate::RetractOptions {
@@ -144,7 +142,7 @@ pub struct AutogradResult {
     /// Orthogonality weight of the energy.
     pub c_orth: f64,
     /// The optimizer.
-    pub optimizer: String,
+    pub optimizer: OptimizerKind,
     /// The learning rate used.
     pub learning_rate: f64,
     /// Where the learning rate came from (`given`, `default`, or the strategy's name).
@@ -188,7 +186,10 @@ pub struct AutogradResult {
 /// use nalgebra::DMatrix;
 /// use nsa_flow::autograd::{nsa_flow_autograd, AutogradParams};
 /// let x0 = DMatrix::from_fn(20, 3, |i, j| ((i * 7 + j * 3) % 5) as f64);
-/// let params = AutogradParams::default().optimizer("adam").learning_rate(1e-2).max_iter(50);
+/// let params = AutogradParams::default()
+///     .optimizer("adam".parse().unwrap())
+///     .learning_rate(1e-2)
+///     .max_iter(50);
 /// let res = nsa_flow_autograd(&x0, Some(&x0), &params).unwrap();
 /// assert!(res.y.iter().all(|&v| v >= 0.0));
 /// assert!(res.best_total_energy <= res.traces[0].total_energy);
@@ -446,18 +447,13 @@ fn solve_autograd_unchecked<B: DifferentiableBackend, F: FnMut(&IterInfo) -> Con
     let x0n = target_h.norm_squared();
 
     // learning rate
-    let (lr, lr_source) = match (
-        params.learning_rate,
-        params.lr_strategy.as_str(),
-        params.common.mode,
-    ) {
+    let (lr, lr_source) = match (params.learning_rate, params.lr_strategy, params.common.mode) {
         (Some(v), _, _) => (v, "given".to_string()),
-        (None, "auto", Mode::Reference) => (1e-3, "default".to_string()),
-        (None, strategy, mode) => {
-            let strategy = if strategy == "auto" {
-                "armijo"
-            } else {
-                strategy
+        (None, LrChoice::Auto, Mode::Reference) => (1e-3, "default".to_string()),
+        (None, choice, mode) => {
+            let strategy = match choice {
+                LrChoice::Auto => LrStrategy::Armijo,
+                LrChoice::Strategy(s) => s,
             };
             let est = estimate_lr(
                 &z0,
@@ -484,7 +480,7 @@ fn solve_autograd_unchecked<B: DifferentiableBackend, F: FnMut(&IterInfo) -> Con
     let mut g_y = be.zeros(p, k)?;
     let mut g_z = be.zeros(p, k)?;
     let mut scratch = be.zeros(p, k)?;
-    let mut stepper = Stepper::new(be, &params.optimizer, lr, p, k)?;
+    let mut stepper = Stepper::new(be, params.optimizer.as_str(), lr, p, k)?;
     let mut out = Vec::with_capacity(8);
 
     let start = Instant::now();
@@ -601,7 +597,7 @@ fn solve_autograd_unchecked<B: DifferentiableBackend, F: FnMut(&IterInfo) -> Con
         scale,
         fid_eta: spec.fid_eta,
         c_orth: spec.c_orth,
-        optimizer: params.optimizer.clone(),
+        optimizer: params.optimizer,
         learning_rate: lr,
         learning_rate_source: lr_source,
         fidelity_type: params.fidelity_type,
@@ -617,10 +613,6 @@ fn solve_autograd_unchecked<B: DifferentiableBackend, F: FnMut(&IterInfo) -> Con
     })
 }
 
-fn check_lr_strategy(name: &str) -> Result<()> {
-    name.parse::<crate::lr_estimate::LrStrategy>().map(|_| ())
-}
-
 /// The learning rate a strategy picks. Reference mode calls the estimator as the reference
 /// does: at a random start (`randn_like(X0)`) with the estimator's default (scale-invariant)
 /// functionals, where its zero gradient makes the choice a fixed grid point; corrected mode
@@ -629,12 +621,11 @@ fn estimate_lr(
     z: &DMatrix<f64>,
     x0: &DMatrix<f64>,
     spec: &CompositeSpec,
-    strategy: &str,
+    strategy: LrStrategy,
     aggression: f64,
     mode: Mode,
     seed: u64,
 ) -> Result<f64> {
-    let strategy: crate::lr_estimate::LrStrategy = strategy.parse()?;
     let est = match mode {
         Mode::Reference => {
             let mut rng = Rng::new(seed);

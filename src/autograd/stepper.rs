@@ -4,6 +4,7 @@
 use crate::backend::Backend;
 use crate::error::Result;
 use crate::optim::{BackendLbfgs, Schedule};
+use crate::params::OptimizerKind;
 
 pub(crate) enum Stepper<M> {
     Rule {
@@ -17,13 +18,16 @@ pub(crate) enum Stepper<M> {
     },
 }
 
-/// Whether `name` is an optimizer of the registry (`get_torch_optimizer`'s names; `fast` is
+/// Whether `kind` is an optimizer of the registry (`get_torch_optimizer`'s names; `fast` is
 /// not one, as in the reference's autograd).
-pub(crate) fn check_name(name: &str) -> Result<()> {
-    if name == "lbfgs" {
-        return Ok(());
+pub(crate) fn check_optimizer(kind: OptimizerKind) -> Result<()> {
+    match kind {
+        OptimizerKind::Fast => Err(crate::optim::unknown_optimizer("fast", &[])),
+        OptimizerKind::Lbfgs => Ok(()),
+        OptimizerKind::Sgdp | OptimizerKind::Torch(_) => {
+            Schedule::new(kind.as_str(), 1.0).map(|_| ())
+        }
     }
-    Schedule::new(name, 1.0).map(|_| ())
 }
 
 impl<M> Stepper<M> {

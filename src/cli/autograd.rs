@@ -8,7 +8,7 @@ use super::output::{
 use super::parse::{
     parse_adapter, parse_autograd_optimizer, parse_json_path, parse_lr_strategy, parse_matrix_path,
     parse_named, parse_plot_path, parse_positive, parse_tol, parse_trace_path, parse_unit,
-    parse_weight, LrStrategyChoice,
+    parse_weight,
 };
 use super::progress::Progress;
 use super::run::verify_tolerance;
@@ -17,8 +17,8 @@ use clap::Args;
 use nalgebra::DMatrix;
 use nsa_flow::autograd::{nsa_flow_autograd_with_callback, AutogradParams, AutogradResult};
 use nsa_flow::{
-    BackendChoice, Control, FidelityType, LearningRate, Mode, NonNeg, NsaError, OrthType,
-    Precision, Retraction,
+    BackendChoice, Control, FidelityType, LearningRate, LrChoice, Mode, NonNeg, NsaError,
+    OptimizerKind, OrthType, Precision, Retraction,
 };
 use serde_json::{json, Value};
 use std::path::PathBuf;
@@ -51,14 +51,14 @@ pub struct AutogradArgs {
     nonneg: NonNeg,
     /// An optimizer of the registry (see `nsa-flow optimizers`).
     #[arg(long, default_value = "asgd", value_parser = parse_autograd_optimizer)]
-    optimizer: String,
+    optimizer: OptimizerKind,
     /// Initial learning rate: 'default' (let --lr-strategy choose) or a positive number.
     #[arg(long, default_value = "default", value_parser = parse_named::<LearningRate>)]
     lr: LearningRate,
     /// auto | armijo | armijo_aggressive | exponential | linear | adaptive | poly_decay |
     /// momentum_boost | random | entropy | bayes | grid. Reference mode: auto = 1e-3.
     #[arg(long, default_value = "auto", value_parser = parse_lr_strategy)]
-    lr_strategy: LrStrategyChoice,
+    lr_strategy: LrChoice,
     /// Aggression of the learning-rate strategy, in [0, 1].
     #[arg(long, default_value_t = 0.5, value_parser = parse_unit)]
     aggression: f64,
@@ -178,8 +178,8 @@ pub fn cmd_autograd(a: AutogradArgs) -> Result<ExitCode, NsaError> {
         .tol(a.tol)
         .seed(a.seed)
         .nonneg(a.nonneg)
-        .optimizer(a.optimizer.clone())
-        .lr_strategy(a.lr_strategy.as_str().to_string())
+        .optimizer(a.optimizer)
+        .lr_strategy(a.lr_strategy)
         .aggression(a.aggression)
         .fidelity_type(a.fidelity_type)
         .orth_type(a.orth_type)
@@ -337,10 +337,10 @@ fn autograd_summary(res: &AutogradResult, params: &AutogradParams) -> Value {
             "fidelity_type": res.fidelity_type.to_string(),
             "orth_type": res.orth_type.to_string(),
             "retraction": res.retraction.as_str(),
-            "optimizer": res.optimizer,
+            "optimizer": res.optimizer.as_str(),
             "learning_rate": res.learning_rate,
             "learning_rate_source": res.learning_rate_source,
-            "lr_strategy": params.lr_strategy,
+            "lr_strategy": params.lr_strategy.as_str(),
             "aggression": params.aggression,
         },
     })

@@ -2,7 +2,7 @@
 //! is read, so a bad one is a usage error (exit 2) with the library's message.
 
 use nsa_flow::autograd::AutogradParams;
-use nsa_flow::{LrStrategy, Mode, NsaError};
+use nsa_flow::{LrChoice, Mode, NsaError, OptimizerKind};
 use std::path::{Path, PathBuf};
 
 /// The library's name parsing as a clap value parser: a bad name is a usage error (exit 2)
@@ -130,41 +130,19 @@ pub fn parse_adapter(s: &str) -> Result<String, NsaError> {
     Ok(s.to_string())
 }
 
-/// An optimizer name the autograd solver accepts (its own validation decides).
-pub fn parse_autograd_optimizer(s: &str) -> Result<String, NsaError> {
+/// An optimizer the autograd solver accepts (its own validation decides: `fast` is not one).
+pub fn parse_autograd_optimizer(s: &str) -> Result<OptimizerKind, NsaError> {
+    let kind: OptimizerKind = s.parse()?;
     AutogradParams::default()
-        .optimizer(s.to_string())
+        .optimizer(kind)
         .validate()
-        .map(|()| s.to_string())
+        .map(|()| kind)
 }
 
-/// The `--lr-strategy` of `autograd`: `auto` or one of the library's strategies.
-#[derive(Clone, Copy, Debug)]
-pub enum LrStrategyChoice {
-    /// Let the mode choose (reference: 1e-3; corrected: armijo on the true gradient).
-    Auto,
-    /// A named strategy.
-    Strategy(LrStrategy),
-}
-
-impl LrStrategyChoice {
-    /// The name [`AutogradParams::lr_strategy`] takes: `auto` or the strategy's name.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            LrStrategyChoice::Auto => "auto",
-            LrStrategyChoice::Strategy(s) => s.as_str(),
-        }
-    }
-}
-
-/// A learning-rate strategy name (or auto); an unknown one is the library's
-/// [`NsaError::UnknownName`], as [`AutogradParams::validate`] reports it.
-pub fn parse_lr_strategy(s: &str) -> Result<LrStrategyChoice, NsaError> {
-    if s == "auto" {
-        Ok(LrStrategyChoice::Auto)
-    } else {
-        s.parse().map(LrStrategyChoice::Strategy)
-    }
+/// The `--lr-strategy` of `autograd`: `auto` or one of the library's strategies; an unknown
+/// one is the library's [`NsaError::UnknownName`].
+pub fn parse_lr_strategy(s: &str) -> Result<LrChoice, NsaError> {
+    s.parse()
 }
 
 /// `run --solver`: a solver of nsa_flow 3.5.

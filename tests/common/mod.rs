@@ -209,7 +209,7 @@ pub fn golden_autograd_params(
         .tol(1e-12)
         .w(p["w"].as_f64().unwrap())
         .max_iter(p["max_iter"].as_u64().unwrap() as usize)
-        .optimizer(s["optimizer"].as_str().unwrap())
+        .optimizer(s["optimizer"].as_str().unwrap().parse().unwrap())
         .retraction(s["retraction"].as_str().unwrap().parse().unwrap())
         .fidelity_type(s["fidelity_type"].as_str().unwrap().parse().unwrap())
         .orth_type(s["orth_type"].as_str().unwrap().parse().unwrap());
