@@ -358,13 +358,7 @@ fn a_candidate_and_its_gram_are_one_launch() {
         let mut energies = Vec::new();
         let mut candidates = Vec::new();
         for fuse in [false, true] {
-            let mut be = GpuBackend::new(ctx.clone(), Precision::F32).unwrap();
-            be.set_fusion(fuse);
-            let (gy, gt, gx) = (
-                be.upload(&y).unwrap(),
-                be.upload(&t).unwrap(),
-                be.upload(&x0).unwrap(),
-            );
+            let (mut be, [gy, gt, gx]) = backend_with(&ctx, fuse, [&y, &t, &x0]);
             let mut cand = be.zeros(p, k).unwrap();
             let before = be.traffic();
             be.lerp_candidate(&gy, &gt, 0.375, &mut cand);
@@ -446,6 +440,18 @@ fn reference_backtracking_computes_few_halvings_ahead() {
 }
 
 /// Direct launches of `kernel` a backend has recorded so far.
+/// An f32 backend with fusion on or off and `mats` uploaded to it.
+fn backend_with<const N: usize>(
+    ctx: &std::sync::Arc<nsa_flow::gpu::GpuContext>,
+    fuse: bool,
+    mats: [&DMatrix<f64>; N],
+) -> (GpuBackend, [<GpuBackend as Backend>::Mat; N]) {
+    let mut be = GpuBackend::new(ctx.clone(), Precision::F32).unwrap();
+    be.set_fusion(fuse);
+    let gpu = mats.map(|m| be.upload(m).unwrap());
+    (be, gpu)
+}
+
 fn backend_launches(be: &GpuBackend, kernel: Kernel) -> u64 {
     be.launches_by_kernel()
         .iter()
@@ -468,9 +474,7 @@ fn a_retraction_adds_its_candidates_gram_partials_itself() {
         let o = nsa_flow::RetractOptions::corrected(nsa_flow::Retraction::SoftPolar, 0.7);
         let mut outs = Vec::new();
         for fuse in [false, true] {
-            let mut be = GpuBackend::new(ctx.clone(), Precision::F32).unwrap();
-            be.set_fusion(fuse);
-            let (gy, gt) = (be.upload(&y).unwrap(), be.upload(&t).unwrap());
+            let (mut be, [gy, gt]) = backend_with(&ctx, fuse, [&y, &t]);
             let mut cand = be.zeros(p, k).unwrap();
             let mut out = be.zeros(p, k).unwrap();
             be.lerp_candidate(&gy, &gt, 0.625, &mut cand);
@@ -542,13 +546,7 @@ fn a_candidates_energy_sums_add_its_gram_partials_themselves() {
         for n in [2usize, 3] {
             let mut runs = Vec::new();
             for fuse in [false, true] {
-                let mut be = GpuBackend::new(ctx.clone(), Precision::F32).unwrap();
-                be.set_fusion(fuse);
-                let (gy, gt, gx) = (
-                    be.upload(&y).unwrap(),
-                    be.upload(&t).unwrap(),
-                    be.upload(&x0).unwrap(),
-                );
+                let (mut be, [gy, gt, gx]) = backend_with(&ctx, fuse, [&y, &t, &x0]);
                 let mut cand = be.zeros(p, k).unwrap();
                 let mut evals: Vec<_> = (0..n).map(|_| be.zeros(p, k).unwrap()).collect();
                 let before = backend_launches(&be, Kernel::GramReduce);

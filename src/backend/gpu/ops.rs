@@ -409,9 +409,9 @@ impl GpuBackend {
             let trips = 12 * k + 48;
             let per = (self.trip_budget / trips).max(1);
             // the Gram's partials, when they wait for their reduce, are added by the first
-            // launch (each invocation: ≤ chunks + 64 + 63 trips for each of its ≤ 4 entries)
+            // launch
             let chunks = self.ws().gram_chunks;
-            let reduce_trips = 4 * (chunks + 128);
+            let reduce_trips = gram_fold_trips(chunks);
             let fold = self.pending_reduce == Some(s) && reduce_trips + trips <= self.trip_budget;
             let first_per = if fold {
                 (self.trip_budget - reduce_trips) / trips
@@ -823,4 +823,11 @@ impl GpuBackend {
             );
         }
     }
+}
+
+/// Loop trips one invocation makes in `reduce_gram_partials` (prelude.wgsl), the fold of
+/// `chunks` Gram partials into a launch: at most `chunks + 64 + 63` for each of its ≤ 4
+/// entries.
+pub(super) fn gram_fold_trips(chunks: usize) -> usize {
+    4 * (chunks + 128)
 }

@@ -339,7 +339,8 @@ impl GpuBackend {
                             Some(slot) => {
                                 // a retracted candidate's Gram waiting for its reduce: the
                                 // sums' launch adds its partials where the trip budget allows
-                                let reduce_trips = 4 * (self.ws().gram_chunks + 128);
+                                let reduce_trips =
+                                    super::ops::gram_fold_trips(self.ws().gram_chunks);
                                 let sum_trips = (shape.0 * shape.1).div_ceil(256 * g);
                                 let folds = sums.stats.iter().filter(|s| s.3.is_some()).count();
                                 let fits =
