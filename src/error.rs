@@ -169,6 +169,14 @@ pub enum NsaError {
         /// Why, and what is supported.
         reason: String,
     },
+    /// The library broke one of its own invariants (a bug: please report it with the input
+    /// that caused it), or the system refused something the library cannot run without (a
+    /// thread). Never the result of bad input, which has its own variants.
+    #[error("internal error: {what}")]
+    Internal {
+        /// What failed.
+        what: String,
+    },
     /// A problem of a batch failed (its index, from 0, and why).
     #[error("problem {index} of the batch: {source}")]
     InBatch {

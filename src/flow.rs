@@ -894,16 +894,20 @@ fn solve_corrected<B: Backend, F: FnMut(&IterInfo) -> Control>(
     let mut cand = be.zeros(p, k)?;
     let mut evals: Vec<B::Mat> = (0..batch).map(|_| be.zeros(p, k)).collect::<Result<_>>()?;
 
-    let v = be.reduce(&[Reduction::EnergyTerms { y: &y, target: &x0 }])?;
-    let t_init = EnergyModel::from_slice(&v);
+    // the corrected gradient's weights do not depend on E(Y_start), so the start's energy
+    // terms and the gradient's norm come back in one readback
+    be.gradient(&y, &x0, &true_rule, &mut grad);
+    let v = be.reduce(&[
+        Reduction::EnergyTerms { y: &y, target: &x0 },
+        Reduction::NormSq(&grad),
+    ])?;
+    let t_init = EnergyModel::from_slice(&v[..4]);
+    let init_grad_norm_n = v[4].sqrt();
     let g0 = (0.5 * t_init.dist_sq * scale * scale / pk).max(1e-8);
     let d0 = t_init.defect().max(1e-8);
     let mut cur_e = model.eval(&t_init).2;
     let mut cur_norm_sq = t_init.norm_sq;
     let mut vals: Vec<f64> = Vec::with_capacity(6 * batch + 4);
-
-    be.gradient(&y, &x0, &true_rule, &mut grad);
-    let init_grad_norm_n = be.reduce(&[Reduction::NormSq(&grad)])?[0].sqrt();
     // the scale-free step: a 10 % relative move along the gradient
     let safe_lr = |norm_sq: f64, grad_norm: f64| {
         if grad_norm > 0.0 {

@@ -92,7 +92,7 @@ pub use result::{
     sparsity, Certificate, Control, IterInfo, NsaResult, Scaling, StopReason, TraceRow,
 };
 pub use retract::{inv_sqrt_sym, retract, retract_in, RetractOptions};
-pub use verify::{verify, VerifyReport};
+pub use verify::{verify, verify_autograd, Solved, VerifyReport};
 
 /// Checks that a matrix is non-empty and finite (the check every entry point applies).
 ///

@@ -254,6 +254,52 @@ fn run_verify_agrees_on_a_small_f64_problem() {
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
 }
 
+/// `autograd --verify` goes through the library's comparison (`verify_autograd`): the same
+/// report and summary section as `run --verify`.
+#[test]
+fn autograd_verify_agrees_on_a_small_f64_problem() {
+    let Some(ctx) = gpu_or_skip("autograd_verify_agrees_on_a_small_f64_problem") else {
+        return;
+    };
+    if !ctx.supports_f64() {
+        if std::env::var("NSA_FLOW_REQUIRE_GPU").is_ok_and(|v| v == "1") {
+            panic!("NSA_FLOW_REQUIRE_GPU=1 but the adapter has no SHADER_F64");
+        }
+        eprintln!(
+            "skipping autograd_verify_agrees_on_a_small_f64_problem: the adapter has no SHADER_F64"
+        );
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (y0, x0) = problem(dir.path(), 30, 3);
+    let summary = dir.path().join("v.json");
+    let o = bin()
+        .args(["autograd", "--verify", "--y0"])
+        .arg(&y0)
+        .arg("--x0")
+        .arg(&x0)
+        .args(["--precision", "f64", "--max-iter", "15", "--summary"])
+        .arg(&summary)
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(stdout.contains("Y relative difference"), "{}", text(&o));
+    assert!(stdout.contains("agree: same iterations"), "{}", text(&o));
+    let s = json(&summary);
+    let v = &s["verify"];
+    assert_eq!(v["agrees"], true, "{s}");
+    assert!(v["y_rel_diff"].as_f64().unwrap() <= 1e-8, "{s}");
+    assert!(v["max_energy_rel_diff"].as_f64().unwrap() <= 1e-8, "{s}");
+    assert!(v["first_divergence"].is_null(), "{s}");
+    assert_eq!(v["energy_tol"].as_f64(), Some(1e-8), "{s}");
+    assert!(
+        v["cpu"]["backend"].as_str().unwrap().starts_with("cpu"),
+        "{s}"
+    );
+    assert!(v["cpu"]["stop_reason"].is_string(), "{s}");
+}
+
 #[test]
 fn bench_on_the_gpu_prints_the_bandwidth_ratio() {
     if gpu_or_skip("bench_on_the_gpu_prints_the_bandwidth_ratio").is_none() {

@@ -395,6 +395,9 @@ impl<B: Backend> Backend for Spy<B> {
 struct Spied {
     res: NsaResult,
     infos: Vec<IterInfo>,
+    /// the readbacks before the loop: the corrected flow reads E(Y_start) and ‖∇E(Y_start)‖²
+    /// back together; the reference reads E(Y_start) first, since its gradient's weights
+    /// come from it
     setup: Vec<Readback>,
     segments: Vec<Vec<Readback>>,
     seconds: f64,
@@ -412,6 +415,15 @@ impl Spied {
             .take(self.infos.len())
             .map(|s| s.len())
             .sum()
+    }
+
+    /// ‖∇E(Y_start)‖² as the setup read it back (NaN if the run had no such readback).
+    fn setup_grad_norm_sq(&self) -> f64 {
+        match self.setup.as_slice() {
+            [both] if both.vals.len() == 5 => both.vals[4],
+            [_, norm, ..] => norm.vals[0],
+            _ => f64::NAN,
+        }
     }
 }
 
@@ -462,12 +474,17 @@ fn spied_run_capturing<B: Backend>(
     let events = log.borrow().clone();
     let mut infos = Vec::new();
     let mut setup = Vec::new();
+    let setup_len = match params.common.mode {
+        Mode::Corrected => 1,
+        Mode::Reference => 2,
+    };
     let mut segments = Vec::new();
     let mut cur = Vec::new();
     for ev in events {
         match ev {
-            // the first two readbacks are the setup: E(Y_start), then ‖∇E(Y_start)‖²
-            Event::Readback(r) if setup.len() < 2 && segments.is_empty() && cur.is_empty() => {
+            Event::Readback(r)
+                if setup.len() < setup_len && segments.is_empty() && cur.is_empty() =>
+            {
                 setup.push(r)
             }
             Event::Readback(r) => cur.push(r),
@@ -1258,7 +1275,7 @@ fn referee(cx: &Ctx, case: &Case, c: &Spied, g: &Spied, at: Option<usize>) -> St
     let mode = params.common.mode;
     let m64 = Model::of(&r.res, &params);
     let (mc, mg) = (Model::of(&c.res, cx.params), Model::of(&g.res, cx.params));
-    let setup = |s: &Spied| s.setup.get(1).map_or(f64::NAN, |x| x.vals[0]);
+    let setup = Spied::setup_grad_norm_sq;
     let mut out = format!(
         "f64 referee: setup ‖∇‖² f64 {:.6e}, cpu32 {:.6e}, gpu32 {:.6e}",
         setup(&r),

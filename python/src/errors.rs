@@ -38,6 +38,7 @@ pub fn to_py(e: NsaError) -> PyErr {
         NsaError::MemoryBudget { .. }
         | NsaError::OutOfMemory { .. }
         | NsaError::SizeOverflow { .. } => ResourceError::new_err(msg),
+        // an internal error is NsaFlowError, the class a caught Rust panic also becomes
         _ => NsaFlowError::new_err(msg),
     }
 }

@@ -44,8 +44,8 @@ impl GpuBackend {
     }
 
     fn fail(&mut self, reason: String) {
-        self.error.get_or_insert(NsaError::InvalidParameter {
-            name: "backend",
+        self.error.get_or_insert(NsaError::BackendUnavailable {
+            name: "gpu".into(),
             reason,
         });
     }

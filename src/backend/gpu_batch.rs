@@ -548,9 +548,8 @@ where
                 Ok(h) => handles.push((i, h)),
                 Err(e) => {
                     hub.finish();
-                    *answer = Some(Err(NsaError::InvalidParameter {
-                        name: "problems",
-                        reason: format!("could not start a thread for problem {i}: {e}"),
+                    *answer = Some(Err(NsaError::Internal {
+                        what: format!("could not start a thread for problem {i}: {e}"),
                     }));
                 }
             }
@@ -558,16 +557,22 @@ where
         profile = hub.coordinate(exec);
         for (i, h) in handles {
             answers[i] = Some(h.join().unwrap_or_else(|_| {
-                Err(NsaError::InvalidParameter {
-                    name: "problems",
-                    reason: format!("the solve of problem {i} panicked"),
+                Err(NsaError::Internal {
+                    what: format!("the solve of problem {i} panicked"),
                 })
             }));
         }
     });
     let answers = answers
         .into_iter()
-        .map(|a| a.expect("every problem answered"))
+        .enumerate()
+        .map(|(i, a)| {
+            a.unwrap_or_else(|| {
+                Err(NsaError::Internal {
+                    what: format!("problem {i} of the batch was never answered"),
+                })
+            })
+        })
         .collect();
     (answers, profile)
 }

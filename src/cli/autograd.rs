@@ -11,7 +11,7 @@ use super::parse::{
     parse_weight,
 };
 use super::progress::Progress;
-use super::run::verify_tolerance;
+use super::run::{report_verify, verify_json, verify_tolerance};
 use clap::error::ErrorKind;
 use clap::Args;
 use nalgebra::DMatrix;
@@ -212,29 +212,12 @@ pub fn cmd_autograd(a: AutogradArgs) -> Result<ExitCode, NsaError> {
     }
     let mut exit = ExitCode::SUCCESS;
     let (res, verify) = if a.verify {
-        let mut cpu_params = params.clone().backend(BackendChoice::Cpu);
-        cpu_params.common.gpu_adapter = None;
-        let mut progress = Progress::new(!a.quiet);
-        let cpu = autograd_on(&cpu_params, &y0, x0.as_ref(), false, &mut progress)?;
-        let gpu_params = params.clone().backend(BackendChoice::Gpu);
-        let gpu = autograd_on(&gpu_params, &y0, x0.as_ref(), false, &mut progress)?;
+        // the CPU oracle and the GPU through the library's one comparison (as `run --verify`)
+        let report = nsa_flow::verify_autograd(&y0, x0.as_ref(), &params)?;
         let tol = verify_tolerance(params.common.precision);
-        let rel = (&gpu.y - &cpu.y).norm() / cpu.y.norm().max(f64::MIN_POSITIVE);
-        let agrees = cpu.iterations == gpu.iterations
-            && cpu.best_iteration == gpu.best_iteration
-            && rel <= tol;
-        if !a.quiet {
-            println!(
-                "verify: cpu {} iterations (best {}), gpu {} iterations (best {}), Y relative difference {rel:.3e} (tol {tol:.0e}): {}",
-                cpu.iterations, cpu.best_iteration, gpu.iterations, gpu.best_iteration,
-                if agrees { "agree" } else { "DISAGREE" }
-            );
-        }
-        if !agrees {
-            exit = ExitCode::from(1);
-        }
-        let v = json!({"agrees": agrees, "y_tol": tol, "y_rel_diff": rel, "cpu": {"backend": cpu.device.name, "iterations": cpu.iterations, "best_iteration": cpu.best_iteration, "seconds": cpu.seconds}});
-        (gpu, Some(v))
+        exit = report_verify(&report, tol, a.quiet);
+        let v = verify_json(&report, tol, report.agrees(tol));
+        (report.gpu, Some(v))
     } else {
         let mut progress = Progress::new(!a.quiet && !a.verbose);
         let res = autograd_on(&params, &y0, x0.as_ref(), a.verbose, &mut progress)?;

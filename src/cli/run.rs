@@ -14,7 +14,9 @@ use super::progress::{verbose_flow_line, Progress};
 use clap::error::ErrorKind;
 use clap::Args;
 use nalgebra::DMatrix;
-use nsa_flow::{BackendChoice, Control, NsaError, NsaResult, Params, Precision, VerifyReport};
+use nsa_flow::{
+    BackendChoice, Control, NsaError, NsaResult, Params, Precision, Solved, VerifyReport,
+};
 use serde_json::{json, Value};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -250,7 +252,8 @@ pub fn verify_tolerance(p: Precision) -> f64 {
     }
 }
 
-fn verify_json(r: &VerifyReport, tol: f64, agrees: bool) -> Value {
+/// The summary's "verify" section (of `run --verify` and `autograd --verify`).
+pub fn verify_json<R: Solved>(r: &VerifyReport<R>, tol: f64, agrees: bool) -> Value {
     json!({
         "agrees": agrees,
         "y_tol": tol,
@@ -259,13 +262,32 @@ fn verify_json(r: &VerifyReport, tol: f64, agrees: bool) -> Value {
         "first_divergence": r.first_divergence,
         "energy_tol": r.energy_tol,
         "cpu": {
-            "backend": r.cpu.device.name,
-            "iterations": r.cpu.iterations,
-            "best_iteration": r.cpu.best_iteration,
-            "stop_reason": r.cpu.stop_reason.as_str(),
-            "seconds": r.cpu.seconds,
+            "backend": r.cpu.device().name,
+            "iterations": r.cpu.iterations(),
+            "best_iteration": r.cpu.best_iteration(),
+            "stop_reason": r.cpu.stop_reason().as_str(),
+            "seconds": r.cpu.seconds(),
         },
     })
+}
+
+/// Prints the comparison (its disagreement to stderr as an error) and answers the exit code:
+/// 0 when the runs agree, 1 when they do not.
+pub fn report_verify<R: Solved>(r: &VerifyReport<R>, tol: f64, quiet: bool) -> ExitCode {
+    if r.agrees(tol) {
+        if !quiet {
+            println!("{r}");
+            println!("agree: same iterations and best iteration, Y within {tol:.0e}");
+        }
+        ExitCode::SUCCESS
+    } else {
+        println!("{r}");
+        eprintln!(
+            "error: the CPU and GPU runs disagree (iterations {} vs {}, best iteration {} vs {}, Y relative difference {:.3e} against {tol:.0e})",
+            r.cpu.iterations(), r.gpu.iterations(), r.cpu.best_iteration(), r.gpu.best_iteration(), r.y_rel_diff
+        );
+        ExitCode::from(1)
+    }
 }
 
 fn run_verify(
@@ -276,23 +298,9 @@ fn run_verify(
 ) -> Result<ExitCode, NsaError> {
     let report = nsa_flow::verify(y0, x0, params)?;
     let tol = verify_tolerance(params.common.precision);
-    let agrees = report.agrees(tol);
     let res = &report.gpu;
     let mut summary = summary_value(res, params);
-    summary["verify"] = verify_json(&report, tol, agrees);
+    summary["verify"] = verify_json(&report, tol, report.agrees(tol));
     write_all(outputs_of(a, res, params, summary)?)?;
-    if agrees {
-        if !a.quiet {
-            println!("{report}");
-            println!("agree: same iterations and best iteration, Y within {tol:.0e}");
-        }
-        Ok(ExitCode::SUCCESS)
-    } else {
-        println!("{report}");
-        eprintln!(
-            "error: the CPU and GPU runs disagree (iterations {} vs {}, best iteration {} vs {}, Y relative difference {:.3e} against {tol:.0e})",
-            report.cpu.iterations, report.gpu.iterations, report.cpu.best_iteration, report.gpu.best_iteration, report.y_rel_diff
-        );
-        Ok(ExitCode::from(1))
-    }
+    Ok(report_verify(&report, tol, a.quiet))
 }

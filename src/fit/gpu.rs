@@ -9,13 +9,12 @@
 
 use super::functionals::GramOperator;
 use crate::error::{GpuErrorKind, NsaError, Result};
-use crate::gpu::{encode_elements, lane_size, GpuContext, Kernel, Kernels, ParamsHeader};
+use crate::gpu::{
+    encode_elements, lane_size, params_size, GpuContext, HeaderTable, Kernel, Kernels, ParamsHeader,
+};
 use crate::params::Precision;
 use nalgebra::DMatrix;
 use std::sync::{Arc, Mutex};
-
-/// Bytes of one `struct Params` header.
-const PARAMS_SIZE: usize = std::mem::size_of::<ParamsHeader>();
 
 /// Most loop trips one invocation of `skinny_partial` may make (Mesa 22.3 stops an
 /// invocation after 65 535 in total).
@@ -217,10 +216,9 @@ impl SkinnyChain {
         let dummy = make("fit: unused", 256, storage)?;
         let lanes = make("fit: lanes", 256.max(lane_size(precision) as u64), storage)?;
 
-        // one header (PARAMS_SIZE bytes) per dispatch, each at an aligned offset, written once
-        let align =
-            (PARAMS_SIZE as u64).next_multiple_of(lim.min_uniform_buffer_offset_alignment as u64);
-        let mut headers: Vec<ParamsHeader> = Vec::new();
+        // one header per dispatch, the solver ring's layout, written once
+        let mut headers = HeaderTable::default();
+        let mut used = 0;
         let mut per_product: Vec<Vec<Dispatch>> = Vec::new();
         for plan in &plans {
             let mut ds = Vec::new();
@@ -232,10 +230,11 @@ impl SkinnyChain {
             h.mode = (plan.chunks > 1) as u32;
             ds.push(Dispatch {
                 kernel: Kernel::SkinnyPartial,
-                uniform_offset: (headers.len() as u64 * align) as u32,
+                uniform_offset: HeaderTable::offset(used),
                 groups: (plan.m.div_ceil(256) as u32, plan.chunks as u32),
             });
-            headers.push(h);
+            headers.put(used, &h);
+            used += 1;
             if plan.chunks > 1 {
                 let entries = plan.m * plan.kb;
                 let groups = entries.div_ceil(256);
@@ -247,24 +246,20 @@ impl SkinnyChain {
                 h.groups_x = gx as u32;
                 ds.push(Dispatch {
                     kernel: Kernel::SkinnyReduce,
-                    uniform_offset: (headers.len() as u64 * align) as u32,
+                    uniform_offset: HeaderTable::offset(used),
                     groups: (gx as u32, gy as u32),
                 });
-                headers.push(h);
+                headers.put(used, &h);
+                used += 1;
             }
             per_product.push(ds);
         }
         let uniforms = make(
             "fit: uniforms",
-            headers.len() as u64 * align,
+            headers.len_bytes(),
             wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
         )?;
-        let mut bytes = vec![0u8; headers.len() * align as usize];
-        for (i, h) in headers.iter().enumerate() {
-            let at = i * align as usize;
-            bytes[at..at + PARAMS_SIZE].copy_from_slice(bytemuck::bytes_of(h));
-        }
-        ctx.queue().write_buffer(&uniforms, 0, &bytes);
+        ctx.queue().write_buffer(&uniforms, 0, headers.bytes(used));
 
         // bindings: 1 = A, 2 = B (V or the previous result), 4 = the result, 6 = partials
         let mut products = Vec::new();
@@ -279,7 +274,7 @@ impl SkinnyChain {
                         resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
                             buffer: &uniforms,
                             offset: 0,
-                            size: std::num::NonZeroU64::new(PARAMS_SIZE as u64),
+                            size: std::num::NonZeroU64::new(params_size(precision) as u64),
                         }),
                     },
                     entry(1, &resident[i]),

@@ -13,7 +13,7 @@ pub use context::{list_adapters, AdapterSummary, GpuContext, GpuOptions};
 pub use kernels::Kernel;
 #[doc(hidden)]
 pub use kernels::Kernels;
-pub(crate) use params::encode_elements;
+pub(crate) use params::{encode_elements, HeaderTable};
 #[doc(hidden)]
 pub use params::{
     encode_lane, lane_size, params_size, BandwidthParams, ParamsHeader, ParamsLayout, LITERAL,

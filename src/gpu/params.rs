@@ -60,6 +60,60 @@ pub const PARAMS_SIZE: usize = std::mem::size_of::<ParamsHeader>();
 // the WGSL struct is 20 words; tests/shaders.rs checks naga's layout member by member
 const _: () = assert!(PARAMS_SIZE == 80);
 
+/// Launch headers at a fixed stride, the host copy of one uniform buffer that binds them one
+/// at a time: the solver backend's ring (rewritten each submit) and the fit's table (written
+/// once) share this layout.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct HeaderTable {
+    bytes: Vec<u8>,
+}
+
+impl HeaderTable {
+    /// Bytes between headers: 256, the largest `min_uniform_buffer_offset_alignment` WebGPU
+    /// allows, so every adapter accepts each header's offset.
+    pub const STRIDE: u64 = 256;
+
+    /// A table of `slots` cleared headers.
+    pub fn with_slots(slots: usize) -> Self {
+        HeaderTable {
+            bytes: vec![0; slots * Self::STRIDE as usize],
+        }
+    }
+
+    /// The byte offset of header `slot` (what a bind group or a dynamic offset names).
+    pub fn offset(slot: usize) -> u32 {
+        (slot as u64 * Self::STRIDE) as u32
+    }
+
+    /// Writes header `slot`, growing the table when it is past the end.
+    pub fn put(&mut self, slot: usize, h: &ParamsHeader) {
+        let at = slot * Self::STRIDE as usize;
+        if self.bytes.len() < at + Self::STRIDE as usize {
+            self.bytes.resize(at + Self::STRIDE as usize, 0);
+        }
+        self.bytes[at..at + PARAMS_SIZE].copy_from_slice(bytemuck::bytes_of(h));
+    }
+
+    /// Header `slot` as written (a cleared header past the end).
+    pub fn get(&self, slot: usize) -> ParamsHeader {
+        let at = slot * Self::STRIDE as usize;
+        self.bytes
+            .get(at..at + PARAMS_SIZE)
+            .map(bytemuck::pod_read_unaligned)
+            .unwrap_or_default()
+    }
+
+    /// The bytes of the first `slots` headers (what a submit writes to the device).
+    pub fn bytes(&self, slots: usize) -> &[u8] {
+        &self.bytes[..(slots * Self::STRIDE as usize).min(self.bytes.len())]
+    }
+
+    /// The table's size in bytes (its buffer's size).
+    pub fn len_bytes(&self) -> u64 {
+        self.bytes.len() as u64
+    }
+}
+
 /// Size of the uniform for an element type (the same for both: it holds no element).
 pub fn params_size(_precision: Precision) -> usize {
     PARAMS_SIZE
@@ -186,4 +240,32 @@ pub struct BandwidthParams {
     pub pad0: u32,
     /// Padding to 16 bytes.
     pub pad1: u32,
+}
+
+#[cfg(test)]
+mod header_table_tests {
+    use super::*;
+
+    #[test]
+    fn headers_round_trip_at_the_fixed_stride() {
+        let mut t = HeaderTable::with_slots(2);
+        assert_eq!(t.len_bytes(), 2 * HeaderTable::STRIDE);
+        let mut h = ParamsHeader::new();
+        h.p = 1031;
+        h.k = 17;
+        // past the end: the table grows to hold the slot
+        t.put(3, &h);
+        assert_eq!(t.len_bytes(), 4 * HeaderTable::STRIDE);
+        assert_eq!(t.get(3).p, 1031);
+        assert_eq!(t.get(3).k, 17);
+        assert_eq!(t.get(3).src, [LITERAL; 4]);
+        // the slots between stay cleared, and a slot past the end reads as cleared
+        assert_eq!(t.get(2).p, 0);
+        assert_eq!(t.get(9).k, 0);
+        assert_eq!(HeaderTable::offset(3), 768);
+        assert_eq!(t.bytes(2).len(), 512);
+        assert_eq!(t.bytes(99).len(), 1024);
+        let at = HeaderTable::offset(3) as usize;
+        assert_eq!(&t.bytes(4)[at..at + PARAMS_SIZE], bytemuck::bytes_of(&h));
+    }
 }

@@ -10,8 +10,9 @@
 use super::gpu_batch::{BatchHub, BufRef, LaneCtx, LaneOp, ReadReq};
 use super::{Backend, GradientRule, Operand, OptPass, Projection, Reduction, UpdateRule};
 use crate::error::{GpuErrorKind, NsaError, Result};
-use crate::gpu::params_size as header_size;
-use crate::gpu::{encode_lane, lane_size, GpuContext, Kernel, Kernels, ParamsHeader, LITERAL};
+use crate::gpu::{
+    encode_lane, lane_size, GpuContext, HeaderTable, Kernel, Kernels, ParamsHeader, LITERAL,
+};
 use crate::params::{InvSqrtMethod, Mode, NonNeg, Precision, Retraction};
 use crate::retract::RetractOptions;
 use nalgebra::DMatrix;
@@ -46,7 +47,6 @@ const MAX_PARTIALS: usize = 512;
 const MAX_SLOTS: usize = 192;
 /// Uniform ring slots (256 bytes each) before an intermediate submit.
 const RING_SLOTS: usize = 4096;
-const RING_STRIDE: u64 = 256;
 /// Bytes of per-problem entries (`struct Lane`: data starts and coefficients) before an
 /// intermediate submit.
 const LANE_RING: usize = 4 << 20;
@@ -275,7 +275,7 @@ pub struct GpuBackend {
     precision: Precision,
     ws: Option<Workspace>,
     ring: wgpu::Buffer,
-    ring_bytes: Vec<u8>,
+    ring_headers: HeaderTable,
     ring_used: usize,
     scratch: Vec<u8>,
     encoder: Option<wgpu::CommandEncoder>,
@@ -369,9 +369,9 @@ impl GpuBackend {
         let ring = device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("nsa-flow params ring"),
             size: if solo {
-                RING_SLOTS as u64 * RING_STRIDE
+                RING_SLOTS as u64 * HeaderTable::STRIDE
             } else {
-                RING_STRIDE
+                HeaderTable::STRIDE
             },
             usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
             mapped_at_creation: false,
@@ -410,14 +410,7 @@ impl GpuBackend {
             precision,
             ws: None,
             ring,
-            ring_bytes: vec![
-                0;
-                if solo {
-                    RING_SLOTS * RING_STRIDE as usize
-                } else {
-                    0
-                }
-            ],
+            ring_headers: HeaderTable::with_slots(if solo { RING_SLOTS } else { 0 }),
             ring_used: 0,
             scratch: Vec::with_capacity(256),
             encoder: None,

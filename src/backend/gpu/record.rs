@@ -96,12 +96,9 @@ impl GpuBackend {
         };
         match lw.at {
             HeaderAt::Ring(slot) => {
-                let at = slot * RING_STRIDE as usize;
-                let size = std::mem::size_of::<ParamsHeader>();
-                let mut h: ParamsHeader =
-                    bytemuck::pod_read_unaligned(&self.ring_bytes[at..at + size]);
+                let mut h = self.ring_headers.get(slot);
                 patch(&mut h);
-                self.ring_bytes[at..at + size].copy_from_slice(bytemuck::bytes_of(&h));
+                self.ring_headers.put(slot, &h);
             }
             HeaderAt::Lane(op) => {
                 let Some(LaneOp::Dispatch { header, .. }) =
@@ -149,10 +146,9 @@ impl GpuBackend {
         self.last_write = None;
         if let Some(enc) = self.encoder.take() {
             if self.ring_used > 0 {
-                let used = self.ring_used * RING_STRIDE as usize;
                 self.ctx
                     .queue
-                    .write_buffer(&self.ring, 0, &self.ring_bytes[..used]);
+                    .write_buffer(&self.ring, 0, self.ring_headers.bytes(self.ring_used));
             }
             if self.lane_used > 0 {
                 self.ctx
@@ -205,7 +201,7 @@ impl GpuBackend {
                 resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
                     buffer: &self.ring,
                     offset: 0,
-                    size: std::num::NonZeroU64::new(RING_STRIDE),
+                    size: std::num::NonZeroU64::new(HeaderTable::STRIDE),
                 }),
             },
             wgpu::BindGroupEntry {
@@ -397,9 +393,7 @@ impl GpuBackend {
             let slot = self.ring_used;
             self.ring_used += 1;
             self.launches += 1;
-            let at = slot * RING_STRIDE as usize;
-            self.ring_bytes[at..at + header_size(self.precision)]
-                .copy_from_slice(bytemuck::bytes_of(header));
+            self.ring_headers.put(slot, header);
             let lane_at = self.lane_used;
             if self.lane_bytes.len() < lane_at + bytes.len() {
                 self.lane_bytes.resize(lane_at + bytes.len(), 0);
@@ -417,11 +411,7 @@ impl GpuBackend {
                 timestamp_writes: None,
             });
             pass.set_pipeline(kernels.pipeline(kernel));
-            pass.set_bind_group(
-                0,
-                &bg,
-                &[(slot as u64 * RING_STRIDE) as u32, lane_at as u32],
-            );
+            pass.set_bind_group(0, &bg, &[HeaderTable::offset(slot), lane_at as u32]);
             match (groups, indirect) {
                 (Some((x, y)), _) => pass.dispatch_workgroups(x, y, n as u32),
                 (None, Some((args, offset))) => pass.dispatch_workgroups_indirect(args, offset),

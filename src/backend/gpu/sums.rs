@@ -292,7 +292,9 @@ impl GpuBackend {
                 _ => true,
             };
             if !ok {
-                return Err(self.error.take().expect("a shape mismatch was recorded"));
+                return Err(self.error.take().unwrap_or_else(|| NsaError::Internal {
+                    what: "a reduction's operands differ in shape but no error was recorded".into(),
+                }));
             }
         }
         // rounds of one shape each (the partial counts depend on it), ≤ MAX_SLOTS slots;
