@@ -62,6 +62,7 @@ pub(crate) fn main() -> Result<(), Box<dyn std::error::Error>> {
         Err(NsaError::Gpu {
             kind: GpuErrorKind::MissingFeature,
             message,
+            ..
         }) => println!("f64 backend on this device → GpuErrorKind::MissingFeature: {message}"),
         Err(e) => println!("f64 backend on this device → another error: {e}"),
         Ok(_) => println!("f64 backend on this device: available"),

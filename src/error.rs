@@ -1,6 +1,11 @@
 //! The typed error of every fallible operation in the crate.
 
 use std::path::PathBuf;
+use std::sync::Arc;
+
+/// The underlying error of an [`NsaError::Gpu`] (wgpu's or the driver's), shared so that a
+/// batch can hand one failure to every problem it stops.
+pub type GpuErrorSource = Arc<dyn std::error::Error + Send + Sync + 'static>;
 
 /// Everything that can go wrong, as a value: bad input is reported before any work is done
 /// and nothing is written on failure.
@@ -153,12 +158,18 @@ pub enum NsaError {
     },
     /// The GPU reported an error (validation, out of memory, device lost) or a request exceeds
     /// the adapter's limits.
+    ///
+    /// `message` says what was being done (or which limit, and by how much); wgpu's own error,
+    /// where there is one, is the [`std::error::Error::source`]. [`NsaError::full_message`]
+    /// joins the two (what the command line prints and Python raises).
     #[error("GPU {kind}: {message}")]
     Gpu {
         /// What kind of failure.
         kind: GpuErrorKind,
-        /// The driver's or wgpu's message, or which limit and by how much.
+        /// What was being done, or which limit and by how much.
         message: String,
+        /// wgpu's or the driver's error, when one caused this.
+        source: Option<GpuErrorSource>,
     },
     /// The layer's backward has no exact derivative for this combination of parameters (it
     /// is refused rather than approximated).
@@ -185,6 +196,46 @@ pub enum NsaError {
         /// What went wrong with it.
         source: Box<NsaError>,
     },
+}
+
+impl NsaError {
+    /// A GPU error with no underlying error (a limit, a missing feature).
+    pub(crate) fn gpu(kind: GpuErrorKind, message: impl Into<String>) -> Self {
+        NsaError::Gpu {
+            kind,
+            message: message.into(),
+            source: None,
+        }
+    }
+
+    /// A GPU error caused by wgpu's (or the driver's) error `source` while doing `context`.
+    pub(crate) fn gpu_caused(
+        kind: GpuErrorKind,
+        context: impl Into<String>,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
+        NsaError::Gpu {
+            kind,
+            message: context.into(),
+            source: Some(Arc::new(source)),
+        }
+    }
+
+    /// The message with every underlying cause that it does not already quote, joined by
+    /// `": "`: what `nsa-flow` prints after `error:` and what the Python exceptions carry.
+    pub fn full_message(&self) -> String {
+        let mut out = self.to_string();
+        let mut cause = std::error::Error::source(self);
+        while let Some(c) = cause {
+            let text = c.to_string();
+            if !out.contains(&text) {
+                out.push_str(": ");
+                out.push_str(&text);
+            }
+            cause = c.source();
+        }
+        out
+    }
 }
 
 /// Why a computation on finite input is not finite, judged from the input's magnitude.
@@ -275,3 +326,50 @@ impl std::fmt::Display for GpuErrorKind {
 
 /// Result alias for this crate.
 pub type Result<T, E = NsaError> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod gpu_source_tests {
+    use super::*;
+    use std::error::Error as _;
+
+    #[test]
+    fn a_gpu_error_keeps_its_cause_and_the_full_message_quotes_it_once() {
+        let cause = std::io::Error::other("driver says no");
+        let e = NsaError::gpu_caused(
+            GpuErrorKind::OutOfMemory,
+            "allocating 64 bytes for Y",
+            cause,
+        );
+        assert_eq!(
+            e.to_string(),
+            "GPU out of memory: allocating 64 bytes for Y"
+        );
+        assert_eq!(
+            e.source().map(|s| s.to_string()).as_deref(),
+            Some("driver says no")
+        );
+        assert_eq!(
+            e.full_message(),
+            "GPU out of memory: allocating 64 bytes for Y: driver says no"
+        );
+        // a batch quotes its problem's error: the chain adds only what is not quoted yet
+        let b = NsaError::InBatch {
+            index: 3,
+            source: Box::new(e),
+        };
+        assert_eq!(
+            b.full_message(),
+            "problem 3 of the batch: GPU out of memory: allocating 64 bytes for Y: driver says no"
+        );
+        let plain = NsaError::gpu(GpuErrorKind::Limit, "too big");
+        assert!(plain.source().is_none());
+        assert_eq!(plain.full_message(), plain.to_string());
+        let internal = NsaError::Internal {
+            what: "the solve of problem 0 panicked".into(),
+        };
+        assert_eq!(
+            internal.to_string(),
+            "internal error: the solve of problem 0 panicked"
+        );
+    }
+}

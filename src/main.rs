@@ -76,7 +76,7 @@ fn main() -> ExitCode {
     match res {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e}");
+            eprintln!("error: {}", e.full_message());
             ExitCode::from(1)
         }
     }

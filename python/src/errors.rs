@@ -16,7 +16,7 @@ pyo3::import_exception!(nsa_flow_rs._errors, ResourceError);
 
 /// The Python exception for a Rust error, carrying its message.
 pub fn to_py(e: NsaError) -> PyErr {
-    let msg = e.to_string();
+    let msg = e.full_message();
     let inner = match &e {
         NsaError::InBatch { source, .. } => source.as_ref(),
         other => other,

@@ -153,10 +153,10 @@ impl LaneCtx {
         }
         self.hub.cv.notify_all();
         rx.recv().unwrap_or_else(|_| {
-            Err(NsaError::Gpu {
-                kind: GpuErrorKind::DeviceLost,
-                message: "the batch stopped before answering a readback".into(),
-            })
+            Err(NsaError::gpu(
+                GpuErrorKind::DeviceLost,
+                "the batch stopped before answering a readback",
+            ))
         })
     }
 }
@@ -307,12 +307,18 @@ impl BatchHub {
                 }
                 Err(e) => {
                     for (_, req) in requests {
-                        let _ = req.reply.send(Err(NsaError::Gpu {
-                            kind: match &e {
-                                NsaError::Gpu { kind, .. } => *kind,
-                                _ => GpuErrorKind::DeviceLost,
+                        // every problem of the round gets the failure, its cause shared
+                        let _ = req.reply.send(Err(match &e {
+                            NsaError::Gpu {
+                                kind,
+                                message,
+                                source,
+                            } => NsaError::Gpu {
+                                kind: *kind,
+                                message: message.clone(),
+                                source: source.clone(),
                             },
-                            message: e.to_string(),
+                            other => NsaError::gpu(GpuErrorKind::DeviceLost, other.full_message()),
                         }));
                     }
                 }

@@ -168,7 +168,10 @@ pub fn cmd_sweep(a: SweepArgs) -> Result<ExitCode, NsaError> {
 
 /// The error line of a sweep whose run at one w failed (exit 1, nothing written).
 fn sweep_failed(tag: &str, e: &NsaError) -> ExitCode {
-    eprintln!("error: the run at w = {tag} failed, so nothing was written: {e}");
+    eprintln!(
+        "error: the run at w = {tag} failed, so nothing was written: {}",
+        e.full_message()
+    );
     ExitCode::from(1)
 }
 

@@ -97,10 +97,7 @@ fn shape_mismatch(what: &'static str, expected: (usize, usize), got: (usize, usi
 }
 
 fn limit(message: String) -> NsaError {
-    NsaError::Gpu {
-        kind: GpuErrorKind::Limit,
-        message,
-    }
+    NsaError::gpu(GpuErrorKind::Limit, message)
 }
 
 struct Dispatch {

@@ -225,14 +225,16 @@ impl GpuContext {
         let sink = errors.clone();
         device.on_uncaptured_error(Arc::new(move |e: wgpu::Error| {
             let err = match &e {
-                wgpu::Error::OutOfMemory { .. } => NsaError::Gpu {
-                    kind: crate::error::GpuErrorKind::OutOfMemory,
-                    message: e.to_string(),
-                },
-                _ => NsaError::Gpu {
-                    kind: crate::error::GpuErrorKind::Validation,
-                    message: e.to_string(),
-                },
+                wgpu::Error::OutOfMemory { .. } => NsaError::gpu_caused(
+                    GpuErrorKind::OutOfMemory,
+                    "the device could not allocate",
+                    e,
+                ),
+                _ => NsaError::gpu_caused(
+                    GpuErrorKind::Validation,
+                    "the device rejected a command",
+                    e,
+                ),
             };
             if let Ok(mut s) = sink.lock() {
                 s.record(err);
@@ -242,10 +244,10 @@ impl GpuContext {
         device.set_device_lost_callback(move |reason, message| {
             if let Ok(mut s) = sink.lock() {
                 s.lost = true;
-                s.record(NsaError::Gpu {
-                    kind: crate::error::GpuErrorKind::DeviceLost,
-                    message: format!("{reason:?}: {message}"),
-                });
+                s.record(NsaError::gpu(
+                    GpuErrorKind::DeviceLost,
+                    format!("{reason:?}: {message}"),
+                ));
             }
         });
         let limits = device.limits();
@@ -341,16 +343,18 @@ impl GpuContext {
         let v = pollster::block_on(val.pop());
         let o = pollster::block_on(oom.pop());
         if let Some(e) = o {
-            return Err(NsaError::Gpu {
-                kind: GpuErrorKind::OutOfMemory,
-                message: format!("allocating {size} bytes for {label}: {e}"),
-            });
+            return Err(NsaError::gpu_caused(
+                GpuErrorKind::OutOfMemory,
+                format!("allocating {size} bytes for {label}"),
+                e,
+            ));
         }
         if let Some(e) = v {
-            return Err(NsaError::Gpu {
-                kind: GpuErrorKind::Limit,
-                message: format!("allocating {size} bytes for {label}: {e}"),
-            });
+            return Err(NsaError::gpu_caused(
+                GpuErrorKind::Limit,
+                format!("allocating {size} bytes for {label}"),
+                e,
+            ));
         }
         Ok(buffer)
     }
@@ -382,31 +386,32 @@ impl GpuContext {
             return Err(e);
         }
         if let Err(e) = polled {
-            return Err(NsaError::Gpu {
-                kind: GpuErrorKind::DeviceLost,
-                message: format!("waiting for the device: {e}"),
-            });
+            return Err(NsaError::gpu_caused(
+                GpuErrorKind::DeviceLost,
+                "waiting for the device",
+                e,
+            ));
         }
         match rx.recv() {
             Ok(Ok(())) => {}
             Ok(Err(e)) => {
-                return Err(NsaError::Gpu {
-                    kind: GpuErrorKind::DeviceLost,
-                    message: format!("reading results back: {e}"),
-                })
+                return Err(NsaError::gpu_caused(
+                    GpuErrorKind::DeviceLost,
+                    "reading results back",
+                    e,
+                ))
             }
             Err(_) => {
-                return Err(NsaError::Gpu {
-                    kind: GpuErrorKind::DeviceLost,
-                    message: "the device dropped a readback".into(),
-                })
+                return Err(NsaError::gpu(
+                    GpuErrorKind::DeviceLost,
+                    "the device dropped a readback",
+                ))
             }
         }
         out.clear();
         {
-            let view = slice.get_mapped_range().map_err(|e| NsaError::Gpu {
-                kind: GpuErrorKind::Validation,
-                message: format!("mapping the readback: {e}"),
+            let view = slice.get_mapped_range().map_err(|e| {
+                NsaError::gpu_caused(GpuErrorKind::Validation, "mapping the readback", e)
             })?;
             match precision {
                 Precision::F32 => out.extend(

@@ -220,13 +220,11 @@ impl Kernels {
     /// Compiles every kernel family for `precision` on `device`.
     pub fn new(device: &wgpu::Device, precision: Precision) -> Result<Kernels> {
         if precision == Precision::F64 && !device.features().contains(wgpu::Features::SHADER_F64) {
-            return Err(NsaError::Gpu {
-                kind: GpuErrorKind::MissingFeature,
-                message:
-                    "this adapter has no SHADER_F64 (f64 in shaders); use precision = f32, or \
-                          backend = cpu for f64"
-                        .into(),
-            });
+            return Err(NsaError::gpu(
+                GpuErrorKind::MissingFeature,
+                "this adapter has no SHADER_F64 (f64 in shaders); use precision = f32, or \
+                 backend = cpu for f64",
+            ));
         }
         let entries = Kernels::layout_entries();
         let layout = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
@@ -264,10 +262,11 @@ impl Kernels {
             );
         }
         if let Some(e) = pollster::block_on(scope.pop()) {
-            return Err(NsaError::Gpu {
-                kind: GpuErrorKind::Validation,
-                message: format!("building the {precision} kernels failed: {e}"),
-            });
+            return Err(NsaError::gpu_caused(
+                GpuErrorKind::Validation,
+                format!("building the {precision} kernels failed"),
+                e,
+            ));
         }
         Ok(Kernels {
             layout,

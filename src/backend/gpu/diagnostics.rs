@@ -113,9 +113,8 @@ impl GpuBackend {
         if let Some(e) = self.ctx.take_error() {
             return Err(e);
         }
-        polled.map(|_| ()).map_err(|e| NsaError::Gpu {
-            kind: GpuErrorKind::DeviceLost,
-            message: format!("waiting for the device: {e}"),
+        polled.map(|_| ()).map_err(|e| {
+            NsaError::gpu_caused(GpuErrorKind::DeviceLost, "waiting for the device", e)
         })
     }
 

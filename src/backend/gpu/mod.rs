@@ -322,10 +322,7 @@ pub struct GpuBackend {
 }
 
 fn limit_error(message: String) -> NsaError {
-    NsaError::Gpu {
-        kind: GpuErrorKind::Limit,
-        message,
-    }
+    NsaError::gpu(GpuErrorKind::Limit, message)
 }
 
 impl std::fmt::Debug for GpuBackend {
