@@ -200,6 +200,7 @@ pub enum NsaError {
 
 impl NsaError {
     /// A GPU error with no underlying error (a limit, a missing feature).
+    #[cfg(feature = "gpu")]
     pub(crate) fn gpu(kind: GpuErrorKind, message: impl Into<String>) -> Self {
         NsaError::Gpu {
             kind,
@@ -209,6 +210,7 @@ impl NsaError {
     }
 
     /// A GPU error caused by wgpu's (or the driver's) error `source` while doing `context`.
+    #[cfg(feature = "gpu")]
     pub(crate) fn gpu_caused(
         kind: GpuErrorKind,
         context: impl Into<String>,
@@ -327,7 +329,7 @@ impl std::fmt::Display for GpuErrorKind {
 /// Result alias for this crate.
 pub type Result<T, E = NsaError> = std::result::Result<T, E>;
 
-#[cfg(test)]
+#[cfg(all(test, feature = "gpu"))]
 mod gpu_source_tests {
     use super::*;
     use std::error::Error as _;
