@@ -208,29 +208,38 @@ fn cpu_summary_has_null_readbacks_and_adapter() {
     assert!(s.get("adapter").is_some_and(|v| v.is_null()), "{s}");
 }
 
-#[test]
-fn run_verify_agrees_on_a_small_f64_problem() {
-    let Some(ctx) = gpu_or_skip("run_verify_agrees_on_a_small_f64_problem") else {
-        return;
-    };
+/// `nsa-flow <command> --verify` in f64 on a small p×k problem: the temporary folder, Y0's
+/// path, the output and the summary (`None`, skipped, without an adapter or without
+/// SHADER_F64; with `NSA_FLOW_REQUIRE_GPU=1` either fails instead). Asserts exit 0 and the
+/// comparison's report on stdout.
+fn f64_verify(
+    test: &str,
+    command: &str,
+    (p, k): (usize, usize),
+    max_iter: &str,
+) -> Option<(
+    tempfile::TempDir,
+    std::path::PathBuf,
+    Output,
+    serde_json::Value,
+)> {
+    let ctx = gpu_or_skip(test)?;
     if !ctx.supports_f64() {
         if std::env::var("NSA_FLOW_REQUIRE_GPU").is_ok_and(|v| v == "1") {
             panic!("NSA_FLOW_REQUIRE_GPU=1 but the adapter has no SHADER_F64");
         }
-        eprintln!(
-            "skipping run_verify_agrees_on_a_small_f64_problem: the adapter has no SHADER_F64"
-        );
-        return;
+        eprintln!("skipping {test}: the adapter has no SHADER_F64");
+        return None;
     }
     let dir = tempfile::tempdir().unwrap();
-    let (y0, x0) = problem(dir.path(), 40, 4);
+    let (y0, x0) = problem(dir.path(), p, k);
     let summary = dir.path().join("v.json");
     let o = bin()
-        .args(["run", "--verify", "--y0"])
+        .args([command, "--verify", "--y0"])
         .arg(&y0)
         .arg("--x0")
         .arg(&x0)
-        .args(["--precision", "f64", "--max-iter", "30", "--summary"])
+        .args(["--precision", "f64", "--max-iter", max_iter, "--summary"])
         .arg(&summary)
         .output()
         .unwrap();
@@ -238,6 +247,19 @@ fn run_verify_agrees_on_a_small_f64_problem() {
     let stdout = String::from_utf8_lossy(&o.stdout);
     assert!(stdout.contains("Y relative difference"), "{}", text(&o));
     let s = json(&summary);
+    Some((dir, y0, o, s))
+}
+
+#[test]
+fn run_verify_agrees_on_a_small_f64_problem() {
+    let Some((_dir, y0, _, s)) = f64_verify(
+        "run_verify_agrees_on_a_small_f64_problem",
+        "run",
+        (40, 4),
+        "30",
+    ) else {
+        return;
+    };
     assert_eq!(s["verify"]["agrees"], true, "{s}");
     assert!(s["verify"]["y_rel_diff"].as_f64().unwrap() <= 1e-8, "{s}");
     assert!(s["backend"].as_str().unwrap().starts_with("gpu-f64"), "{s}");
@@ -258,35 +280,16 @@ fn run_verify_agrees_on_a_small_f64_problem() {
 /// report and summary section as `run --verify`.
 #[test]
 fn autograd_verify_agrees_on_a_small_f64_problem() {
-    let Some(ctx) = gpu_or_skip("autograd_verify_agrees_on_a_small_f64_problem") else {
+    let Some((_dir, _, o, s)) = f64_verify(
+        "autograd_verify_agrees_on_a_small_f64_problem",
+        "autograd",
+        (30, 3),
+        "15",
+    ) else {
         return;
     };
-    if !ctx.supports_f64() {
-        if std::env::var("NSA_FLOW_REQUIRE_GPU").is_ok_and(|v| v == "1") {
-            panic!("NSA_FLOW_REQUIRE_GPU=1 but the adapter has no SHADER_F64");
-        }
-        eprintln!(
-            "skipping autograd_verify_agrees_on_a_small_f64_problem: the adapter has no SHADER_F64"
-        );
-        return;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let (y0, x0) = problem(dir.path(), 30, 3);
-    let summary = dir.path().join("v.json");
-    let o = bin()
-        .args(["autograd", "--verify", "--y0"])
-        .arg(&y0)
-        .arg("--x0")
-        .arg(&x0)
-        .args(["--precision", "f64", "--max-iter", "15", "--summary"])
-        .arg(&summary)
-        .output()
-        .unwrap();
-    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
     let stdout = String::from_utf8_lossy(&o.stdout);
-    assert!(stdout.contains("Y relative difference"), "{}", text(&o));
     assert!(stdout.contains("agree: same iterations"), "{}", text(&o));
-    let s = json(&summary);
     let v = &s["verify"];
     assert_eq!(v["agrees"], true, "{s}");
     assert!(v["y_rel_diff"].as_f64().unwrap() <= 1e-8, "{s}");

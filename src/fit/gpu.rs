@@ -215,7 +215,6 @@ impl SkinnyChain {
 
         // one header per dispatch, the solver ring's layout, written once
         let mut headers = HeaderTable::default();
-        let mut used = 0;
         let mut per_product: Vec<Vec<Dispatch>> = Vec::new();
         for plan in &plans {
             let mut ds = Vec::new();
@@ -227,11 +226,9 @@ impl SkinnyChain {
             h.mode = (plan.chunks > 1) as u32;
             ds.push(Dispatch {
                 kernel: Kernel::SkinnyPartial,
-                uniform_offset: HeaderTable::offset(used),
+                uniform_offset: headers.push(&h),
                 groups: (plan.m.div_ceil(256) as u32, plan.chunks as u32),
             });
-            headers.put(used, &h);
-            used += 1;
             if plan.chunks > 1 {
                 let entries = plan.m * plan.kb;
                 let groups = entries.div_ceil(256);
@@ -243,11 +240,9 @@ impl SkinnyChain {
                 h.groups_x = gx as u32;
                 ds.push(Dispatch {
                     kernel: Kernel::SkinnyReduce,
-                    uniform_offset: HeaderTable::offset(used),
+                    uniform_offset: headers.push(&h),
                     groups: (gx as u32, gy as u32),
                 });
-                headers.put(used, &h);
-                used += 1;
             }
             per_product.push(ds);
         }
@@ -256,7 +251,8 @@ impl SkinnyChain {
             headers.len_bytes(),
             wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
         )?;
-        ctx.queue().write_buffer(&uniforms, 0, headers.bytes(used));
+        ctx.queue()
+            .write_buffer(&uniforms, 0, headers.bytes(headers.slots()));
 
         // bindings: 1 = A, 2 = B (V or the previous result), 4 = the result, 6 = partials
         let mut products = Vec::new();

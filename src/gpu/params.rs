@@ -94,6 +94,18 @@ impl HeaderTable {
         self.bytes[at..at + PARAMS_SIZE].copy_from_slice(bytemuck::bytes_of(h));
     }
 
+    /// Appends `h` after the last slot and answers its offset (a table written once).
+    pub fn push(&mut self, h: &ParamsHeader) -> u32 {
+        let slot = self.slots();
+        self.put(slot, h);
+        Self::offset(slot)
+    }
+
+    /// How many header slots the table holds.
+    pub fn slots(&self) -> usize {
+        self.bytes.len() / Self::STRIDE as usize
+    }
+
     /// Header `slot` as written (a cleared header past the end).
     pub fn get(&self, slot: usize) -> ParamsHeader {
         let at = slot * Self::STRIDE as usize;
@@ -267,5 +279,10 @@ mod header_table_tests {
         assert_eq!(t.bytes(99).len(), 1024);
         let at = HeaderTable::offset(3) as usize;
         assert_eq!(&t.bytes(4)[at..at + PARAMS_SIZE], bytemuck::bytes_of(&h));
+        // a table written once: each push lands after the last slot
+        assert_eq!(t.slots(), 4);
+        assert_eq!(t.push(&h), 1024);
+        assert_eq!(t.slots(), 5);
+        assert_eq!(t.get(4).k, 17);
     }
 }
